@@ -1,0 +1,204 @@
+"""Typed, validated views of `params.yaml`.
+
+Each top-level section of the params file loads into a frozen dataclass. Loading is strict: an unknown key, a
+value of the wrong type or one out of range raises `ConfigError` naming the file, the dotted key and what is
+expected, so a typo in a profile fails before any stage starts work.
+
+Range constraints live next to the field as metadata (`min`, `max`, `power_of_two`), keeping one place per rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file, the key and the fix."""
+
+
+def _rng(lo: float | None = None, hi: float | None = None, **extra: Any) -> dict[str, Any]:
+    return {"min": lo, "max": hi, **extra}
+
+
+# ----------------------------------------------------------------------------------------------- download
+@dataclass(frozen=True)
+class SynthfacesConfig:
+    n_train: int = field(default=2048, metadata=_rng(1))
+    n_test: int = field(default=64, metadata=_rng(1))
+
+
+@dataclass(frozen=True)
+class FFHQConfig:
+    # Empty: fetch each file from its `file_url` in the metadata; else `<mirror_url>/<file_path>`.
+    mirror_url: str = ""
+    metadata_url: str = "https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA"
+    metadata_size: int = field(default=267793842, metadata=_rng(0))
+    metadata_md5: str = "425ae20f06a4da1d4dc0f46d40ba5fd6"
+    kind: Literal["thumbnails", "images"] = "thumbnails"
+    index_start: int = field(default=0, metadata=_rng(0, 70000))
+    index_stop: int = field(default=70000, metadata=_rng(1, 70000))
+    workers: int = field(default=8, metadata=_rng(1, 128))
+    retries: int = field(default=5, metadata=_rng(0, 100))
+    timeout_s: float = field(default=60.0, metadata=_rng(0.1))
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    dataset: Literal["synthfaces", "ffhq"] = "synthfaces"
+    resolution: int = field(default=32, metadata=_rng(32, 1024, power_of_two=True))
+    synthfaces: SynthfacesConfig = SynthfacesConfig()
+    ffhq: FFHQConfig = FFHQConfig()
+
+
+# ---------------------------------------------------------------------------------------------- generator
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    """StyleGAN2 hyper-parameters; rosinality's config-f is size 1024, 512, 8, 2, 512."""
+
+    size: int = field(default=32, metadata=_rng(4, 1024, power_of_two=True))
+    style_dim: int = field(default=512, metadata=_rng(1))
+    n_mlp: int = field(default=8, metadata=_rng(1))
+    channel_multiplier: int = field(default=2, metadata=_rng(1))
+    channel_max: int = field(default=512, metadata=_rng(1))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """GAN training as in StyleGAN2: non-saturating logistic loss, lazy R1, EMA generator."""
+
+    steps: int = field(default=2000, metadata=_rng(1))
+    batch_size: int = field(default=32, metadata=_rng(1))
+    lr: float = field(default=0.002, metadata=_rng(0.0))
+    r1_gamma: float = field(default=0.1, metadata=_rng(0.0))
+    r1_every: int = field(default=16, metadata=_rng(1))
+    ema_half_life_images: float = field(default=10000.0, metadata=_rng(0.0))
+    mixing_prob: float = field(default=0.9, metadata=_rng(0.0, 1.0))
+    checkpoint_every: int = field(default=200, metadata=_rng(1))
+    disc_channel_max: int = field(default=128, metadata=_rng(1))
+    threads: int = field(default=0, metadata=_rng(0))
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """Where official weights come from when `generator.source` is `pretrained`."""
+
+    url: str = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl"
+    sha256: str = ""
+    md5: str = ""
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    source: Literal["train", "pretrained"] = "train"
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    train: TrainConfig = TrainConfig()
+    pretrained: PretrainedConfig = PretrainedConfig()
+    latent_avg_samples: int = field(default=10000, metadata=_rng(1))
+    grid_rows: int = field(default=8, metadata=_rng(1, 64))
+
+
+# -------------------------------------------------------------------------------------------------- params
+@dataclass(frozen=True)
+class Params:
+    seed: int = field(default=0, metadata=_rng(0))
+    download: DownloadConfig = DownloadConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if f.name != "seed")
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a whole params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found; pass --params PATH (e.g. params.yaml or profiles/<name>/params.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return from_dict(Params, raw if raw is not None else {}, source=str(path))
+
+
+def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -> Any:
+    """Build dataclass `cls` from plain data, rejecting unknown keys, wrong types and out-of-range values."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, raw)) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys under {where}: {', '.join(sorted(known))}"
+        )
+    values = {name: _convert(hints[name], raw[name], f, source, prefix + name) for name, f in known.items() if name in raw}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, source, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{source}: {key}: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _convert(args[0], value, f, source, key)
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected a list, got {_describe(value)}")
+        return tuple(_convert(item, v, f, source, f"{key}[{i}]") for i, v in enumerate(value))
+    return _check_scalar(hint, value, f, source, key)
+
+
+def _check_scalar(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:
+    # bool is an int subclass in Python: `steps: true` must not pass as 1.
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint)
+    if ok is None:
+        raise TypeError(f"config field {key} has unsupported type {hint!r}")
+    if not ok:
+        raise ConfigError(f"{source}: {key}: expected {hint.__name__}{_range_text(f)}, got {_describe(value)}")
+    value = float(value) if hint is float else value
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{source}: {key}: expected {hint.__name__}{_range_text(f)}, got {value!r}")
+    if f.metadata.get("power_of_two") and value & (value - 1):
+        raise ConfigError(f"{source}: {key}: expected a power of two{_range_text(f)}, got {value!r}")
+    return value
+
+
+def _range_text(f: dataclasses.Field) -> str:
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if lo is not None and hi is not None:
+        return f" in [{lo}, {hi}]"
+    if lo is not None:
+        return f" >= {lo}"
+    if hi is not None:
+        return f" <= {hi}"
+    return ""
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-data form of a config, for the JSON saved beside every artifact."""
+    return dataclasses.asdict(config)

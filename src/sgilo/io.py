@@ -1,0 +1,79 @@
+"""Atomic writes and safe loading, shared by every stage.
+
+A killed job must never leave a half-written file where a result is expected, so every artifact is written to
+a temporary file in the destination folder and renamed into place (`os.replace` is atomic on POSIX). Every
+checkpoint is read with `weights_only=True`: loading a file never runs code from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names the file and the fix."""
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it is renamed to `dest`, on failure removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(dest: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside `dest` for writing; it replaces `dest` only if the block succeeds."""
+    with atomic_path(dest) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_torch(obj: Any, dest: str | Path) -> None:
+    with atomic_path(dest) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_json(obj: Any, dest: str | Path) -> None:
+    with atomic_open(dest) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def load_torch(path: str | Path, safe_globals: list[Any] | None = None) -> Any:
+    """`torch.load(weights_only=True)` with errors that name the file instead of a bare unpickling trace."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; check the path or rerun the stage that writes it")
+    try:
+        with torch.serialization.safe_globals(safe_globals or []):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects that are not plain tensors and containers ({exc}); "
+            "only load checkpoints you trust, converted to a state dict"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}: {exc}); delete it and rerun the "
+            "stage that writes it, or download it again"
+        ) from exc

@@ -1,0 +1,38 @@
+"""What every stage entry point shares: argument parsing, logging to the rule's log, thread count."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from sgilo.config import ConfigError, Params, load_params
+
+log = logging.getLogger("sgilo")
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml, the demo profile)")
+    return parser
+
+
+def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, Params]:
+    """Parse arguments, set up logging to stderr (Snakemake sends it to the rule's log) and load params."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        params = load_params(args.params)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    return args, params
+
+
+def set_threads(threads: int) -> None:
+    """0 means every core this process may use."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads or available)

@@ -1,0 +1,168 @@
+"""generator stage: train the demo StyleGAN2 on the downloaded faces, or fetch and convert official weights.
+
+Writes `<out>/generator.pt` (rosinality keys + config + latent_avg, loadable by `load_generator`),
+`<out>/samples.png`, `<out>/metrics.json` and `<out>/history.csv`. Training checkpoints go to
+`<out>/resume/state.pt` every `checkpoint_every` steps; a rerun after a kill continues from there and ends with
+the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sgilo.config import Params, to_dict
+from sgilo.data import load_images, read_index, save_image_grid
+from sgilo.fetch import download_file, make_session
+from sgilo.gan import GANTrainer, sliced_wasserstein
+from sgilo.io import atomic_open, load_torch, save_json, save_torch
+from sgilo.seeding import torch_generator
+from sgilo.stages._common import log, set_threads, stage_parser, start
+from sgilo.stylegan2 import Generator, load_generator, same_architecture, save_generator
+
+HISTORY_FIELDS = ("step", "d_loss", "g_loss", "r1")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", type=Path, help="dataset folder from the download stage (source: train)")
+    parser.add_argument("--cache", type=Path, default=Path("data/weights"), help="where official weights are downloaded")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/generator")
+    args, params = start(parser, argv)
+    set_threads(params.generator.train.threads)
+    started = time.perf_counter()
+    if params.generator.source == "train":
+        if args.data is None:
+            parser.error("--data is required when generator.source is 'train'")
+        generator, metrics = train(params, args.data, args.out)
+        quality_data = args.data
+    else:
+        generator, metrics = fetch_pretrained(params, args.cache)
+        quality_data = None  # the sliced Wasserstein check is for the demo's small images
+    finish(params, generator, metrics, quality_data, args.out, time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train(params: Params, data: Path, out: Path) -> tuple[Generator, dict[str, Any]]:
+    config = params.generator
+    images = load_images(data, "train", config.architecture.size)
+    trainer = GANTrainer(config.architecture, config.train, params.seed)
+    state_path = out / "resume" / "state.pt"
+    fingerprint = _fingerprint(params, data)
+    first_step, history = _resume(trainer, state_path, fingerprint)
+    steps, every = config.train.steps, config.train.checkpoint_every
+    run_started, ran = time.perf_counter(), 0
+    progress = tqdm(range(first_step, steps), initial=first_step, total=steps, desc="generator", mininterval=5.0)
+    for step in progress:
+        losses = trainer.train_step(step, images[trainer.batch_indices(step, len(images))])
+        history.append({"step": step, **losses})
+        ran += 1
+        progress.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}", refresh=False)
+        if (step + 1) % every == 0 and step + 1 < steps:
+            save_torch({"fingerprint": fingerprint, "step": step + 1, "trainer": trainer.state_dict(), "history": history}, state_path)
+    seconds = time.perf_counter() - run_started
+    _write_history(history, out / "history.csv")
+    tail = history[-50:]
+    metrics = {
+        "steps": steps,
+        "resumed_from_step": first_step,
+        "train_images_per_s": ran * config.train.batch_size / max(seconds, 1e-9),
+        "d_loss_last50": _mean(h["d_loss"] for h in tail),
+        "g_loss_last50": _mean(h["g_loss"] for h in tail),
+    }
+    return trainer.g_ema, metrics
+
+
+def _fingerprint(params: Params, data: Path) -> str:
+    """What a resume state must match: the generator config, the seed and the exact dataset index."""
+    index_bytes = (data / "index.csv").read_bytes()
+    blob = json.dumps({"seed": params.seed, "generator": to_dict(params.generator)}, sort_keys=True).encode()
+    return hashlib.sha256(blob + hashlib.sha256(index_bytes).digest()).hexdigest()
+
+
+def _resume(trainer: GANTrainer, state_path: Path, fingerprint: str) -> tuple[int, list[dict[str, float]]]:
+    if not state_path.is_file():
+        return 0, []
+    state = load_torch(state_path)
+    if state.get("fingerprint") != fingerprint:
+        log.info("ignoring %s: it was written for other params or data; training from step 0", state_path)
+        return 0, []
+    trainer.load_state_dict(state["trainer"])
+    log.info("resuming from %s at step %d", state_path, state["step"])
+    return int(state["step"]), list(state["history"])
+
+
+def _write_history(history: list[dict[str, float]], path: Path) -> None:
+    with atomic_open(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _mean(values: Any) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- pretrained
+def fetch_pretrained(params: Params, cache: Path) -> tuple[Generator, dict[str, Any]]:
+    source = params.generator.pretrained
+    dest = cache / Path(source.url.split("?")[0]).name
+    session = make_session(retries=params.download.ffhq.retries)
+    download_file(source.url, dest, md5=source.md5 or None, sha256=source.sha256 or None, session=session)
+    generator = load_generator(dest)
+    expected = vars(params.generator.architecture)
+    if not same_architecture(generator.config, expected):
+        raise SystemExit(
+            f"error: {dest} holds a StyleGAN2 {generator.config}, but generator.architecture in the params file "
+            f"says {expected}; set generator.architecture to match the weights"
+        )
+    return generator, {"source_url": source.url, "source_file": str(dest)}
+
+
+# -------------------------------------------------------------------------------------------------- outputs
+@torch.no_grad()
+def finish(params: Params, generator: Generator, metrics: dict[str, Any], data: Path | None, out: Path, seconds: float) -> None:
+    config = params.generator
+    generator = generator.eval().requires_grad_(False)
+    if not generator.w_avg.abs().sum():
+        generator.w_avg.copy_(generator.mean_latent(config.latent_avg_samples, torch_generator(params.seed, "generator", "latent_avg")))
+    count = config.grid_rows**2
+    z = torch.randn(count, generator.style_dim, generator=torch_generator(params.seed, "generator", "grid"))
+    save_image_grid(generator(z).clamp(-1, 1), out / "samples.png", nrow=config.grid_rows)
+    if data is not None:
+        metrics.update(_sample_quality(params, generator, data))
+    metrics["seconds"] = seconds
+    save_generator(generator, out / "generator.pt", extra={"sgilo_params": {"seed": params.seed, "generator": to_dict(config)}})
+    save_json(metrics, out / "metrics.json")
+    (out / "resume" / "state.pt").unlink(missing_ok=True)
+    log.info("generator written to %s: %s", out, json.dumps(metrics, sort_keys=True))
+
+
+def _sample_quality(params: Params, generator: Generator, data: Path) -> dict[str, float]:
+    """Sliced Wasserstein distance of samples to real images, next to the real-vs-real floor."""
+    real = load_images(data, "train", generator.size)
+    half = min(len(real) // 2, 1024)
+    order = torch.randperm(len(real), generator=torch_generator(params.seed, "generator", "swd"))
+    first, second = real[order[:half]], real[order[half : 2 * half]]
+    z = torch.randn(half, generator.style_dim, generator=torch_generator(params.seed, "generator", "swd_z"))
+    fake = torch.cat([generator(chunk).clamp(-1, 1) for chunk in z.split(256)])
+    return {
+        "swd_fake_vs_real": sliced_wasserstein(fake, first),
+        "swd_real_vs_real": sliced_wasserstein(second, first),
+        "n_swd": half,
+        "n_train_images": len(read_index(data).query("split == 'train'")),
+    }
+
+
+if __name__ == "__main__":
+    main()

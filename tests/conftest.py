@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny profile that runs every stage in seconds on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "seed": 3,
+    "download": {"dataset": "synthfaces", "resolution": 32, "synthfaces": {"n_train": 48, "n_test": 8}},
+    "generator": {
+        "source": "train",
+        "architecture": {"size": 32, "style_dim": 16, "n_mlp": 2, "channel_multiplier": 1, "channel_max": 16},
+        "train": {"steps": 12, "batch_size": 4, "lr": 0.002, "r1_every": 4, "checkpoint_every": 3,
+                  "ema_half_life_images": 50, "disc_channel_max": 16, "threads": 1},
+        "latent_avg_samples": 256,
+        "grid_rows": 2,
+    },
+}
+
+
+def write_params(path: Path, overrides: dict | None = None) -> Path:
+    params = _merge(TINY, overrides or {})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Path:
+    return write_params(tmp_path / "params.yaml")
+
+
+def run_stage(stage: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m sgilo.stages.<stage>` as Snakemake does, capturing its log."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", f"sgilo.stages.{stage}", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"stage {stage} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result

@@ -1,0 +1,55 @@
+"""The Snakemake workflow end to end on the tiny profile, and its agreement with dvc.yaml."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO, write_params
+
+from sgilo.stylegan2 import load_generator
+
+
+def snakemake(workdir: Path, params: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--cores", "2", "--config", f"params={params}", *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"^rule (\w+):", result.stdout + result.stderr, flags=re.M)) - {"all"}
+
+
+def test_pipeline_runs_and_reruns_only_what_changed(tmp_path):
+    params = write_params(tmp_path / "params.yaml")
+    run = snakemake(tmp_path, params)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert load_generator(tmp_path / "results/generator/generator.pt").size == 32
+    assert "generator" in (tmp_path / "logs/generator.log").read_text()
+
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == set()
+    write_params(params, {"generator": {"grid_rows": 3}})
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"generator"}
+    write_params(params, {"download": {"synthfaces": {"n_train": 40}}})
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"download", "generator"}
+
+
+def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
+    params = write_params(tmp_path / "params.yaml", {"generator": {"train": {"lr": -1}}})
+    run = snakemake(tmp_path, params, "-n")
+    assert run.returncode != 0
+    assert "generator.train.lr" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_dvc_yaml_has_a_stage_for_every_rule():
+    rules = {path.stem for path in (REPO / "workflow" / "rules").glob("*.smk")}
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == rules
+    for name, stage in stages.items():
+        assert f"sgilo.stages.{name}" in stage["cmd"]
+        assert f"src/sgilo/stages/{name}.py" in stage["deps"]

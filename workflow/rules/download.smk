@@ -1,0 +1,11 @@
+rule download:
+    input:
+        code=code("stages/download", "synthfaces", "ffhq", "fetch", "data"),
+    output:
+        index=f"{DATA}/index.csv",
+    params:
+        section=section("download"),
+    log:
+        "logs/download.log",
+    shell:
+        "{PY} -m sgilo.stages.download --params {PARAMS_FILE} --out {DATA} 2> {log}"
