@@ -118,7 +118,7 @@ def fetch_pretrained(params: Params, cache: Path) -> tuple[Generator, dict[str, 
     source = params.generator.pretrained
     dest = cache / Path(source.url.split("?")[0]).name
     session = make_session(retries=params.download.ffhq.retries)
-    download_file(source.url, dest, md5=source.md5 or None, sha256=source.sha256 or None, session=session)
+    download_file(source.url, dest, md5=source.md5 or None, sha256=source.sha256 or None, session=session, progress=True)
     generator = load_generator(dest)
     expected = vars(params.generator.architecture)
     if not same_architecture(generator.config, expected):
