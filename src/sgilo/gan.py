@@ -21,9 +21,10 @@ from sgilo.stylegan2 import Discriminator, Generator
 class GANTrainer:
     def __init__(self, architecture: ArchitectureConfig, train: TrainConfig, seed: int):
         self.train_config, self.seed = train, seed
-        torch.manual_seed(seed)  # initial weights only; every later draw is per step
-        self.generator = Generator(**vars(architecture))
-        self.discriminator = Discriminator(architecture.size, architecture.channel_multiplier, train.disc_channel_max)
+        with torch.random.fork_rng():  # seeded initial weights, leaving the caller's global RNG untouched
+            torch.manual_seed(seed)
+            self.generator = Generator(**vars(architecture))
+            self.discriminator = Discriminator(architecture.size, architecture.channel_multiplier, train.disc_channel_max)
         self.g_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.g_optim = torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=(0.0, 0.99))
         # Lazy regularisation: R1 runs every r1_every steps, so D's Adam is rescaled as in StyleGAN2.

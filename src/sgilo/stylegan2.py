@@ -12,6 +12,7 @@ and skip image that block k-1 produced; layer 0 is the w+ latent alone. ILO and 
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sgilo.io import CheckpointError, load_torch, save_torch
+from sgilo.nvidia_pickle import load_nvidia_generator_state
 
 BLUR_KERNEL = (1, 3, 3, 1)
 SQRT2 = math.sqrt(2.0)
@@ -151,8 +153,9 @@ class ModulatedConv2d(nn.Module):
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
-            per_image = weight.unsqueeze(0) * style.view(batch, 1, -1, 1, 1)
-            out = out * torch.rsqrt(per_image.square().sum([2, 3, 4]) + 1e-8).view(batch, -1, 1, 1)
+            # Σ_{i,k} (W_oik·s_i)² = Σ_i s_i² Σ_k W_oik²: a (B×in)·(in×out) product instead of a B×out×in×k×k tensor.
+            energy = style.square() @ weight.square().sum([2, 3]).t()
+            out = out * torch.rsqrt(energy + 1e-8).view(batch, -1, 1, 1)
         return out
 
 
@@ -422,8 +425,6 @@ def load_generator(path: str | Path) -> Generator:
         raise CheckpointError(f"{path}: generator checkpoint not found; run the generator stage or fix the path")
     if _is_torch_file(path):
         return _load_torch_generator(path)
-    from sgilo.nvidia_pickle import load_nvidia_generator_state
-
     state_dict, latent_avg = load_nvidia_generator_state(path)
     config = infer_config(state_dict)
     # NVIDIA keeps no blur-kernel buffers under rosinality's names; they are constants of the architecture.
@@ -442,8 +443,6 @@ def _is_torch_file(path: Path) -> bool:
 
 
 def _load_torch_generator(path: Path) -> Generator:
-    import argparse
-
     # rosinality's train.py checkpoints pickle their argparse namespace; it carries only plain values.
     checkpoint = load_torch(path, safe_globals=[argparse.Namespace])
     if not isinstance(checkpoint, dict) or "g_ema" not in checkpoint:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from sgilo.config import Params, to_dict
-from sgilo.data import load_images, read_index, save_image_grid
+from sgilo.data import load_images, save_image_grid
 from sgilo.fetch import download_file, make_session
 from sgilo.gan import GANTrainer, sliced_wasserstein
 from sgilo.io import atomic_open, load_torch, save_json, save_torch
@@ -43,21 +43,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     if params.generator.source == "train":
         if args.data is None:
             parser.error("--data is required when generator.source is 'train'")
-        generator, metrics = train(params, args.data, args.out)
-        quality_data = args.data
+        real = load_images(args.data, "train", params.generator.architecture.size)
+        generator, metrics = train(params, real, _fingerprint(params, args.data), args.out)
     else:
+        real = None  # the sliced Wasserstein check is for the demo's small images
         generator, metrics = fetch_pretrained(params, args.cache)
-        quality_data = None  # the sliced Wasserstein check is for the demo's small images
-    finish(params, generator, metrics, quality_data, args.out, time.perf_counter() - started)
+    finish(params, generator, metrics, real, args.out, time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train(params: Params, data: Path, out: Path) -> tuple[Generator, dict[str, Any]]:
+def train(params: Params, images: torch.Tensor, fingerprint: str, out: Path) -> tuple[Generator, dict[str, Any]]:
     config = params.generator
-    images = load_images(data, "train", config.architecture.size)
     trainer = GANTrainer(config.architecture, config.train, params.seed)
     state_path = out / "resume" / "state.pt"
-    fingerprint = _fingerprint(params, data)
     first_step, history = _resume(trainer, state_path, fingerprint)
     steps, every = config.train.steps, config.train.checkpoint_every
     run_started, ran = time.perf_counter(), 0
@@ -131,7 +129,7 @@ def fetch_pretrained(params: Params, cache: Path) -> tuple[Generator, dict[str, 
 
 # -------------------------------------------------------------------------------------------------- outputs
 @torch.no_grad()
-def finish(params: Params, generator: Generator, metrics: dict[str, Any], data: Path | None, out: Path, seconds: float) -> None:
+def finish(params: Params, generator: Generator, metrics: dict[str, Any], real: torch.Tensor | None, out: Path, seconds: float) -> None:
     config = params.generator
     generator = generator.eval().requires_grad_(False)
     if not generator.w_avg.abs().sum():
@@ -139,8 +137,8 @@ def finish(params: Params, generator: Generator, metrics: dict[str, Any], data: 
     count = config.grid_rows**2
     z = torch.randn(count, generator.style_dim, generator=torch_generator(params.seed, "generator", "grid"))
     save_image_grid(generator(z).clamp(-1, 1), out / "samples.png", nrow=config.grid_rows)
-    if data is not None:
-        metrics.update(_sample_quality(params, generator, data))
+    if real is not None:
+        metrics.update(_sample_quality(params, generator, real))
     metrics["seconds"] = seconds
     save_generator(generator, out / "generator.pt", extra={"sgilo_params": {"seed": params.seed, "generator": to_dict(config)}})
     save_json(metrics, out / "metrics.json")
@@ -148,9 +146,8 @@ def finish(params: Params, generator: Generator, metrics: dict[str, Any], data: 
     log.info("generator written to %s: %s", out, json.dumps(metrics, sort_keys=True))
 
 
-def _sample_quality(params: Params, generator: Generator, data: Path) -> dict[str, float]:
+def _sample_quality(params: Params, generator: Generator, real: torch.Tensor) -> dict[str, float]:
     """Sliced Wasserstein distance of samples to real images, next to the real-vs-real floor."""
-    real = load_images(data, "train", generator.size)
     half = min(len(real) // 2, 1024)
     order = torch.randperm(len(real), generator=torch_generator(params.seed, "generator", "swd"))
     first, second = real[order[:half]], real[order[half : 2 * half]]
@@ -160,7 +157,7 @@ def _sample_quality(params: Params, generator: Generator, data: Path) -> dict[st
         "swd_fake_vs_real": sliced_wasserstein(fake, first),
         "swd_real_vs_real": sliced_wasserstein(second, first),
         "n_swd": half,
-        "n_train_images": len(read_index(data).query("split == 'train'")),
+        "n_train_images": len(real),
     }
 
 
