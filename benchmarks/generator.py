@@ -49,6 +49,10 @@ def measure(generator: Generator, batch: int, dtype: str, device: torch.device, 
     return {"images_per_s": batch / median, "ms_per_batch": 1000 * median, "peak_gib": peak}
 
 
+def _gib(value: float) -> str:
+    return "–" if value != value else f"{value:.2f}"  # NaN: no GPU peak on the CPU
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -73,7 +77,7 @@ def main() -> None:
     for dtype in args.dtype:
         for batch in args.batch:
             r = measure(generator, batch, dtype, device, args.repeats, args.warmup)
-            print(f"| {device.type} | {args.size} | {batch} | {dtype} | {r['images_per_s']:.2f} | {r['ms_per_batch']:.0f} | {r['peak_gib']:.2f} |", flush=True)
+            print(f"| {device.type} | {args.size} | {batch} | {dtype} | {r['images_per_s']:.2f} | {r['ms_per_batch']:.0f} | {_gib(r['peak_gib'])} |", flush=True)
 
 
 if __name__ == "__main__":
