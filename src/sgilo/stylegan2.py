@@ -130,7 +130,6 @@ class ModulatedConv2d(nn.Module):
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, demodulate: bool = True, upsample: bool = False):
         super().__init__()
-        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
         self.upsample, self.demodulate = upsample, demodulate
         if upsample:
             p = (len(BLUR_KERNEL) - 2) - (kernel_size - 1)
