@@ -31,9 +31,11 @@ def section(name):
 
 include: "workflow/rules/download.smk"
 include: "workflow/rules/generator.smk"
+include: "workflow/rules/invert.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.generator.output,
+        rules.invert_summary.output,

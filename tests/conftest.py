@@ -23,6 +23,11 @@ TINY = {
         "latent_avg_samples": 256,
         "grid_rows": 2,
     },
+    "invert": {
+        "layer": 2,
+        "stages": [{"layer": 0, "steps": 3}, {"layer": 1, "steps": 2, "radius": 50.0}, {"layer": 2, "steps": 2, "radius": 100.0}],
+        "images": 12, "shard_size": 8, "batch_size": 3, "device": "cpu", "threads": 1,
+    },
 }
 
 

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
-from stylegan_helpers import CONFIGS, rosinality_to_nvidia, seeded_state_dict, write_nvidia_pickle
+from safetensors.torch import load_file
+from stylegan_helpers import (
+    CONFIGS,
+    rosinality_to_nvidia,
+    seeded_state_dict,
+    write_nvidia_pickle,
+)
 
 from sgilo.cli import main
-from sgilo.stylegan2 import Generator, load_generator
+from sgilo.stylegan2 import Generator, load_generator, save_generator
 
 
 def test_console_script_lists_its_commands():
     result = subprocess.run([str(Path(sys.executable).parent / "sgilo"), "--help"], capture_output=True, text=True, check=True)
-    for command in ("check-params", "convert", "sample"):
+    for command in ("check-params", "convert", "sample", "reconstruct"):
         assert command in result.stdout
 
 
@@ -42,3 +52,276 @@ def test_unreadable_checkpoint_is_a_clean_error(tmp_path, capsys):
     else:
         raise AssertionError("expected exit code 2")
     assert "junk.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- reconstruct
+ILO_FAST = ("--steps", "4,3,3", "--layers", "0,1,2")
+OUTPUTS = ("measurement.png", "reconstruction.png", "comparison.png", "result.safetensors", "record.json")
+
+
+def _png(path: Path, images: torch.Tensor) -> Path:
+    """Write a (1, 3, H, W) image in [-1, 1] as an 8-bit RGB PNG."""
+    pixels = ((images[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _pixels(path: Path) -> torch.Tensor:
+    """A PNG as a (3, H, W) float tensor in [0, 255]."""
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: these problems are tiny, and on a busy 2-core machine OpenMP's spinning threads
+    made a 10-step reconstruction take 15 s instead of 0.1 s."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 32x32 generator checkpoint (g.pt) and one of its samples (image.png)."""
+    root = tmp_path_factory.mktemp("reconstruct")
+    torch.manual_seed(0)
+    generator = Generator(size=32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16)
+    save_generator(generator, root / "g.pt")
+    with torch.no_grad():
+        _png(root / "image.png", generator(torch.randn(1, 16, generator=torch.Generator().manual_seed(5))))
+    return root
+
+
+def _reconstruct(tiny: Path, out: Path, *extra: str, image: Path | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    main(_argv(tiny, out, *extra, image=image))
+    return json.loads((out / "record.json").read_text()), load_file(str(out / "result.safetensors"))
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI, expecting the clean `sgilo: error:` exit with status 2; returns stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sgilo: error:" in err and "Traceback" not in err
+    return err
+
+
+def _argv(tiny: Path, out: Path, *extra: str, image: Path | None = None) -> list[str]:
+    return ["reconstruct", str(image or tiny / "image.png"), "--generator", str(tiny / "g.pt"), "--out", str(out),
+            "--device", "cpu", *extra]
+
+
+def test_reconstruct_ilo_inpaint_writes_everything(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record, result = _reconstruct(tiny, out, "--task", "inpaint", "--level", "0.5", "--method", "ilo", *ILO_FAST)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+    assert record["method"] == "ilo" and record["seed"] == 0
+    assert record["image"] == str(tiny / "image.png") and record["generator"] == str(tiny / "g.pt")
+    assert record["operator"]["task"] == "inpaint" and record["operator"]["level"] == 0.5
+    assert record["operator"]["mask"] == "random" and record["operator"]["shape"] == [3, 32, 32]
+    assert record["steps"] == 10
+    assert [(s["layer"], s["steps"], s["radius"]) for s in record["stages"]] == [(0, 4, None), (1, 3, None), (2, 3, None)]
+    assert record["seconds"] > 0
+    for key in ("psnr", "ssim", "mse", "measurement_loss"):
+        assert isinstance(record[key], float) and np.isfinite(record[key])
+    assert set(record["naive"]) == {"psnr", "ssim", "mse"}
+    assert 0 < record["mse"] < 1 and record["psnr"] > 0 and -1 <= record["ssim"] <= 1
+
+    assert set(result) == {"y", "reconstruction", "w_plus", "latent"}
+    recon = result["reconstruction"]
+    assert recon.shape == (1, 3, 32, 32) and 0 <= float(recon.min()) and float(recon.max()) <= 1
+    assert result["w_plus"].shape == (1, 8, 16)  # num_ws = 2·log2(32) − 2
+    assert result["latent"].shape == (1, 16 + 3, 8, 8)  # features + skip RGB entering block 2
+
+    # y keeps exactly half the pixels of the input, unchanged, and zeroes the rest.
+    truth = _pixels(tiny / "image.png").unsqueeze(0) / 255
+    y = result["y"]
+    assert y.shape == (1, 3, 32, 32)
+    kept = (y != 0).any(1)
+    assert int(kept.sum()) <= 512 and int((y == 0).all(1).sum()) >= 512
+    assert torch.allclose(y[:, :, kept[0]], truth[:, :, kept[0]])
+
+    # The PNGs are the tensors: reconstruction.png is the saved reconstruction, comparison.png shows the
+    # naive reconstruction | reconstruction | input in a row (torchvision's 2-pixel padding).
+    assert Image.open(out / "measurement.png").size == (32, 32)
+    assert (_pixels(out / "reconstruction.png") - recon[0] * 255).abs().max() <= 1
+    comparison = _pixels(out / "comparison.png")
+    assert comparison.shape == (3, 36, 104)
+    assert (comparison[:, 2:34, 36:68] - recon[0] * 255).abs().max() <= 1
+    assert (comparison[:, 2:34, 70:102] - truth[0] * 255).abs().max() <= 1
+    assert torch.equal(comparison[:, 2:34, 2:34], _pixels(out / "measurement.png"))
+
+
+def test_reconstruct_is_deterministic_and_seeded(tiny: Path, tmp_path: Path) -> None:
+    args = ("--task", "inpaint", "--level", "0.5", *ILO_FAST)
+    _, first = _reconstruct(tiny, tmp_path / "a", *args)
+    _, again = _reconstruct(tiny, tmp_path / "b", *args)
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+    assert json.loads((tmp_path / "a" / "record.json").read_text())["psnr"] == \
+        json.loads((tmp_path / "b" / "record.json").read_text())["psnr"]
+
+    record, other = _reconstruct(tiny, tmp_path / "c", *args, "--seed", "1")
+    assert record["seed"] == 1
+    assert not torch.equal((first["y"] != 0).any(1), (other["y"] != 0).any(1))  # another random mask
+    assert not torch.equal(first["reconstruction"], other["reconstruction"])
+
+
+def test_reconstruct_csgm_has_no_latent(tiny: Path, tmp_path: Path) -> None:
+    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm",
+                                  "--steps", "5")
+    assert record["method"] == "csgm" and record["steps"] == 5
+    assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 5)]
+    assert set(result) == {"y", "reconstruction", "w_plus"}
+
+
+@pytest.mark.parametrize(("method", "radii", "expected"), [
+    ("ilo-unconstrained", ("--radii", "5,5,5"), [None, None, None]),
+    ("ilo", ("--radii", "5,5,5"), [5.0, 5.0, 5.0]),
+    ("ilo", ("--radii", "0,0,3"), [None, None, 3.0]),
+])
+def test_reconstruct_radii(tiny: Path, tmp_path: Path, method: str, radii: tuple[str, ...], expected: list) -> None:
+    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", method,
+                                  *ILO_FAST, *radii)
+    assert record["method"] == method and record["steps"] == 10
+    assert [s["radius"] for s in record["stages"]] == expected
+    assert result["latent"].shape == (1, 19, 8, 8)
+
+
+@pytest.mark.parametrize(("task", "level", "y_shape"), [
+    ("cs", "0.25", (1, 768)),
+    ("denoise", "0.1", (1, 3, 32, 32)),
+    ("sr", "2", (1, 3, 16, 16)),
+    ("colorize", "1", (1, 1, 32, 32)),
+])
+def test_reconstruct_each_task(tiny: Path, tmp_path: Path, task: str, level: str, y_shape: tuple[int, ...]) -> None:
+    record, result = _reconstruct(tiny, tmp_path / "out", "--task", task, "--level", level, "--steps", "2,2", "--layers", "0,1")
+    assert record["operator"]["task"] == task and record["operator"]["level"] == float(level) and record["steps"] == 4
+    assert result["y"].shape == y_shape
+    assert result["reconstruction"].shape == (1, 3, 32, 32)
+    assert Image.open(tmp_path / "out" / "measurement.png").size == (32, 32)
+    truth = _pixels(tiny / "image.png").unsqueeze(0) / 255
+    if task == "sr":
+        assert torch.allclose(result["y"], torch.nn.functional.avg_pool2d(truth, 2), atol=1e-6)
+    elif task == "denoise":
+        assert record["operator"]["noise_sigma"] == pytest.approx(0.1)
+        assert 0.07 < float((result["y"] - truth).std()) < 0.13
+    elif task == "cs":
+        assert record["operator"]["cs_kind"] == "structured"  # 3·32·32 unknowns is past the dense Gaussian limit
+    else:
+        grey = 0.299 * truth[:, 0] + 0.587 * truth[:, 1] + 0.114 * truth[:, 2]
+        assert torch.allclose(result["y"][:, 0], grey, atol=2e-3)
+
+
+def test_reconstruct_with_a_mask_file(tiny: Path, tmp_path: Path) -> None:
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, :16] = 255  # keep the left half
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--mask", str(tmp_path / "mask.png"),
+                                  *ILO_FAST)
+    assert record["operator"]["mask"] == "file" and record["operator"]["mask_path"] == str(tmp_path / "mask.png")
+    truth = _pixels(tiny / "image.png").unsqueeze(0) / 255
+    assert torch.equal(result["y"][..., 16:], torch.zeros(1, 3, 32, 16))
+    assert torch.allclose(result["y"][..., :16], truth[..., :16])
+
+
+def test_reconstruct_mask_kind_center(tiny: Path, tmp_path: Path) -> None:
+    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.75", "--mask-kind", "center",
+                                  "--method", "csgm", "--steps", "2")
+    assert record["operator"]["mask"] == "center"
+    assert torch.equal(result["y"][..., 8:24, 8:24], torch.zeros(1, 3, 16, 16))  # a 16x16 hole leaves 75%
+
+
+def test_reconstruct_resizes_and_converts_when_asked(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wide = np.random.default_rng(2).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    err = _error(capsys, _argv(tiny, tmp_path / "refused", "--task", "inpaint", "--level", "0.5", *ILO_FAST,
+                               image=tmp_path / "wide.png"))
+    assert "wide.png" in err and "48x40" in err and "--resize" in err
+    assert not (tmp_path / "refused").exists()
+
+    _, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm",
+                             "--steps", "2", "--resize", image=tmp_path / "wide.png")
+    assert result["reconstruction"].shape == (1, 3, 32, 32)
+    input_panel = _pixels(tmp_path / "out" / "comparison.png")[:, 2:34, 70:102]
+    expected = np.array(Image.fromarray(wide).crop((4, 0, 44, 40)).resize((32, 32), Image.Resampling.LANCZOS))
+    assert (input_panel - torch.from_numpy(expected).permute(2, 0, 1).float()).abs().max() <= 1
+
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).convert("L").save(tmp_path / "grey.png")
+    _reconstruct(tiny, tmp_path / "grey", "--task", "colorize", "--method", "csgm", "--steps", "2", image=tmp_path / "grey.png")
+    grey_panel = _pixels(tmp_path / "grey" / "comparison.png")[:, 2:34, 70:102]
+    assert torch.equal(grey_panel[0], grey_panel[1]) and torch.equal(grey_panel[1], grey_panel[2])
+
+
+def test_reconstruct_rejects_a_text_file_named_png(tiny: Path, tmp_path: Path) -> None:
+    """Through the console script: one line on stderr, status 2, no traceback."""
+    (tmp_path / "notes.png").write_text("this is not an image\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "sgilo"), *_argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5",
+                                                             image=tmp_path / "notes.png")],
+        capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("sgilo: error:") and "notes.png" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--layers", "0,1", "--steps", "3,3,3"), "--layers has 2 entries but --steps has 3"),
+    (("--steps", "3,3", "--layers", "0,1", "--radii", "5"), "--radii has 1 entries"),
+    (("--steps", "3,3", "--layers", "0,9"), "stage layer 9"),
+    (("--level", "3", "--task", "sr"), "must divide"),
+    (("--level", "1.5"), "must be in (0, 1]"),
+])
+def test_reconstruct_bad_options(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...],
+                                 message: str) -> None:
+    task = () if "--task" in extra else ("--task", "inpaint")
+    level = () if "--level" in extra else ("--level", "0.5")
+    err = _error(capsys, _argv(tiny, tmp_path / "out", *task, *level, *extra))
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_missing_generator(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["reconstruct", str(tiny / "image.png"), "--task", "inpaint", "--generator", str(tmp_path / "absent.pt"),
+            "--out", str(tmp_path / "out")]
+    err = _error(capsys, argv)
+    assert "absent.pt" in err and "not found" in err
+
+
+def test_reconstruct_mask_of_the_wrong_size(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Image.new("L", (16, 16), 255).save(tmp_path / "small_mask.png")
+    err = _error(capsys, _argv(tiny, tmp_path / "out", "--task", "inpaint", "--mask", str(tmp_path / "small_mask.png")))
+    assert "small_mask.png" in err and "32x32" in err
+
+
+def test_reconstruct_perceptual_without_lpips_weights(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    err = _error(capsys, _argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--perceptual", "1", *ILO_FAST))
+    assert "vgg16" in err and str(tmp_path / "torch_home") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_bad_steps_is_a_usage_error(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(_argv(tiny, tmp_path / "out", "--task", "inpaint", "--steps", "ten"))
+    assert info.value.code == 2
+    assert "expected comma-separated ints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steps", [",", "4.7", "-3"])
+def test_reconstruct_empty_fractional_or_negative_steps_are_usage_errors(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], steps: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(_argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm", "--steps", steps))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "Traceback" not in err
+
+
+def test_reconstruct_out_must_be_a_folder(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in _error(capsys, _argv(tiny, tmp_path / "file", "--task", "inpaint", "--level", "0.5"))

@@ -15,7 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from sgilo.data import DataError, load_images, read_index, save_image_grid
+from sgilo.data import (
+    DataError,
+    load_images,
+    load_user_image,
+    read_index,
+    save_image_grid,
+)
 from sgilo.synthfaces import HAIR_COLORS, HAIR_STYLES, render_face, write_synthfaces
 
 N_VARIETY = 200
@@ -272,3 +278,134 @@ def test_save_image_grid(tmp_path: Path) -> None:
     assert _files(tmp_path) == ["grid.png"]
     with pytest.raises(ValueError, match="shape"):
         save_image_grid(torch.zeros(2, 1, 8, 8), out, nrow=2)
+
+
+# ------------------------------------------------------------------------------------------ load_user_image
+def _save(tmp_path: Path, name: str, array: np.ndarray, mode: str | None = None) -> Path:
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(tmp_path / name)
+    return tmp_path / name
+
+
+def test_load_user_image_rgb_shape_range_and_values(tmp_path: Path) -> None:
+    array = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    loaded = load_user_image(_save(tmp_path, "rgb.png", array), 32)
+    assert loaded.shape == (1, 3, 32, 32) and loaded.dtype == torch.float32
+    assert 0 <= float(loaded.min()) and float(loaded.max()) <= 1
+    np.testing.assert_array_equal(np.rint(loaded[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8), array)
+    # An image already of the right size is left alone by resize=True.
+    assert torch.equal(load_user_image(tmp_path / "rgb.png", 32, resize=True), loaded)
+
+
+def test_load_user_image_replicates_grey(tmp_path: Path) -> None:
+    grey = (np.arange(32 * 32) % 256).astype(np.uint8).reshape(32, 32)
+    path = _save(tmp_path, "grey.png", grey)
+    assert Image.open(path).mode == "L"
+    loaded = load_user_image(path, 32)
+    assert loaded.shape == (1, 3, 32, 32)
+    for channel in range(3):
+        np.testing.assert_allclose(loaded[0, channel].numpy(), grey / 255.0, atol=1e-7)
+
+
+def test_load_user_image_drops_alpha(tmp_path: Path) -> None:
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 100, 50
+    rgba[:, :16, 3] = 255  # left half opaque, right half fully transparent: the colour is kept either way
+    path = _save(tmp_path, "rgba.png", rgba)
+    assert Image.open(path).mode == "RGBA"
+    loaded = load_user_image(path, 32)
+    assert loaded.shape == (1, 3, 32, 32)
+    expected = torch.tensor([200, 100, 50]) / 255.0
+    assert torch.allclose(loaded[0, :, 0, 0], expected) and torch.allclose(loaded[0, :, 0, 31], expected)
+    assert torch.equal(loaded, loaded[:, :, :1, :1].expand_as(loaded))
+
+
+def test_load_user_image_converts_palette_and_grey_alpha(tmp_path: Path) -> None:
+    palette = Image.new("P", (32, 32))
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+    palette.paste(1, (0, 0, 16, 32))
+    palette.paste(2, (16, 0, 32, 32))
+    palette.save(tmp_path / "p.png")
+    loaded = load_user_image(tmp_path / "p.png", 32)
+    assert torch.equal(loaded[0, :, 5, 5], torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.equal(loaded[0, :, 5, 20], torch.tensor([0.0, 0.0, 1.0]))
+
+    Image.new("LA", (32, 32), (51, 0)).save(tmp_path / "la.png")
+    assert torch.allclose(load_user_image(tmp_path / "la.png", 32), torch.full((1, 3, 32, 32), 0.2))
+
+
+def test_load_user_image_scales_16_bit_grey(tmp_path: Path) -> None:
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    loaded = load_user_image(path, 32)
+    assert torch.allclose(loaded, torch.full_like(loaded, 32768 / 65535), atol=1 / 255)
+
+
+def _stripes(width: int, height: int) -> np.ndarray:
+    """Green, with a 4-pixel red band on the left/top and a blue one on the right/bottom of the long side."""
+    array = np.zeros((height, width, 3), dtype=np.uint8)
+    array[..., 1] = 255
+    if width >= height:
+        array[:, :4], array[:, -4:] = (255, 0, 0), (0, 0, 255)
+    else:
+        array[:4], array[-4:] = (255, 0, 0), (0, 0, 255)
+    return array
+
+
+@pytest.mark.parametrize("size", [(40, 32), (32, 40)])
+def test_load_user_image_resize_centre_crops(tmp_path: Path, size: tuple[int, int]) -> None:
+    path = _save(tmp_path, "wide.png", _stripes(*size))
+    loaded = load_user_image(path, 32, resize=True)
+    assert loaded.shape == (1, 3, 32, 32)
+    # The centre 32x32 square is all green: both bands were cropped away and nothing was resampled.
+    assert torch.equal(loaded, torch.tensor([0.0, 1.0, 0.0]).reshape(1, 3, 1, 1).expand(1, 3, 32, 32))
+
+
+def test_load_user_image_resize_crop_offset_and_scaling(tmp_path: Path) -> None:
+    # 41 wide: the crop starts at column (41 - 32) // 2 = 4, so column 4 is the first one kept.
+    array = np.zeros((32, 41, 3), dtype=np.uint8)
+    array[:, 4] = 255
+    loaded = load_user_image(_save(tmp_path, "odd.png", array), 32, resize=True)
+    assert torch.equal(loaded[0, :, :, 0], torch.ones(3, 32)) and float(loaded[0, :, :, 1:].max()) == 0
+
+    # A larger image is cropped to its centre square and scaled down: a 96x64 image with a left red half
+    # (x < 48) becomes red on the left half of the 32x32 output, green on the right.
+    big = np.zeros((64, 96, 3), dtype=np.uint8)
+    big[:, :48, 0], big[:, 48:, 1] = 255, 255
+    small = load_user_image(_save(tmp_path, "big.png", big), 32, resize=True)
+    assert small.shape == (1, 3, 32, 32)
+    assert 0 <= float(small.min()) and float(small.max()) <= 1
+    assert torch.allclose(small[0, :, :, :15], torch.tensor([1.0, 0.0, 0.0]).reshape(3, 1, 1).expand(3, 32, 15), atol=0.02)
+    assert torch.allclose(small[0, :, :, 17:], torch.tensor([0.0, 1.0, 0.0]).reshape(3, 1, 1).expand(3, 32, 15), atol=0.02)
+
+
+def test_load_user_image_wrong_size_suggests_resize(tmp_path: Path) -> None:
+    path = _save(tmp_path, "wide.png", _stripes(40, 32))
+    with pytest.raises(DataError, match="--resize") as info:
+        load_user_image(path, 32)
+    assert str(path) in str(info.value) and "40x32" in str(info.value) and "32x32" in str(info.value)
+
+
+def test_load_user_image_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nope.png"):
+        load_user_image(tmp_path / "nope.png", 32)
+    with pytest.raises(DataError, match="no such image"):
+        load_user_image(tmp_path, 32)  # a folder is not an image file
+
+
+@pytest.mark.parametrize("content", [b"just some text, not pixels\n", b"", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_load_user_image_non_image_is_named(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.png"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="not a readable image") as info:
+        load_user_image(path, 32)
+    assert str(path) in str(info.value)
+
+
+def test_load_user_image_truncated_png_is_named(tmp_path: Path) -> None:
+    array = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    path = _save(tmp_path, "cut.png", array)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(DataError, match="cut.png"):
+        load_user_image(path, 32)

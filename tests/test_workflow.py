@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -29,12 +30,16 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert load_generator(tmp_path / "results/generator/generator.pt").size == 32
     assert "generator" in (tmp_path / "logs/generator.log").read_text()
+    assert sorted(p.name for p in (tmp_path / "results/invert/shards").iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert json.loads((tmp_path / "results/invert/summary.json").read_text())["images"] == 12
 
     assert planned_jobs(snakemake(tmp_path, params, "-n")) == set()
+    write_params(params, {"invert": {"geocross": 0.02}})
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"invert", "invert_summary"}
     write_params(params, {"generator": {"grid_rows": 3}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"generator"}
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"generator", "invert", "invert_summary"}
     write_params(params, {"download": {"synthfaces": {"n_train": 40}}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"download", "generator"}
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"download", "generator", "invert", "invert_summary"}
 
 
 def test_bad_params_stop_the_workflow_before_any_job(tmp_path):

@@ -104,12 +104,45 @@ class GeneratorConfig:
     grid_rows: int = field(default=8, metadata=_rng(1, 64))
 
 
+# ------------------------------------------------------------------------------------------------- invert
+@dataclass(frozen=True)
+class StageConfig:
+    """One ILO stage: optimise the input of generator block `layer` (0 = the w+ latent, i.e. CSGM)."""
+
+    layer: int = field(default=0, metadata=_rng(0))
+    steps: int = field(default=100, metadata=_rng(0))
+    lr: float = field(default=0.1, metadata=_rng(0.0))
+    radius: float | None = field(default=None, metadata=_rng(0.0))  # l1 radius around the previous layer's range; null = unconstrained
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    """ILO inversion of the training images into the layer-`layer` representation the score model learns."""
+
+    layer: int = field(default=2, metadata=_rng(1))
+    stages: tuple[StageConfig, ...] = (StageConfig(0, 40), StageConfig(1, 30, radius=150.0), StageConfig(2, 30, radius=300.0))
+    geocross: float = field(default=0.01, metadata=_rng(0.0))
+    perceptual: float = field(default=0.0, metadata=_rng(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
+    optimize_noise: bool = False
+    images: int = field(default=512, metadata=_rng(1))  # the first `images` training images, in index order
+    shard_size: int = field(default=128, metadata=_rng(1))
+    batch_size: int = field(default=32, metadata=_rng(1))
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=0, metadata=_rng(0))
+
+    @property
+    def shards(self) -> int:
+        return -(-self.images // self.shard_size)
+
+
 # -------------------------------------------------------------------------------------------------- params
 @dataclass(frozen=True)
 class Params:
     seed: int = field(default=0, metadata=_rng(0))
     download: DownloadConfig = DownloadConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    invert: InvertConfig = InvertConfig()
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if f.name != "seed")
@@ -124,7 +157,22 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return from_dict(Params, raw if raw is not None else {}, source=str(path))
+    params = from_dict(Params, raw if raw is not None else {}, source=str(path))
+    _check_across_sections(params, str(path))
+    return params
+
+
+def _check_across_sections(params: Params, source: str) -> None:
+    """Rules that tie keys of different sections together; each message names the keys to change."""
+    blocks = params.generator.architecture.size.bit_length() - 2  # blocks at 4², 8², …, size²
+    invert = params.invert
+    if not invert.layer < blocks:
+        raise ConfigError(f"{source}: invert.layer: a {params.generator.architecture.size}² generator has blocks 0…{blocks - 1}; the layer must be in [1, {blocks - 1}]")
+    layers = [stage.layer for stage in invert.stages]
+    if not layers or layers != sorted(layers) or layers[-1] != invert.layer:
+        raise ConfigError(f"{source}: invert.stages: stage layers must rise and end at invert.layer ({invert.layer}), got {layers}")
+    if params.download.dataset == "synthfaces" and invert.images > params.download.synthfaces.n_train:
+        raise ConfigError(f"{source}: invert.images ({invert.images}) exceeds download.synthfaces.n_train ({params.download.synthfaces.n_train})")
 
 
 def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -> Any:

@@ -117,9 +117,47 @@ def load_images(dataset_dir: str | Path, split: str, resolution: int,
     return out.div_(127.5).sub_(1.0)
 
 
+def load_user_image(path: str | Path, resolution: int, resize: bool = False) -> torch.Tensor:
+    """A user's image as (1, 3, R, R) in [0, 1].
+
+    Greyscale, palette and alpha images are converted to RGB (grey replicated, alpha dropped). An image that is not
+    R×R is an error unless `resize`, which centre-crops it to a square and resizes it with Lanczos.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = _to_rgb8(opened)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc}); give a PNG or JPEG file") from exc
+    if image.size != (resolution, resolution):
+        if not resize:
+            raise DataError(
+                f"{path}: image is {image.width}x{image.height} but the generator makes {resolution}x{resolution}; "
+                "pass --resize to centre-crop and resize it, or give an image of that size"
+            )
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """8-bit RGB; PIL's convert() clips 16-bit and float greys instead of scaling them, so scale those first."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        scale = 1.0 if image.mode == "F" else 65535.0  # float images are taken to be in [0, 1]
+        image = Image.fromarray(np.clip(np.rint(grey / scale * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
     """Write images in [-1, 1] of shape (N, 3, H, W) as one PNG grid with `nrow` images per row."""
-    from torchvision.utils import save_image  # deferred: importing torchvision is slow and only grids need it
+    from torchvision.utils import (
+        save_image,  # deferred: importing torchvision is slow and only grids need it
+    )
 
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise ValueError(f"images must have shape (N>0, 3, H, W), got {tuple(images.shape)}")

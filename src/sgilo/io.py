@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import safetensors
+import safetensors.torch
 import torch
 
 
@@ -77,3 +79,19 @@ def load_torch(path: str | Path, safe_globals: list[Any] | None = None) -> Any:
             f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}: {exc}); delete it and rerun the "
             "stage that writes it, or download it again"
         ) from exc
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], dest: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Tensors as safetensors (no code can hide in the file), atomically."""
+    with atomic_path(dest) as tmp:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a damaged or foreign file raises CheckpointError naming it."""
+    path = Path(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118 (safe_open is no dict)
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it") from exc

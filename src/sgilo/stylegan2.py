@@ -243,6 +243,9 @@ class Generator(nn.Module):
             self.noises.register_buffer(f"noise_{j}", torch.randn(1, 1, res, res))
         # Not in the state dict: rosinality keeps it beside g_ema as "latent_avg".
         self.register_buffer("w_avg", torch.zeros(style_dim), persistent=False)
+        # PULSE/ILO's Gaussianised latent space: w = LeakyReLU_0.2(std·z + mean). Zero std means "not fitted yet".
+        self.register_buffer("w_gauss_mean", torch.zeros(style_dim), persistent=False)
+        self.register_buffer("w_gauss_std", torch.zeros(style_dim), persistent=False)
 
     # --------------------------------------------------------------------------------- mapping & noise
     def mapping(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
@@ -326,6 +329,32 @@ class Generator(nn.Module):
             total += self.style(torch.randn(count, self.style_dim, device=device, generator=generator)).double().sum(0)
         return (total / n).float()
 
+    @torch.no_grad()
+    def fit_gaussian(self, n: int, generator: torch.Generator | None = None, batch: int = 4096) -> tuple[Tensor, Tensor]:
+        """Mean and std of LeakyReLU_5(w) over `n` random z, i.e. w with the mapping's last activation undone.
+
+        In that space w is close to Gaussian, so optimising a unit Gaussian z with w = LeakyReLU_0.2(std·z + mean)
+        keeps inversions near the generator's own latent distribution (PULSE, ILO, SGILO).
+        """
+        device = self.input.input.device
+        total = torch.zeros(self.style_dim, device=device, dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, n, batch):
+            count = min(batch, n - start)
+            w = self.style(torch.randn(count, self.style_dim, device=device, generator=generator)).double()
+            undone = torch.nn.functional.leaky_relu(w, 5.0)
+            total += undone.sum(0)
+            squares += undone.square().sum(0)
+        mean = total / n
+        std = (squares / n - mean.square()).clamp_min(0).sqrt()
+        self.w_gauss_mean.copy_(mean.float())
+        self.w_gauss_std.copy_(std.float())
+        return self.w_gauss_mean, self.w_gauss_std
+
+    @property
+    def gaussian_fitted(self) -> bool:
+        return bool(self.w_gauss_std.abs().sum() > 0)
+
 
 # ------------------------------------------------------------------------------------------ discriminator
 class ConvLayer(nn.Sequential):
@@ -400,7 +429,9 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int]:
     return dict(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=channel_multiplier, channel_max=channel_max)
 
 
-def generator_from_state(state_dict: dict[str, Tensor], latent_avg: Tensor | None, config: dict[str, int] | None, source: str) -> Generator:
+def generator_from_state(
+    state_dict: dict[str, Tensor], latent_avg: Tensor | None, config: dict[str, int] | None, source: str, gaussian_fit: dict[str, Tensor] | None = None
+) -> Generator:
     """Build a generator and load `state_dict` with strict key and shape matching."""
     config = dict(config) if config else infer_config(state_dict)
     generator = Generator(**config)
@@ -410,6 +441,9 @@ def generator_from_state(state_dict: dict[str, Tensor], latent_avg: Tensor | Non
         raise CheckpointError(f"{source}: the weights do not fit a StyleGAN2 generator {config}: {exc}") from exc
     if latent_avg is not None:
         generator.w_avg.copy_(latent_avg.reshape(-1))
+    if gaussian_fit is not None:
+        generator.w_gauss_mean.copy_(gaussian_fit["mean"].reshape(-1))
+        generator.w_gauss_std.copy_(gaussian_fit["std"].reshape(-1))
     return generator.eval()
 
 
@@ -447,11 +481,13 @@ def _load_torch_generator(path: Path) -> Generator:
     if not isinstance(checkpoint, dict) or "g_ema" not in checkpoint:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path}: expected a dict with 'g_ema' (rosinality layout), found {keys}")
-    return generator_from_state(checkpoint["g_ema"], checkpoint.get("latent_avg"), checkpoint.get("config"), str(path))
+    return generator_from_state(checkpoint["g_ema"], checkpoint.get("latent_avg"), checkpoint.get("config"), str(path), checkpoint.get("gaussian_fit"))
 
 
 def save_generator(generator: Generator, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the project's format: rosinality's keys plus the constructor config, atomically."""
     state = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
     payload = {"format": FORMAT, "config": dict(generator.config), "g_ema": state, "latent_avg": generator.w_avg.detach().cpu().clone()}
+    if generator.gaussian_fitted:
+        payload["gaussian_fit"] = {"mean": generator.w_gauss_mean.detach().cpu().clone(), "std": generator.w_gauss_std.detach().cpu().clone()}
     save_torch({**payload, **(extra or {})}, path)

@@ -134,6 +134,8 @@ def finish(params: Params, generator: Generator, metrics: dict[str, Any], real: 
     generator = generator.eval().requires_grad_(False)
     if not generator.w_avg.abs().sum():
         generator.w_avg.copy_(generator.mean_latent(config.latent_avg_samples, torch_generator(params.seed, "generator", "latent_avg")))
+    if not generator.gaussian_fitted:
+        generator.fit_gaussian(config.latent_avg_samples, torch_generator(params.seed, "generator", "gaussian_fit"))
     count = config.grid_rows**2
     z = torch.randn(count, generator.style_dim, generator=torch_generator(params.seed, "generator", "grid"))
     save_image_grid(generator(z).clamp(-1, 1), out / "samples.png", nrow=config.grid_rows)

@@ -1,0 +1,341 @@
+"""CSGM and ILO: invert a StyleGAN2 through any forward operator, a batch of images at a time.
+
+ILO (Daras et al. 2021) optimises the Gaussianised w+ first (that first stage alone is CSGM, Bora et al.
+2017, with PULSE's latent space), then the representation entering block k, k+1, … of the generator, each
+stage starting from the best point so far mapped forward and staying within an l1 ball around it.
+
+The layer-k representation here is the pair (features, skip-RGB) that enters block k, stacked along channels:
+(C + 3, H, W). ILO's public code keeps only the features and restarts the RGB skip at zero, which changes the
+image at every stage switch; carrying the skip makes G_{≥k}(h) exactly the generator, so a prior learned on h
+(SGILO) models what the image really is.
+
+Batching: every image has its own seed, latent, noise, l1 centre and best-iterate record; the loss is a sum of
+per-image losses and Adam is elementwise, so B images at once follow the same path as B runs of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sgilo.seeding import torch_generator
+from sgilo.stylegan2 import Generator
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+Perceptual = Callable[[Tensor, Tensor], Tensor]  # (x, y) in [0,1] → per-image distance (B,)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ILO stage: optimise the input of block `layer` for `steps` steps within an l1 ball of `radius`."""
+
+    layer: int
+    steps: int
+    radius: float | None = None  # l1 radius around the stage's starting point; None = unconstrained
+    lr: float = 0.1
+
+
+@dataclass(frozen=True)
+class Options:
+    geocross: float = 0.01  # weight of the geodesic cross-distance between the active w+ rows
+    perceptual: float = 0.0  # weight of a perceptual distance (LPIPS) between image-shaped measurements
+    optimize_noise: bool = False  # also optimise the noise maps of the active blocks
+    sphere: bool = True  # keep each z row (and noise map) on its initial sphere, as PULSE/ILO do
+    rampup: float = 0.05  # fraction of a stage spent ramping the lr up …
+    rampdown: float = 0.75  # … and down (cosine)
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast); the latter two only help on a GPU
+
+
+@dataclass
+class Result:
+    """Per-image best iterates (lowest measurement loss) of an inversion."""
+
+    image: Tensor  # (B, 3, size, size) in [-1, 1]
+    latent: Tensor | None  # (B, C + 3, H, W): the representation entering block `layer`; None for layer 0
+    w_plus: Tensor  # (B, num_ws, style_dim)
+    noise: list[Tensor] | None  # per-image noise maps when optimised, else None (the generator's stored maps)
+    loss: Tensor  # (B,) best measurement MSE
+    layer: int
+    steps: int = 0
+    history: list[float] = field(default_factory=list)  # mean measurement MSE per step
+
+
+def csgm_stages(steps: int, lr: float = 0.1) -> tuple[Stage, ...]:
+    return (Stage(layer=0, steps=steps, lr=lr),)
+
+
+# ------------------------------------------------------------------------------------------ projections
+def project_l1_ball(v: Tensor, radius: float | Tensor) -> Tensor:
+    """Euclidean projection of each row v[i] (flattened) onto {x: ‖x‖₁ ≤ radius} (Duchi et al. 2008, Fig. 1).
+
+    Sort |v| in decreasing order, find the largest j with u_j > (Σ_{i≤j} u_i − r)/j and soft-threshold at
+    θ = (Σ_{i≤ρ} u_i − r)/ρ; rows already inside the ball are returned unchanged.
+    """
+    flat = v.reshape(v.shape[0], -1)
+    radius = torch.as_tensor(radius, dtype=flat.dtype, device=flat.device).expand(flat.shape[0]).reshape(-1, 1)
+    magnitude = flat.abs()
+    inside = magnitude.sum(1, keepdim=True) <= radius
+    if bool(inside.all()):
+        return v
+    u = magnitude.sort(dim=1, descending=True).values
+    cumulative = u.cumsum(1) - radius
+    index = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    rho = ((u * index) > cumulative).sum(1, keepdim=True).clamp_min(1)  # condition holds for a prefix of j
+    theta = cumulative.gather(1, rho - 1) / rho.to(flat.dtype)
+    projected = flat.sign() * (magnitude - theta.clamp_min(0)).clamp_min(0)
+    return torch.where(inside, flat, projected).reshape(v.shape)
+
+
+def geocross(z: Tensor) -> Tensor:
+    """PULSE's geodesic cross-distance between the rows of each z (B, n, D) → (B,); pushes rows together."""
+    if z.shape[1] < 2:
+        return z.new_zeros(z.shape[0])
+    x, y = z.unsqueeze(1), z.unsqueeze(2)
+    chord = ((x - y).square().sum(-1) + 1e-9).sqrt()
+    opposite = ((x + y).square().sum(-1) + 1e-9).sqrt()
+    angle = 2 * torch.atan2(chord, opposite)
+    return (angle.square() * z.shape[-1]).mean((1, 2)) / 8
+
+
+def lr_at(t: float, lr: float, rampup: float, rampdown: float) -> float:
+    """StyleGAN's projector schedule: linear warm-up over `rampup`, cosine decay over the last `rampdown`."""
+    ramp = min(1.0, (1.0 - t) / rampdown)
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    return lr * ramp * min(1.0, t / rampup)
+
+
+def gaussianised_w(generator: Generator, z: Tensor) -> Tensor:
+    return F.leaky_relu(z * generator.w_gauss_std + generator.w_gauss_mean, 0.2)
+
+
+# ------------------------------------------------------------------------------------------- layer split
+def first_w_row(layer: int) -> int:
+    """The first w+ row that blocks ≥ `layer` read (block 0: rows 0, 1; block b: rows 2b−1 … 2b+1)."""
+    return 0 if layer == 0 else 2 * layer - 1
+
+
+def first_noise(layer: int) -> int:
+    return 0 if layer == 0 else 2 * layer - 1
+
+
+def encode(generator: Generator, layer: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None) -> Tensor:
+    """The representation h entering block `layer` (≥ 1) of the image G(w+): features and skip stacked."""
+    features, skip = generator.synthesis_features(w_plus, layer, noise)
+    return torch.cat([features, skip], 1)
+
+
+def advance(generator: Generator, h: Tensor, start: int, stop: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None) -> Tensor:
+    """Map the representation entering block `start` to the one entering block `stop` (start ≤ stop)."""
+    if start == stop:
+        return h
+    if start == 0:
+        return encode(generator, stop, w_plus, noise)
+    features, skip = h[:, :-3], h[:, -3:]
+    features, skip = generator._blocks(start, stop, features, skip, generator._broadcast(w_plus), generator._noise(noise))
+    return torch.cat([features, skip], 1)
+
+
+def decode(generator: Generator, h: Tensor | None, layer: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None = None) -> Tensor:
+    """G_{≥layer}(h): the image (B, 3, size, size) in about [-1, 1]."""
+    if layer == 0:
+        return generator.synthesis(w_plus, noise)
+    return generator.synthesis_from(layer, h[:, :-3], h[:, -3:], w_plus, noise)
+
+
+# -------------------------------------------------------------------------------------------- inversion
+def invert(
+    generator: Generator,
+    forward: Callable[[Tensor], Tensor],
+    y: Tensor,
+    seeds: Sequence[int],
+    stages: Sequence[Stage],
+    options: Options = Options(),
+    perceptual: Perceptual | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Result:
+    """Invert a batch: find per image the iterate whose image x (in [0,1]) best fits ‖forward(x) − y‖².
+
+    `forward` is any differentiable operator on [0,1] images (e.g. a deepinv physics' `A`); `seeds[i]` seeds
+    image i's initial z and noise. CSGM is `stages=csgm_stages(n)`. The generator's weights are frozen.
+    """
+    _check(generator, y, seeds, stages, options, perceptual)
+    generator.requires_grad_(False)
+    if not generator.gaussian_fitted:
+        generator.fit_gaussian(100_000, torch_generator(0, "gaussian_fit"))
+    state = _State.start(generator, seeds, options.optimize_noise, y.device)
+    history: list[float] = []
+    previous_layer = 0
+    for stage in stages:
+        state.move_to(generator, previous_layer, stage.layer)
+        _run_stage(generator, forward, y, state, stage, options, perceptual, history, progress)
+        previous_layer = stage.layer
+    with torch.no_grad():
+        image = decode(generator, state.best_h, previous_layer, gaussianised_w(generator, state.best_z), state.best_noise)
+    return Result(
+        image=image.float(),
+        latent=None if previous_layer == 0 else state.best_h.float(),
+        w_plus=gaussianised_w(generator, state.best_z).detach(),
+        noise=[n.detach() for n in state.best_noise] if state.best_noise is not None else None,
+        loss=state.best_loss,
+        layer=previous_layer,
+        steps=sum(s.steps for s in stages),
+        history=history,
+    )
+
+
+def measurement_loss(forward: Callable[[Tensor], Tensor], image: Tensor, y: Tensor) -> Tensor:
+    """Per-image mean squared error in measurement space; `image` in [-1, 1], measured in [0, 1]."""
+    residual = forward((image.float() + 1) / 2) - y
+    return residual.reshape(residual.shape[0], -1).square().mean(1)
+
+
+@dataclass
+class _State:
+    """Current and best iterates; `h`/`best_h` live at the current stage's layer (None at layer 0)."""
+
+    z: Tensor
+    noise: list[Tensor] | None
+    h: Tensor | None = None
+    best_z: Tensor = None  # type: ignore[assignment]
+    best_noise: list[Tensor] | None = None
+    best_h: Tensor | None = None
+    best_loss: Tensor = None  # type: ignore[assignment]
+
+    @classmethod
+    def start(cls, generator: Generator, seeds: Sequence[int], optimize_noise: bool, device: torch.device) -> _State:
+        zs, noises = [], []
+        for seed in seeds:
+            rng = torch_generator(seed, "inversion", device="cpu")
+            zs.append(torch.randn(generator.num_ws, generator.style_dim, generator=rng))
+            if optimize_noise:
+                noises.append(generator.random_noise(1, rng))
+        z = torch.stack(zs).to(device)
+        noise = [torch.cat(maps).to(device) for maps in zip(*noises)] if optimize_noise else None
+        best_noise = [n.clone() for n in noise] if noise is not None else None
+        inf = torch.full((len(seeds),), math.inf, device=device)
+        return cls(z=z, noise=noise, best_z=z.clone(), best_noise=best_noise, best_loss=inf)
+
+    @torch.no_grad()
+    def move_to(self, generator: Generator, start: int, stop: int) -> None:
+        """Begin a stage at layer `stop` from the best iterate so far (mapped forward from layer `start`)."""
+        w_plus = gaussianised_w(generator, self.best_z)
+        if stop > 0:
+            self.best_h = advance(generator, self.best_h, start, stop, w_plus, self.best_noise).float()
+            self.h = self.best_h.clone()
+        self.z = self.best_z.clone()
+        if self.noise is not None:
+            self.noise = [n.clone() for n in self.best_noise]
+
+    @torch.no_grad()
+    def record(self, loss: Tensor) -> None:
+        """Keep, per image, the iterate that `loss` (its measurement MSE) was computed at, if it is the best."""
+        better = loss < self.best_loss
+        if not bool(better.any()):
+            return
+        self.best_loss = torch.where(better, loss, self.best_loss)
+        self.best_z = _where(better, self.z, self.best_z)
+        if self.h is not None:
+            self.best_h = _where(better, self.h, self.best_h)
+        if self.noise is not None:
+            self.best_noise = [_where(better, n, b) for n, b in zip(self.noise, self.best_noise)]
+
+
+def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    return torch.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new.detach(), old)
+
+
+def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Options, perceptual, history, progress) -> None:
+    rows = first_w_row(stage.layer)
+    z_active = state.z[:, rows:].clone().requires_grad_(True)
+    variables = [z_active]
+    noise_from = first_noise(stage.layer)
+    noise_active = [n.requires_grad_(True) for n in state.noise[noise_from:]] if state.noise is not None else []
+    variables += noise_active
+    centre = None
+    if stage.layer > 0:
+        centre = state.h.clone()
+        state.h.requires_grad_(True)
+        variables.append(state.h)
+    spheres = [(v, _row_norms(v)) for v in [z_active, *noise_active]] if options.sphere else []
+    optimizer = torch.optim.Adam(variables, lr=stage.lr)
+    for step in range(stage.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step / stage.steps, stage.lr, options.rampup, options.rampdown)
+        state.z = torch.cat([state.z[:, :rows].detach(), z_active], 1)
+        w_plus = gaussianised_w(generator, state.z)
+        with _autocast(options.precision, y.device):
+            image = decode(generator, state.h, stage.layer, w_plus, state.noise)
+        data = measurement_loss(forward, image, y)
+        loss = data + options.geocross * geocross(z_active)
+        if perceptual is not None and options.perceptual > 0:
+            loss = loss + options.perceptual * perceptual(forward((image.float() + 1) / 2).clamp(0, 1), y.clamp(0, 1))
+        state.record(data.detach())
+        history.append(float(data.detach().mean()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            for variable, norms in spheres:
+                variable.mul_(norms / _row_norms(variable))
+            if centre is not None and stage.radius is not None:
+                state.h.copy_(centre + project_l1_ball(state.h - centre, stage.radius))
+        if progress is not None:
+            progress(1)
+    with torch.no_grad():
+        state.z = torch.cat([state.z[:, :rows], z_active], 1).detach()
+        if state.h is not None:
+            state.h = state.h.detach()
+        if state.noise is not None:
+            state.noise = [n.detach() for n in state.noise]
+        # The last update was never scored; score it so a stage's final iterate can be kept.
+        image = decode(generator, state.h, stage.layer, gaussianised_w(generator, state.z), state.noise)
+        state.record(measurement_loss(forward, image, y))
+
+
+def _row_norms(v: Tensor) -> Tensor:
+    """Norms over everything but the batch and first axes (a z row, or a noise map)."""
+    dims = tuple(range(2, v.ndim))
+    return (v.detach().square().sum(dims, keepdim=True) + 1e-9).sqrt()
+
+
+@contextlib.contextmanager
+def _autocast(precision: str, device: torch.device) -> Iterator[None]:
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32" and device.type == "cuda":
+        previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    else:
+        yield
+
+
+def _check(generator: Generator, y: Tensor, seeds: Sequence[int], stages: Sequence[Stage], options: Options, perceptual) -> None:
+    if len(seeds) != y.shape[0]:
+        raise ValueError(f"one seed per measurement: got {len(seeds)} seeds for a batch of {y.shape[0]}")
+    if not stages:
+        raise ValueError("stages: at least one stage is needed")
+    for stage in stages:
+        if not 0 <= stage.layer < generator.num_blocks:
+            raise ValueError(f"stage layer {stage.layer}: must be in [0, {generator.num_blocks - 1}] for a {generator.size}² generator")
+        if stage.steps < 0 or stage.lr <= 0 or (stage.radius is not None and stage.radius <= 0):
+            raise ValueError(f"stage {stage}: steps must be >= 0, lr and radius > 0")
+    layers = [stage.layer for stage in stages]
+    if layers != sorted(layers):
+        raise ValueError(f"ILO stages must go forward through the layers, got layers {layers}")
+    if options.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
+    if options.perceptual > 0 and perceptual is None:
+        raise ValueError("options.perceptual > 0 needs a perceptual distance (LPIPS); pass one or set the weight to 0")
+    if options.perceptual > 0 and (y.ndim != 4 or y.shape[1] != 3):
+        raise ValueError(f"a perceptual loss needs RGB image measurements (B, 3, H, W); got {tuple(y.shape)}: set its weight to 0 for this task")

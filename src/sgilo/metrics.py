@@ -1,0 +1,72 @@
+"""Per-image quality metrics on [0, 1] images, from DeepInverse (SSIM through torchmetrics).
+
+Every metric returns one value per image, so results tables keep a row per image and any average is taken
+by whoever reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import deepinv as dinv
+import torch
+from torch import Tensor
+
+
+def image_metrics(x: Tensor, reference: Tensor) -> dict[str, Tensor]:
+    """MSE, PSNR (dB, data range 1) and SSIM of each image of x against its reference, as (B,) tensors.
+
+    Both are clamped to [0, 1] first, the range the metrics assume. deepinv's PSNR adds 1e-8 to the MSE,
+    so identical images score 80 dB rather than infinity.
+    """
+    if x.ndim != 4 or x.shape != reference.shape:
+        raise ValueError(f"x and reference must be (B, C, H, W) of one shape; got {tuple(x.shape)} and "
+                         f"{tuple(reference.shape)}")
+    with torch.no_grad():
+        x, reference = x.detach().float().clamp(0, 1), reference.detach().float().clamp(0, 1)
+        return {
+            "mse": dinv.metric.MSE()(x, reference),
+            "psnr": dinv.metric.PSNR(max_pixel=1.0, min_pixel=0.0)(x, reference),
+            "ssim": dinv.metric.SSIM(max_pixel=1.0, min_pixel=0.0)(x, reference),
+        }
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights a metric needs are not on disk (nothing is downloaded); the message says where to put them."""
+
+
+# torchvision backbones LPIPS is built on; torchmetrics ships the linear heads.
+LPIPS_BACKBONES = {
+    "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    "squeeze": "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+}
+
+
+def lpips_backbone_path(net: str = "vgg") -> Path:
+    """Where torchvision looks for the LPIPS backbone: $TORCH_HOME/hub/checkpoints/<file>."""
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"LPIPS net must be one of {', '.join(LPIPS_BACKBONES)}; got {net!r}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net].rsplit("/", 1)[1]
+
+
+def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu") -> Callable[[Tensor, Tensor], Tensor]:
+    """LPIPS (Zhang et al. 2018) between [0, 1] images, one differentiable value per image.
+
+    Raises MissingWeightsError when the backbone file is absent, instead of letting torchvision try to download.
+    """
+    path = lpips_backbone_path(net)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"LPIPS-{net} needs the torchvision backbone {path.name} at {path} (from {LPIPS_BACKBONES[net]}); "
+            "place it there (or point TORCH_HOME elsewhere), or set the perceptual weight to 0"
+        )
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    model = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True).net.to(device).eval().requires_grad_(False)
+
+    def distance(x: Tensor, reference: Tensor) -> Tensor:
+        return model(x, reference, normalize=True).reshape(x.shape[0])
+
+    return distance

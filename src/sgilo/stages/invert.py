@@ -1,0 +1,176 @@
+"""invert stage: ILO-invert the training images into the layer-k representation the score model learns.
+
+The first `invert.images` training images (index order) are cut into shards of `invert.shard_size`; each shard is
+one job (`--shard i`, one Snakemake job per shard) and one atomic safetensors file holding the latents
+(N, C + 3, H, W), w+ (N, num_ws, style_dim), the image ids and per-image final measurement loss and PSNR.
+Within a shard, finished batches are checkpointed to `<out>/partial/`; a killed job resumes at the next batch
+and ends with the same file as an uninterrupted run (each image's result depends only on its own seed).
+`--summary` gathers the shards' PSNR into `<out>/summary.json`, a DVC metric. With neither flag, every shard
+and the summary run in turn (DVC's command).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sgilo.config import InvertConfig, Params, to_dict
+from sgilo.data import load_images, read_index
+from sgilo.inversion import Options, Perceptual, Stage, invert
+from sgilo.io import (
+    load_safetensors,
+    load_torch,
+    save_json,
+    save_safetensors,
+    save_torch,
+)
+from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
+from sgilo.seeding import item_seed
+from sgilo.stages._common import log, set_threads, stage_parser, start
+from sgilo.stylegan2 import Generator, load_generator
+
+FORMAT = "sgilo.invert/1"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder from the download stage")
+    parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint (results/generator/generator.pt)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/invert")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--shard", type=int, help="invert this shard only")
+    which.add_argument("--summary", action="store_true", help="only gather the finished shards into summary.json")
+    args, params = start(parser, argv)
+    config = params.invert
+    if args.shard is not None and not 0 <= args.shard < config.shards:
+        parser.error(f"--shard {args.shard}: invert.images={config.images} in shards of {config.shard_size} gives shards 0…{config.shards - 1}")
+    set_threads(config.threads)
+    if not args.summary:
+        device = _device(config)
+        generator = load_generator(args.generator).to(device)
+        try:
+            perceptual = lpips_distance("vgg", device) if config.perceptual > 0 else None
+        except MissingWeightsError as exc:
+            parser.exit(2, f"error: invert.perceptual is {config.perceptual}: {exc}\n")
+        for shard in [args.shard] if args.shard is not None else range(config.shards):
+            invert_shard(params, generator, perceptual, args.data, args.generator, shard, args.out)
+    if args.shard is None:
+        summarize(config, args.out)
+
+
+def shard_path(out: Path, shard: int) -> Path:
+    return out / "shards" / f"shard-{shard:05d}.safetensors"
+
+
+def shard_ids(config: InvertConfig, train_ids: Sequence[int], shard: int) -> list[int]:
+    if len(train_ids) < config.images:
+        raise ValueError(f"invert.images is {config.images} but the data set has only {len(train_ids)} training images; lower invert.images")
+    return list(train_ids[shard * config.shard_size : min((shard + 1) * config.shard_size, config.images)])
+
+
+# ------------------------------------------------------------------------------------------------ one shard
+def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | None, data: Path, generator_path: Path, shard: int, out: Path) -> None:
+    config = params.invert
+    ids = shard_ids(config, read_index(data).query("split == 'train'")["id"].tolist(), shard)
+    partial_path = out / "partial" / f"shard-{shard:05d}.pt"
+    fingerprint = _fingerprint(params, generator_path, ids)
+    done = _resume(partial_path, fingerprint)
+    batches = [ids[i : i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
+    stages = [Stage(**to_dict(s)) for s in config.stages]
+    options = Options(geocross=config.geocross, perceptual=config.perceptual, optimize_noise=config.optimize_noise, precision=config.precision)
+    steps = sum(s.steps for s in stages)
+    progress = tqdm(total=len(ids) * steps, initial=len(done) * steps, desc=f"invert shard {shard}", unit="img·step", mininterval=5.0)
+    device = next(generator.parameters()).device
+    for batch in batches[len(done):]:
+        target = load_images(data, "train", generator.size, batch)
+        target01 = ((target + 1) / 2).to(device)
+        seeds = [item_seed(params.seed, "invert", image_id) for image_id in batch]
+        result = invert(generator, _identity, target01, seeds, stages, options, perceptual, progress=functools.partial(_advance, progress, len(batch)))
+        quality = image_metrics((result.image.clamp(-1, 1) + 1) / 2, target01)
+        done.append({
+            "ids": torch.tensor(batch), "latents": result.latent.cpu(), "w_plus": result.w_plus.cpu(),
+            "loss": result.loss.cpu(), "psnr": quality["psnr"].cpu(),
+        })
+        save_torch({"fingerprint": fingerprint, "batches": done}, partial_path)
+    progress.close()
+    _write_shard(done, params, shard, shard_path(out, shard), generator)
+    partial_path.unlink(missing_ok=True)
+    log.info("shard %d: %d images, mean PSNR %.2f dB", shard, len(ids), float(torch.cat([b["psnr"] for b in done]).mean()))
+
+
+def _advance(progress: tqdm, images: int, steps: int) -> None:
+    progress.update(images * steps)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _write_shard(done: list[dict[str, torch.Tensor]], params: Params, shard: int, dest: Path, generator: Generator) -> None:
+    tensors = {key: torch.cat([b[key] for b in done]).contiguous() for key in done[0]}
+    metadata = {
+        "format": FORMAT,
+        "shard": str(shard),
+        "layer": str(params.invert.layer),
+        "generator": json.dumps(generator.config),
+        "invert": json.dumps(to_dict(params.invert)),
+    }
+    save_safetensors(tensors, dest, metadata)
+
+
+def _fingerprint(params: Params, generator_path: Path, ids: list[int]) -> str:
+    """What a partial shard must match to be resumed: params, generator weights and the image ids."""
+    digest = hashlib.sha256(json.dumps({"seed": params.seed, "invert": to_dict(params.invert), "ids": ids}, sort_keys=True).encode())
+    with open(generator_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resume(path: Path, fingerprint: str) -> list[dict[str, torch.Tensor]]:
+    if not path.exists():
+        return []
+    state = load_torch(path)
+    if state.get("fingerprint") != fingerprint:
+        log.info("%s: made with other params, generator or images; starting the shard again", path)
+        return []
+    log.info("%s: resuming after %d finished batches", path, len(state["batches"]))
+    return list(state["batches"])
+
+
+def _device(config: InvertConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: invert.device is 'cuda' but no CUDA device is visible; set invert.device to auto or cpu")
+    if config.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+# -------------------------------------------------------------------------------------------------- summary
+def summarize(config: InvertConfig, out: Path) -> None:
+    psnr, loss = [], []
+    for shard in range(config.shards):
+        path = shard_path(out, shard)
+        if not path.exists():
+            raise SystemExit(f"error: {path} is missing; run the invert stage for shard {shard} first")
+        tensors, _ = load_safetensors(path)
+        psnr.append(tensors["psnr"])
+        loss.append(tensors["loss"])
+    psnr_all, loss_all = torch.cat(psnr), torch.cat(loss)
+    save_json({
+        "images": len(psnr_all),
+        "psnr_mean": float(psnr_all.mean()),
+        "psnr_min": float(psnr_all.min()),
+        "psnr_median": float(psnr_all.median()),
+        "loss_mean": float(loss_all.mean()),
+    }, out / "summary.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""CSGM/ILO on a tiny random generator: l1 projection, layer split, batching, constraints, best iterates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sgilo.inversion import (
+    Options,
+    Stage,
+    csgm_stages,
+    decode,
+    encode,
+    geocross,
+    invert,
+    project_l1_ball,
+)
+from sgilo.operators import OperatorSpec, build_operator
+from sgilo.stylegan2 import Generator
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    torch.manual_seed(0)
+    g = Generator(size=16, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16).eval()
+    g.fit_gaussian(2000, torch.Generator().manual_seed(0))
+    return g
+
+
+def _targets(generator: Generator, n: int, seed: int = 1) -> torch.Tensor:
+    with torch.no_grad():
+        z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed))
+        return (generator(z).clamp(-1, 1) + 1) / 2
+
+
+# ----------------------------------------------------------------------------------------- l1 projection
+def _projection_by_bisection(v: torch.Tensor, radius: float) -> torch.Tensor:
+    """The KKT solution sign(v)·max(|v| − θ, 0) with θ ≥ 0 found by bisection on ‖·‖₁ = radius."""
+    v = v.double()
+    if v.abs().sum() <= radius:
+        return v
+    lo, hi = 0.0, float(v.abs().max())
+    for _ in range(200):
+        theta = (lo + hi) / 2
+        if (v.abs() - theta).clamp_min(0).sum() > radius:
+            lo = theta
+        else:
+            hi = theta
+    return v.sign() * (v.abs() - hi).clamp_min(0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+def test_l1_projection_matches_brute_force(n):
+    rng = torch.Generator().manual_seed(n)
+    v = torch.randn(16, n, generator=rng, dtype=torch.float64) * 3
+    radii = torch.rand(16, generator=rng, dtype=torch.float64) * 2 * v.abs().sum(1)  # some rows inside, some out
+    projected = project_l1_ball(v, radii)
+    for row, radius, out in zip(v, radii, projected):
+        expected = _projection_by_bisection(row, float(radius))
+        torch.testing.assert_close(out, expected, atol=1e-9, rtol=1e-9)
+        assert out.abs().sum() <= radius * (1 + 1e-12)
+
+
+def test_l1_projection_is_the_nearest_point_of_the_ball():
+    rng = torch.Generator().manual_seed(3)
+    v = torch.randn(1, 3, 4, 4, generator=rng, dtype=torch.float64)
+    projected = project_l1_ball(v, 2.0)
+    assert projected.shape == v.shape
+    assert math.isclose(float(projected.abs().sum()), 2.0, rel_tol=1e-12)
+    for _ in range(200):  # no feasible point is closer to v
+        p = torch.randn_like(v, dtype=torch.float64)
+        p = p * (2.0 * float(torch.rand(1, generator=rng)) / p.abs().sum())
+        assert (p - v).norm() >= (projected - v).norm() - 1e-12
+
+
+def test_l1_projection_leaves_points_inside_unchanged():
+    v = torch.tensor([[0.1, -0.2, 0.3]])
+    assert torch.equal(project_l1_ball(v, 1.0), v)
+
+
+def test_geocross_is_zero_for_equal_rows_and_positive_otherwise():
+    z = torch.randn(2, 1, 8).expand(2, 5, 8)
+    assert torch.allclose(geocross(z), torch.zeros(2), atol=1e-3)
+    assert (geocross(torch.randn(2, 5, 8)) > 0.1).all()
+
+
+# ------------------------------------------------------------------------------------------ layer split
+@pytest.mark.parametrize("layer", [1, 2])
+def test_decode_of_encode_is_the_generator(generator, layer):
+    w_plus = generator.mapping(torch.randn(3, generator.style_dim)).unsqueeze(1).expand(-1, generator.num_ws, -1)
+    with torch.no_grad():
+        h = encode(generator, layer, w_plus, None)
+        c, size, _ = generator.layer_shape(layer)
+        assert h.shape == (3, c + 3, size, size)
+        torch.testing.assert_close(decode(generator, h, layer, w_plus), generator.synthesis(w_plus), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- solvers
+ILO = (Stage(0, 4), Stage(1, 3, radius=30.0), Stage(2, 3, radius=60.0))
+
+
+def test_batch_of_eight_equals_eight_batches_of_one(generator):
+    x = _targets(generator, 8)
+    seeds = list(range(100, 108))
+    operator = build_operator(OperatorSpec("inpaint", 0.5), (3, 16, 16), seeds)
+    batched = invert(generator, operator.physics.A, operator.measure(x), seeds, ILO)
+    for i, seed in enumerate(seeds):
+        single_op = build_operator(OperatorSpec("inpaint", 0.5), (3, 16, 16), [seed])
+        single = invert(generator, single_op.physics.A, single_op.measure(x[i : i + 1]), [seed], ILO)
+        torch.testing.assert_close(single.image[0], batched.image[i], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(single.latent[0], batched.latent[i], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(single.loss[0], batched.loss[i], atol=1e-6, rtol=1e-4)
+
+
+def test_ilo_fits_measurements_and_keeps_the_best_iterate(generator):
+    x = _targets(generator, 4, seed=5)
+    seeds = [1, 2, 3, 4]
+    operator = build_operator(OperatorSpec("inpaint", 0.5), (3, 16, 16), seeds)
+    y = operator.measure(x)
+    result = invert(generator, operator.physics.A, y, seeds, (Stage(0, 30), Stage(1, 30), Stage(2, 30)))
+    assert result.layer == 2 and result.steps == 90 and len(result.history) == 90
+    assert result.loss.shape == (4,)
+    assert float(result.loss.max()) < result.history[0] / 5
+    # The reported loss is the loss of the returned image: the best iterate is kept together with its image.
+    recomputed = (operator.physics.A((result.image + 1) / 2) - y).flatten(1).square().mean(1)
+    torch.testing.assert_close(recomputed, result.loss, atol=1e-6, rtol=1e-4)
+    assert not any(p.requires_grad for p in generator.parameters())
+
+
+def test_l1_radius_bounds_the_deviation_from_the_previous_layer(generator):
+    x = _targets(generator, 2, seed=7)
+    seeds = [5, 6]
+    start = invert(generator, lambda v: v, x, seeds, (Stage(0, 0), Stage(1, 0)))
+    radius = 3.0
+    constrained = invert(generator, lambda v: v, x, seeds, (Stage(0, 0), Stage(1, 20, radius=radius)))
+    free = invert(generator, lambda v: v, x, seeds, (Stage(0, 0), Stage(1, 20)))
+    deviation = (constrained.latent - start.latent).flatten(1).abs().sum(1)
+    assert (deviation <= radius * (1 + 1e-4)).all()
+    assert ((free.latent - start.latent).flatten(1).abs().sum(1) > radius).all()
+    assert (free.loss <= constrained.loss + 1e-7).all()
+
+
+def test_csgm_optimises_the_latent_only(generator):
+    x = _targets(generator, 2, seed=9)
+    result = invert(generator, lambda v: v, x, [1, 2], csgm_stages(20))
+    assert result.latent is None and result.layer == 0
+    torch.testing.assert_close(generator.synthesis(result.w_plus), result.image, atol=1e-5, rtol=1e-5)
+
+
+def test_noise_optimisation_returns_per_image_noise(generator):
+    x = _targets(generator, 2, seed=11)
+    result = invert(generator, lambda v: v, x, [1, 2], (Stage(0, 5), Stage(1, 5)), Options(optimize_noise=True))
+    assert result.noise is not None and len(result.noise) == generator.num_noises
+    assert all(n.shape[0] == 2 for n in result.noise)
+    torch.testing.assert_close(decode(generator, result.latent, 1, result.w_plus, result.noise), result.image, atol=1e-5, rtol=1e-5)
+
+
+def test_perceptual_term_is_used_when_weighted(generator):
+    calls = []
+
+    def perceptual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(a.shape)
+        return (a - b).abs().flatten(1).mean(1)
+
+    x = _targets(generator, 2, seed=13)
+    invert(generator, lambda v: v, x, [1, 2], csgm_stages(3), Options(perceptual=0.5), perceptual=perceptual)
+    assert calls == [(2, 3, 16, 16)] * 3
+
+
+@pytest.mark.parametrize(
+    ("stages", "options", "message"),
+    [
+        ((Stage(1, 2), Stage(0, 2)), Options(), "forward"),
+        ((Stage(5, 2),), Options(), "layer"),
+        ((Stage(0, 2, radius=-1.0),), Options(), "radius"),
+        ((), Options(), "at least one"),
+        ((Stage(0, 2),), Options(precision="fp8"), "precision"),
+        ((Stage(0, 2),), Options(perceptual=1.0), "perceptual"),
+    ],
+)
+def test_bad_schedules_are_refused(generator, stages, options, message):
+    x = _targets(generator, 1)
+    with pytest.raises(ValueError, match=message):
+        invert(generator, lambda v: v, x, [0], stages, options)
+
+
+def test_one_seed_per_measurement(generator):
+    with pytest.raises(ValueError, match="one seed per measurement"):
+        invert(generator, lambda v: v, _targets(generator, 2), [0], csgm_stages(1))

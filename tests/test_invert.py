@@ -1,0 +1,116 @@
+"""invert stage: shards of layer-k latents, resume after kill -9, summary, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_stage, write_params
+
+from sgilo.inversion import decode
+from sgilo.io import load_safetensors
+from sgilo.stylegan2 import Generator, load_generator, save_generator
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A downloaded tiny data set and a random tiny generator (training is the generator stage's business)."""
+    root = tmp_path_factory.mktemp("invert")
+    params = write_params(root / "params.yaml")
+    run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
+    torch.manual_seed(0)
+    generator = Generator(**TINY["generator"]["architecture"])
+    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
+    save_generator(generator, root / "generator.pt")
+    return root
+
+
+def _invert(root: Path, params: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
+                     "--out", str(out), *extra, cwd=root, check=check)
+
+
+def test_shards_hold_latents_ids_and_quality(workspace):
+    out = workspace / "all"
+    _invert(workspace, workspace / "params.yaml", out)
+    first, meta = load_safetensors(out / "shards" / "shard-00000.safetensors")
+    second, _ = load_safetensors(out / "shards" / "shard-00001.safetensors")
+    assert first["ids"].tolist() == list(range(8)) and second["ids"].tolist() == list(range(8, 12))
+    channels = TINY["generator"]["architecture"]["channel_max"]
+    assert first["latents"].shape == (8, channels + 3, 8, 8)  # the input of block 2 of a 32² generator
+    assert first["w_plus"].shape == (8, 8, TINY["generator"]["architecture"]["style_dim"])
+    assert first["loss"].shape == first["psnr"].shape == (8,)
+    assert meta["layer"] == "2" and json.loads(meta["invert"])["images"] == 12
+    # The stored latent decodes to an image whose PSNR is the one recorded.
+    generator = load_generator(workspace / "generator.pt")
+    with torch.no_grad():
+        image = (decode(generator, first["latents"], 2, first["w_plus"]).clamp(-1, 1) + 1) / 2
+    from sgilo.data import load_images
+
+    truth = (load_images(workspace / "synthfaces", "train", 32, list(range(8))) + 1) / 2
+    psnr = -10 * torch.log10((image - truth).square().flatten(1).mean(1))
+    torch.testing.assert_close(psnr, first["psnr"], atol=0.05, rtol=0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 12
+    assert summary["psnr_mean"] == pytest.approx(float(torch.cat([first["psnr"], second["psnr"]]).mean()), rel=1e-5)
+    assert not (out / "partial").exists() or not any((out / "partial").iterdir())
+
+
+def test_one_shard_per_job_then_summary(workspace):
+    out = workspace / "jobs"
+    _invert(workspace, workspace / "params.yaml", out, "--shard", "1")
+    assert (out / "shards" / "shard-00001.safetensors").exists() and not (out / "shards" / "shard-00000.safetensors").exists()
+    missing = _invert(workspace, workspace / "params.yaml", out, "--summary", check=False)
+    assert missing.returncode != 0 and "shard-00000" in missing.stderr
+    bad = _invert(workspace, workspace / "params.yaml", out, "--shard", "2", check=False)
+    assert bad.returncode == 2 and "shards 0…1" in bad.stderr
+
+
+def test_killed_shard_resumes_to_identical_output(workspace):
+    slow = write_params(workspace / "slow.yaml", {"invert": {"images": 12, "shard_size": 12, "batch_size": 2,
+                                                             "stages": [{"layer": 0, "steps": 30}, {"layer": 2, "steps": 30, "radius": 100.0}]}})
+    straight = workspace / "straight"
+    _invert(workspace, slow, straight, "--shard", "0")
+    killed = workspace / "killed"
+    args = [sys.executable, "-m", "sgilo.stages.invert", "--params", str(slow), "--data", str(workspace / "synthfaces"),
+            "--generator", str(workspace / "generator.pt"), "--out", str(killed), "--shard", "0"]
+    process = subprocess.Popen(args, cwd=workspace, stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = killed / "partial" / "shard-00000.pt"
+    deadline = time.monotonic() + 120
+    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "shards" / "shard-00000.safetensors").exists(), "the shard finished before it could be killed; raise steps"
+    rerun = _invert(workspace, slow, killed, "--shard", "0")
+    assert "resuming after" in rerun.stderr
+    expected, _ = load_safetensors(straight / "shards" / "shard-00000.safetensors")
+    got, _ = load_safetensors(killed / "shards" / "shard-00000.safetensors")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert not partial.exists()
+
+
+def test_stale_partial_from_other_params_is_not_resumed(workspace):
+    out = workspace / "stale"
+    params = workspace / "params.yaml"
+    partial = out / "partial" / "shard-00000.pt"
+    partial.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "something else", "batches": []}, partial)
+    result = _invert(workspace, params, out, "--shard", "0")
+    assert "starting the shard again" in result.stderr
+
+
+def test_more_images_than_the_data_set_has_is_a_clear_error(workspace):
+    params = write_params(workspace / "too_many.yaml", {"invert": {"images": 100}})
+    result = _invert(workspace, params, workspace / "x", check=False)
+    assert result.returncode == 2
+    assert "invert.images" in result.stderr and "n_train" in result.stderr

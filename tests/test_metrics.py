@@ -1,0 +1,49 @@
+"""Per-image metrics on [0, 1] images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sgilo.metrics import image_metrics
+
+
+def _images(n: int = 3) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_constant_offset_of_a_tenth_is_20_db():
+    x = 0.9 * _images()
+    metrics = image_metrics(x + 0.1, x)
+    assert torch.allclose(metrics["psnr"], torch.full((3,), 20.0), atol=1e-3)
+    assert torch.allclose(metrics["mse"], torch.full((3,), 0.01), atol=1e-6)
+
+
+def test_identical_images_score_perfectly():
+    x = _images()
+    metrics = image_metrics(x, x.clone())
+    assert torch.allclose(metrics["ssim"], torch.ones(3), atol=1e-6)
+    assert torch.equal(metrics["mse"], torch.zeros(3))
+    assert (metrics["psnr"] >= 80).all()
+
+
+def test_one_value_per_image_in_its_own_order():
+    reference = _images(4)
+    noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(1))
+    noisy = reference + 0.05 * torch.arange(4.0).view(4, 1, 1, 1) * noise  # image 0 clean, then noisier
+    metrics = image_metrics(noisy, reference)
+    assert set(metrics) == {"mse", "psnr", "ssim"}
+    assert all(value.shape == (4,) for value in metrics.values())
+    assert (metrics["ssim"].diff() < 0).all() and (metrics["psnr"][1:].diff() < 0).all()
+    single = image_metrics(noisy[2:3], reference[2:3])
+    assert all(torch.allclose(single[k], metrics[k][2:3]) for k in metrics)
+
+
+def test_inputs_are_clamped_to_the_unit_range():
+    x = _images()
+    assert torch.equal(image_metrics(x + 5.0, x)["mse"], image_metrics(torch.ones_like(x), x)["mse"])
+
+
+def test_mismatched_shapes_are_rejected():
+    with pytest.raises(ValueError, match="shape"):
+        image_metrics(_images(2), _images(3))

@@ -1,0 +1,39 @@
+INVERT_SHARDS = [f"{i:05d}" for i in range(PARAMS.invert.shards)]
+INVERT_CODE = code("stages/invert", "inversion", "stylegan2", "nvidia_pickle", "metrics", "seeding", "data")
+
+
+# One job per shard, so a cluster (or `--cores N`) inverts shards in parallel and a changed shard count or
+# image list reruns only the shards it touches.
+rule invert:
+    input:
+        index=rules.download.output.index,
+        generator=rules.generator.output.generator,
+        code=INVERT_CODE,
+    output:
+        "results/invert/shards/shard-{shard}.safetensors",
+    params:
+        section=section("invert"),
+        shard=lambda wildcards: int(wildcards.shard),
+    log:
+        "logs/invert/shard-{shard}.log",
+    threads: workflow.cores
+    resources:
+        gpu=1 if PARAMS.invert.device != "cpu" else 0,
+    shell:
+        "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {input.generator}"
+        " --out results/invert --shard {params.shard} 2> {log}"
+
+
+rule invert_summary:
+    input:
+        shards=expand("results/invert/shards/shard-{shard}.safetensors", shard=INVERT_SHARDS),
+        code=INVERT_CODE,
+    output:
+        "results/invert/summary.json",
+    params:
+        section=section("invert"),
+    log:
+        "logs/invert/summary.log",
+    shell:
+        "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {rules.generator.output.generator}"
+        " --out results/invert --summary 2> {log}"
