@@ -32,6 +32,8 @@ def section(name):
 include: "workflow/rules/download.smk"
 include: "workflow/rules/generator.smk"
 include: "workflow/rules/invert.smk"
+include: "workflow/rules/trajectories.smk"
+include: "workflow/rules/score.smk"
 
 
 rule all:
@@ -39,3 +41,4 @@ rule all:
     input:
         rules.generator.output,
         rules.invert_summary.output,
+        rules.score.output,

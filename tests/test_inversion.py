@@ -189,3 +189,21 @@ def test_bad_schedules_are_refused(generator, stages, options, message):
 def test_one_seed_per_measurement(generator):
     with pytest.raises(ValueError, match="one seed per measurement"):
         invert(generator, lambda v: v, _targets(generator, 2), [0], csgm_stages(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_gpu_inversion_agrees_with_the_cpu(generator, precision):
+    x = _targets(generator, 4, seed=21)
+    seeds = [1, 2, 3, 4]
+    cpu_op = build_operator(OperatorSpec("inpaint", 0.5), (3, 16, 16), seeds)
+    cpu = invert(generator, cpu_op.physics.A, cpu_op.measure(x), seeds, ILO)
+    gpu_generator = Generator(**generator.config).cuda().eval()
+    gpu_generator.load_state_dict(generator.state_dict())
+    gpu_generator.w_gauss_mean.copy_(generator.w_gauss_mean)
+    gpu_generator.w_gauss_std.copy_(generator.w_gauss_std)
+    gpu_op = build_operator(OperatorSpec("inpaint", 0.5), (3, 16, 16), seeds, device="cuda")
+    gpu = invert(gpu_generator, gpu_op.physics.A, gpu_op.measure(x.cuda()), seeds, ILO, Options(precision=precision))
+    assert torch.equal(gpu_op.measure(x.cuda()).cpu(), cpu_op.measure(x))
+    tolerance = 0.05 if precision == "bf16" else 2e-3
+    torch.testing.assert_close(gpu.image.cpu(), cpu.image, atol=tolerance, rtol=0)

@@ -33,13 +33,20 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results/invert/shards").iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     assert json.loads((tmp_path / "results/invert/summary.json").read_text())["images"] == 12
 
+    assert (tmp_path / "results/score/samples.png").exists()
+
+    downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score"}
     assert planned_jobs(snakemake(tmp_path, params, "-n")) == set()
+    write_params(params, {"score": {"epochs": 3}})
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"score"}
+    write_params(params, {"trajectories": {"draws": 3}})
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"trajectories_stats", "trajectories", "score"}
     write_params(params, {"invert": {"geocross": 0.02}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"invert", "invert_summary"}
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == downstream_of_invert
     write_params(params, {"generator": {"grid_rows": 3}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"generator", "invert", "invert_summary"}
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"generator"} | downstream_of_invert
     write_params(params, {"download": {"synthfaces": {"n_train": 40}}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"download", "generator", "invert", "invert_summary"}
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"download", "generator"} | downstream_of_invert
 
 
 def test_bad_params_stop_the_workflow_before_any_job(tmp_path):

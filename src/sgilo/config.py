@@ -136,6 +136,56 @@ class InvertConfig:
         return -(-self.images // self.shard_size)
 
 
+# ------------------------------------------------------------------------------------------- trajectories
+@dataclass(frozen=True)
+class TrajectoriesConfig:
+    """Forward-SDE samples of the (normalised) invert latents, cached for score training."""
+
+    sde: Literal["vp", "linear", "catmap", "lotka_volterra"] = "vp"  # vp: closed form; others: Euler–Maruyama
+    beta_min: float = field(default=0.1, metadata=_rng(0.0))
+    beta_max: float = field(default=20.0, metadata=_rng(0.0))
+    draws: int = field(default=8, metadata=_rng(1))  # samples of t per latent
+    dt: float = field(default=0.01, metadata=_rng(1e-5, 1.0))  # Euler–Maruyama step of the simulated SDEs
+    tau_fraction: float = field(default=0.5, metadata=_rng(0.01, 1.0))  # keep x_τ at τ = tau_fraction·t
+    held_out: float = field(default=0.1, metadata=_rng(0.0, 0.9))  # fraction of latents kept for the held-out loss
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    threads: int = field(default=0, metadata=_rng(0))
+
+
+# -------------------------------------------------------------------------------------------------- score
+@dataclass(frozen=True)
+class ScoreModelConfig:
+    """ScoreViT: the latent as tokens (patch size 1), Gaussian Fourier time features; paper: 8, 1024, 1, 4096."""
+
+    width: int = field(default=128, metadata=_rng(1))
+    depth: int = field(default=4, metadata=_rng(1))
+    heads: int = field(default=4, metadata=_rng(1))
+    mlp: int = field(default=256, metadata=_rng(1))
+    fourier_scale: float = field(default=16.0, metadata=_rng(0.0))
+    dropout: float = field(default=0.0, metadata=_rng(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Denoising score matching on the cached trajectories (AdamW, warm-up, clipping, EMA)."""
+
+    model: ScoreModelConfig = ScoreModelConfig()
+    igo: bool = False  # also train the intermediate generator on x_τ: α·L(x_t) + (1−α)·R(x_τ)
+    igo_alpha: float = field(default=0.5, metadata=_rng(0.0, 1.0))
+    epochs: int = field(default=20, metadata=_rng(1))
+    batch_size: int = field(default=128, metadata=_rng(1))
+    lr: float = field(default=3e-4, metadata=_rng(0.0))
+    weight_decay: float = field(default=0.0, metadata=_rng(0.0))
+    warmup_steps: int = field(default=100, metadata=_rng(0))
+    grad_clip: float = field(default=1.0, metadata=_rng(0.0))
+    ema_decay: float = field(default=0.999, metadata=_rng(0.0, 1.0))
+    samples: int = field(default=16, metadata=_rng(1))  # unconditional samples decoded into the grid
+    sample_steps: int = field(default=200, metadata=_rng(1))
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=0, metadata=_rng(0))
+
+
 # -------------------------------------------------------------------------------------------------- params
 @dataclass(frozen=True)
 class Params:
@@ -143,6 +193,8 @@ class Params:
     download: DownloadConfig = DownloadConfig()
     generator: GeneratorConfig = GeneratorConfig()
     invert: InvertConfig = InvertConfig()
+    trajectories: TrajectoriesConfig = TrajectoriesConfig()
+    score: ScoreConfig = ScoreConfig()
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if f.name != "seed")
@@ -171,6 +223,8 @@ def _check_across_sections(params: Params, source: str) -> None:
     layers = [stage.layer for stage in invert.stages]
     if not layers or layers != sorted(layers) or layers[-1] != invert.layer:
         raise ConfigError(f"{source}: invert.stages: stage layers must rise and end at invert.layer ({invert.layer}), got {layers}")
+    if params.trajectories.beta_max < params.trajectories.beta_min:
+        raise ConfigError(f"{source}: trajectories.beta_max ({params.trajectories.beta_max}) must be >= trajectories.beta_min ({params.trajectories.beta_min})")
     if params.download.dataset == "synthfaces" and invert.images > params.download.synthfaces.n_train:
         raise ConfigError(f"{source}: invert.images ({invert.images}) exceeds download.synthfaces.n_train ({params.download.synthfaces.n_train})")
 

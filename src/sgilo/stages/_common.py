@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from sgilo.config import ConfigError, Params, load_params
+from sgilo.data import DataError
+from sgilo.io import CheckpointError
 
 log = logging.getLogger("sgilo")
 
@@ -36,3 +38,12 @@ def set_threads(threads: int) -> None:
     """0 means every core this process may use."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads or available)
+
+
+def entry(main: Callable[[], None]) -> None:
+    """Run a stage's main; a missing or unreadable input ends with its message (exit 2), not a traceback."""
+    try:
+        main()
+    except (CheckpointError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -32,7 +32,7 @@ from sgilo.io import (
 )
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.seeding import item_seed
-from sgilo.stages._common import log, set_threads, stage_parser, start
+from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.stylegan2 import Generator, load_generator
 
 FORMAT = "sgilo.invert/1"
@@ -173,4 +173,4 @@ def summarize(config: InvertConfig, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -1,0 +1,62 @@
+"""The layer-k latents as the score model sees them: min–max scaled per channel to [-1, 1].
+
+The scaling is fitted once on the training latents (trajectories stage), saved, and applied the same way at
+training, sampling and reconstruction time, so the score model never sees raw feature magnitudes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sgilo.seeding import item_seed
+
+
+@dataclass(frozen=True)
+class LatentScaler:
+    """x ↦ 2·(x − min)/(max − min) − 1 per channel (dim 1 of a batch)."""
+
+    minimum: Tensor  # (C,)
+    maximum: Tensor  # (C,)
+
+    @classmethod
+    def fit(cls, latents: Tensor) -> LatentScaler:
+        """Per-channel range of a batch of latents (N, C, …)."""
+        if latents.ndim < 2 or latents.shape[0] == 0:
+            raise ValueError(f"latents must be a non-empty batch (N, C, ...), got shape {tuple(latents.shape)}")
+        flat = latents.transpose(0, 1).reshape(latents.shape[1], -1).double()
+        return cls(flat.min(1).values.float(), flat.max(1).values.float())
+
+    def _view(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[1] != self.minimum.shape[0]:
+            raise ValueError(f"latents have {x.shape[1]} channels, the scaler was fitted on {self.minimum.shape[0]}")
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        low = self.minimum.to(x.device, x.dtype).reshape(shape)
+        span = (self.maximum - self.minimum).clamp_min(1e-8).to(x.device, x.dtype).reshape(shape)
+        return low, span
+
+    def normalize(self, x: Tensor) -> Tensor:
+        low, span = self._view(x)
+        return 2 * (x - low) / span - 1
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        low, span = self._view(x)
+        return (x + 1) / 2 * span + low
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"minimum": self.minimum.contiguous(), "maximum": self.maximum.contiguous()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> LatentScaler:
+        try:
+            return cls(state["minimum"].float(), state["maximum"].float())
+        except KeyError as exc:
+            raise ValueError(f"not a latent scaler: key {exc} missing") from exc
+
+
+def split_held_out(ids: Tensor, fraction: float, seed: int) -> Tensor:
+    """Boolean mask of the held-out latents: a stable per-id draw, so the split never depends on shard order."""
+    draws = torch.tensor([item_seed(seed, "held_out", int(i)) % 1_000_000 for i in ids.tolist()], dtype=torch.float64)
+    return draws < fraction * 1_000_000

@@ -1,0 +1,219 @@
+"""score stage: train the latent score model on the cached trajectories (denoising score matching).
+
+AdamW with linear warm-up and gradient clipping, an EMA of the weights (its decay warmed up as
+min(decay, (1 + step)/(10 + step))), bf16 autocast on the GPU as an option. Each epoch ends with the held-out DSM
+loss of the EMA model (latents never seen in training) and an atomic checkpoint in `<out>/resume/state.pt`; a
+killed job resumes from the last finished epoch and reaches the same weights (per-epoch seeded shuffles).
+Writes `model.pt` (EMA weights, model config, latent scaling, SDE), `history.csv` (DVC plots), `metrics.json`,
+`loss.png` and `samples.png` (reverse-SDE samples in latent space decoded by the generator from layer k on).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sgilo.config import Params, to_dict
+from sgilo.data import save_image_grid
+from sgilo.inversion import decode
+from sgilo.io import atomic_open, load_safetensors, load_torch, save_json, save_torch
+from sgilo.latents import LatentScaler
+from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, score_from_eps
+from sgilo.sde import build_sde, reverse_sde_sample, target_std
+from sgilo.seeding import torch_generator
+from sgilo.stages._common import entry, log, set_threads, stage_parser, start
+from sgilo.stylegan2 import load_generator
+
+FORMAT = "sgilo.score/1"
+HISTORY_FIELDS = ("epoch", "step", "train_loss", "held_out_loss", "train_loss_tau")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--trajectories", required=True, type=Path, help="the trajectories stage's folder")
+    parser.add_argument("--invert", required=True, type=Path, help="the invert stage's folder (for the w+ of later layers)")
+    parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint, to decode samples")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/score")
+    args, params = start(parser, argv)
+    set_threads(params.score.threads)
+    device = _device(params.score.device)
+    data = load_trajectories(params, args.trajectories)
+    model, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, _fingerprint(params, args.trajectories))
+    finish(params, args, ema, history, seconds, data, device)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
+    shards = [load_safetensors(folder / "shards" / f"shard-{i:05d}.safetensors")[0] for i in range(params.invert.shards)]
+    merged = {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
+    for key in ("x_t", "eps", "x_tau", "eps_tau"):
+        merged[key] = merged[key].float()
+    held = merged.pop("held_out").bool()
+    train = {k: v[~held] for k, v in merged.items()}
+    held_out = {k: v[held] for k, v in merged.items()}
+    if len(train["t"]) == 0:
+        raise SystemExit("error: no training samples: lower trajectories.held_out or raise invert.images")
+    scaler = LatentScaler.from_state_dict(load_safetensors(folder / "stats.safetensors")[0])
+    return {"train": train, "held_out": held_out, "scaler": scaler, "shape": tuple(train["x_t"].shape[1:])}
+
+
+# ------------------------------------------------------------------------------------------------ training
+def build_model(params: Params, shape: tuple[int, ...]) -> ScoreViT:
+    """Initialised from the params' seed alone, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.seed)
+        return ScoreViT(shape, igo=params.score.igo, **to_dict(params.score.model))
+
+
+def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, fingerprint: str):
+    config = params.score
+    model = build_model(params, data["shape"]).to(device)
+    ema = build_model(params, data["shape"]).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    first_epoch, step, history = 0, 0, []
+    if state_path.exists():
+        state = load_torch(state_path)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            first_epoch, step, history = state["epoch"], state["step"], state["history"]
+            log.info("resuming after epoch %d", first_epoch)
+    train_set, count = data["train"], len(data["train"]["t"])
+    steps_per_epoch = math.ceil(count / config.batch_size)
+    started = time.perf_counter()
+    if not history:
+        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "held_out_loss": held_out_loss(params, ema, data, device), "train_loss_tau": float("nan")})
+    for epoch in range(first_epoch, config.epochs):
+        order = torch.randperm(count, generator=torch_generator(params.seed, "score", "epoch", epoch))
+        losses, losses_tau = [], []
+        for batch in tqdm(order.split(config.batch_size), desc=f"score epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, mininterval=5.0):
+            logs = _step(params, model, ema, optimizer, {k: v[batch].to(device) for k, v in train_set.items()}, step, device)
+            losses.append(logs["loss_t"])
+            losses_tau.append(logs.get("loss_tau", float("nan")))
+            step += 1
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / len(losses),
+                        "held_out_loss": held_out_loss(params, ema, data, device), "train_loss_tau": sum(losses_tau) / len(losses_tau)})
+        log.info("epoch %d: train %.4f, held-out %.4f", epoch + 1, history[-1]["train_loss"], history[-1]["held_out_loss"])
+        if epoch + 1 < config.epochs:
+            save_torch({"fingerprint": fingerprint, "epoch": epoch + 1, "step": step, "history": history, "model": model.state_dict(),
+                        "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}, state_path)
+    return model, ema, history, time.perf_counter() - started
+
+
+def _step(params: Params, model, ema, optimizer, batch: dict[str, torch.Tensor], step: int, device: torch.device) -> dict[str, float]:
+    config = params.score
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+    intermediate = (batch["x_tau"], batch["tau"], batch["eps_tau"]) if config.igo else None
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        loss, logs = dsm_loss(model, batch["x_t"], batch["t"], batch["eps"], intermediate=intermediate, alpha=config.igo_alpha if config.igo else 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    decay = min(config.ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+    return logs
+
+
+@torch.no_grad()
+def held_out_loss(params: Params, model, data: dict[str, Any], device: torch.device) -> float:
+    held = data["held_out"]
+    if len(held["t"]) == 0:
+        return float("nan")
+    total, count = 0.0, 0
+    for start_ in range(0, len(held["t"]), 256):
+        part = {k: v[start_ : start_ + 256].to(device) for k, v in held.items()}
+        loss, _ = dsm_loss(model, part["x_t"], part["t"], part["eps"])
+        total += float(loss) * len(part["t"])
+        count += len(part["t"])
+    return total / count
+
+
+# -------------------------------------------------------------------------------------------------- outputs
+def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: float, data: dict[str, Any], device: torch.device) -> None:
+    out: Path = args.out
+    config, traj = params.score, params.trajectories
+    sde = build_sde(traj.sde, traj.beta_min, traj.beta_max, traj.dt)
+    generator = load_generator(args.generator).to(device)
+    w_plus = torch.cat([load_safetensors(args.invert / "shards" / f"shard-{i:05d}.safetensors")[0]["w_plus"] for i in range(params.invert.shards)])
+    w_mean = w_plus.mean(0, keepdim=True).to(device)
+    score_fn = score_from_eps(ema, lambda t: target_std(sde, t, traj.dt, keep=(traj.tau_fraction,)))
+    shape = (config.samples, *data["shape"])
+    with torch.no_grad():
+        samples = reverse_sde_sample(sde, score_fn, shape, torch_generator(params.seed, "score", "samples", device=device), steps=config.sample_steps)
+        latents = data["scaler"].denormalize(samples.float())
+        images = decode(generator, latents, params.invert.layer, w_mean.expand(config.samples, -1, -1))
+    save_image_grid(images.clamp(-1, 1), out / "samples.png", nrow=max(1, int(math.sqrt(config.samples))))
+    _write_history(history, out / "history.csv")
+    _plot(history, out / "loss.png")
+    metrics = {"held_out_loss_initial": history[0]["held_out_loss"], "held_out_loss_final": history[-1]["held_out_loss"],
+               "parameters": count_parameters(ema), "train_samples": len(data["train"]["t"]), "held_out_samples": len(data["held_out"]["t"]),
+               "seconds": seconds}
+    save_torch({"format": FORMAT, "model": {k: v.cpu() for k, v in ema.state_dict().items()}, "config": ema.config(),
+                "scaler": data["scaler"].state_dict(), "sde": {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt},
+                "layer": params.invert.layer, "w_plus_mean": w_mean.cpu()}, out / "model.pt")
+    save_json(metrics, out / "metrics.json")
+    (out / "resume" / "state.pt").unlink(missing_ok=True)
+    if (out / "resume").is_dir() and not any((out / "resume").iterdir()):
+        (out / "resume").rmdir()
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    with atomic_open(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sgilo.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs[1:], [h["train_loss"] for h in history[1:]], label="train (EMA-free model)")
+    ax.plot(epochs, [h["held_out_loss"] for h in history], label="held-out (EMA model)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("DSM loss ‖ε̂ − ε‖²")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _fingerprint(params: Params, trajectories: Path) -> str:
+    digest = hashlib.sha256(json.dumps({"seed": params.seed, "score": to_dict(params.score), "trajectories": to_dict(params.trajectories)}, sort_keys=True).encode())
+    with open(trajectories / "stats.safetensors", "rb") as handle:
+        digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: score.device is 'cuda' but no CUDA device is visible; set score.device to auto or cpu")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+if __name__ == "__main__":
+    entry(main)

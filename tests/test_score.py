@@ -1,0 +1,105 @@
+"""score stage: DSM training on cached trajectories, held-out loss, outputs, resume after a crash, IGO."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_stage, write_params
+
+from sgilo.io import load_torch
+from sgilo.score_model import ScoreViT
+from sgilo.stages import score as score_stage
+from sgilo.stylegan2 import Generator, save_generator
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory) -> Path:
+    """Download + random tiny generator + invert + trajectories (8 draws per latent), once for the module."""
+    root = tmp_path_factory.mktemp("score")
+    params = write_params(root / "params.yaml", {"trajectories": {"draws": 8}})
+    run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
+    torch.manual_seed(0)
+    generator = Generator(**TINY["generator"]["architecture"])
+    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
+    save_generator(generator, root / "generator.pt")
+    run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
+              "--out", str(root / "invert"), cwd=root)
+    run_stage("trajectories", "--params", str(params), "--invert", str(root / "invert"), "--out", str(root / "trajectories"), cwd=root)
+    return root
+
+
+def _argv(root: Path, params: Path, out: Path) -> list[str]:
+    return ["--params", str(params), "--trajectories", str(root / "trajectories"), "--invert", str(root / "invert"),
+            "--generator", str(root / "generator.pt"), "--out", str(out)]
+
+
+def _params(root: Path, name: str, score: dict) -> Path:
+    return write_params(root / f"{name}.yaml", {"trajectories": {"draws": 8}, "score": {**TINY["score"], **score}})
+
+
+def test_training_lowers_the_held_out_loss_and_writes_everything(cached):
+    params = _params(cached, "long", {"epochs": 8, "model": {"width": 32, "depth": 2, "heads": 2, "mlp": 64}, "lr": 0.002})
+    out = cached / "long"
+    run_stage("score", *_argv(cached, params, out), cwd=cached)
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "loss.png", "metrics.json", "model.pt", "samples.png"]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(9))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["held_out_samples"] > 0 and metrics["train_samples"] > 0
+    assert metrics["held_out_loss_final"] < 0.8 * metrics["held_out_loss_initial"]
+    checkpoint = load_torch(out / "model.pt")
+    model = ScoreViT(**checkpoint["config"])
+    model.load_state_dict(checkpoint["model"])
+    assert checkpoint["layer"] == TINY["invert"]["layer"] and checkpoint["sde"]["name"] == "vp"
+    assert set(checkpoint["scaler"]) == {"minimum", "maximum"}
+
+
+def test_a_crashed_run_resumes_to_the_same_weights(cached, monkeypatch):
+    params = _params(cached, "resume", {"epochs": 4})
+    straight = cached / "straight"
+    score_stage.main(_argv(cached, params, straight))
+
+    crashed = cached / "crashed"
+    calls = {"n": 0}
+    real = score_stage.held_out_loss
+
+    def crash_in_epoch_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # initial evaluation, then epochs 1 and 2 finished and checkpointed
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(score_stage, "held_out_loss", crash_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        score_stage.main(_argv(cached, params, crashed))
+    assert load_torch(crashed / "resume" / "state.pt")["epoch"] == 2
+    monkeypatch.setattr(score_stage, "held_out_loss", real)
+    score_stage.main(_argv(cached, params, crashed))
+    expected, got = load_torch(straight / "model.pt")["model"], load_torch(crashed / "model.pt")["model"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert (straight / "history.csv").read_text() == (crashed / "history.csv").read_text()
+    assert not (crashed / "resume").exists()
+
+
+def test_igo_head_trains_and_logs_both_losses(cached):
+    params = _params(cached, "igo", {"igo": True, "igo_alpha": 0.5})
+    out = cached / "igo"
+    run_stage("score", *_argv(cached, params, out), cwd=cached)
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert all(float(r["train_loss_tau"]) > 0 for r in rows[1:])
+    assert load_torch(out / "model.pt")["config"]["igo"] is True
+
+
+def test_changed_params_do_not_resume_a_stale_state(cached):
+    params = _params(cached, "stale", {"epochs": 2})
+    out = cached / "stale"
+    state = out / "resume" / "state.pt"
+    state.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "other", "epoch": 1}, state)
+    result = run_stage("score", *_argv(cached, params, out), cwd=cached)
+    assert "resuming" not in result.stderr
+    assert [int(r["epoch"]) for r in csv.DictReader((out / "history.csv").open())] == [0, 1, 2]

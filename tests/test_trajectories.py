@@ -1,0 +1,94 @@
+"""trajectories stage: latent scaling, cached forward-SDE draws with their targets, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_stage, write_params
+
+from sgilo.io import load_safetensors
+from sgilo.latents import LatentScaler, split_held_out
+from sgilo.sde import VPSDE
+from sgilo.stylegan2 import Generator, save_generator
+
+
+@pytest.fixture(scope="module")
+def inverted(tmp_path_factory) -> Path:
+    """Download + a random tiny generator + invert, once for the module."""
+    root = tmp_path_factory.mktemp("trajectories")
+    params = write_params(root / "params.yaml")
+    run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
+    torch.manual_seed(0)
+    generator = Generator(**TINY["generator"]["architecture"])
+    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
+    save_generator(generator, root / "generator.pt")
+    run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
+              "--out", str(root / "invert"), cwd=root)
+    return root
+
+
+def _trajectories(root: Path, params: Path, out: Path, *extra: str, check: bool = True):
+    return run_stage("trajectories", "--params", str(params), "--invert", str(root / "invert"), "--out", str(out), *extra, cwd=root, check=check)
+
+
+def _invert_latents(root: Path) -> dict[str, torch.Tensor]:
+    shards = [load_safetensors(root / "invert" / "shards" / f"shard-{i:05d}.safetensors")[0] for i in range(2)]
+    return {key: torch.cat([s[key] for s in shards]) for key in ("ids", "latents")}
+
+
+def test_vp_draws_carry_exact_denoising_targets(inverted):
+    out = inverted / "vp"
+    _trajectories(inverted, inverted / "params.yaml", out)
+    scaler = LatentScaler.from_state_dict(load_safetensors(out / "stats.safetensors")[0])
+    source = _invert_latents(inverted)
+    held = split_held_out(source["ids"], TINY["trajectories"]["held_out"], TINY["seed"])
+    train = scaler.normalize(source["latents"][~held])
+    assert train.min() >= -1 - 1e-5 and train.max() <= 1 + 1e-5  # fitted on the training latents only
+    draws = TINY["trajectories"]["draws"]
+    shard, meta = load_safetensors(out / "shards" / "shard-00000.safetensors")
+    assert json.loads(meta["trajectories"])["sde"] == "vp"
+    assert shard["ids"].tolist() == [i for i in range(8) for _ in range(draws)]
+    assert ((shard["t"] >= 1e-3) & (shard["t"] <= 1)).all()
+    torch.testing.assert_close(shard["tau"], (shard["t"] / 2).clamp_min(1e-3))
+    x0 = scaler.normalize(source["latents"][:8]).repeat_interleave(draws, 0)
+    sde = VPSDE()
+    for t, x_t, eps, std, key in [(shard["t"], shard["x_t"], shard["eps"], shard["std"], "t"), (shard["tau"], shard["x_tau"], shard["eps_tau"], shard["std_tau"], "tau")]:
+        mean, expected_std = sde.marginal(x0, t)
+        torch.testing.assert_close(std, expected_std.reshape(-1), msg=key)
+        torch.testing.assert_close(x_t, mean + std.reshape(-1, 1, 1, 1) * eps, atol=1e-5, rtol=1e-5, msg=key)
+    assert abs(float(shard["eps"].std()) - 1) < 0.05  # x_t's target is a standard normal draw
+    assert shard["held_out"].tolist() == held[:8].repeat_interleave(draws).tolist()
+
+
+def test_rerun_gives_identical_shards_and_one_shard_alone(inverted):
+    first, second = inverted / "first", inverted / "second"
+    _trajectories(inverted, inverted / "params.yaml", first)
+    _trajectories(inverted, inverted / "params.yaml", second, "--stats")
+    _trajectories(inverted, inverted / "params.yaml", second, "--shard", "1")
+    a, _ = load_safetensors(first / "shards" / "shard-00001.safetensors")
+    b, _ = load_safetensors(second / "shards" / "shard-00001.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (second / "shards" / "shard-00000.safetensors").exists()
+
+
+@pytest.mark.parametrize("sde", ["catmap", "lotka_volterra"])
+def test_simulated_sdes_keep_the_intermediate_iterate(inverted, sde):
+    params = write_params(inverted / f"{sde}.yaml", {"trajectories": {"sde": sde, "dt": 0.05}})
+    out = inverted / sde
+    _trajectories(inverted, params, out)
+    shard, _ = load_safetensors(out / "shards" / "shard-00001.safetensors")
+    torch.testing.assert_close(shard["tau"], shard["t"] / 2)
+    for key in ("x_t", "eps", "x_tau", "eps_tau"):
+        assert torch.isfinite(shard[key]).all(), key
+    assert (shard["std"] > 0).all() and (shard["std_tau"] > 0).all()
+    assert not torch.allclose(shard["x_t"], shard["x_tau"])
+
+
+def test_missing_invert_shard_is_a_clear_error(inverted, tmp_path):
+    result = run_stage("trajectories", "--params", str(inverted / "params.yaml"), "--invert", str(tmp_path / "nothing"),
+                       "--out", str(tmp_path / "out"), cwd=inverted, check=False)
+    assert result.returncode == 2
+    assert "shard-00000.safetensors" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,24 @@
+rule score:
+    input:
+        shards=expand("results/trajectories/shards/shard-{shard}.safetensors", shard=INVERT_SHARDS),
+        stats=rules.trajectories_stats.output,
+        invert=rules.invert_summary.input.shards,
+        generator=rules.generator.output.generator,
+        code=code("stages/score", "score_model", "sde", "latents", "inversion", "stylegan2", "seeding", "data"),
+    output:
+        model="results/score/model.pt",
+        samples="results/score/samples.png",
+        loss="results/score/loss.png",
+        history="results/score/history.csv",
+        metrics="results/score/metrics.json",
+    params:
+        section=section("score"),
+        trajectories=section("trajectories"),
+    log:
+        "logs/score.log",
+    threads: workflow.cores
+    resources:
+        gpu=1 if PARAMS.score.device != "cpu" else 0,
+    shell:
+        "{PY} -m sgilo.stages.score --params {PARAMS_FILE} --trajectories results/trajectories --invert results/invert"
+        " --generator {input.generator} --out results/score 2> {log}"
