@@ -214,3 +214,22 @@ def test_bad_shapes_name_the_expected_shape():
         ScoreViT((16,), **TINY)
     with pytest.raises(ValueError, match="igo_depth"):
         ScoreViT((4, 2, 2), igo=True, igo_depth=3, **TINY)
+
+
+def test_skip_connection_is_the_gaussian_optimum_and_grows_with_x():
+    torch.manual_seed(0)
+    model = ScoreViT((3, 2, 2), width=8, depth=1, heads=1, mlp=8, skip_data_std=0.5).eval()
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    x = torch.randn(4, 3, 2, 2)
+    t = torch.tensor([1e-3, 0.3, 0.7, 1.0])
+    log_a = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1
+    a2 = torch.exp(2 * log_a)
+    sigma = (1 - a2).sqrt()
+    expected = (sigma / (a2 * 0.25 + sigma**2)).reshape(-1, 1, 1, 1) * x
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), expected)
+        torch.testing.assert_close(model(10 * x, t), 10 * expected)  # a restoring force that scales with x
+    assert ScoreViT(**model.config()).skip_data_std == 0.5
+    with pytest.raises(ValueError, match="skip_data_std"):
+        ScoreViT((3, 2, 2), width=8, depth=1, heads=1, mlp=8, skip_data_std=-1.0)

@@ -163,6 +163,7 @@ class ScoreModelConfig:
     mlp: int = field(default=256, metadata=_rng(1))
     fourier_scale: float = field(default=16.0, metadata=_rng(0.0))
     dropout: float = field(default=0.0, metadata=_rng(0.0, 1.0))
+    skip: bool = True  # ε̂ = c(t)·x + network: a linear restoring force off the data (see docs/score.md)
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,11 @@ class ScoreViT(nn.Module):
 
     def __init__(self, shape: Sequence[int], width: int = 1024, depth: int = 8, heads: int = 1, mlp: int = 4096,
                  fourier_scale: float = 16.0, dropout: float = 0.0, igo: bool = False, igo_depth: int | None = None,
-                 head_dim: int = 64) -> None:
+                 head_dim: int = 64, skip_data_std: float | None = None, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         super().__init__()
+        if skip_data_std is not None and skip_data_std <= 0:
+            raise ValueError(f"ScoreViT skip_data_std must be positive or None, got {skip_data_std}")
+        self.skip_data_std, self.beta_min, self.beta_max = skip_data_std, float(beta_min), float(beta_max)
         self.shape = _check_shape(shape)
         for name, value in (("width", width), ("depth", depth), ("heads", heads), ("mlp", mlp), ("head_dim", head_dim)):
             if not isinstance(value, int) or value < 1:
@@ -94,7 +97,8 @@ class ScoreViT(nn.Module):
             raise ValueError(f"ScoreViT igo_depth must be in [1, depth={depth}], got {igo_depth}")
         self._config = {"shape": list(self.shape), "width": width, "depth": depth, "heads": heads, "mlp": mlp,
                         "fourier_scale": float(fourier_scale), "dropout": float(dropout), "igo": bool(igo),
-                        "igo_depth": igo_depth, "head_dim": head_dim}
+                        "igo_depth": igo_depth, "head_dim": head_dim, "skip_data_std": skip_data_std,
+                        "beta_min": self.beta_min, "beta_max": self.beta_max}
         self.igo, self.igo_depth = bool(igo), igo_depth
         # (C, H, W): H·W tokens of C entries; (N, D): N tokens of D entries.
         channels = self.shape[0] if len(self.shape) == 3 else self.shape[1]
@@ -113,7 +117,7 @@ class ScoreViT(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """ε̂(x, t), the same shape as x; t is (B,) in (0, 1] (a scalar is broadcast)."""
         h = self._trunk(self.embed(self._to_tokens(x)), self._time_features(t, x), self.blocks)
-        return self._from_tokens(self.head(self.norm(h)), x)
+        return self._from_tokens(self.head(self.norm(h)), x) + self._skip(x, t)
 
     def forward_intermediate(self, x_tau: Tensor, t: Tensor) -> Tensor:
         """IGO's intermediate generator D_τ ∘ s_τ ∘ E_τ: ε̂ of x_τ at time t = τ, through the first igo_depth blocks."""
@@ -121,7 +125,23 @@ class ScoreViT(nn.Module):
             raise ValueError("forward_intermediate needs a ScoreViT built with igo=True")
         blocks = self.blocks[: self.igo_depth]
         h = self._trunk(self.encoder_tau(self._to_tokens(x_tau)), self._time_features(t, x_tau), blocks)
-        return self._from_tokens(self.decoder_tau(self.norm_tau(h)), x_tau)
+        return self._from_tokens(self.decoder_tau(self.norm_tau(h)), x_tau) + self._skip(x_tau, t)
+
+    def _skip(self, x: Tensor, t: Tensor) -> Tensor | float:
+        """c(t)·x, the optimal ε̂ for data N(0, s²I) under the VP schedule: σ/(a²s² + σ²) with x_t = a·x0 + σ·ε.
+
+        The trunk ends in a LayerNorm, so on its own its output cannot grow with x; off the data (where a
+        reverse-time sampler drifts) ε̂ then stops pulling x back and samples diverge. The skip gives the
+        network a linear restoring force and leaves it only the residual to learn (EDM-style preconditioning).
+        """
+        if self.skip_data_std is None:
+            return 0.0
+        t = t.to(x.dtype).reshape(-1) * torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        log_a = -0.25 * t.square() * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        a2 = torch.exp(2 * log_a)
+        sigma = (1 - a2).clamp_min(1e-12).sqrt()
+        c = sigma / (a2 * self.skip_data_std**2 + sigma.square())
+        return c.reshape(-1, *([1] * (x.ndim - 1))) * x
 
     def config(self) -> dict:
         """Constructor keyword arguments (JSON-able): a checkpoint is state_dict() + config()."""

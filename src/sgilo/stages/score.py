@@ -62,22 +62,27 @@ def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
     held_out = {k: v[held] for k, v in merged.items()}
     if len(train["t"]) == 0:
         raise SystemExit("error: no training samples: lower trajectories.held_out or raise invert.images")
-    scaler = LatentScaler.from_state_dict(load_safetensors(folder / "stats.safetensors")[0])
-    return {"train": train, "held_out": held_out, "scaler": scaler, "shape": tuple(train["x_t"].shape[1:])}
+    stats = load_safetensors(folder / "stats.safetensors")[0]
+    return {"train": train, "held_out": held_out, "scaler": LatentScaler.from_state_dict(stats), "data_std": float(stats["data_std"]),
+            "shape": tuple(train["x_t"].shape[1:])}
 
 
 # ------------------------------------------------------------------------------------------------ training
-def build_model(params: Params, shape: tuple[int, ...]) -> ScoreViT:
+def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> ScoreViT:
     """Initialised from the params' seed alone, leaving the global RNG as it was."""
+    options = to_dict(params.score.model)
+    skip = options.pop("skip")
+    traj = params.trajectories
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
-        return ScoreViT(shape, igo=params.score.igo, **to_dict(params.score.model))
+        return ScoreViT(shape, igo=params.score.igo, skip_data_std=data_std if skip else None,
+                        beta_min=traj.beta_min, beta_max=traj.beta_max, **options)
 
 
 def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, fingerprint: str):
     config = params.score
-    model = build_model(params, data["shape"]).to(device)
-    ema = build_model(params, data["shape"]).to(device).requires_grad_(False)
+    model = build_model(params, data["shape"], data["data_std"]).to(device)
+    ema = build_model(params, data["shape"], data["data_std"]).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     first_epoch, step, history = 0, 0, []

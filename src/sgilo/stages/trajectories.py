@@ -62,8 +62,11 @@ def fit_stats(params: Params, invert: Path, out: Path) -> None:
         tensors, _ = load_safetensors(invert_shard_path(invert, shard))
         keep = ~split_held_out(tensors["ids"], params.trajectories.held_out, params.seed)
         latents.append(tensors["latents"][keep])
-    scaler = LatentScaler.fit(torch.cat(latents))
-    save_safetensors(scaler.state_dict(), out / "stats.safetensors", {"format": FORMAT})
+    training = torch.cat(latents)
+    scaler = LatentScaler.fit(training)
+    # The score model's skip connection needs the scale of the data it models (after scaling).
+    data_std = scaler.normalize(training).std().reshape(1)
+    save_safetensors({**scaler.state_dict(), "data_std": data_std}, out / "stats.safetensors", {"format": FORMAT})
     log.info("latent scaling fitted on %d training latents", sum(len(x) for x in latents))
 
 
