@@ -136,8 +136,7 @@ def advance(generator: Generator, h: Tensor, start: int, stop: int, w_plus: Tens
         return h
     if start == 0:
         return encode(generator, stop, w_plus, noise)
-    features, skip = h[:, :-3], h[:, -3:]
-    features, skip = generator._blocks(start, stop, features, skip, generator._broadcast(w_plus), generator._noise(noise))
+    features, skip = generator.synthesis_between(start, stop, h[:, :-3], h[:, -3:], w_plus, noise)
     return torch.cat([features, skip], 1)
 
 

@@ -287,6 +287,11 @@ class Generator(nn.Module):
         _, skip = self._blocks(layer, self.num_blocks, features, skip, self._broadcast(w_plus), self._noise(noise))
         return skip
 
+    def synthesis_between(self, start: int, stop: int, features: Tensor | None, skip: Tensor | None, w_plus: Tensor,
+                          noise: Sequence[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
+        """Run blocks `start`…`stop − 1`: the (features, skip) entering block `start` → those entering `stop`."""
+        return self._blocks(start, stop, features, skip, self._broadcast(w_plus), self._noise(noise))
+
     def _broadcast(self, w_plus: Tensor) -> Tensor:
         if w_plus.ndim == 2:
             return w_plus.unsqueeze(1).expand(-1, self.num_ws, -1)
