@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
-import platform
 import resource
 import time
 
 import torch
+from _common import ints, machine, names_from
 
 from sgilo.inversion import PRECISIONS, Options, Stage, invert
 from sgilo.operators import OperatorSpec, build_operator
@@ -111,32 +110,14 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _precisions(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    for name in names:
-        if name not in PRECISIONS:
-            raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(PRECISIONS)}")
-    return names
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), help="generator; default demo on CPU, config-f on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--batches", type=_ints, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
-    parser.add_argument("--precisions", type=_precisions, help="comma-separated, of fp32,tf32,bf16; default fp32 on CPU, all three on CUDA")
+    parser.add_argument("--batches", type=ints, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
+    parser.add_argument("--precisions", type=names_from(list(PRECISIONS)), help="comma-separated, of fp32,tf32,bf16; default fp32 on CPU, all three on CUDA")
     parser.add_argument("--steps", type=int, help="steps per ILO stage; default 10 on CPU, 20 on CUDA")
-    parser.add_argument("--layers", type=_ints, help="ILO stage layers; default 0,1,2 (demo), 0,1,2,3 (config-f)")
+    parser.add_argument("--layers", type=ints, help="ILO stage layers; default 0,1,2 (demo), 0,1,2,3 (config-f)")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--radius", type=float, default=0.05, help="l1 radius per entry of a layer's representation")
     parser.add_argument("--warmup", type=int, default=2, help="steps per stage of an untimed run before each timed one")

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import resource
 import time
 from collections.abc import Callable
 
 import torch
+from _common import ints, machine, names_from
 from torch import Tensor
 
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, score_from_eps
@@ -141,30 +140,12 @@ def _free(model: ScoreViT, device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _precisions(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    for name in names:
-        if name not in DTYPES:
-            raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(DTYPES)}")
-    return names
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), help="model; default demo on CPU, paper on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--batches", type=_ints, help="comma-separated training batch sizes; default 64,128 on CPU, 32,64,128 on CUDA")
-    parser.add_argument("--precisions", type=_precisions, help="comma-separated, of fp32,bf16; default fp32 on CPU, both on CUDA")
+    parser.add_argument("--batches", type=ints, help="comma-separated training batch sizes; default 64,128 on CPU, 32,64,128 on CUDA")
+    parser.add_argument("--precisions", type=names_from(list(DTYPES)), help="comma-separated, of fp32,bf16; default fp32 on CPU, both on CUDA")
     parser.add_argument("--steps", type=int, help="timed training steps per row; default 5 on CPU, 20 on CUDA")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before each row's timed ones")
     parser.add_argument("--lr", type=float, default=3e-4)

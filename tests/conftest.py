@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,3 +61,22 @@ def run_stage(stage: str, *args: str, cwd: Path, check: bool = True) -> subproce
     if check and result.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+def tiny_workspace(root: Path, overrides: dict | None = None, upto: str = "generator") -> Path:
+    """`root` with params.yaml, the downloaded tiny data set and a random tiny generator (training is the generator
+    stage's business), then the later stages up to `upto` ("generator", "invert" or "trajectories")."""
+    params = write_params(root / "params.yaml", overrides)
+    run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
+    from sgilo.stylegan2 import Generator, save_generator
+
+    torch.manual_seed(0)
+    generator = Generator(**TINY["generator"]["architecture"])
+    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
+    save_generator(generator, root / "generator.pt")
+    if upto in ("invert", "trajectories"):
+        run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
+                  "--out", str(root / "invert"), cwd=root)
+    if upto == "trajectories":
+        run_stage("trajectories", "--params", str(params), "--invert", str(root / "invert"), "--out", str(root / "trajectories"), cwd=root)
+    return root

@@ -12,24 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_stage, write_params
+from conftest import TINY, run_stage, tiny_workspace, write_params
 
 from sgilo.inversion import decode
 from sgilo.io import load_safetensors
-from sgilo.stylegan2 import Generator, load_generator, save_generator
+from sgilo.stylegan2 import load_generator
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A downloaded tiny data set and a random tiny generator (training is the generator stage's business)."""
-    root = tmp_path_factory.mktemp("invert")
-    params = write_params(root / "params.yaml")
-    run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
-    torch.manual_seed(0)
-    generator = Generator(**TINY["generator"]["architecture"])
-    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
-    save_generator(generator, root / "generator.pt")
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("invert"))
 
 
 def _invert(root: Path, params: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -8,28 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_stage, write_params
+from conftest import TINY, run_stage, tiny_workspace, write_params
 
 from sgilo.io import load_torch
 from sgilo.score_model import ScoreViT
 from sgilo.stages import score as score_stage
-from sgilo.stylegan2 import Generator, save_generator
 
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory) -> Path:
     """Download + random tiny generator + invert + trajectories (8 draws per latent), once for the module."""
-    root = tmp_path_factory.mktemp("score")
-    params = write_params(root / "params.yaml", {"trajectories": {"draws": 8}})
-    run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
-    torch.manual_seed(0)
-    generator = Generator(**TINY["generator"]["architecture"])
-    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
-    save_generator(generator, root / "generator.pt")
-    run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
-              "--out", str(root / "invert"), cwd=root)
-    run_stage("trajectories", "--params", str(params), "--invert", str(root / "invert"), "--out", str(root / "trajectories"), cwd=root)
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("score"), {"trajectories": {"draws": 8}}, upto="trajectories")
 
 
 def _argv(root: Path, params: Path, out: Path) -> list[str]:

@@ -7,27 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_stage, write_params
+from conftest import TINY, run_stage, tiny_workspace, write_params
 
 from sgilo.io import load_safetensors
 from sgilo.latents import LatentScaler, split_held_out
 from sgilo.sde import VPSDE
-from sgilo.stylegan2 import Generator, save_generator
 
 
 @pytest.fixture(scope="module")
 def inverted(tmp_path_factory) -> Path:
     """Download + a random tiny generator + invert, once for the module."""
-    root = tmp_path_factory.mktemp("trajectories")
-    params = write_params(root / "params.yaml")
-    run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
-    torch.manual_seed(0)
-    generator = Generator(**TINY["generator"]["architecture"])
-    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
-    save_generator(generator, root / "generator.pt")
-    run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
-              "--out", str(root / "invert"), cwd=root)
-    return root
+    return tiny_workspace(tmp_path_factory.mktemp("trajectories"), upto="invert")
 
 
 def _trajectories(root: Path, params: Path, out: Path, *extra: str, check: bool = True):
