@@ -81,6 +81,11 @@ def load_torch(path: str | Path, safe_globals: list[Any] | None = None) -> Any:
         ) from exc
 
 
+def shard_file(folder: str | Path, shard: int) -> Path:
+    """Where a sharded stage (invert, trajectories) keeps shard `shard`: <folder>/shards/shard-NNNNN.safetensors."""
+    return Path(folder) / "shards" / f"shard-{shard:05d}.safetensors"
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], dest: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Tensors as safetensors (no code can hide in the file), atomically."""
     with atomic_path(dest) as tmp:

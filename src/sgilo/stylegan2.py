@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,15 +324,17 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, truncation_psi: float = 1.0, noise: Sequence[Tensor | None] | None = None) -> Tensor:
         return self.synthesis(self.mapping(z, truncation_psi), noise)
 
+    def _mapped(self, n: int, generator: torch.Generator | None, batch: int) -> Iterator[Tensor]:
+        """w = mapping(z) for `n` random z, in float64 batches of at most `batch`."""
+        device = self.input.input.device
+        for start in range(0, n, batch):
+            count = min(batch, n - start)
+            yield self.style(torch.randn(count, self.style_dim, device=device, generator=generator)).double()
+
     @torch.no_grad()
     def mean_latent(self, n: int, generator: torch.Generator | None = None, batch: int = 4096) -> Tensor:
         """Average w over `n` random z: the truncation centre (rosinality's `latent_avg`)."""
-        device = self.input.input.device
-        total = torch.zeros(self.style_dim, device=device, dtype=torch.float64)
-        for start in range(0, n, batch):
-            count = min(batch, n - start)
-            total += self.style(torch.randn(count, self.style_dim, device=device, generator=generator)).double().sum(0)
-        return (total / n).float()
+        return (sum(w.sum(0) for w in self._mapped(n, generator, batch)) / n).float()
 
     @torch.no_grad()
     def fit_gaussian(self, n: int, generator: torch.Generator | None = None, batch: int = 4096) -> tuple[Tensor, Tensor]:
@@ -341,12 +343,9 @@ class Generator(nn.Module):
         In that space w is close to Gaussian, so optimising a unit Gaussian z with w = LeakyReLU_0.2(std·z + mean)
         keeps inversions near the generator's own latent distribution (PULSE, ILO, SGILO).
         """
-        device = self.input.input.device
-        total = torch.zeros(self.style_dim, device=device, dtype=torch.float64)
+        total = torch.zeros(self.style_dim, device=self.input.input.device, dtype=torch.float64)
         squares = torch.zeros_like(total)
-        for start in range(0, n, batch):
-            count = min(batch, n - start)
-            w = self.style(torch.randn(count, self.style_dim, device=device, generator=generator)).double()
+        for w in self._mapped(n, generator, batch):
             undone = torch.nn.functional.leaky_relu(w, 5.0)
             total += undone.sum(0)
             squares += undone.square().sum(0)

@@ -40,6 +40,13 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads or available)
 
 
+def pick_device(choice: str, key: str) -> torch.device:
+    """`auto` picks the GPU when there is one; `cuda` without one stops with the params key to change."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: {key} is 'cuda' but no CUDA device is visible; set {key} to auto or cpu")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def entry(main: Callable[[], None]) -> None:
     """Run a stage's main; a missing or unreadable input ends with its message (exit 2), not a traceback."""
     try:

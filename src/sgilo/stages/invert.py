@@ -29,10 +29,18 @@ from sgilo.io import (
     save_json,
     save_safetensors,
     save_torch,
+    shard_file,
 )
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.seeding import item_seed
-from sgilo.stages._common import entry, log, set_threads, stage_parser, start
+from sgilo.stages._common import (
+    entry,
+    log,
+    pick_device,
+    set_threads,
+    stage_parser,
+    start,
+)
 from sgilo.stylegan2 import Generator, load_generator
 
 FORMAT = "sgilo.invert/1"
@@ -52,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--shard {args.shard}: invert.images={config.images} in shards of {config.shard_size} gives shards 0…{config.shards - 1}")
     set_threads(config.threads)
     if not args.summary:
-        device = _device(config)
+        device = pick_device(config.device, "invert.device")
         generator = load_generator(args.generator).to(device)
         try:
             perceptual = lpips_distance("vgg", device) if config.perceptual > 0 else None
@@ -62,10 +70,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             invert_shard(params, generator, perceptual, args.data, args.generator, shard, args.out)
     if args.shard is None:
         summarize(config, args.out)
-
-
-def shard_path(out: Path, shard: int) -> Path:
-    return out / "shards" / f"shard-{shard:05d}.safetensors"
 
 
 def shard_ids(config: InvertConfig, train_ids: Sequence[int], shard: int) -> list[int]:
@@ -99,7 +103,7 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
         })
         save_torch({"fingerprint": fingerprint, "batches": done}, partial_path)
     progress.close()
-    _write_shard(done, params, shard, shard_path(out, shard), generator)
+    _write_shard(done, params, shard, shard_file(out, shard), generator)
     partial_path.unlink(missing_ok=True)
     log.info("shard %d: %d images, mean PSNR %.2f dB", shard, len(ids), float(torch.cat([b["psnr"] for b in done]).mean()))
 
@@ -144,19 +148,11 @@ def _resume(path: Path, fingerprint: str) -> list[dict[str, torch.Tensor]]:
     return list(state["batches"])
 
 
-def _device(config: InvertConfig) -> torch.device:
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: invert.device is 'cuda' but no CUDA device is visible; set invert.device to auto or cpu")
-    if config.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 # -------------------------------------------------------------------------------------------------- summary
 def summarize(config: InvertConfig, out: Path) -> None:
     psnr, loss = [], []
     for shard in range(config.shards):
-        path = shard_path(out, shard)
+        path = shard_file(out, shard)
         if not path.exists():
             raise SystemExit(f"error: {path} is missing; run the invert stage for shard {shard} first")
         tensors, _ = load_safetensors(path)

@@ -25,12 +25,27 @@ from tqdm import tqdm
 from sgilo.config import Params, to_dict
 from sgilo.data import save_image_grid
 from sgilo.inversion import decode
-from sgilo.io import atomic_open, load_safetensors, load_torch, save_json, save_torch
+from sgilo.io import (
+    atomic_open,
+    atomic_path,
+    load_safetensors,
+    load_torch,
+    save_json,
+    save_torch,
+    shard_file,
+)
 from sgilo.latents import LatentScaler
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, score_from_eps
 from sgilo.sde import build_sde, reverse_sde_sample, target_std
 from sgilo.seeding import torch_generator
-from sgilo.stages._common import entry, log, set_threads, stage_parser, start
+from sgilo.stages._common import (
+    entry,
+    log,
+    pick_device,
+    set_threads,
+    stage_parser,
+    start,
+)
 from sgilo.stylegan2 import load_generator
 
 FORMAT = "sgilo.score/1"
@@ -45,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/score")
     args, params = start(parser, argv)
     set_threads(params.score.threads)
-    device = _device(params.score.device)
+    device = pick_device(params.score.device, "score.device")
     data = load_trajectories(params, args.trajectories)
     model, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, _fingerprint(params, args.trajectories))
     finish(params, args, ema, history, seconds, data, device)
@@ -53,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 # ---------------------------------------------------------------------------------------------------- data
 def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
-    shards = [load_safetensors(folder / "shards" / f"shard-{i:05d}.safetensors")[0] for i in range(params.invert.shards)]
+    shards = [load_safetensors(shard_file(folder, i))[0] for i in range(params.invert.shards)]
     merged = {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
     for key in ("x_t", "eps", "x_tau", "eps_tau"):
         merged[key] = merged[key].float()
@@ -155,7 +170,7 @@ def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: fl
     config, traj = params.score, params.trajectories
     sde = build_sde(traj.sde, traj.beta_min, traj.beta_max, traj.dt)
     generator = load_generator(args.generator).to(device)
-    w_plus = torch.cat([load_safetensors(args.invert / "shards" / f"shard-{i:05d}.safetensors")[0]["w_plus"] for i in range(params.invert.shards)])
+    w_plus = torch.cat([load_safetensors(shard_file(args.invert, i))[0]["w_plus"] for i in range(params.invert.shards)])
     w_mean = w_plus.mean(0, keepdim=True).to(device)
     score_fn = score_from_eps(ema, lambda t: target_std(sde, t, traj.dt, keep=(traj.tau_fraction,)))
     shape = (config.samples, *data["shape"])
@@ -191,8 +206,6 @@ def _plot(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sgilo.io import atomic_path
-
     fig, ax = plt.subplots(figsize=(5, 3.2))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs[1:], [h["train_loss"] for h in history[1:]], label="train (EMA-free model)")
@@ -212,12 +225,6 @@ def _fingerprint(params: Params, trajectories: Path) -> str:
     with open(trajectories / "stats.safetensors", "rb") as handle:
         digest.update(handle.read())
     return digest.hexdigest()
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: score.device is 'cuda' but no CUDA device is visible; set score.device to auto or cpu")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from sgilo.config import Params, TrajectoriesConfig, to_dict
-from sgilo.io import load_safetensors, save_safetensors
+from sgilo.io import load_safetensors, save_safetensors, shard_file
 from sgilo.latents import LatentScaler, split_held_out
-from sgilo.sde import SDE, build_sde
+from sgilo.sde import SDE, build_sde, per_item
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 
@@ -47,19 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             write_shard(params, scaler, args.invert, shard, args.out)
 
 
-def invert_shard_path(invert: Path, shard: int) -> Path:
-    return invert / "shards" / f"shard-{shard:05d}.safetensors"
-
-
-def shard_path(out: Path, shard: int) -> Path:
-    return out / "shards" / f"shard-{shard:05d}.safetensors"
-
-
 def fit_stats(params: Params, invert: Path, out: Path) -> None:
     """Scaling from the training latents only: held-out latents must not leak into it."""
     latents = []
     for shard in range(params.invert.shards):
-        tensors, _ = load_safetensors(invert_shard_path(invert, shard))
+        tensors, _ = load_safetensors(shard_file(invert, shard))
         keep = ~split_held_out(tensors["ids"], params.trajectories.held_out, params.seed)
         latents.append(tensors["latents"][keep])
     training = torch.cat(latents)
@@ -72,7 +64,7 @@ def fit_stats(params: Params, invert: Path, out: Path) -> None:
 
 def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, out: Path) -> None:
     config = params.trajectories
-    tensors, _ = load_safetensors(invert_shard_path(invert, shard))
+    tensors, _ = load_safetensors(shard_file(invert, shard))
     x0 = scaler.normalize(tensors["latents"])
     sde = build_sde(config.sde, config.beta_min, config.beta_max, config.dt)
     held_out = split_held_out(tensors["ids"], config.held_out, params.seed)
@@ -88,46 +80,35 @@ def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, 
     for key in ("x_t", "eps", "x_tau", "eps_tau"):
         out_tensors[key] = out_tensors[key].to(dtype)
     metadata = {"format": FORMAT, "shard": str(shard), "trajectories": json.dumps(to_dict(config))}
-    save_safetensors(out_tensors, shard_path(out, shard), metadata)
+    save_safetensors(out_tensors, shard_file(out, shard), metadata)
 
 
 def forward_draws(sde: SDE, x0: torch.Tensor, config: TrajectoriesConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """`draws` samples (t, x_t, target) of one latent, plus x_τ on the same path and its target."""
-    draws = config.draws
-    x0 = x0.unsqueeze(0).expand(draws, *x0.shape)
-    t = sde.eps + (sde.T - sde.eps) * torch.rand(draws, generator=generator)
-    tau = (config.tau_fraction * t).clamp_min(sde.eps)
-    if sde.marginal(x0[:1], t[:1]) is not None:
-        return _closed_form_draws(sde, x0, t, tau, generator)
-    tau = config.tau_fraction * t  # the simulated path lands exactly there
+    x0 = x0.unsqueeze(0).expand(config.draws, *x0.shape)
+    t = sde.eps + (sde.T - sde.eps) * torch.rand(config.draws, generator=generator)
+    marginal_t = sde.marginal(x0, t)
+    if marginal_t is not None:
+        return _closed_form_draws(sde, x0, t, marginal_t, (config.tau_fraction * t).clamp_min(sde.eps), generator)
     trajectory = sde.simulate(x0, t, generator, dt=config.dt, keep=(config.tau_fraction,))
-    x_tau = trajectory.intermediates[config.tau_fraction]
-    tau_target = trajectory.intermediate_targets[config.tau_fraction]
-    return {"t": t, "x_t": trajectory.x_t, "eps": trajectory.target_eps, "std": _per_item(trajectory.target_std, draws),
-            "tau": tau, "x_tau": x_tau, "eps_tau": tau_target[0], "std_tau": _per_item(tau_target[1], draws)}
+    eps_tau, std_tau = trajectory.intermediate_targets[config.tau_fraction]
+    return {"t": t, "x_t": trajectory.x_t, "eps": trajectory.target_eps, "std": trajectory.target_std,
+            "tau": config.tau_fraction * t,  # the simulated path lands exactly there
+            "x_tau": trajectory.intermediates[config.tau_fraction], "eps_tau": eps_tau, "std_tau": std_tau}
 
 
-def _closed_form_draws(sde: SDE, x0: torch.Tensor, t: torch.Tensor, tau: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def _closed_form_draws(sde: SDE, x0: torch.Tensor, t: torch.Tensor, marginal_t: tuple[torch.Tensor, torch.Tensor], tau: torch.Tensor,
+                       generator: torch.Generator) -> dict[str, torch.Tensor]:
     """x_τ ~ p(x_τ|x0), then x_t ~ p(x_t|x_τ) (a Gaussian transition for affine SDEs); targets relative to x0."""
     mean_tau, std_tau = sde.marginal(x0, tau)
     eps_tau = torch.randn(x0.shape, generator=generator)
-    x_tau = mean_tau + _bcast(std_tau, x0) * eps_tau
-    mean_t, std_t = sde.marginal(x0, t)
-    ratio = _bcast(sde.marginal(torch.ones_like(t), t)[0] / sde.marginal(torch.ones_like(t), tau)[0], x0)
-    bridge = (_bcast(std_t, x0).square() - ratio.square() * _bcast(std_tau, x0).square()).clamp_min(0).sqrt()
+    x_tau = mean_tau + per_item(std_tau, x0) * eps_tau
+    mean_t, std_t = marginal_t
+    ratio = per_item(sde.marginal(torch.ones_like(t), t)[0] / sde.marginal(torch.ones_like(t), tau)[0], x0)
+    bridge = (per_item(std_t, x0).square() - ratio.square() * per_item(std_tau, x0).square()).clamp_min(0).sqrt()
     x_t = ratio * x_tau + bridge * torch.randn(x0.shape, generator=generator)
-    eps = (x_t - mean_t) / _bcast(std_t, x0)
-    return {"t": t, "x_t": x_t, "eps": eps, "std": _per_item(std_t, len(t)), "tau": tau, "x_tau": x_tau, "eps_tau": eps_tau, "std_tau": _per_item(std_tau, len(t))}
-
-
-def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    values = values.reshape(values.shape[0], -1)[:, :1] if values.ndim > 1 else values
-    return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def _per_item(std: torch.Tensor, n: int) -> torch.Tensor:
-    std = std.reshape(std.shape[0], -1)[:, 0] if std.ndim > 1 else std
-    return std.reshape(-1).expand(n).float() if std.numel() == 1 else std.float()
+    eps = (x_t - mean_t) / per_item(std_t, x0)
+    return {"t": t, "x_t": x_t, "eps": eps, "std": std_t, "tau": tau, "x_tau": x_tau, "eps_tau": eps_tau, "std_tau": std_tau}
 
 
 if __name__ == "__main__":
