@@ -34,6 +34,8 @@ include: "workflow/rules/generator.smk"
 include: "workflow/rules/invert.smk"
 include: "workflow/rules/trajectories.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -42,3 +44,4 @@ rule all:
         rules.generator.output,
         rules.invert_summary.output,
         rules.score.output,
+        rules.report.output,

@@ -13,6 +13,7 @@ Prints a Markdown table: copy it into docs/benchmarks.md with the machine and th
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import time
 
@@ -50,7 +51,7 @@ def measure(generator: Generator, batch: int, dtype: str, device: torch.device, 
 
 
 def _gib(value: float) -> str:
-    return "–" if value != value else f"{value:.2f}"  # NaN: no GPU peak on the CPU
+    return "–" if math.isnan(value) else f"{value:.2f}"  # NaN: no GPU peak on the CPU
 
 
 def _sync(device: torch.device) -> None:

@@ -13,9 +13,9 @@ from sgilo.stylegan2 import Generator
 
 # name → constructor arguments; "config_f" is the 1024² FFHQ generator of the papers.
 CONFIGS: dict[str, dict[str, int]] = {
-    "s32": dict(size=32, style_dim=64, n_mlp=2, channel_multiplier=2, channel_max=64),
-    "s64": dict(size=64, style_dim=128, n_mlp=3, channel_multiplier=1, channel_max=512),
-    "config_f": dict(size=1024, style_dim=512, n_mlp=8, channel_multiplier=2, channel_max=512),
+    "s32": {"size": 32, "style_dim": 64, "n_mlp": 2, "channel_multiplier": 2, "channel_max": 64},
+    "s64": {"size": 64, "style_dim": 128, "n_mlp": 3, "channel_multiplier": 1, "channel_max": 512},
+    "config_f": {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512},
 }
 TRUNCATION_PSI = 0.7
 
@@ -32,7 +32,7 @@ def seeded_state_dict(template: dict[str, Tensor], seed: int) -> dict[str, Tenso
         noise = torch.randn(value.shape, generator=gen)
         if name.endswith("modulation.bias"):
             noise = 1.0 + 0.1 * noise
-        elif name.endswith("bias") or name.endswith("noise.weight"):
+        elif name.endswith(("bias", "noise.weight")):
             noise = 0.1 * noise
         out[name] = noise
     return out
@@ -96,10 +96,10 @@ def write_nvidia_pickle(path, tree: dict, module_src: str = "raise SystemExit('m
     """
     import collections
     import pickle
-
-    import numpy as np
     import sys
     import types
+
+    import numpy as np
 
     persistence = types.ModuleType("torch_utils.persistence")
     util = types.ModuleType("dnnlib.util")

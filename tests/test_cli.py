@@ -325,3 +325,43 @@ def test_reconstruct_empty_fractional_or_negative_steps_are_usage_errors(tiny: P
 def test_reconstruct_out_must_be_a_folder(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("x")
     assert "is a file" in _error(capsys, _argv(tiny, tmp_path / "file", "--task", "inpaint", "--level", "0.5"))
+
+
+def _score_model(tiny: Path) -> Path:
+    """A random latent score model for the tiny generator's layer 2 (16 features + 3 skip channels at 8²)."""
+    from sgilo.latents import LatentScaler
+    from sgilo.posterior import LatentPrior
+    from sgilo.score_model import ScoreViT
+    from sgilo.sde import build_sde
+
+    path = tiny / "score.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        model = ScoreViT((19, 8, 8), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3)
+        LatentPrior(model, LatentScaler(-torch.ones(19) * 3, torch.ones(19) * 3), build_sde("vp"),
+                    {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}, 2, torch.zeros(1, 8, 16)).save(path)
+    return path
+
+
+def test_reconstruct_sgilo_writes_samples_their_mean_and_spread(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record, result = _reconstruct(tiny, out, "--task", "inpaint", "--level", "0.3", "--method", "sgilo", *ILO_FAST,
+                                  "--score", str(_score_model(tiny)), "--samples", "3", "--prior-steps", "4", "--noise", "0.05")
+    assert record["method"] == "sgilo" and record["chains"] == 3 and record["steps"] == 4 + 3 + 4
+    assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 4), (1, 3), (2, 4)]
+    assert result["samples"].shape == (3, 3, 32, 32) and result["std"].shape == (1, 3, 32, 32)
+    torch.testing.assert_close(result["reconstruction"][0], result["samples"].mean(0))
+    assert float(result["std"].mean()) > 0
+    for name in (*OUTPUTS, "samples.png", "std.png"):
+        assert (out / name).is_file(), name
+
+
+def test_reconstruct_gnc_and_prior_errors(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record, result = _reconstruct(tiny, tmp_path / "gnc", "--task", "cs", "--level", "0.2", "--method", "gnc", *ILO_FAST,
+                                  "--score", str(_score_model(tiny)), "--prior-steps", "3")
+    assert record["method"] == "gnc" and record["chains"] == 1 and result["samples"].shape == (1, 3, 32, 32)
+    assert "needs --score" in _error(capsys, _argv(tiny, tmp_path / "x", "--task", "inpaint", "--method", "sgilo"))
+    assert "models layer 2" in _error(capsys, _argv(tiny, tmp_path / "y", "--task", "inpaint", "--method", "sgilo", "--steps", "2,2",
+                                                    "--layers", "0,1", "--score", str(_score_model(tiny))))
+    assert "not an sgilo score model" in _error(capsys, _argv(tiny, tmp_path / "z", "--task", "inpaint", "--method", "gnc",
+                                                              "--score", str(tiny / "g.pt")))

@@ -25,7 +25,13 @@ import pytest
 from PIL import Image
 
 from sgilo.fetch import DownloadError, download_file, make_session
-from sgilo.ffhq import MetadataError, download_ffhq, load_metadata, pixel_md5, select_files
+from sgilo.ffhq import (
+    MetadataError,
+    download_ffhq,
+    load_metadata,
+    pixel_md5,
+    select_files,
+)
 
 CATEGORIES = ["training", "training", "validation", "training", "validation", "training"]
 SPLITS = ["train" if c == "training" else "test" for c in CATEGORIES]
@@ -229,12 +235,12 @@ def publish(server: FakeServer, tweak: Callable[[dict[str, Any]], None] | None =
 
 
 def fetch(tree: Tree, out: Path, *, mirror: bool = True, **overrides: Any) -> pd.DataFrame:
-    kwargs: dict[str, Any] = dict(
-        metadata_url=f"{tree.base}/uc?id=meta", metadata_md5=tree.meta_md5, metadata_size=len(tree.meta_bytes),
-        kind="thumbnails", index_start=0, index_stop=len(CATEGORIES),
-        mirror_url=f"{tree.base}/mirror/" if mirror else "",
-        workers=3, retries=3, timeout=10.0, progress=False,
-    )
+    kwargs: dict[str, Any] = {
+        "metadata_url": f"{tree.base}/uc?id=meta", "metadata_md5": tree.meta_md5, "metadata_size": len(tree.meta_bytes),
+        "kind": "thumbnails", "index_start": 0, "index_stop": len(CATEGORIES),
+        "mirror_url": f"{tree.base}/mirror/" if mirror else "",
+        "workers": 3, "retries": 3, "timeout": 10.0, "progress": False,
+    }
     return download_ffhq(out, **{**kwargs, **overrides})
 
 
@@ -445,7 +451,7 @@ def test_drive_confirm_page_is_followed(server: FakeServer, tmp_path: Path, page
     server.faults["/uc?id=abc"] = [page]
     dest = download_file(f"{server.base}/uc?id=abc&export=download", tmp_path / "x.png", size=len(data), md5=md5(data))
     assert dest.read_bytes() == data
-    first, second = server.hits_for("/uc?id=abc")
+    _first, second = server.hits_for("/uc?id=abc")
     query = parse_qs(urlsplit(second.target).query)
     assert query["id"] == ["abc"] and query["confirm"] == (["t"] if page == "confirm_form" else ["Zx9_q"])
     if page == "confirm_form":

@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_stage, write_params
-from stylegan_helpers import rosinality_to_nvidia, seeded_state_dict, write_nvidia_pickle
+from stylegan_helpers import (
+    rosinality_to_nvidia,
+    seeded_state_dict,
+    write_nvidia_pickle,
+)
 
 from sgilo.stylegan2 import Generator, load_generator
 

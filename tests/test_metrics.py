@@ -47,3 +47,33 @@ def test_inputs_are_clamped_to_the_unit_range():
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError, match="shape"):
         image_metrics(_images(2), _images(3))
+
+
+def test_fid_without_inception_weights_names_the_file(tmp_path, monkeypatch):
+    from sgilo.metrics import MissingWeightsError, frechet_distance
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
+        frechet_distance(_images(), _images())
+
+
+def test_fid_loads_weights_of_the_real_layout_and_ranks_sets(tmp_path, monkeypatch):
+    """Weights in pytorch-fid's key layout (random values) go through the real loading path."""
+    import torchvision
+    from pytorch_fid import inception
+
+    from sgilo.metrics import fid_weights_path, frechet_distance
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with monkeypatch.context() as patch:  # build the architecture once without loading anything
+        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(torchvision.models.Inception3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(0)
+        layout = inception.fid_inception_v3().state_dict()
+    fid_weights_path().parent.mkdir(parents=True)
+    torch.save(layout, fid_weights_path())
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4, 3, 32, 32, generator=generator), torch.rand(4, 3, 32, 32, generator=generator)
+    far = torch.rand(4, 3, 32, 32, generator=generator) * 0.2
+    same, different = frechet_distance(a, b), frechet_distance(a, far)
+    assert 0 <= same < different

@@ -17,11 +17,16 @@ from sgilo.stylegan2 import load_generator
 def snakemake(workdir: Path, params: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                "--cores", "2", "--config", f"params={params}", *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> set[str]:
-    return set(re.findall(r"^rule (\w+):", result.stdout + result.stderr, flags=re.M)) - {"all"}
+    return set(re.findall(r"^rule (\w+):", result.stdout + result.stderr, flags=re.MULTILINE)) - {"all"}
+
+
+def planned_methods(result: subprocess.CompletedProcess) -> set[str]:
+    """The methods of the tune/evaluate cells a dry run would run."""
+    return set(re.findall(r"wildcards: task=\w+, level=[^,]+, method=([\w-]+)", result.stdout + result.stderr))
 
 
 def test_pipeline_runs_and_reruns_only_what_changed(tmp_path):
@@ -34,13 +39,25 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path):
     assert json.loads((tmp_path / "results/invert/summary.json").read_text())["images"] == 12
 
     assert (tmp_path / "results/score/samples.png").exists()
+    table = (tmp_path / "results/table1.csv").read_text().splitlines()
+    assert len(table) == 1 + 5  # one task, one level, five methods
 
-    downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score"}
+    evaluation = {"tune", "evaluate", "report"}
+    downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score"} | evaluation
     assert planned_jobs(snakemake(tmp_path, params, "-n")) == set()
+    write_params(params, {"report": {"confidence": 0.9}})
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"report"}
+    write_params(params, {"evaluate": {"gnc": {"steps": 4}}})
+    run = snakemake(tmp_path, params, "-n")
+    assert planned_jobs(run) == evaluation and planned_methods(run) == {"gnc"}
+    write_params(params, {"evaluate": {"images": 2}})
+    run = snakemake(tmp_path, params, "-n")
+    assert planned_jobs(run) == {"evaluate", "report"} and planned_methods(run) == {"csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"}
     write_params(params, {"score": {"epochs": 3}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"score"}
+    run = snakemake(tmp_path, params, "-n")
+    assert planned_jobs(run) == {"score"} | evaluation and planned_methods(run) == {"sgilo", "gnc"}
     write_params(params, {"trajectories": {"draws": 3}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"trajectories_stats", "trajectories", "score"}
+    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"trajectories_stats", "trajectories", "score"} | evaluation
     write_params(params, {"invert": {"geocross": 0.02}})
     assert planned_jobs(snakemake(tmp_path, params, "-n")) == downstream_of_invert
     write_params(params, {"generator": {"grid_rows": 3}})

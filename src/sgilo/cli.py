@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sgilo.config import ConfigError, load_params, to_dict
+from sgilo.config import ConfigError, GNCConfig, SGILOConfig, load_params, to_dict
 from sgilo.data import DataError, load_user_image, save_image_grid
-from sgilo.inversion import Options, Stage, invert
+from sgilo.inversion import Options, Stage
 from sgilo.io import CheckpointError, save_json, save_safetensors
+from sgilo.methods import METHODS, PRIOR_METHODS, reconstruct, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
+from sgilo.posterior import LatentPrior
 from sgilo.seeding import item_seed, torch_generator
 from sgilo.stylegan2 import load_generator, save_generator
 
@@ -43,9 +45,6 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {args.n} samples, truncation {args.truncation}, seed {args.seed}")
 
 
-METHODS = ("csgm", "ilo", "ilo-unconstrained")
-
-
 def _numbers(kind: type) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
@@ -60,17 +59,14 @@ def _numbers(kind: type) -> Callable[[str], list]:
 
 
 def _stages(args: argparse.Namespace, generator) -> list[Stage]:
-    """The schedule from --steps/--layers/--radii; CSGM is the first stage alone."""
-    if args.method == "csgm":
-        return [Stage(0, args.steps[0], lr=args.lr)]
+    """ILO's schedule from --steps/--layers/--radii; each method runs its part of it (`sgilo.methods`)."""
     layers = args.layers or list(range(min(len(args.steps), generator.num_blocks)))
     if len(layers) != len(args.steps):
         raise ValueError(f"--layers has {len(layers)} entries but --steps has {len(args.steps)}; give one step count per layer")
     radii = args.radii if args.radii else [None] * len(layers)
     if len(radii) != len(layers):
         raise ValueError(f"--radii has {len(radii)} entries for {len(layers)} layers")
-    unconstrained = args.method == "ilo-unconstrained"
-    return [Stage(k, n, None if unconstrained or not r else r, args.lr) for k, n, r in zip(layers, args.steps, radii)]
+    return [Stage(k, n, r or None, args.lr) for k, n, r in zip(layers, args.steps, radii)]
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -78,10 +74,13 @@ def _reconstruct(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {args.out} is a file; give a folder to write into")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible; use --device auto or cpu")
+    if args.method in PRIOR_METHODS and args.score is None:
+        raise ValueError(f"--method {args.method} needs --score (a score stage's model.pt)")
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = load_generator(args.generator).to(device)
+    prior = LatentPrior.load(args.score, device) if args.method in PRIOR_METHODS else None
     truth = load_user_image(args.image, generator.size, resize=args.resize).to(device)
     spec = OperatorSpec(args.task, args.level, noise_std=args.noise_std, mask="file" if args.mask else args.mask_kind,
                         mask_path=str(args.mask) if args.mask else None, sr_filter=args.sr_filter, cs_kind=args.cs_kind)
@@ -89,30 +88,44 @@ def _reconstruct(args: argparse.Namespace) -> None:
     operator = build_operator(spec, tuple(truth.shape[1:]), [seed], device)
     y = operator.measure(truth)
     stages = _stages(args, generator)
+    if prior is not None and prior.layer not in [stage.layer for stage in stages]:
+        raise ValueError(f"{args.score} models layer {prior.layer}: give --layers/--steps that reach it (e.g. --layers 0,1,…,{prior.layer})")
     perceptual = lpips_distance("vgg", device) if args.perceptual > 0 else None
     options = Options(geocross=args.geocross, perceptual=args.perceptual, optimize_noise=args.optimize_noise, precision=args.precision)
+    sgilo_config = SGILOConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.1,
+                               noise=args.noise, t0=args.t0, hot_steps=args.hot_steps, chains=args.samples,
+                               warm_start=args.warm_start)
+    gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.5)
     started = time.perf_counter()
-    with tqdm(total=sum(s.steps for s in stages), desc=args.method, unit="step") as bar:
-        result = invert(generator, operator.physics.A, y, [seed], stages, options, perceptual, progress=bar.update)
+    with tqdm(total=total_steps(args.method, stages, sgilo_config, gnc_config), desc=args.method, unit="step") as bar:
+        result = reconstruct(args.method, generator, spec, y, [seed], stages, options, prior=prior, sgilo_config=sgilo_config,
+                             gnc_config=gnc_config, perceptual=perceptual, progress=bar.update)
     seconds = time.perf_counter() - started
-    _write_reconstruction(args, operator, y, truth, result, stages, seconds)
+    _write_reconstruction(args, operator, y, truth, result, seconds)
 
 
-def _write_reconstruction(args, operator, y, truth, result, stages, seconds) -> None:
+def _write_reconstruction(args, operator, y, truth, result, seconds) -> None:
     out: Path = args.out
-    recon01 = (result.image.clamp(-1, 1) + 1) / 2
+    recon01 = result.image
     naive01 = operator.naive(y)
-    save_safetensors({"y": y.cpu(), "reconstruction": recon01.cpu(), "w_plus": result.w_plus.cpu(),
-                      **({"latent": result.latent.cpu()} if result.latent is not None else {})}, out / "result.safetensors")
+    extra = {"samples": result.samples[0].cpu(), "std": result.std.cpu()} if result.samples is not None else {}
+    if result.latent is not None:
+        extra["latent"] = result.latent.cpu()
+    save_safetensors({"y": y.cpu(), "reconstruction": recon01.cpu(), "w_plus": result.w_plus.cpu(), **extra}, out / "result.safetensors")
     save_image_grid(naive01 * 2 - 1, out / "measurement.png", nrow=1)
-    save_image_grid(result.image.clamp(-1, 1), out / "reconstruction.png", nrow=1)
+    save_image_grid(recon01 * 2 - 1, out / "reconstruction.png", nrow=1)
     save_image_grid(torch.cat([naive01, recon01, truth]) * 2 - 1, out / "comparison.png", nrow=3)
+    if result.samples is not None:
+        save_image_grid(result.samples[0] * 2 - 1, out / "samples.png", nrow=result.chains)
+        std = result.std.mean(1, keepdim=True)
+        save_image_grid((std / std.max().clamp_min(1e-8)).expand(-1, 3, -1, -1) * 2 - 1, out / "std.png", nrow=1)
     quality = {k: float(v[0]) for k, v in image_metrics(recon01, truth).items()}
     record = {
         "image": str(args.image), "method": args.method, "generator": str(args.generator), "seed": args.seed,
-        "operator": operator.describe(), "stages": [dataclasses.asdict(s) for s in stages],
-        "steps": result.steps, "seconds": seconds, "measurement_loss": float(result.loss[0]),
-        "naive": {k: float(v[0]) for k, v in image_metrics(naive01, truth).items()}, **quality,
+        "score": str(args.score) if args.score else None, "operator": operator.describe(),
+        "stages": [dataclasses.asdict(s) for s in result.stages], "steps": result.steps, "chains": result.chains, "seconds": seconds,
+        "measurement_loss": float(result.loss[0]), "naive": {k: float(v[0]) for k, v in image_metrics(naive01, truth).items()},
+        **quality,
     }
     save_json(record, out / "record.json")
     print(f"wrote {out}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f} in {seconds:.1f} s ({args.method}, {result.steps} steps)")
@@ -141,10 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=_sample)
 
     rec = commands.add_parser(
-        "reconstruct", help="measure an image with a forward operator and reconstruct it with CSGM or ILO",
+        "reconstruct", help="measure an image with a forward operator and reconstruct it (CSGM, ILO, SGILO or GNC)",
         description="Writes to --out: measurement.png (the naive reconstruction of y), reconstruction.png, comparison.png "
-        "(measurement | reconstruction | input), result.safetensors (y, reconstruction, latents) and record.json "
-        "(PSNR/SSIM against the input, seconds, steps, operator). Greyscale and RGBA inputs are converted to RGB.",
+        "(measurement | reconstruction | input), result.safetensors (y, reconstruction; sgilo/gnc: samples, std) and "
+        "record.json (PSNR/SSIM against the input, seconds, steps, operator). sgilo also writes samples.png (the "
+        "posterior samples; the reconstruction is their mean) and std.png (their per-pixel spread). Greyscale and "
+        "RGBA inputs are converted to RGB.",
     )
     rec.add_argument("image", type=Path, help="PNG/JPEG of the generator's size (or any size with --resize)")
     rec.add_argument("--task", required=True, choices=TASKS)
@@ -163,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--layers", type=_numbers(int), help="layer per stage (default 0,1,2,…)")
     rec.add_argument("--radii", type=_numbers(float), help="l1 radius per stage (0: unconstrained; default: none)")
     rec.add_argument("--lr", type=float, default=0.1)
+    rec.add_argument("--score", type=Path, help="sgilo/gnc: the score stage's model.pt (its layer must be among --layers)")
+    rec.add_argument("--samples", type=int, default=4, help="sgilo: posterior samples (chains)")
+    rec.add_argument("--prior-steps", type=int, default=100, help="sgilo/gnc: steps at the prior's layer (replacing ILO's there)")
+    rec.add_argument("--prior-lr", type=float, default=0.05, help="sgilo/gnc: Adam step on the data term at the prior's layer")
+    rec.add_argument("--weight", type=float, help="sgilo/gnc: the prior's weight λ (default 0.1 for sgilo, 0.5 for gnc)")
+    rec.add_argument("--noise", type=float, default=0.01, help="sgilo: Langevin noise per step (scaled-latent units)")
+    rec.add_argument("--t0", type=float, default=0.01, help="sgilo: hot-start time")
+    rec.add_argument("--hot-steps", type=int, default=5, help="sgilo: reverse-SDE steps per hot start (0: one Tweedie step)")
+    rec.add_argument("--warm-start", default="per_chain", choices=("per_chain", "shared"),
+                     help="sgilo: an ILO warm start per chain (dispersed starts) or one shared by the chains")
     rec.add_argument("--geocross", type=float, default=0.01)
     rec.add_argument("--perceptual", type=float, default=0.0, help="LPIPS-VGG weight (needs its weights on disk)")
     rec.add_argument("--optimize-noise", action="store_true")

@@ -187,6 +187,87 @@ class ScoreConfig:
     threads: int = field(default=0, metadata=_rng(0))
 
 
+# ----------------------------------------------------------------------------------------------- evaluate
+TASK_NAMES = ("inpaint", "cs", "denoise", "sr", "colorize")
+METHOD_NAMES = ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")
+
+
+@dataclass(frozen=True)
+class TaskLevelsConfig:
+    """One task and its measurement levels (inpaint: fraction kept; cs: m/n; denoise: σ; sr: factor)."""
+
+    task: Literal["inpaint", "cs", "denoise", "sr", "colorize"] = "inpaint"
+    levels: tuple[float, ...] = (0.1,)
+
+
+@dataclass(frozen=True)
+class SGILOConfig:
+    """SGLD at the prior's layer: an Adam step on the data term, then z ← z + λ·(hot start − z) + noise·ξ."""
+
+    steps: int = field(default=60, metadata=_rng(1))  # replaces ILO's last stage (the earlier stages are the warm start)
+    lr: float = field(default=0.05, metadata=_rng(0.0))  # Adam on the measurement loss (constant: a sampler)
+    weight: float = field(default=0.1, metadata=_rng(0.0))  # λ, the prior's pull (SGILO code: temperature 0.1)
+    noise: float = field(default=0.01, metadata=_rng(0.0))  # Langevin noise per step, in scaled-latent units
+    t0: float = field(default=0.01, metadata=_rng(1e-3, 1.0))  # hot start: perturb to t0 along the forward SDE …
+    hot_steps: int = field(default=5, metadata=_rng(0))  # … and run this many reverse-SDE steps back (0: one Tweedie step)
+    chains: int = field(default=4, metadata=_rng(1))  # posterior samples per measurement, in one batch
+    # per_chain: every chain runs its own ILO warm start from its own seed (dispersed starts, as multi-chain MCMC
+    # wants: chains can land in different modes); shared: one warm start per measurement, chains branch at layer k.
+    warm_start: Literal["per_chain", "shared"] = "per_chain"
+
+
+@dataclass(frozen=True)
+class GNCConfig:
+    """The GNC flow: the prior's smoothing annealed from t_max to t_min, z ← z + λ·(D(z, σ_i) − z) after each data step."""
+
+    steps: int = field(default=60, metadata=_rng(1))
+    lr: float = field(default=0.05, metadata=_rng(0.0))
+    weight: float = field(default=0.5, metadata=_rng(0.0, 1.0))  # λ = 1 is Kobler & Pock's full σ²-preconditioned step
+    t_max: float = field(default=0.3, metadata=_rng(1e-3, 1.0))  # large smoothing: a convex energy
+    t_min: float = field(default=0.005, metadata=_rng(1e-3, 1.0))
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Per task, level and method, the key hyper-parameter is chosen on separate validation images (lowest MSE)."""
+
+    validation: int = field(default=4, metadata=_rng(1))  # images before the test images in the test split (paper: 8)
+    ilo_radius_scale: tuple[float, ...] = (0.25, 1.0, 4.0)  # × every invert.stages radius
+    sgilo_weight: tuple[float, ...] = (0.03, 0.1, 0.3)
+    gnc_weight: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Tasks × levels × methods on held-out test images. ILO's schedule (and SGILO/GNC's warm start) is invert.stages."""
+
+    tasks: tuple[TaskLevelsConfig, ...] = (TaskLevelsConfig("inpaint", (0.05, 0.1, 0.25)), TaskLevelsConfig("cs", (0.01, 0.03, 0.1)))
+    methods: tuple[Literal["csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"], ...] = METHOD_NAMES
+    images: int = field(default=8, metadata=_rng(1))  # test images, after the validation ones
+    noise_std: float = field(default=0.0, metadata=_rng(0.0))  # extra Gaussian measurement noise, every task
+    mask: Literal["random", "center", "box"] = "random"
+    cs_kind: Literal["auto", "gaussian", "structured"] = "auto"
+    sr_filter: Literal["area", "bicubic"] = "area"
+    batch_size: int = field(default=8, metadata=_rng(1))  # images per batch (SGILO: × chains)
+    sgilo: SGILOConfig = SGILOConfig()
+    gnc: GNCConfig = GNCConfig()
+    tune: TuneConfig = TuneConfig()
+    figure_images: int = field(default=4, metadata=_rng(0))  # reconstructions kept per shard for the report's figures
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=0, metadata=_rng(0))
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Aggregation into results/table1.csv and the figures."""
+
+    confidence: float = field(default=0.95, metadata=_rng(0.5, 0.999))  # Student-t intervals over test images
+    fid_samples: int = field(default=256, metadata=_rng(0))  # unconditional prior samples for FID (needs Inception weights)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=0, metadata=_rng(0))
+
+
 # -------------------------------------------------------------------------------------------------- params
 @dataclass(frozen=True)
 class Params:
@@ -196,6 +277,8 @@ class Params:
     invert: InvertConfig = InvertConfig()
     trajectories: TrajectoriesConfig = TrajectoriesConfig()
     score: ScoreConfig = ScoreConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if f.name != "seed")
@@ -228,6 +311,21 @@ def _check_across_sections(params: Params, source: str) -> None:
         raise ConfigError(f"{source}: trajectories.beta_max ({params.trajectories.beta_max}) must be >= trajectories.beta_min ({params.trajectories.beta_min})")
     if params.download.dataset == "synthfaces" and invert.images > params.download.synthfaces.n_train:
         raise ConfigError(f"{source}: invert.images ({invert.images}) exceeds download.synthfaces.n_train ({params.download.synthfaces.n_train})")
+    evaluate = params.evaluate
+    needed = evaluate.images + evaluate.tune.validation
+    if params.download.dataset == "synthfaces" and needed > params.download.synthfaces.n_test:
+        raise ConfigError(f"{source}: evaluate.images + evaluate.tune.validation ({needed}) exceeds download.synthfaces.n_test "
+                          f"({params.download.synthfaces.n_test}); lower them or raise n_test")
+    if evaluate.gnc.t_min > evaluate.gnc.t_max:
+        raise ConfigError(f"{source}: evaluate.gnc.t_min ({evaluate.gnc.t_min}) must be <= evaluate.gnc.t_max ({evaluate.gnc.t_max})")
+    for i, entry in enumerate(evaluate.tasks):
+        if not entry.levels:
+            raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: give at least one level for task {entry.task!r}")
+        if entry.task in ("inpaint", "cs") and not all(0 < level <= 1 for level in entry.levels):
+            raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: {entry.task} levels are fractions in (0, 1], got {list(entry.levels)}")
+    tasks = [entry.task for entry in evaluate.tasks]
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"{source}: evaluate.tasks: each task once (list its levels together), got {tasks}")
 
 
 def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -> Any:

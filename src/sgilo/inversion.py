@@ -19,6 +19,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,16 @@ class Options:
     rampup: float = 0.05  # fraction of a stage spent ramping the lr up …
     rampdown: float = 0.75  # … and down (cosine)
     precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast); the latter two only help on a GPU
+    keep: str = "best"  # best: the iterate with the lowest measurement loss (ILO); last: the final one (a sampler's)
+
+
+class LatentStep(Protocol):
+    """A move of the layer-`layer` representation after each data step, in place of ILO's l1 projection
+    (SGILO's Langevin step, the GNC flow's denoising step); the stage at that layer runs at a constant lr."""
+
+    layer: int
+
+    def __call__(self, h: Tensor, step: int, steps: int) -> Tensor: ...
 
 
 @dataclass
@@ -64,6 +75,16 @@ class Result:
     layer: int
     steps: int = 0
     history: list[float] = field(default_factory=list)  # mean measurement MSE per step
+    z: Tensor | None = None  # (B, num_ws, style_dim): the Gaussianised latent before its leaky ReLU (to continue from)
+
+    def repeat_interleave(self, repeats: int) -> Result:
+        """Each image's iterate `repeats` times in a row: the start of several chains from one inversion."""
+        def rep(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.repeat_interleave(repeats, 0)
+
+        noise = [rep(n) for n in self.noise] if self.noise is not None else None
+        return Result(rep(self.image), rep(self.latent), rep(self.w_plus), noise, rep(self.loss), self.layer, self.steps,
+                      list(self.history), rep(self.z))
 
 
 def csgm_stages(steps: int, lr: float = 0.1) -> tuple[Stage, ...]:
@@ -105,7 +126,7 @@ def geocross(z: Tensor) -> Tensor:
 
 def lr_at(t: float, lr: float, rampup: float, rampdown: float) -> float:
     """StyleGAN's projector schedule: linear warm-up over `rampup`, cosine decay over the last `rampdown`."""
-    ramp = min(1.0, (1.0 - t) / rampdown)
+    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
     ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
     return lr * ramp * min(1.0, t / rampup)
 
@@ -157,34 +178,53 @@ def invert(
     options: Options = Options(),
     perceptual: Perceptual | None = None,
     progress: Callable[[int], None] | None = None,
+    latent_step: LatentStep | None = None,
+    init: Result | None = None,
 ) -> Result:
     """Invert a batch: find per image the iterate whose image x (in [0,1]) best fits ‖forward(x) − y‖².
 
     `forward` is any differentiable operator on [0,1] images (e.g. a deepinv physics' `A`); `seeds[i]` seeds
     image i's initial z and noise. CSGM is `stages=csgm_stages(n)`. The generator's weights are frozen.
+    `latent_step` (SGILO, GNC: see `sgilo.posterior`) moves the representation of its layer after every step
+    of the stages at that layer; pair it with `Options(keep="last")` to return where the chain ends.
+    `init` continues from an earlier inversion's result (its z, noise and layer) instead of starting from the seeds;
+    the stages must then start at or after its layer.
     """
     _check(generator, y, seeds, stages, options, perceptual)
+    if latent_step is not None and latent_step.layer not in [stage.layer for stage in stages]:
+        raise ValueError(f"latent_step acts on layer {latent_step.layer}, but no stage runs there (stages: {[s.layer for s in stages]})")
     generator.requires_grad_(False)
     if not generator.gaussian_fitted:
         generator.fit_gaussian(100_000, torch_generator(0, "gaussian_fit"))
-    state = _State.start(generator, seeds, options.optimize_noise, y.device)
+    if init is None:
+        state = _State.start(generator, seeds, options.optimize_noise, y.device)
+        previous_layer = 0
+    else:
+        state = _State.resume(init, len(seeds), stages[0].layer)
+        previous_layer = init.layer
     history: list[float] = []
-    previous_layer = 0
     for stage in stages:
         state.move_to(generator, previous_layer, stage.layer)
-        _run_stage(generator, forward, y, state, stage, options, perceptual, history, progress)
+        step = latent_step if latent_step is not None and latent_step.layer == stage.layer else None
+        _run_stage(generator, forward, y, state, stage, options, perceptual, history, progress, step)
         previous_layer = stage.layer
+    if options.keep == "last":
+        z, h, noise = state.z, state.h, state.noise
+    else:
+        z, h, noise = state.best_z, state.best_h, state.best_noise
     with torch.no_grad():
-        image = decode(generator, state.best_h, previous_layer, gaussianised_w(generator, state.best_z), state.best_noise)
+        image = decode(generator, h, previous_layer, gaussianised_w(generator, z), noise)
+        loss = measurement_loss(forward, image, y) if options.keep == "last" else state.best_loss
     return Result(
         image=image.float(),
-        latent=None if previous_layer == 0 else state.best_h.float(),
-        w_plus=gaussianised_w(generator, state.best_z).detach(),
-        noise=[n.detach() for n in state.best_noise] if state.best_noise is not None else None,
-        loss=state.best_loss,
+        latent=None if previous_layer == 0 else h.float(),
+        w_plus=gaussianised_w(generator, z).detach(),
+        noise=[n.detach() for n in noise] if noise is not None else None,
+        loss=loss,
         layer=previous_layer,
-        steps=sum(s.steps for s in stages),
+        steps=sum(s.steps for s in stages) + (init.steps if init is not None else 0),
         history=history,
+        z=z.detach(),
     )
 
 
@@ -220,6 +260,18 @@ class _State:
         inf = torch.full((len(seeds),), math.inf, device=device)
         return cls(z=z, noise=noise, best_z=z.clone(), best_noise=best_noise, best_loss=inf)
 
+    @classmethod
+    def resume(cls, result: Result, count: int, first_layer: int) -> _State:
+        """Continue from an earlier result, which becomes the best iterate so far."""
+        if result.z is None or result.z.shape[0] != count:
+            raise ValueError(f"init: a result with z for {count} images is needed, got {None if result.z is None else result.z.shape[0]}")
+        if first_layer < result.layer:
+            raise ValueError(f"init ends at layer {result.layer}; the stages cannot start before it (first stage: layer {first_layer})")
+        noise = [n.clone() for n in result.noise] if result.noise is not None else None
+        latent = result.latent.clone() if result.latent is not None else None
+        return cls(z=result.z.clone(), noise=noise, h=latent, best_z=result.z.clone(),
+                   best_noise=[n.clone() for n in noise] if noise is not None else None, best_h=latent, best_loss=result.loss.clone())
+
     @torch.no_grad()
     def move_to(self, generator: Generator, start: int, stop: int) -> None:
         """Begin a stage at layer `stop` from the best iterate so far (mapped forward from layer `start`)."""
@@ -249,7 +301,8 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new.detach(), old)
 
 
-def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Options, perceptual, history, progress) -> None:
+def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Options, perceptual, history, progress,
+               latent_step: LatentStep | None = None) -> None:
     rows = first_w_row(stage.layer)
     z_active = state.z[:, rows:].clone().requires_grad_(True)
     variables = [z_active]
@@ -265,7 +318,8 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
     optimizer = torch.optim.Adam(variables, lr=stage.lr)
     for step in range(stage.steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step / stage.steps, stage.lr, options.rampup, options.rampdown)
+            # A sampler needs a constant step: no cosine ramp-down at the latent step's layer.
+            group["lr"] = lr_at(step / stage.steps, stage.lr, options.rampup, 0.0 if latent_step else options.rampdown)
         state.z = torch.cat([state.z[:, :rows].detach(), z_active], 1)
         w_plus = gaussianised_w(generator, state.z)
         with _autocast(options.precision, y.device):
@@ -284,6 +338,9 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
                 variable.mul_(norms / _row_norms(variable))
             if centre is not None and stage.radius is not None:
                 state.h.copy_(centre + project_l1_ball(state.h - centre, stage.radius))
+            if latent_step is not None:
+                with _autocast(options.precision, y.device):  # the score model runs at the generator's precision
+                    state.h.copy_(latent_step(state.h.detach(), step, stage.steps))
         if progress is not None:
             progress(1)
     with torch.no_grad():
@@ -332,6 +389,8 @@ def _check(generator: Generator, y: Tensor, seeds: Sequence[int], stages: Sequen
     layers = [stage.layer for stage in stages]
     if layers != sorted(layers):
         raise ValueError(f"ILO stages must go forward through the layers, got layers {layers}")
+    if options.keep not in ("best", "last"):
+        raise ValueError(f"options.keep must be 'best' or 'last', got {options.keep!r}")
     if options.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
     if options.perceptual > 0 and perceptual is None:

@@ -86,6 +86,11 @@ def shard_file(folder: str | Path, shard: int) -> Path:
     return Path(folder) / "shards" / f"shard-{shard:05d}.safetensors"
 
 
+def cell_path(folder: str | Path, task: str, level: float, method: str, suffix: str) -> Path:
+    """Where the evaluate stage keeps a cell's file: <folder>/<task>/<level:g>/<method><suffix>."""
+    return Path(folder) / task / f"{level:g}" / f"{method}{suffix}"
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], dest: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Tensors as safetensors (no code can hide in the file), atomically."""
     with atomic_path(dest) as tmp:

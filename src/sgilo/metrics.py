@@ -70,3 +70,42 @@ def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu") -> Call
         return model(x, reference, normalize=True).reshape(x.shape[0])
 
     return distance
+
+
+# pytorch-fid's Inception weights (the TF FID Inception, ported); torch.hub looks for them under this name.
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+
+
+def fid_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_URL.rsplit("/", 1)[1]
+
+
+def require_fid_weights() -> Path:
+    """The Inception weights' path; MissingWeightsError (naming where to put them) when they are absent."""
+    path = fid_weights_path()
+    if not path.is_file():
+        raise MissingWeightsError(f"FID needs pytorch-fid's Inception weights {path.name} at {path} (from {FID_WEIGHTS_URL}); "
+                                  "place them there (or point TORCH_HOME elsewhere)")
+    return path
+
+
+def frechet_distance(images: Tensor, reference: Tensor, device: str | torch.device = "cpu", batch_size: int = 64) -> float:
+    """FID (Heusel et al. 2017) between two sets of [0, 1] images, with pytorch-fid's Inception (pool3, 2048-d).
+
+    Raises MissingWeightsError when the Inception weights are absent, instead of letting pytorch-fid download.
+    Few images give a biased FID: compare values only at equal set sizes.
+    """
+    require_fid_weights()
+    if min(len(images), len(reference)) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {len(images)} and {len(reference)}")
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from pytorch_fid.inception import InceptionV3
+
+    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+
+    def statistics(batch: Tensor):
+        with torch.no_grad():
+            features = torch.cat([model(chunk.to(device).float().clamp(0, 1))[0].flatten(1).double().cpu() for chunk in batch.split(batch_size)])
+        return features.mean(0).numpy(), torch.cov(features.T).numpy()
+
+    return float(calculate_frechet_distance(*statistics(images), *statistics(reference)))

@@ -220,7 +220,7 @@ class Generator(nn.Module):
         super().__init__()
         if size < 4 or size & (size - 1):
             raise ValueError(f"generator size must be a power of two >= 4, got {size}")
-        self.config = dict(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=channel_multiplier, channel_max=channel_max)
+        self.config = {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": channel_multiplier, "channel_max": channel_max}
         self.size, self.style_dim = size, style_dim
         self.log_size = int(math.log2(size))
         self.num_blocks = self.log_size - 1
@@ -430,7 +430,7 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int]:
         if out_ch < channel_max:
             channel_multiplier = max(1, out_ch * res // 16384)
             break
-    return dict(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=channel_multiplier, channel_max=channel_max)
+    return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": channel_multiplier, "channel_max": channel_max}
 
 
 def generator_from_state(

@@ -71,7 +71,7 @@ def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
 
 
 def _hex(rgb: Sequence[float]) -> str:
-    return "#" + "".join(f"{int(round(min(max(c, 0), 255))):02x}" for c in rgb)
+    return "#" + "".join(f"{round(min(max(c, 0), 255)):02x}" for c in rgb)
 
 
 def _rgb(hex_color: str) -> tuple[int, int, int]:
@@ -196,7 +196,7 @@ class _Pen:
 
 
 def _shade(rgb: Sequence[float], factor: float) -> tuple[int, int, int, int]:
-    r, g, b = (int(round(min(max(c * factor, 0), 255))) for c in rgb[:3])
+    r, g, b = (round(min(max(c * factor, 0), 255)) for c in rgb[:3])
     return (r, g, b, 255)
 
 

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from sgilo.config import Params, to_dict
 from sgilo.data import save_image_grid
-from sgilo.inversion import decode
 from sgilo.io import (
     atomic_open,
     atomic_path,
@@ -35,8 +34,9 @@ from sgilo.io import (
     shard_file,
 )
 from sgilo.latents import LatentScaler
-from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, score_from_eps
-from sgilo.sde import build_sde, reverse_sde_sample, target_std
+from sgilo.posterior import LatentPrior, decode_latents, sample_latents
+from sgilo.score_model import ScoreViT, count_parameters, dsm_loss
+from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import (
     entry,
@@ -48,7 +48,6 @@ from sgilo.stages._common import (
 )
 from sgilo.stylegan2 import load_generator
 
-FORMAT = "sgilo.score/1"
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "held_out_loss", "train_loss_tau")
 
 
@@ -62,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     set_threads(params.score.threads)
     device = pick_device(params.score.device, "score.device")
     data = load_trajectories(params, args.trajectories)
-    model, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, _fingerprint(params, args.trajectories))
+    _, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, _fingerprint(params, args.trajectories))
     finish(params, args, ema, history, seconds, data, device)
 
 
@@ -168,25 +167,20 @@ def held_out_loss(params: Params, model, data: dict[str, Any], device: torch.dev
 def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: float, data: dict[str, Any], device: torch.device) -> None:
     out: Path = args.out
     config, traj = params.score, params.trajectories
-    sde = build_sde(traj.sde, traj.beta_min, traj.beta_max, traj.dt)
+    sde_config = {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
     generator = load_generator(args.generator).to(device)
     w_plus = torch.cat([load_safetensors(shard_file(args.invert, i))[0]["w_plus"] for i in range(params.invert.shards)])
-    w_mean = w_plus.mean(0, keepdim=True).to(device)
-    score_fn = score_from_eps(ema, lambda t: target_std(sde, t, traj.dt, keep=(traj.tau_fraction,)))
-    shape = (config.samples, *data["shape"])
-    with torch.no_grad():
-        samples = reverse_sde_sample(sde, score_fn, shape, torch_generator(params.seed, "score", "samples", device=device), steps=config.sample_steps)
-        latents = data["scaler"].denormalize(samples.float())
-        images = decode(generator, latents, params.invert.layer, w_mean.expand(config.samples, -1, -1))
+    prior = LatentPrior(ema.eval(), data["scaler"], build_sde(**sde_config), sde_config, params.invert.layer,
+                        w_plus.mean(0, keepdim=True).to(device), traj.tau_fraction)
+    latents = sample_latents(prior, config.samples, params.seed, config.sample_steps, device)
+    images = decode_latents(generator, prior, latents)
     save_image_grid(images.clamp(-1, 1), out / "samples.png", nrow=max(1, int(math.sqrt(config.samples))))
     _write_history(history, out / "history.csv")
     _plot(history, out / "loss.png")
     metrics = {"held_out_loss_initial": history[0]["held_out_loss"], "held_out_loss_final": history[-1]["held_out_loss"],
                "parameters": count_parameters(ema), "train_samples": len(data["train"]["t"]), "held_out_samples": len(data["held_out"]["t"]),
                "seconds": seconds}
-    save_torch({"format": FORMAT, "model": {k: v.cpu() for k, v in ema.state_dict().items()}, "config": ema.config(),
-                "scaler": data["scaler"].state_dict(), "sde": {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt},
-                "layer": params.invert.layer, "w_plus_mean": w_mean.cpu()}, out / "model.pt")
+    prior.save(out / "model.pt")
     save_json(metrics, out / "metrics.json")
     (out / "resume" / "state.pt").unlink(missing_ok=True)
     if (out / "resume").is_dir() and not any((out / "resume").iterdir()):

@@ -1,0 +1,82 @@
+"""The five reconstruction methods behind one call, as the evaluate stage and `sgilo reconstruct` use them.
+
+csgm: the Gaussianised w+ alone, for as many steps as ILO's whole schedule; ilo: ILO's schedule with its l1
+radii (times a tuned scale); ilo-unconstrained: the same without radii; sgilo and gnc: ILO's schedule up to the
+prior's layer, then the prior (`sgilo.posterior`). Every method sees the same measurement y and the same seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from torch import Tensor
+
+from sgilo.config import GNCConfig, SGILOConfig
+from sgilo.inversion import Options, Perceptual, Stage, invert
+from sgilo.operators import OperatorSpec, build_operator
+from sgilo.posterior import LatentPrior, gnc, sgilo, warm_stages
+
+METHODS = ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")
+PRIOR_METHODS = ("sgilo", "gnc")
+
+
+@dataclass
+class Reconstruction:
+    image: Tensor  # (B, 3, size, size) in [0, 1]: the estimate that is scored (SGILO: the posterior mean)
+    loss: Tensor  # (B,) measurement MSE of `image`'s chain(s), averaged over chains
+    steps: int  # optimisation steps per chain
+    stages: list[Stage]  # the schedule run (SGILO, GNC: the warm start, then the prior's stage)
+    latent: Tensor | None  # ILO: (B, C + 3, H, W) at the last stage's layer; SGILO, GNC: (B, chains, …); CSGM: None
+    w_plus: Tensor  # (B, num_ws, style_dim); SGILO, GNC: (B, chains, …)
+    chains: int = 1
+    samples: Tensor | None = None  # (B, chains, 3, size, size) in [0, 1]: SGILO and GNC
+    std: Tensor | None = None  # (B, 3, size, size): per-pixel spread over chains
+
+
+def method_stages(method: str, stages: Sequence[Stage], radius_scale: float = 1.0) -> list[Stage]:
+    """The schedule a method runs, from ILO's (invert.stages); SGILO and GNC take its warm start from it."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method == "csgm":
+        return [Stage(0, sum(stage.steps for stage in stages), None, stages[0].lr)]
+    if method == "ilo-unconstrained":
+        return [replace(stage, radius=None) for stage in stages]
+    if method == "ilo":
+        return [replace(stage, radius=None if stage.radius is None else stage.radius * radius_scale) for stage in stages]
+    return list(stages)
+
+
+def reconstruct(method: str, generator, spec: OperatorSpec, y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
+                options: Options | None = None, *, radius_scale: float = 1.0, prior: LatentPrior | None = None,
+                sgilo_config: SGILOConfig | None = None, gnc_config: GNCConfig | None = None,
+                perceptual: Perceptual | None = None, progress: Callable[[int], None] | None = None) -> Reconstruction:
+    """Reconstruct a batch of measurements y taken by `build_operator(spec, shape, seeds)`; seeds[i] also seeds
+    image i's optimisation. SGILO and GNC need the prior (a score stage's model.pt, `LatentPrior.load`)."""
+    options, sgilo_config, gnc_config = options or Options(), sgilo_config or SGILOConfig(), gnc_config or GNCConfig()
+    schedule = method_stages(method, stages, radius_scale)
+    shape = (3, generator.size, generator.size)
+    operator = build_operator(spec, shape, list(seeds), y.device)
+    if method in PRIOR_METHODS:
+        if prior is None:
+            raise ValueError(f"method {method} needs a score model (the score stage's model.pt)")
+        chains = sgilo_config.chains if method == "sgilo" else 1
+        run = sgilo if method == "sgilo" else gnc
+        config = sgilo_config if method == "sgilo" else gnc_config
+        post = run(generator, operator.physics.A, y, seeds, prior, config, schedule, options, perceptual, progress)
+        return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
+                              stages=[*warm_stages(schedule, prior.layer), Stage(prior.layer, config.steps, None, config.lr)],
+                              latent=post.latents, w_plus=post.w_plus, chains=chains, samples=(post.samples + 1) / 2, std=post.std)
+    result = invert(generator, operator.physics.A, y, list(seeds), schedule, options, perceptual, progress)
+    return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, stages=schedule,
+                          latent=result.latent, w_plus=result.w_plus)
+
+
+def total_steps(method: str, stages: Sequence[Stage], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:
+    """Optimisation steps per chain, for progress bars."""
+    schedule = method_stages(method, stages)
+    if method in PRIOR_METHODS:
+        layer = schedule[-1].layer
+        extra = sgilo_config.steps if method == "sgilo" else gnc_config.steps
+        return sum(stage.steps for stage in schedule if stage.layer < layer) + extra
+    return sum(stage.steps for stage in schedule)

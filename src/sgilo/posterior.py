@@ -1,0 +1,270 @@
+"""Reconstruction with the learned latent prior: SGILO's posterior sampler and the GNC flow.
+
+Both run ILO's schedule up to the prior's layer k as a warm start, then replace ILO's l1 ball at layer k by the
+score model (`sgilo.inversion.LatentStep`): after every Adam step on the measurement loss, the representation h
+is moved in the score model's scaled coordinates u = scale(h):
+
+- SGILO (Daras et al. 2022): u ← u + λ·(hot(u) − u) + ν·ξ, where hot(u) perturbs u to a small t0 along the
+  forward SDE and runs the reverse SDE back (the SGILO code's "hot sampler"; with hot_steps 0, one Tweedie
+  denoising step at t0 instead). Several chains per measurement give posterior samples, their mean and spread.
+- GNC flow (Kobler & Pock 2023): u ← u + λ·(D(u, σ_i) − u) with Tweedie's denoiser D(u, σ) = u + σ²∇log p_σ(u)
+  at a smoothing σ_i annealed from large (a convex energy) to small; deterministic, one chain.
+
+For the VP-SDE, x_t = a(t)·x0 + σ(t)·ε, so x_t/a is x0 smoothed by N(0, (σ/a)²) and D(u) = u − (σ/a)·ε̂(a·u, t).
+Noise is drawn per chain from its own seed: a batch gives the same chains as running them one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sgilo.config import GNCConfig, SGILOConfig
+from sgilo.inversion import Options, Perceptual, Result, Stage, decode, invert
+from sgilo.io import CheckpointError, load_torch, save_torch
+from sgilo.latents import LatentScaler
+from sgilo.score_model import ScoreViT
+from sgilo.sde import (
+    SDE,
+    build_sde,
+    per_item,
+    reverse_sde_sample,
+    target_std,
+    time_vector,
+)
+from sgilo.seeding import item_seed, torch_generator
+from sgilo.stylegan2 import Generator
+
+FORMAT = "sgilo.score/1"
+
+
+# --------------------------------------------------------------------------------------------------- prior
+@dataclass
+class LatentPrior:
+    """A trained score model of the layer-`layer` representations, with everything needed to use it."""
+
+    model: ScoreViT  # predicts ε on scaled latents
+    scaler: LatentScaler
+    sde: SDE
+    sde_config: dict  # name, beta_min, beta_max, dt: how the training targets were drawn
+    layer: int
+    w_plus_mean: Tensor  # (1, num_ws, style_dim): w+ for the later blocks when sampling unconditionally
+    tau_fraction: float = 0.5
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.model.shape)
+
+    def std(self, t: Tensor) -> Tensor:
+        """σ(t) that turns ε̂ into a score, as in training (the marginal std, or the last EM step's)."""
+        return target_std(self.sde, t, self.sde_config["dt"], keep=(self.tau_fraction,)).to(t.device, t.dtype)
+
+    def score(self, u: Tensor, t: Tensor) -> Tensor:
+        return -self.model(u, t) / per_item(self.std(t), u)
+
+    def to(self, device: torch.device | str) -> LatentPrior:
+        return replace(self, model=self.model.to(device), w_plus_mean=self.w_plus_mean.to(device))
+
+    def save(self, path: Path) -> None:
+        save_torch({"format": FORMAT, "model": {k: v.cpu() for k, v in self.model.state_dict().items()}, "config": self.model.config(),
+                    "scaler": self.scaler.state_dict(), "sde": self.sde_config, "layer": self.layer,
+                    "w_plus_mean": self.w_plus_mean.cpu(), "tau_fraction": self.tau_fraction}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> LatentPrior:
+        """Read a score stage's model.pt; a file of another kind raises CheckpointError naming it."""
+        state = load_torch(Path(path))
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not an sgilo score model (format {FORMAT}); point to the score stage's model.pt")
+        config = dict(state["config"])
+        shape = config.pop("shape")
+        model = ScoreViT(shape, **config)
+        model.load_state_dict(state["model"])
+        model.eval().requires_grad_(False)
+        sde_config = dict(state["sde"])
+        sde = build_sde(sde_config["name"], sde_config["beta_min"], sde_config["beta_max"], sde_config["dt"])
+        prior = cls(model, LatentScaler.from_state_dict(state["scaler"]), sde, sde_config, int(state["layer"]),
+                    state["w_plus_mean"].float(), float(state.get("tau_fraction", 0.5)))
+        return prior.to(device)
+
+
+@torch.no_grad()
+def sample_latents(prior: LatentPrior, n: int, seed: int, steps: int, device: torch.device | str = "cpu") -> Tensor:
+    """n unconditional layer-k representations (de-normalised) from the reverse SDE."""
+    shape = (n, *prior.shape)
+    u = reverse_sde_sample(prior.sde, prior.score, shape, torch_generator(seed, "prior_samples", device=device), steps=steps)
+    return prior.scaler.denormalize(u.float())
+
+
+@torch.no_grad()
+def decode_latents(generator: Generator, prior: LatentPrior, latents: Tensor) -> Tensor:
+    """Images in [-1, 1] of layer-k representations, with the later blocks' w+ at the training mean."""
+    w = prior.w_plus_mean.to(latents.device).expand(latents.shape[0], -1, -1)
+    return decode(generator, latents, prior.layer, w)
+
+
+# ------------------------------------------------------------------------------------------- latent steps
+class _ChainNoise:
+    """Standard normal draws with one generator per chain, so chain i's noise never depends on the batch."""
+
+    def __init__(self, seeds: Sequence[int], purpose: str) -> None:
+        self.generators = [torch_generator(seed, purpose) for seed in seeds]
+
+    def __call__(self, like: Tensor) -> Tensor:
+        if like.shape[0] != len(self.generators):
+            raise ValueError(f"noise for {len(self.generators)} chains asked for a batch of {like.shape[0]}")
+        draws = [torch.randn(like.shape[1:], generator=g) for g in self.generators]
+        return torch.stack(draws).to(like.device, like.dtype)
+
+
+def _vp_coefficients(prior: LatentPrior, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    known = prior.sde.marginal(torch.ones_like(like), t)
+    if known is None:
+        raise ValueError(f"this step needs an SDE with a closed-form marginal (vp); the prior was trained with {prior.sde_config['name']!r}")
+    mean, std = known
+    return mean, per_item(std, like)
+
+
+class SGLDStep:
+    """SGILO's Langevin move at the prior's layer (see the module notes)."""
+
+    def __init__(self, prior: LatentPrior, config: SGILOConfig, seeds: Sequence[int]) -> None:
+        self.layer, self.prior, self.config = prior.layer, prior, config
+        self.noise = _ChainNoise(seeds, "sgld")
+
+    def __call__(self, h: Tensor, step: int, steps: int) -> Tensor:
+        config, prior = self.config, self.prior
+        u = prior.scaler.normalize(h.float())
+        target = self._hot(u) if config.hot_steps > 0 else self._tweedie(u)
+        u = u + config.weight * (target - u) + config.noise * self.noise(u)
+        return prior.scaler.denormalize(u).to(h.dtype)
+
+    def _hot(self, u: Tensor) -> Tensor:
+        """Perturb to t0 along the forward SDE, then the reverse SDE back to ~0 (the hot-start sampler)."""
+        prior, t0 = self.prior, self.config.t0
+        mean, std = _vp_coefficients(prior, time_vector(t0, u), u)
+        x = mean * u + std * self.noise(u)
+        grid = torch.linspace(t0, prior.sde.eps, self.config.hot_steps + 1).tolist()
+        for k in range(self.config.hot_steps):
+            t, h = time_vector(grid[k], x), grid[k] - grid[k + 1]
+            x = x - prior.sde.reverse_drift(x, t, prior.score(x, t)) * h
+            if k + 1 < self.config.hot_steps:  # the last step returns the mean, as score_sde's samplers do
+                x = x + per_item(prior.sde.diffusion(t) * math.sqrt(h), x) * self.noise(x)
+        return x
+
+    def _tweedie(self, u: Tensor) -> Tensor:
+        return _denoise(self.prior, u, self.config.t0)
+
+
+class GNCStep:
+    """The GNC flow's move: toward Tweedie's denoiser at a smoothing level annealed over the stage."""
+
+    def __init__(self, prior: LatentPrior, config: GNCConfig) -> None:
+        self.layer, self.prior, self.config = prior.layer, prior, config
+
+    def time(self, step: int, steps: int) -> float:
+        """Geometric from t_max to t_min over the stage's steps."""
+        c = self.config
+        fraction = step / max(1, steps - 1)
+        return c.t_max * (c.t_min / c.t_max) ** fraction
+
+    def __call__(self, h: Tensor, step: int, steps: int) -> Tensor:
+        prior = self.prior
+        u = prior.scaler.normalize(h.float())
+        u = u + self.config.weight * (_denoise(prior, u, self.time(step, steps)) - u)
+        return prior.scaler.denormalize(u).to(h.dtype)
+
+
+def _denoise(prior: LatentPrior, u: Tensor, t: float) -> Tensor:
+    """Tweedie: E[x0 | x0 + (σ/a)·ε = u] = u − (σ/a)·ε̂(a·u, t)."""
+    t_vec = time_vector(t, u)
+    a, std = _vp_coefficients(prior, t_vec, u)
+    return u - std / a * prior.model(a * u, t_vec)
+
+
+# ------------------------------------------------------------------------------------------ reconstruction
+@dataclass
+class Posterior:
+    """What SGILO and GNC return for a batch of B measurements with `chains` chains each."""
+
+    samples: Tensor  # (B, chains, 3, size, size) in [-1, 1]
+    mean: Tensor  # (B, 3, size, size): the average of the samples (the MMSE estimate)
+    std: Tensor  # (B, 3, size, size): per-pixel standard deviation over chains, on the [0, 1] scale
+    latents: Tensor  # (B, chains, C + 3, H, W) at the prior's layer
+    w_plus: Tensor  # (B, chains, num_ws, style_dim)
+    loss: Tensor  # (B, chains) measurement MSE of each sample
+    steps: int
+
+
+def chain_seeds(seeds: Sequence[int], chains: int) -> list[int]:
+    """Per-chain seeds, chain j of measurement i at index i·chains + j."""
+    return [item_seed(seed, "chain", j) for seed in seeds for j in range(chains)]
+
+
+def per_chain(forward: Callable[[Tensor], Tensor], chains: int) -> Callable[[Tensor], Tensor]:
+    """`forward` for B images applied to B·chains images laid out as `chain_seeds` (image i's chains together)."""
+    if chains == 1:
+        return forward
+
+    def apply(x: Tensor) -> Tensor:
+        grouped = x.reshape(-1, chains, *x.shape[1:])
+        measured = torch.stack([forward(grouped[:, j]) for j in range(chains)], 1)
+        return measured.reshape(-1, *measured.shape[2:])
+
+    return apply
+
+
+def warm_stages(stages: Sequence[Stage], layer: int) -> list[Stage]:
+    """ILO's schedule before the prior's layer: the warm start that SGILO and GNC continue from."""
+    earlier = [stage for stage in stages if stage.layer < layer]
+    if not earlier:
+        raise ValueError(f"the warm start needs ILO stages below the prior's layer {layer}; got layers {[s.layer for s in stages]}")
+    return earlier
+
+
+def sgilo(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], prior: LatentPrior,
+          config: SGILOConfig, stages: Sequence[Stage], options: Options | None = None, perceptual: Perceptual | None = None,
+          progress: Callable[[int], None] | None = None) -> Posterior:
+    """Posterior samples for a batch y (B, …) measured by `forward` (any operator on B images in [0, 1]).
+
+    The stages of `stages` (ILO's schedule) below the prior's layer are the warm start, run per chain from the
+    chain's own seed (`config.warm_start` per_chain) or once per measurement (shared); `config.chains` Langevin
+    chains then run at the prior's layer, all in one batch, each with its own noise.
+    """
+    options = options or Options()
+    chains, seeds_ = config.chains, chain_seeds(seeds, config.chains)
+    forward_, y_ = per_chain(forward, chains), y.repeat_interleave(chains, 0)
+    if config.warm_start == "shared":
+        start = invert(generator, forward, y, list(seeds), warm_stages(stages, prior.layer), options, perceptual, progress)
+        start = start.repeat_interleave(chains)
+    else:
+        start = invert(generator, forward_, y_, seeds_, warm_stages(stages, prior.layer), options, perceptual, progress)
+    result = invert(generator, forward_, y_, seeds_, [Stage(prior.layer, config.steps, None, config.lr)], replace(options, keep="last"),
+                    perceptual, progress, latent_step=SGLDStep(prior, config, seeds_), init=start)
+    return _posterior(result, len(seeds), chains)
+
+
+def gnc(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], prior: LatentPrior,
+        config: GNCConfig, stages: Sequence[Stage], options: Options | None = None, perceptual: Perceptual | None = None,
+        progress: Callable[[int], None] | None = None) -> Posterior:
+    """The GNC flow for a batch y (one deterministic chain per measurement; `forward` acts on B images)."""
+    options = options or Options()
+    schedule = [*warm_stages(stages, prior.layer), Stage(prior.layer, config.steps, None, config.lr)]
+    result = invert(generator, forward, y, list(seeds), schedule, replace(options, keep="last"), perceptual, progress,
+                    latent_step=GNCStep(prior, config))
+    return _posterior(result, len(seeds), 1)
+
+
+def _posterior(result: Result, count: int, chains: int) -> Posterior:
+    samples = result.image.clamp(-1, 1).reshape(count, chains, *result.image.shape[1:])
+    samples01 = (samples + 1) / 2
+    std = samples01.std(1, unbiased=False) if chains > 1 else torch.zeros_like(samples01[:, 0])
+    return Posterior(samples=samples, mean=samples.mean(1), std=std,
+                     latents=result.latent.reshape(count, chains, *result.latent.shape[1:]),
+                     w_plus=result.w_plus.reshape(count, chains, *result.w_plus.shape[1:]),
+                     loss=result.loss.reshape(count, chains), steps=result.steps)

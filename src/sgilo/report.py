@@ -1,0 +1,428 @@
+"""Aggregating the evaluate stage's records into Table 1, its figures and a markdown report.
+
+The evaluate stage writes, per cell (task, level, method), `<task>/<level>/<method>.parquet` (one row per test
+image: metrics, seconds, steps, tuned hyper-parameters) and `<method>.safetensors` beside it (a few images kept for
+figures). Here those become a table of means with Student-t intervals over test images, metric-against-level
+curves, image grids, an accuracy-against-time plot and `report.md`, whose sentences are computed from the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sgilo.data import DataError
+from sgilo.io import (
+    CheckpointError,
+    atomic_open,
+    atomic_path,
+    cell_path,
+    load_safetensors,
+)
+
+METRICS = ("mse", "psnr", "ssim", "lpips")
+RECORD_COLUMNS = ("image_id", "seed", "task", "level", "method", *METRICS, "lpips_note", "seconds", "steps", "chains",
+                  "measurement_loss", "hyper")
+TABLE_COLUMNS = ("task", "level", "method", "n",
+                 *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")),
+                 "seconds_per_image", "steps", "lpips_note")
+LEVEL_LABELS = {"inpaint": "fraction of pixels kept", "cs": "measurements m/n"}
+# Fixed colours so a method looks the same in every figure, whichever subset of methods a profile runs.
+METHOD_COLORS = {"csgm": "tab:gray", "ilo": "tab:blue", "ilo-unconstrained": "tab:cyan", "sgilo": "tab:red",
+                 "gnc": "tab:green"}
+_OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:orange")
+SAMPLERS = ("sgilo", "gnc")  # methods that draw several chains and keep their samples and per-pixel std
+_RERUN = "run the evaluate stage to write it"
+
+Cell = tuple[str, float, str]
+
+
+# ------------------------------------------------------------------------------------------------- records
+def grid_cells(tasks: Iterable[tuple[str, Sequence[float]]], methods: Sequence[str]) -> list[Cell]:
+    """Every (task, level, method) in table order: task by task, level by level, methods in the given order."""
+    return [(task, float(level), method) for task, levels in tasks for level in levels for method in methods]
+
+
+def load_records(folder: Path, cells: Sequence[Cell]) -> pd.DataFrame:
+    """The per-image records of `cells`, concatenated in cell order; each file is checked against its cell."""
+    frames = [_read_cell(cell_path(folder, *cell, ".parquet"), cell) for cell in cells]
+    if not frames:
+        raise DataError(f"{folder}: no evaluation cells to report on; give evaluate.tasks and evaluate.methods")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _read_cell(path: Path, cell: Cell) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: evaluation records not found; {_RERUN}")
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable parquet file ({type(exc).__name__}: {exc}); delete it and {_RERUN}") from exc
+    missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; delete it and {_RERUN}")
+    if frame.empty:
+        raise DataError(f"{path}: holds no records; check evaluate.images and {_RERUN}")
+    task, level, method = cell
+    # A file copied or renamed into the wrong folder would silently land in another row of the table.
+    if not ((frame["task"] == task) & np.isclose(frame["level"], level) & (frame["method"] == method)).all():
+        raise DataError(f"{path}: records are not all for task {task!r}, level {level:g}, method {method!r}; {_RERUN}")
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def summarize(records: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per (task, level, method) in order of first appearance: means over images with Student-t intervals."""
+    rows = [_summarize_cell(key, group, confidence)
+            for key, group in records.groupby(["task", "level", "method"], sort=False)]
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table.attrs["confidence"] = confidence  # for figure captions; not written to the CSV
+    return table
+
+
+def _summarize_cell(key: tuple, group: pd.DataFrame, confidence: float) -> dict:
+    task, level, method = key
+    row = {"task": task, "level": float(level), "method": method, "n": len(group)}
+    for metric in METRICS:
+        mean, low, high = mean_interval(group[metric].to_numpy(dtype=float), confidence)
+        row.update({f"{metric}_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+    notes = [note for note in group["lpips_note"].fillna("") if note]
+    row.update(seconds_per_image=float(group["seconds"].mean()), steps=float(group["steps"].mean()),
+               lpips_note=notes[0] if notes else "")
+    return row
+
+
+def mean_interval(values: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t interval of the mean of the non-NaN values; NaN bounds below two values."""
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = scipy.stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    # pandas writes floats as their shortest round-tripping repr: reading the CSV back gives the same numbers.
+    with atomic_open(path) as handle:
+        table.to_csv(handle, index=False)
+
+
+# ------------------------------------------------------------------------------------------ figure images
+@dataclass(frozen=True)
+class FigureData:
+    """The kept images of one (task, level) for every method, aligned on the image ids all methods share."""
+
+    task: str
+    level: float
+    ids: list[int]
+    truth: torch.Tensor  # (n, 3, H, W) in [0, 1]
+    measurement: torch.Tensor  # the naive reconstruction from y
+    methods: dict[str, dict[str, torch.Tensor]]  # method -> reconstruction (+ samples, std for samplers)
+
+
+def load_figure_data(folder: Path, task: str, level: float, methods: Sequence[str]) -> FigureData:
+    """The kept images of every method at (task, level), on the image ids all of them kept, in the first's order."""
+    loaded = {method: _read_images(cell_path(folder, task, level, method, ".safetensors"), method) for method in methods}
+    first = loaded[methods[0]]
+    # Methods may keep different images (a cell rerun with another figure_images); a row must show one image throughout.
+    shared = set.intersection(*(set(t["ids"].tolist()) for t in loaded.values()))
+    ids = [i for i in first["ids"].tolist() if i in shared]
+    picked = {method: _pick(tensors, ids) for method, tensors in loaded.items()}
+    truth, measurement = picked[methods[0]]["truth"], picked[methods[0]]["measurement"]
+    per_method = {m: {k: v for k, v in t.items() if k not in ("ids", "truth", "measurement")} for m, t in picked.items()}
+    return FigureData(task, float(level), ids, truth, measurement, per_method)
+
+
+def _pick(tensors: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.Tensor]:
+    order = tensors["ids"].tolist()
+    rows = torch.tensor([order.index(i) for i in ids], dtype=torch.long)
+    return {key: value[rows] for key, value in tensors.items()}
+
+
+def _read_images(path: Path, method: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise DataError(f"{path}: evaluation images not found; {_RERUN}")
+    try:
+        tensors, _ = load_safetensors(path)
+    except CheckpointError as exc:
+        raise DataError(str(exc)) from exc
+    needed = ("ids", "truth", "measurement", "reconstruction", *(("samples", "std") if method in SAMPLERS else ()))
+    missing = [key for key in needed if key not in tensors]
+    if missing:
+        raise DataError(f"{path}: missing tensor(s) {', '.join(missing)}; delete it and {_RERUN}")
+    return tensors
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def method_color(method: str, methods: Sequence[str] = ()) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    others = [m for m in methods if m not in METHOD_COLORS]
+    return _OTHER_COLORS[(others.index(method) if method in others else 0) % len(_OTHER_COLORS)]
+
+
+def level_label(task: str) -> str:
+    return LEVEL_LABELS.get(task, "level")
+
+
+def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
+    """MSE, SSIM (and LPIPS where measured) against the level, one line per method with its interval as a band."""
+    rows = table[table["task"] == task]
+    metrics = ["mse", "ssim"] + (["lpips"] if rows["lpips_mean"].notna().any() else [])
+    fig = _figure((4.0 * len(metrics), 3.4))
+    methods = list(dict.fromkeys(rows["method"]))
+    for index, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), index + 1)
+        for method in methods:
+            line = rows[rows["method"] == method].sort_values("level")
+            color = method_color(method, methods)
+            ax.plot(line["level"], line[f"{metric}_mean"], marker="o", color=color, label=method)
+            ax.fill_between(line["level"], line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], color=color, alpha=0.2,
+                            linewidth=0)
+        ax.set_xscale("log")
+        levels = sorted(set(rows["level"]))
+        ax.set_xticks(levels, [f"{level:g}" for level in levels], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel(level_label(task))
+        ax.set_ylabel(metric.upper() + (" (lower is better)" if metric != "ssim" else " (higher is better)"))
+        if metric == "mse":
+            _log_y(ax, rows["mse_mean"], rows["mse_ci_low"], rows["mse_ci_high"])
+    fig.axes[0].legend(fontsize="small")
+    fig.suptitle(f"{task}: mean over test images, {_interval_words(table)}")
+    _save(fig, path)
+
+
+def plot_speed(table: pd.DataFrame, path: Path) -> None:
+    """Mean MSE against seconds per image, one marker per method and level, with the MSE intervals as error bars."""
+    fig = _figure((5.6, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    methods = list(dict.fromkeys(table["method"]))
+    markers = dict(zip(dict.fromkeys(table["task"]), "osD^vP*"))
+    for (task, method), rows in table.groupby(["task", "method"], sort=False):
+        # Error bars may not reach below zero: a Student-t bound <= 0 is drawn to the bottom of the log axis.
+        below = (rows["mse_mean"] - rows["mse_ci_low"]).fillna(0).clip(lower=0)
+        above = (rows["mse_ci_high"] - rows["mse_mean"]).fillna(0).clip(lower=0)
+        ax.errorbar(rows["seconds_per_image"], rows["mse_mean"], yerr=[below, above], fmt=markers[task],
+                    color=method_color(method, methods), capsize=2, linestyle="none", label=f"{method} ({task})")
+        for _, row in rows.iterrows():
+            ax.annotate(f"{row['level']:g}", (row["seconds_per_image"], row["mse_mean"]), xytext=(4, 3),
+                        textcoords="offset points", fontsize="xx-small", color=method_color(method, methods))
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per image")
+    ax.set_ylabel("MSE")
+    _log_y(ax, table["mse_mean"], table["mse_ci_low"], table["mse_ci_high"])
+    ax.legend(fontsize="x-small", ncol=2)
+    ax.set_title(f"accuracy against time (labels: level; bars: {_interval_words(table)})", fontsize="medium")
+    _save(fig, path)
+
+
+def plot_reconstructions(data: FigureData, path: Path) -> None:
+    """Rows: images; columns: measurement, each method's reconstruction (with its MSE), truth."""
+    names = list(data.methods)
+    columns = [("measurement", data.measurement), *((m, data.methods[m]["reconstruction"]) for m in names),
+               ("truth", data.truth)]
+    fig = _figure((1.7 * len(columns), 1.8 * max(1, len(data.ids)) + 0.6))
+    for row, image_id in enumerate(data.ids):
+        for col, (name, images) in enumerate(columns):
+            ax = _image_axes(fig, len(data.ids), len(columns), row, col, images[row])
+            if row == 0:
+                ax.set_title(name, fontsize="small", color=method_color(name, names) if name in names else "black")
+            if name in names:
+                ax.set_xlabel(f"MSE {float(((images[row] - data.truth[row]) ** 2).mean()):.3g}", fontsize="x-small")
+            if col == 0:
+                ax.set_ylabel(f"image {image_id}", fontsize="small")
+    _empty_note(fig, data)
+    fig.suptitle(f"{data.task}, {level_label(data.task)} = {data.level:g}")
+    _save(fig, path)
+
+
+def plot_posterior(data: FigureData, path: Path, method: str = "sgilo", max_samples: int = 4) -> None:
+    """Per image: measurement, up to `max_samples` posterior samples, their mean, the per-pixel std, truth."""
+    tensors = data.methods[method]
+    samples = tensors["samples"][:, :max_samples]
+    std_maps = tensors["std"].mean(1)  # averaged over colour channels: one uncertainty value per pixel
+    count = samples.shape[1]
+    columns = 4 + count
+    fig = _figure((1.7 * columns + 0.4, 1.8 * max(1, len(data.ids)) + 0.6))
+    std_max = float(std_maps.max()) if std_maps.numel() else 1.0
+    for row, image_id in enumerate(data.ids):
+        panels = [("measurement", data.measurement[row]), *((f"sample {k + 1}", samples[row, k]) for k in range(count)),
+                  ("mean", tensors["samples"][row].mean(0))]
+        for col, (name, image) in enumerate(panels):
+            ax = _image_axes(fig, len(data.ids), columns, row, col, image)
+            ax.set_title(name if row == 0 else "", fontsize="small")
+            if col == 0:
+                ax.set_ylabel(f"image {image_id}", fontsize="small")
+        ax = fig.add_subplot(len(data.ids), columns, row * columns + columns - 1)
+        shown = ax.imshow(std_maps[row].numpy(), cmap="magma", vmin=0, vmax=std_max or 1.0)
+        _bare(ax, "std" if row == 0 else "")
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax = _image_axes(fig, len(data.ids), columns, row, columns - 1, data.truth[row])
+        ax.set_title("truth" if row == 0 else "", fontsize="small")
+    _empty_note(fig, data)
+    fig.suptitle(f"{method} posterior: {data.task}, {level_label(data.task)} = {data.level:g}, "
+                 f"{tensors['samples'].shape[1]} chains")
+    _save(fig, path)
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    # A bare Figure on the Agg canvas: no pyplot state, no backend switch for whoever imports this module.
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def _image_axes(fig: Figure, rows: int, columns: int, row: int, col: int, image: torch.Tensor):
+    ax = fig.add_subplot(rows, columns, row * columns + col + 1)
+    ax.imshow(image.float().clamp(0, 1).permute(1, 2, 0).numpy())
+    _bare(ax, "")
+    return ax
+
+
+def _bare(ax, title: str) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize="small")
+
+
+def _empty_note(fig: Figure, data: FigureData) -> None:
+    if not data.ids:
+        fig.text(0.5, 0.5, "no images were kept for figures (evaluate.figure_images = 0?)", ha="center", va="center")
+
+
+def _log_y(ax, means: pd.Series, lows: pd.Series, highs: pd.Series) -> None:
+    """Log y axis framed on the positive values, so a non-positive interval bound cannot stretch it to 1e-300."""
+    values = pd.concat([means, lows, highs]).to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    ax.set_yscale("log", nonpositive="clip")
+    if len(values):
+        ax.set_ylim(values.min() / 1.5, values.max() * 1.5)
+
+
+def _interval_words(table: pd.DataFrame) -> str:
+    confidence = table.attrs.get("confidence")
+    return f"{confidence:.0%} Student-t intervals" if confidence else "Student-t intervals"
+
+
+# -------------------------------------------------------------------------------------------------- words
+def describe_curves(table: pd.DataFrame, task: str) -> str:
+    """At the task's lowest level: the method with the lowest mean MSE, and whether its interval clears the runner-up's."""
+    rows = table[table["task"] == task]
+    level = rows["level"].min()
+    ranked = rows[rows["level"] == level].dropna(subset=["mse_mean"]).sort_values("mse_mean")
+    where = f"At the hardest level ({level_label(task)} = {level:g})"
+    if ranked.empty:
+        return f"{where} no method has an MSE."
+    best = ranked.iloc[0]
+    sentence = f"{where}, {best['method']} has the lowest mean MSE, {_with_interval(best, 'mse')}"
+    if len(ranked) == 1:
+        return sentence + "; it is the only method evaluated."
+    second = ranked.iloc[1]
+    if any(math.isnan(v) for v in (best["mse_ci_high"], second["mse_ci_low"])):
+        verdict = "with too few images for intervals the ranking is not resolved"
+    elif best["mse_ci_high"] < second["mse_ci_low"]:
+        verdict = "the intervals do not overlap"
+    else:
+        verdict = "the intervals overlap, so the difference is not resolved with these images"
+    return sentence + f"; runner-up {second['method']}, {_with_interval(second, 'mse')}: {verdict}."
+
+
+def describe_speed(table: pd.DataFrame) -> str:
+    """The fastest and slowest methods, and the time the most accurate one at the hardest level costs there."""
+    speed = table.groupby("method", sort=False)["seconds_per_image"].mean().sort_values()
+    sentence = (f"Averaged over cells, {speed.index[0]} is fastest ({speed.iloc[0]:.3g} s/image) and {speed.index[-1]} "
+                f"slowest ({speed.iloc[-1]:.3g} s/image)")
+    first = table[table["task"] == table["task"].iloc[0]]
+    hardest = first[first["level"] == first["level"].min()].dropna(subset=["mse_mean"])
+    if hardest.empty or not hardest["seconds_per_image"].min() > 0:
+        return sentence + "."
+    best = hardest.sort_values("mse_mean").iloc[0]
+    ratio = best["seconds_per_image"] / hardest["seconds_per_image"].min()
+    return (sentence + f". At {best['task']} {best['level']:g} the lowest-MSE method, {best['method']}, takes "
+            f"{ratio:.3g}× the time of the fastest method there.")
+
+
+def describe_reconstructions(data: FigureData) -> str:
+    """Each method's MSE averaged over the images shown, lowest first."""
+    if not data.ids:
+        return "No images were kept for figures."
+    errors = {m: float(((t["reconstruction"] - data.truth) ** 2).mean()) for m, t in data.methods.items()}
+    ranked = sorted(errors.items(), key=lambda item: item[1])
+    listing = ", ".join(f"{m} {e:.3g}" for m, e in ranked)
+    return (f"On the {len(data.ids)} image(s) shown ({data.task}, {level_label(data.task)} = {data.level:g}), "
+            f"mean MSE: {listing}; lowest: {ranked[0][0]}.")
+
+
+def describe_posterior(data: FigureData, method: str = "sgilo") -> str:
+    """How large the posterior spread is and whether it marks where the posterior mean is wrong."""
+    if not data.ids:
+        return "No images were kept for figures."
+    tensors = data.methods[method]
+    spread = tensors["std"].mean(1).flatten().double()
+    error = (tensors["samples"].mean(1) - data.truth).abs().mean(1).flatten().double()
+    correlation = float(torch.corrcoef(torch.stack([spread, error]))[0, 1])
+    verdict = ("the std map says nothing about the error" if math.isnan(correlation)
+               else "larger spread where the mean is further off" if correlation > 0.1
+               else "the spread does not track the error")
+    return (f"Mean per-pixel posterior std {float(spread.mean()):.3g} over {tensors['samples'].shape[1]} chains; "
+            f"its pixel-wise correlation with |mean − truth| is r = {correlation:.2f} ({verdict}).")
+
+
+def _with_interval(row: pd.Series, metric: str) -> str:
+    mean, low, high = row[f"{metric}_mean"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    return f"{mean:.3g}" + ("" if math.isnan(low) else f" [{low:.3g}, {high:.3g}]")
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+FIGURE_TITLES = {"reconstructions": "Reconstructions", "posterior": "Posterior samples and uncertainty",
+                 "speed": "Accuracy against time"}
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    header = ["task", "level", "method", "n", *(m.upper() for m in METRICS), "s/image", "steps"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells = [row["task"], f"{row['level']:g}", row["method"], str(row["n"]),
+                 *(_cell(row, m) for m in METRICS), f"{row['seconds_per_image']:.3g}", f"{row['steps']:g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(row: pd.Series, metric: str) -> str:
+    return "n/a" if math.isnan(row[f"{metric}_mean"]) else _with_interval(row, metric)
+
+
+def write_markdown(table: pd.DataFrame, figures: dict[str, str], notes: dict[str, str], path: Path) -> None:
+    """`report.md`: the table, then each figure (path relative to `path`) with the line `notes[key]` under it.
+
+    `notes["table"]`, when given, goes under the table; LPIPS's reason for being missing is added from the table."""
+    parts = ["# Results", "", markdown_table(table), ""]
+    if notes.get("table"):
+        parts += [notes["table"], ""]
+    for note, rows in table[table["lpips_note"].fillna("") != ""].groupby("lpips_note", sort=False):
+        parts += [f"LPIPS n/a for {', '.join(dict.fromkeys(rows['task']))}: {note}", ""]
+    for key, figure in figures.items():
+        title = FIGURE_TITLES.get(key) or f"Metrics against level: {key.removeprefix('curves_')}"
+        parts += [f"## {title}", "", f"![{key}]({figure})", ""]
+        if notes.get(key):
+            parts += [notes[key], ""]
+    with atomic_open(path) as handle:
+        handle.write("\n".join(parts))

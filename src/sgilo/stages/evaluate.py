@@ -1,0 +1,267 @@
+"""evaluate stage: reconstruct held-out test images for one (task, level, method) cell, or tune that cell.
+
+Images come from the test split, which the score model never saw: the first `evaluate.tune.validation` ids
+are the validation images, the next `evaluate.images` the test images. Every method of a (task, level) sees
+the same measurement of an image (operator and noise seeded by seed, task, level and image id).
+
+--tune: try each candidate of the method's key hyper-parameter (ILO: a scale of the l1 radii; SGILO, GNC:
+the prior weight λ) on the validation images and write the one with the lowest mean MSE, with every
+candidate's score, to a JSON file (CSGM and unconstrained ILO have none: they run as configured, without
+--tuned). Otherwise: run the tuned method
+on the test images and write one record per image (`<cell>.parquet`) and the first `figure_images`
+reconstructions, with their measurements and SGILO's samples and spread (`<cell>.safetensors`).
+Records of finished batches are checkpointed, so a killed job resumes at its next batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from sgilo.config import Params, to_dict
+from sgilo.data import DataError, load_images, read_index
+from sgilo.inversion import Options, Stage
+from sgilo.io import (
+    atomic_path,
+    cell_path,
+    load_torch,
+    save_json,
+    save_safetensors,
+    save_torch,
+)
+from sgilo.methods import PRIOR_METHODS, Reconstruction, reconstruct, total_steps
+from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
+from sgilo.operators import OperatorSpec, build_operator
+from sgilo.posterior import LatentPrior
+from sgilo.seeding import item_seed
+from sgilo.stages._common import (
+    entry,
+    log,
+    pick_device,
+    set_threads,
+    stage_parser,
+    start,
+)
+from sgilo.stylegan2 import Generator, load_generator
+
+# The hyper-parameter each method tunes, and where its candidates are in params.evaluate.tune.
+TUNED = {"ilo": ("radius_scale", "ilo_radius_scale"), "sgilo": ("weight", "sgilo_weight"), "gnc": ("weight", "gnc_weight")}
+LPIPS_NET = "alex"  # the usual evaluation backbone (Zhang et al. 2018); VGG stays the optimisation loss
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder from the download stage")
+    parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint")
+    parser.add_argument("--score", type=Path, help="the score stage's model.pt (needed by sgilo and gnc)")
+    parser.add_argument("--task")
+    parser.add_argument("--level", type=float)
+    parser.add_argument("--method")
+    parser.add_argument("--tune", action="store_true", help="choose the hyper-parameter on the validation images")
+    parser.add_argument("--tuned", type=Path, help="the tuning JSON to use (evaluation)")
+    parser.add_argument("--all", action="store_true", help="tune and evaluate every cell in turn (--tune-out: where the JSONs go)")
+    parser.add_argument("--tune-out", type=Path, default=Path("results/tune"), help="with --all: the tuning folder")
+    parser.add_argument("--out", required=True, type=Path, help="--tune: the JSON to write; else the evaluate folder")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: evaluate.threads; 0 = all cores)")
+    args, params = start(parser, argv)
+    config = params.evaluate
+    grid = [(entry.task, level, method) for entry in config.tasks for level in entry.levels for method in config.methods]
+    if args.all:
+        cells = grid
+    elif args.task is None or args.level is None or args.method is None:
+        parser.error("give --task, --level and --method (one cell), or --all")
+    elif (args.task, args.level, args.method) not in grid:
+        parser.error(f"{args.task} at {args.level:g} with {args.method} is not in evaluate.tasks × evaluate.methods of {args.params}")
+    else:
+        cells = [(args.task, args.level, args.method)]
+    if not args.all and not args.tune and args.tuned is None and args.method in TUNED:
+        parser.error(f"method {args.method} tunes {TUNED[args.method][0]}: give --tuned (the tune step's JSON) or --tune")
+    if any(method in PRIOR_METHODS for _, _, method in cells) and args.score is None:
+        parser.error(f"--score: methods {', '.join(PRIOR_METHODS)} need the score stage's model.pt")
+    set_threads(args.threads or config.threads)
+    device = pick_device(config.device, "evaluate.device")
+    for task, level, method in cells:
+        runner = Runner(params, args, task, level, method, device)
+        if args.all:
+            tuned = cell_path(args.tune_out, task, level, method, ".json")
+            if method in TUNED:
+                tune(runner, tuned)
+            evaluate(runner, json.loads(tuned.read_text())["chosen"] if method in TUNED else {}, args.out)
+        elif args.tune:
+            tune(runner, args.out)
+        else:
+            evaluate(runner, json.loads(args.tuned.read_text())["chosen"] if args.tuned else {}, args.out)
+
+
+# ------------------------------------------------------------------------------------------------- running
+class Runner:
+    """Everything one cell needs: images, operator spec, generator, prior, and how to run the method."""
+
+    def __init__(self, params: Params, args, task: str, level: float, method: str, device: torch.device) -> None:
+        self.params, self.args, self.device = params, args, device
+        self.task, self.level, self.method = task, float(level), method
+        config = params.evaluate
+        self.spec = OperatorSpec(self.task, self.level, noise_std=config.noise_std, mask=config.mask, sr_filter=config.sr_filter,
+                                 cs_kind=config.cs_kind)
+        self.generator: Generator = load_generator(args.generator).to(device)
+        self.prior = LatentPrior.load(args.score, device) if self.method in PRIOR_METHODS else None
+        if self.prior is not None and self.prior.layer != params.invert.layer:
+            raise SystemExit(f"error: {args.score} models layer {self.prior.layer}, but invert.layer is {params.invert.layer}; rerun the score stage")
+        invert = params.invert
+        self.stages = [Stage(**to_dict(s)) for s in invert.stages]
+        self.options = Options(geocross=invert.geocross, perceptual=invert.perceptual, optimize_noise=invert.optimize_noise,
+                               precision=config.precision)
+        self.perceptual = lpips_distance("vgg", device) if invert.perceptual > 0 else None
+        ids = sorted(read_index(args.data).query("split == 'test'")["id"].tolist())
+        needed = config.tune.validation + config.images
+        if len(ids) < needed:
+            raise DataError(f"{args.data}: the test split has {len(ids)} images; evaluate.tune.validation + evaluate.images needs {needed}")
+        self.validation_ids, self.test_ids = ids[: config.tune.validation], ids[config.tune.validation : needed]
+
+    def seed(self, image_id: int) -> int:
+        return item_seed(self.params.seed, "evaluate", self.task, f"{self.level:g}", int(image_id))
+
+    def steps(self) -> int:
+        config = self.params.evaluate
+        return total_steps(self.method, self.stages, config.sgilo, config.gnc)
+
+    def run(self, ids: Sequence[int], hyper: dict[str, float], progress=None) -> tuple[torch.Tensor, torch.Tensor, Reconstruction, float]:
+        """(truth, y, reconstruction, seconds) for a batch of images, truth in [0, 1]."""
+        config = self.params.evaluate
+        truth = ((load_images(self.args.data, "test", self.generator.size, list(ids)) + 1) / 2).to(self.device)
+        seeds = [self.seed(i) for i in ids]
+        y = build_operator(self.spec, tuple(truth.shape[1:]), seeds, self.device).measure(truth)
+        sgilo_config = replace(config.sgilo, **hyper) if self.method == "sgilo" else config.sgilo
+        gnc_config = replace(config.gnc, **hyper) if self.method == "gnc" else config.gnc
+        started = time.perf_counter()
+        result = reconstruct(self.method, self.generator, self.spec, y, seeds, self.stages, self.options,
+                             radius_scale=hyper.get("radius_scale", 1.0), prior=self.prior, sgilo_config=sgilo_config,
+                             gnc_config=gnc_config, perceptual=self.perceptual, progress=progress)
+        return truth, y, result, time.perf_counter() - started
+
+    def batches(self, ids: Sequence[int]) -> list[list[int]]:
+        size = self.params.evaluate.batch_size
+        return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def _bar(runner: Runner, images: int, desc: str) -> tqdm:
+    return tqdm(total=images * runner.steps(), desc=desc, unit="img·step", mininterval=5.0)
+
+
+def _advance(bar: tqdm, images: int):
+    """A progress callback for a batch: each optimisation step advances every image in it."""
+    return lambda steps: bar.update(steps * images)
+
+
+# -------------------------------------------------------------------------------------------------- tuning
+def tune(runner: Runner, out: Path) -> None:
+    method = runner.method
+    if method not in TUNED:
+        save_json({"task": runner.task, "level": runner.level, "method": method, "key": None, "candidates": [], "chosen": {}}, out)
+        return
+    key, field_name = TUNED[method]
+    candidates = getattr(runner.params.evaluate.tune, field_name)
+    ids = runner.validation_ids
+    scores = []
+    with _bar(runner, len(ids) * len(candidates), f"tune {runner.task} {runner.level:g} {method}") as bar:
+        for value in candidates:
+            mse = []
+            for batch in runner.batches(ids):
+                truth, _, result, _ = runner.run(batch, {key: value}, progress=_advance(bar, len(batch)))
+                mse.append(image_metrics(result.image, truth)["mse"].cpu())
+            scores.append({key: value, "mse": float(torch.cat(mse).mean())})
+            log.info("%s = %g: validation MSE %.5f", key, value, scores[-1]["mse"])
+    best = min(scores, key=lambda s: s["mse"])
+    save_json({"task": runner.task, "level": runner.level, "method": method, "key": key, "validation_ids": ids,
+               "candidates": scores, "chosen": {key: best[key]}}, out)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
+    params, method = runner.params, runner.method
+    parquet = cell_path(out, runner.task, runner.level, method, ".parquet")
+    partial = out / "partial" / f"{runner.task}-{runner.level:g}-{method}.pt"
+    fingerprint = _fingerprint(params, runner, hyper)
+    done = _resume(partial, fingerprint)
+    lpips, lpips_note = _lpips(runner.device)
+    batches = runner.batches(runner.test_ids)
+    with _bar(runner, len(runner.test_ids), f"evaluate {runner.task} {runner.level:g} {method}") as bar:
+        bar.update(sum(len(b["records"]) for b in done) * runner.steps())
+        for batch in batches[len(done):]:
+            truth, y, result, seconds = runner.run(batch, hyper, progress=_advance(bar, len(batch)))
+            keep = max(0, params.evaluate.figure_images - sum(len(b["figures"]["ids"]) for b in done))
+            done.append(_batch_records(runner, batch, hyper, truth, y, result, seconds, lpips, lpips_note, keep))
+            save_torch({"fingerprint": fingerprint, "batches": done}, partial)
+    records = pd.DataFrame([r for b in done for r in b["records"]])
+    _write_figure_data(runner, done, cell_path(out, runner.task, runner.level, method, ".safetensors"))
+    with atomic_path(parquet) as tmp:
+        records.to_parquet(tmp, index=False)
+    partial.unlink(missing_ok=True)
+    log.info("%s %g %s: mean PSNR %.2f dB, MSE %.5f over %d images", runner.task, runner.level, method, records["psnr"].mean(),
+             records["mse"].mean(), len(records))
+
+
+def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, y, result: Reconstruction, seconds: float,
+                   lpips, lpips_note: str, keep: int) -> dict[str, Any]:
+    """The batch's records, and its first `keep` images for the report's figures."""
+    quality = image_metrics(result.image, truth)
+    distance = lpips(result.image, truth).cpu().tolist() if lpips is not None else [float("nan")] * len(batch)
+    records = [{
+        "image_id": int(image_id), "seed": runner.seed(image_id), "task": runner.task, "level": runner.level, "method": runner.method,
+        "mse": float(quality["mse"][i]), "psnr": float(quality["psnr"][i]), "ssim": float(quality["ssim"][i]),
+        "lpips": float(distance[i]), "lpips_note": lpips_note, "seconds": seconds / len(batch), "steps": runner.steps(),
+        "chains": result.chains, "measurement_loss": float(result.loss[i]), "hyper": json.dumps(hyper, sort_keys=True),
+    } for i, image_id in enumerate(batch)]
+    operator = build_operator(runner.spec, tuple(truth.shape[1:]), [runner.seed(i) for i in batch], runner.device)
+    figures = {"ids": torch.tensor(batch), "truth": truth.cpu(), "measurement": operator.naive(y).clamp(0, 1).cpu(),
+               "reconstruction": result.image.clamp(0, 1).cpu()}
+    if result.samples is not None:
+        figures |= {"samples": result.samples.cpu(), "std": result.std.cpu()}
+    return {"records": records, "figures": {k: v[:keep] for k, v in figures.items()}}
+
+
+def _write_figure_data(runner: Runner, done: list[dict], path: Path) -> None:
+    tensors = {key: torch.cat([b["figures"][key] for b in done]).contiguous() for key in done[0]["figures"]}
+    save_safetensors(tensors, path, {"task": runner.task, "level": f"{runner.level:g}", "method": runner.method})
+
+
+def _lpips(device: torch.device):
+    try:
+        return lpips_distance(LPIPS_NET, device), ""
+    except MissingWeightsError as exc:
+        log.warning("LPIPS is reported as missing: %s", exc)
+        return None, f"LPIPS-{LPIPS_NET} weights absent: {exc}"
+
+
+def _fingerprint(params: Params, runner: Runner, hyper: dict) -> str:
+    """What a partial cell must match to be resumed: params, hyper-parameters, inputs' bytes and the images."""
+    digest = hashlib.sha256(json.dumps({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate),
+                                        "hyper": hyper, "ids": runner.test_ids}, sort_keys=True).encode())
+    for path in (runner.args.generator, runner.args.score if runner.method in PRIOR_METHODS else None):
+        if path is not None:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _resume(path: Path, fingerprint: str) -> list[dict]:
+    if not path.exists():
+        return []
+    state = load_torch(path)
+    if state.get("fingerprint") != fingerprint:
+        log.info("%s: made with other params or inputs; starting the cell again", path)
+        return []
+    log.info("%s: resuming after %d finished batches", path, len(state["batches"]))
+    return list(state["batches"])
+
+
+if __name__ == "__main__":
+    entry(main)

@@ -1,0 +1,128 @@
+"""report stage: the evaluate stage's per-image records and kept images into Table 1, figures and report.md.
+
+Reads `<evaluate>/<task>/<level>/<method>.parquet` and `.safetensors` for every cell of evaluate.tasks ×
+evaluate.methods, and writes `<out>/table1.csv` (one row per cell: means over test images with report.confidence
+Student-t intervals), `<out>/figures/curves_<task>.png`, `reconstructions.png` and `posterior.png` (at the first
+task's hardest level; the posterior only when sgilo is evaluated), `speed.png`, and `<out>/report.md`.
+With --score and --generator it also decodes report.fid_samples unconditional samples of the latent prior
+(`prior_samples.png`) and, when pytorch-fid's Inception weights are on disk, their FID against as many training
+images (`<out>/prior.json`; without the weights FID is reported missing, with the reason).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sgilo import report
+from sgilo.config import Params
+from sgilo.data import load_images, read_index, save_image_grid
+from sgilo.io import save_json
+from sgilo.metrics import MissingWeightsError, frechet_distance, require_fid_weights
+from sgilo.posterior import LatentPrior, decode_latents, sample_latents
+from sgilo.stages._common import (
+    entry,
+    log,
+    pick_device,
+    set_threads,
+    stage_parser,
+    start,
+)
+from sgilo.stylegan2 import load_generator
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--evaluate", required=True, type=Path, help="the evaluate stage's folder, e.g. results/evaluate")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results")
+    parser.add_argument("--score", type=Path, help="the score stage's model.pt: adds the prior's samples and FID")
+    parser.add_argument("--generator", type=Path, help="generator checkpoint (with --score)")
+    parser.add_argument("--data", type=Path, help="dataset folder: the FID's reference images (with --score)")
+    args, params = start(parser, argv)
+    if args.score is not None and (args.generator is None or args.data is None):
+        parser.error("--score needs --generator and --data")
+    set_threads(params.report.threads)
+    tasks = [(task_levels.task, task_levels.levels) for task_levels in params.evaluate.tasks]
+    records = report.load_records(args.evaluate, report.grid_cells(tasks, params.evaluate.methods))
+    table = report.summarize(records, params.report.confidence)
+    report.write_table(table, args.out / "table1.csv")
+    log.info("table1.csv: %d cells from %d records", len(table), len(records))
+    figures, notes = draw_figures(params, table, args.evaluate, args.out / "figures")
+    if args.score is not None:
+        figures["prior_samples"], notes["prior_samples"] = prior_section(params, args, args.out)
+    figures = {key: os.path.relpath(path, args.out) for key, path in figures.items()}  # links relative to report.md
+    notes["table"] = (f"Means over the n test images of each cell, with {params.report.confidence:.0%} Student-t "
+                      "intervals of the mean in brackets (none below two images).")
+    report.write_markdown(table, figures, notes, args.out / "report.md")
+    log.info("wrote %s with %d figures", args.out / "report.md", len(figures))
+
+
+def draw_figures(params: Params, table: pd.DataFrame, evaluate: Path, folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Every figure in `folder`; returns {key: path} and {key: a sentence computed from the numbers}."""
+    paths = {f"curves_{t.task}": folder / f"curves_{t.task}.png" for t in params.evaluate.tasks}
+    notes = {}
+    for t in params.evaluate.tasks:
+        report.plot_curves(table, t.task, paths[f"curves_{t.task}"])
+        notes[f"curves_{t.task}"] = report.describe_curves(table, t.task)
+    # The image figures show one cell level: the first task's hardest, where the methods differ most.
+    first = params.evaluate.tasks[0]
+    data = report.load_figure_data(evaluate, first.task, min(first.levels), params.evaluate.methods)
+    paths["reconstructions"] = folder / "reconstructions.png"
+    report.plot_reconstructions(data, paths["reconstructions"])
+    notes["reconstructions"] = report.describe_reconstructions(data)
+    if "sgilo" in params.evaluate.methods:
+        paths["posterior"] = folder / "posterior.png"
+        report.plot_posterior(data, paths["posterior"])
+        notes["posterior"] = report.describe_posterior(data)
+    else:
+        log.info("posterior.png skipped: sgilo is not among evaluate.methods")
+    paths["speed"] = folder / "speed.png"
+    report.plot_speed(table, paths["speed"])
+    notes["speed"] = report.describe_speed(table)
+    return paths, notes
+
+
+FIGURE_SAMPLES = 16  # prior samples drawn for the figure alone (no FID)
+
+
+def prior_section(params: Params, args, out: Path) -> tuple[Path, str]:
+    """Unconditional samples of the latent prior, decoded, and their FID when the Inception weights are present."""
+    device = pick_device(params.report.device, "report.device")
+    prior = LatentPrior.load(args.score, device)
+    generator = load_generator(args.generator).to(device)
+    # Sampling is the slow part: without the Inception weights there is no FID to feed, so draw only the grid.
+    fid_note = "" if params.report.fid_samples >= 2 else "FID not computed: report.fid_samples < 2"
+    if not fid_note:
+        try:
+            require_fid_weights()
+        except MissingWeightsError as exc:
+            fid_note = f"FID missing: {exc}"
+            log.warning("%s", fid_note)
+    with_fid = not fid_note
+    count = params.report.fid_samples if with_fid else FIGURE_SAMPLES
+    latents = sample_latents(prior, count, params.seed, params.score.sample_steps, device)
+    images = torch.cat([decode_latents(generator, prior, chunk) for chunk in latents.split(64)]).clamp(-1, 1)
+    path = out / "figures" / "prior_samples.png"
+    shown = images[:64]
+    save_image_grid(shown, path, nrow=max(1, int(math.sqrt(len(shown)))))
+    result: dict = {"samples": count, "fid": None, "fid_note": fid_note}
+    if with_fid:
+        train_ids = sorted(read_index(args.data).query("split == 'train'")["id"].tolist())[:count]
+        reference = (load_images(args.data, "train", generator.size, train_ids) + 1) / 2
+        result["fid"] = frechet_distance((images + 1) / 2, reference, device)
+    save_json(result, out / "prior.json")
+    if result["fid"] is not None:
+        note = (f"{count} samples of the latent score model decoded by the generator (later w+ rows at their training mean); "
+                f"FID {result['fid']:.1f} against {len(reference)} training images (small sets bias FID upwards).")
+    else:
+        note = f"{count} samples of the latent score model decoded by the generator (later w+ rows at their training mean). {result['fid_note']}"
+    return path, note
+
+
+if __name__ == "__main__":
+    entry(main)

@@ -1,0 +1,136 @@
+"""evaluate stage: tuning on validation images, one record per test image, figure data, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_stage, tiny_workspace
+
+from sgilo.io import load_safetensors
+from sgilo.stages import evaluate as evaluate_stage
+
+COLUMNS = ["image_id", "seed", "task", "level", "method", "mse", "psnr", "ssim", "lpips", "lpips_note", "seconds", "steps",
+           "chains", "measurement_loss", "hyper"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tiny_workspace(tmp_path_factory.mktemp("evaluate"), upto="score")
+
+
+def _argv(root: Path, method: str, *extra: str) -> list[str]:
+    return ["--params", str(root / "params.yaml"), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
+            "--score", str(root / "score" / "model.pt"), "--task", "inpaint", "--level", "0.25", "--method", method, "--threads", "1", *extra]
+
+
+def _tune_and_evaluate(root: Path, method: str, out: Path) -> pd.DataFrame:
+    tuned = out / "tune" / f"{method}.json"
+    run_stage("evaluate", *_argv(root, method, "--tune", "--out", str(tuned)), cwd=root)
+    run_stage("evaluate", *_argv(root, method, "--tuned", str(tuned), "--out", str(out / "evaluate")), cwd=root)
+    return pd.read_parquet(out / "evaluate" / "inpaint" / "0.25" / f"{method}.parquet")
+
+
+@pytest.mark.parametrize("method", ["csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"])
+def test_each_method_writes_a_record_per_test_image(workspace, method):
+    out = workspace / "run"
+    records = _tune_and_evaluate(workspace, method, out)
+    assert list(records.columns) == COLUMNS
+    # tiny profile: test split = ids 48…55; the first is the validation image, the next 3 are tested.
+    assert records["image_id"].tolist() == [49, 50, 51]
+    assert (records["method"] == method).all() and (records["task"] == "inpaint").all() and (records["level"] == 0.25).all()
+    assert records["mse"].between(0, 1).all() and records["psnr"].gt(0).all()
+    assert records["lpips"].isna().all() and records["lpips_note"].str.contains("weights absent").all()
+    assert records["chains"].eq(2 if method == "sgilo" else 1).all()
+    tuned = json.loads((out / "tune" / f"{method}.json").read_text())
+    if method in ("ilo", "sgilo", "gnc"):
+        key = "radius_scale" if method == "ilo" else "weight"
+        assert [c[key] for c in tuned["candidates"]] == ([0.5, 2.0] if method == "ilo" else [0.1, 0.3] if method == "sgilo" else [0.5, 1.0])
+        assert tuned["chosen"] == {key: min(tuned["candidates"], key=lambda c: c["mse"])[key]}
+        assert set(records["image_id"]).isdisjoint(tuned["validation_ids"])
+        assert all(json.loads(h) == tuned["chosen"] for h in records["hyper"])
+    else:
+        assert tuned["chosen"] == {} and tuned["candidates"] == []
+    figures, metadata = load_safetensors(out / "evaluate" / "inpaint" / "0.25" / f"{method}.safetensors")
+    assert metadata["method"] == method and figures["ids"].tolist() == records["image_id"].tolist()[:2]
+    assert figures["truth"].shape == figures["reconstruction"].shape == figures["measurement"].shape == (2, 3, 32, 32)
+    if method in ("sgilo", "gnc"):
+        chains = 2 if method == "sgilo" else 1
+        assert figures["samples"].shape == (2, chains, 3, 32, 32) and figures["std"].shape == (2, 3, 32, 32)
+
+
+def test_same_params_give_the_same_records(workspace):
+    first = _tune_and_evaluate(workspace, "sgilo", workspace / "a")
+    again = _tune_and_evaluate(workspace, "sgilo", workspace / "b")
+    pd.testing.assert_frame_equal(first.drop(columns="seconds"), again.drop(columns="seconds"))
+
+
+def test_all_methods_see_the_same_measurements_and_ids(workspace):
+    out = workspace / "run"
+    for method in ("csgm", "ilo"):
+        if not (out / "evaluate" / "inpaint" / "0.25" / f"{method}.parquet").exists():
+            _tune_and_evaluate(workspace, method, out)
+    a, _ = load_safetensors(out / "evaluate" / "inpaint" / "0.25" / "csgm.safetensors")
+    b, _ = load_safetensors(out / "evaluate" / "inpaint" / "0.25" / "ilo.safetensors")
+    assert a["measurement"].equal(b["measurement"]) and a["truth"].equal(b["truth"])
+
+
+def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
+    out = workspace / "crash"
+    tuned = out / "ilo.json"
+    run_stage("evaluate", *_argv(workspace, "ilo", "--tune", "--out", str(tuned)), cwd=workspace)
+    argv = _argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "evaluate"))
+    original, calls = evaluate_stage._batch_records, []
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_stage, "_batch_records", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_stage.main(argv)
+    assert (out / "evaluate" / "partial" / "inpaint-0.25-ilo.pt").exists()
+    monkeypatch.setattr(evaluate_stage, "_batch_records", original)
+    resumed_batches = []
+    monkeypatch.setattr(evaluate_stage, "_batch_records", lambda *a, **k: resumed_batches.append(1) or original(*a, **k))
+    evaluate_stage.main(argv)
+    assert len(resumed_batches) == 1  # 3 images in batches of 2: only the second batch ran again
+    assert not (out / "evaluate" / "partial" / "inpaint-0.25-ilo.pt").exists()
+    resumed = pd.read_parquet(out / "evaluate" / "inpaint" / "0.25" / "ilo.parquet")
+    run_stage("evaluate", *_argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "clean")), cwd=workspace)
+    clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "ilo.parquet")
+    pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), clean.drop(columns="seconds"))
+
+
+def test_bad_cells_and_missing_score_are_refused(workspace):
+    argv = _argv(workspace, "ilo", "--tune", "--out", "x.json")
+    argv[argv.index("--level") + 1] = "0.5"
+    result = run_stage("evaluate", *argv, cwd=workspace, check=False)
+    assert result.returncode == 2 and "not in evaluate.tasks" in result.stderr
+    argv = _argv(workspace, "sgilo", "--tune", "--out", "x.json")
+    del argv[argv.index("--score") : argv.index("--score") + 2]
+    result = run_stage("evaluate", *argv, cwd=workspace, check=False)
+    assert result.returncode == 2 and "need the score stage's model.pt" in result.stderr
+
+
+def test_report_turns_the_cells_into_table_figures_and_prior_samples(workspace, monkeypatch):
+    out = workspace / "run"
+    for method in ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"):
+        if not (out / "evaluate" / "inpaint" / "0.25" / f"{method}.parquet").exists():
+            _tune_and_evaluate(workspace, method, out)
+    monkeypatch.setenv("TORCH_HOME", str(workspace / "no-weights"))
+    run_stage("report", "--params", str(workspace / "params.yaml"), "--evaluate", str(out / "evaluate"), "--score",
+              str(workspace / "score" / "model.pt"), "--generator", str(workspace / "generator.pt"), "--data",
+              str(workspace / "synthfaces"), "--out", str(out), cwd=workspace)
+    table = pd.read_csv(out / "table1.csv")
+    assert table["method"].tolist() == ["csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"] and table["n"].eq(3).all()
+    for name in ("curves_inpaint", "reconstructions", "posterior", "speed", "prior_samples"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    prior = json.loads((out / "prior.json").read_text())
+    assert prior["samples"] == 16 and prior["fid"] is None and "pt_inception" in prior["fid_note"]
+    markdown = (out / "report.md").read_text()
+    assert "prior_samples.png" in markdown and "FID missing" in markdown

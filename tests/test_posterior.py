@@ -1,0 +1,219 @@
+"""sgilo.posterior: the prior checkpoint, SGILO's Langevin move and the GNC flow against exact Gaussian scores,
+chain independence, and end-to-end reconstruction through a tiny generator."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from sgilo.config import GNCConfig, SGILOConfig
+from sgilo.inversion import Options, Stage, invert
+from sgilo.io import CheckpointError, save_torch
+from sgilo.latents import LatentScaler
+from sgilo.operators import OperatorSpec, build_operator
+from sgilo.posterior import (
+    GNCStep,
+    LatentPrior,
+    Posterior,
+    SGLDStep,
+    chain_seeds,
+    gnc,
+    per_chain,
+    sgilo,
+    warm_stages,
+)
+from sgilo.score_model import ScoreViT
+from sgilo.sde import build_sde
+from sgilo.stylegan2 import Generator
+
+SHAPE = (2, 2, 2)  # C, H, W of the toy latent
+
+
+class GaussianEps(nn.Module):
+    """The exact ε-prediction for data N(μ, s²) under the VP-SDE: E[ε | x_t] = σ(x_t − aμ)/(a²s² + σ²)."""
+
+    def __init__(self, mean: float, std: float, sde) -> None:
+        super().__init__()
+        self.mean, self.std, self.sde = mean, std, sde
+        self.shape = SHAPE
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, sigma = self.sde.marginal(torch.ones_like(x), t)
+        sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        return sigma * (x - a * self.mean) / (a**2 * self.std**2 + sigma**2)
+
+
+def _identity_scaler(channels: int) -> LatentScaler:
+    return LatentScaler(-torch.ones(channels), torch.ones(channels))
+
+
+def _gaussian_prior(mean: float, std: float) -> LatentPrior:
+    sde = build_sde("vp")
+    return LatentPrior(GaussianEps(mean, std, sde), _identity_scaler(SHAPE[0]), sde, {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+                       layer=1, w_plus_mean=torch.zeros(1, 4, 8))
+
+
+def test_gnc_step_with_full_weight_is_tweedies_posterior_mean():
+    prior = _gaussian_prior(mean=0.3, std=0.2)
+    step = GNCStep(prior, GNCConfig(weight=1.0, t_max=0.2, t_min=0.2))
+    u = torch.linspace(-1, 1, 8).reshape(1, *SHAPE)
+    a, sigma = prior.sde.marginal(torch.ones(1), torch.tensor([0.2]))
+    smoothing2 = float(sigma**2 / a**2)  # u = x0 + (σ/a)·ε
+    expected = (0.2**2 * u + smoothing2 * 0.3) / (0.2**2 + smoothing2)
+    torch.testing.assert_close(step(u, 0, 1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gnc_schedule_anneals_geometrically_from_t_max_to_t_min():
+    step = GNCStep(_gaussian_prior(0.0, 0.5), GNCConfig(t_max=0.4, t_min=0.004))
+    times = [step.time(k, 5) for k in range(5)]
+    assert times[0] == pytest.approx(0.4) and times[-1] == pytest.approx(0.004)
+    assert all(b / a == pytest.approx(0.1**0.5) for a, b in itertools.pairwise(times))
+
+
+def test_hot_start_moves_sample_the_prior_from_a_far_start():
+    """Perturb-then-denoise with the exact score is a Gibbs step on (x0, x_t0): the prior is its fixed point."""
+    prior = _gaussian_prior(mean=0.3, std=0.2)
+    config = SGILOConfig(weight=1.0, noise=0.0, t0=0.5, hot_steps=60)
+    step = SGLDStep(prior, config, seeds=list(range(200)))
+    u = torch.full((200, *SHAPE), -0.9)
+    for k in range(15):
+        u = step(u, k, 15)
+    assert float(u.mean()) == pytest.approx(0.3, abs=0.03)
+    assert float(u.std()) == pytest.approx(0.2, abs=0.03)
+
+
+def test_chains_do_not_depend_on_the_batch_they_run_in():
+    prior = _gaussian_prior(mean=0.0, std=0.5)
+    config = SGILOConfig(weight=0.5, noise=0.05, t0=0.05, hot_steps=3)
+    u = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0))
+    together = SGLDStep(prior, config, [11, 12, 13])(u, 0, 1)
+    alone = torch.cat([SGLDStep(prior, config, [seed])(u[i : i + 1], 0, 1) for i, seed in enumerate([11, 12, 13])])
+    torch.testing.assert_close(together, alone)
+    assert not torch.allclose(together[0], SGLDStep(prior, config, [99])(u[:1], 0, 1)[0])
+
+
+def test_tweedie_mode_without_noise_is_deterministic_and_contracts_to_the_mean():
+    prior = _gaussian_prior(mean=0.0, std=0.1)
+    step = SGLDStep(prior, SGILOConfig(weight=1.0, noise=0.0, t0=0.3, hot_steps=0), [1])
+    u = torch.full((1, *SHAPE), 0.8)
+    out = step(u, 0, 1)
+    torch.testing.assert_close(out, step(u, 0, 1))
+    assert 0 < float(out.mean()) < 0.8
+
+
+def test_prior_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = ScoreViT((5, 2, 2), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3).eval()
+    sde = build_sde("vp")
+    prior = LatentPrior(model, LatentScaler(torch.zeros(5), torch.ones(5) * 2), sde, {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+                        layer=1, w_plus_mean=torch.randn(1, 4, 8))
+    prior.save(tmp_path / "model.pt")
+    loaded = LatentPrior.load(tmp_path / "model.pt")
+    x, t = torch.randn(3, 5, 2, 2), torch.rand(3)
+    torch.testing.assert_close(loaded.score(x, t), prior.score(x, t))
+    assert loaded.layer == 1 and loaded.shape == (5, 2, 2)
+    torch.testing.assert_close(loaded.scaler.maximum, prior.scaler.maximum)
+    save_torch({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt.*score stage's model.pt"):
+        LatentPrior.load(tmp_path / "other.pt")
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    generator = Generator(size=16, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16).eval()
+    generator.fit_gaussian(500, torch.Generator().manual_seed(0))
+    channels = 16 + 3  # features + RGB skip entering block 1 (4×4)
+    model = ScoreViT((channels, 4, 4), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3).eval().requires_grad_(False)
+    sde = build_sde("vp")
+    prior = LatentPrior(model, LatentScaler(-torch.ones(channels) * 2, torch.ones(channels) * 2), sde,
+                        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}, layer=1, w_plus_mean=torch.zeros(1, generator.num_ws, 16))
+    truth = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    spec = OperatorSpec("inpaint", 0.3)
+    seeds = [5, 6]
+    y = build_operator(spec, (3, 16, 16), seeds).measure(truth)
+    return generator, prior, spec, seeds, y
+
+
+STAGES = [Stage(0, 3), Stage(1, 3, radius=10.0)]
+
+
+def test_sgilo_returns_chains_their_mean_and_spread(tiny):
+    generator, prior, spec, seeds, y = tiny
+    config = SGILOConfig(steps=4, chains=3, noise=0.05)
+    operator = build_operator(spec, (3, 16, 16), seeds)
+    post = sgilo(generator, operator.physics.A, y, seeds, prior, config, STAGES)
+    assert isinstance(post, Posterior)
+    assert post.samples.shape == (2, 3, 3, 16, 16) and post.latents.shape == (2, 3, 19, 4, 4) and post.loss.shape == (2, 3)
+    torch.testing.assert_close(post.mean, post.samples.mean(1))
+    assert float(post.std.min()) >= 0 and float(post.std.mean()) > 0
+    assert post.steps == 3 + 4
+    again = sgilo(generator, operator.physics.A, y, seeds, prior, config, STAGES)
+    torch.testing.assert_close(again.samples, post.samples)
+
+
+def test_shared_warm_start_branches_chains_from_one_inversion(tiny):
+    generator, prior, spec, seeds, y = tiny
+    forward = build_operator(spec, (3, 16, 16), seeds).physics.A
+    deterministic = {"steps": 2, "chains": 2, "noise": 0.0, "hot_steps": 0}
+    shared = sgilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="shared"), STAGES)
+    torch.testing.assert_close(shared.samples[:, 0], shared.samples[:, 1])
+    dispersed = sgilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="per_chain"), STAGES)
+    assert not torch.allclose(dispersed.samples[:, 0], dispersed.samples[:, 1])
+
+
+def test_gnc_is_one_deterministic_chain(tiny):
+    generator, prior, spec, seeds, y = tiny
+    operator = build_operator(spec, (3, 16, 16), seeds)
+    post = gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), STAGES)
+    assert post.samples.shape == (2, 1, 3, 16, 16)
+    assert float(post.std.abs().max()) == 0.0
+    torch.testing.assert_close(gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), STAGES).mean, post.mean)
+
+
+def test_a_latent_step_changes_the_result_and_must_match_a_stage(tiny):
+    generator, prior, spec, seeds, y = tiny
+    operator = build_operator(spec, (3, 16, 16), seeds)
+    stages = [Stage(0, 2), Stage(1, 3)]
+    plain = invert(generator, operator.physics.A, y, seeds, stages, Options(keep="last"))
+    stepped = invert(generator, operator.physics.A, y, seeds, stages, Options(keep="last"), latent_step=GNCStep(prior, GNCConfig(weight=1.0)))
+    assert not torch.allclose(plain.latent, stepped.latent)
+    with pytest.raises(ValueError, match="no stage runs there"):
+        invert(generator, operator.physics.A, y, seeds, [Stage(0, 2)], latent_step=GNCStep(prior, GNCConfig()))
+    with pytest.raises(ValueError, match="keep"):
+        invert(generator, operator.physics.A, y, seeds, stages, Options(keep="mean"))
+
+
+def test_continuing_from_a_result_equals_one_run(tiny):
+    generator, _, spec, seeds, y = tiny
+    forward = build_operator(spec, (3, 16, 16), seeds).physics.A
+    whole = invert(generator, forward, y, seeds, [Stage(0, 3), Stage(1, 3, radius=10.0)])
+    first = invert(generator, forward, y, seeds, [Stage(0, 3)])
+    rest = invert(generator, forward, y, seeds, [Stage(1, 3, radius=10.0)], init=first)
+    torch.testing.assert_close(rest.latent, whole.latent)
+    torch.testing.assert_close(rest.image, whole.image)
+    assert rest.steps == whole.steps == 6
+    twice = first.repeat_interleave(2)
+    assert twice.z.shape[0] == 4 and torch.equal(twice.z[0], twice.z[1]) and torch.equal(twice.z[2], first.z[1])
+    with pytest.raises(ValueError, match="cannot start before"):
+        invert(generator, forward, y, seeds, [Stage(0, 3)], init=rest)
+
+
+def test_per_chain_applies_each_images_operator_to_its_chains(tiny):
+    _, _, spec, seeds, _ = tiny
+    operator = build_operator(spec, (3, 16, 16), seeds)
+    x = torch.rand(2 * 3, 3, 16, 16)
+    repeated = build_operator(spec, (3, 16, 16), [s for s in seeds for _ in range(3)])
+    torch.testing.assert_close(per_chain(operator.physics.A, 3)(x), repeated.physics.A(x))
+
+
+def test_warm_start_and_chain_layout():
+    assert warm_stages([Stage(0, 5), Stage(1, 4), Stage(2, 3)], 2) == [Stage(0, 5), Stage(1, 4)]
+    with pytest.raises(ValueError, match="below the prior's layer"):
+        warm_stages([Stage(2, 3)], 2)
+    seeds = chain_seeds([1, 2], 3)
+    assert len(seeds) == len(set(seeds)) == 6 and seeds[:3] == chain_seeds([1], 3)

@@ -1,0 +1,95 @@
+# One tune job and one evaluate job per (task, level, method) cell: they run in parallel, and a changed
+# setting reruns only the cells it concerns (each cell's params hold only what that cell reads).
+EVALUATE = PARAMS.evaluate
+EVAL_CELLS = [f"{entry.task}/{level:g}/{method}" for entry in EVALUATE.tasks for level in entry.levels for method in EVALUATE.methods]
+EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "operators", "metrics", "score_model", "sde",
+                 "latents", "stylegan2", "seeding", "data")
+PRIOR_METHODS = ("sgilo", "gnc")
+TUNED_KEYS = {"ilo": "ilo_radius_scale", "sgilo": "sgilo_weight", "gnc": "gnc_weight"}
+
+
+wildcard_constraints:
+    task="[a-z]+",
+    level="[0-9.e+-]+",
+    method="csgm|ilo|ilo-unconstrained|sgilo|gnc",
+
+
+def cell_params(wildcards, tuning=False):
+    """What a cell's results depend on: the shared settings, ILO's schedule and its own method's settings."""
+    config = to_dict(EVALUATE)
+    shared = {k: config[k] for k in ("noise_std", "mask", "cs_kind", "sr_filter", "precision")}
+    shared["images"] = {"validation": EVALUATE.tune.validation} if tuning else {"validation": EVALUATE.tune.validation, "test": EVALUATE.images}
+    if wildcards.method in PRIOR_METHODS:
+        shared[wildcards.method] = config[wildcards.method]
+    if wildcards.method in TUNED_KEYS:
+        shared["candidates"] = config["tune"][TUNED_KEYS[wildcards.method]]
+    if not tuning:
+        shared["figure_images"] = EVALUATE.figure_images
+    invert = to_dict(PARAMS.invert)
+    return {"seed": PARAMS.seed, "evaluate": shared, "invert": {k: invert[k] for k in ("stages", "geocross", "perceptual", "optimize_noise")}}
+
+
+def tuned_input(wildcards):
+    """Only methods with a hyper-parameter to choose have a tune job; the others run their defaults."""
+    return [f"results/tune/{wildcards.task}/{wildcards.level}/{wildcards.method}.json"] if wildcards.method in TUNED_KEYS else []
+
+
+def tuned_flag(wildcards):
+    return f"--tuned {tuned_input(wildcards)[0]}" if wildcards.method in TUNED_KEYS else ""
+
+
+def prior_input(wildcards):
+    return [rules.score.output.model] if wildcards.method in PRIOR_METHODS else []
+
+
+def score_flag(wildcards):
+    return f"--score {rules.score.output.model}" if wildcards.method in PRIOR_METHODS else ""
+
+
+rule tune:
+    wildcard_constraints:
+        method="ilo|sgilo|gnc",
+    input:
+        index=rules.download.output.index,
+        generator=rules.generator.output.generator,
+        prior=prior_input,
+        code=EVAL_CODE,
+    output:
+        "results/tune/{task}/{level}/{method}.json",
+    params:
+        cell=lambda wildcards: cell_params(wildcards, tuning=True),
+        score=score_flag,
+    log:
+        "logs/tune/{task}-{level}-{method}.log",
+    threads: EVALUATE.threads or 1
+    resources:
+        gpu=1 if EVALUATE.device != "cpu" else 0,
+    shell:
+        "{PY} -m sgilo.stages.evaluate --params {PARAMS_FILE} --data {DATA} --generator {input.generator} {params.score}"
+        " --task {wildcards.task} --level {wildcards.level} --method {wildcards.method} --threads {threads}"
+        " --tune --out {output} 2> {log}"
+
+
+rule evaluate:
+    input:
+        tuned=tuned_input,
+        index=rules.download.output.index,
+        generator=rules.generator.output.generator,
+        prior=prior_input,
+        code=EVAL_CODE,
+    output:
+        records="results/evaluate/{task}/{level}/{method}.parquet",
+        figures="results/evaluate/{task}/{level}/{method}.safetensors",
+    params:
+        cell=cell_params,
+        score=score_flag,
+        tuned=tuned_flag,
+    log:
+        "logs/evaluate/{task}-{level}-{method}.log",
+    threads: EVALUATE.threads or 1
+    resources:
+        gpu=1 if EVALUATE.device != "cpu" else 0,
+    shell:
+        "{PY} -m sgilo.stages.evaluate --params {PARAMS_FILE} --data {DATA} --generator {input.generator} {params.score}"
+        " --task {wildcards.task} --level {wildcards.level} --method {wildcards.method} --threads {threads}"
+        " {params.tuned} --out results/evaluate 2> {log}"

@@ -1,0 +1,31 @@
+# Table 1, its figures and report.md from every evaluate cell (EVAL_CELLS, "task/level/method", from evaluate.smk).
+REPORT_TASKS = [t.task for t in PARAMS.evaluate.tasks]
+# The posterior figure exists only when SGILO is evaluated; declaring it otherwise would make the rule never finish.
+REPORT_POSTERIOR = {"posterior": "results/figures/posterior.png"} if "sgilo" in PARAMS.evaluate.methods else {}
+
+
+rule report:
+    input:
+        records=expand("results/evaluate/{cell}.parquet", cell=EVAL_CELLS),
+        images=expand("results/evaluate/{cell}.safetensors", cell=EVAL_CELLS),
+        score=rules.score.output.model,
+        generator=rules.generator.output.generator,
+        index=rules.download.output.index,
+        code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion", "stylegan2"),
+    output:
+        table="results/table1.csv",
+        curves=expand("results/figures/curves_{task}.png", task=REPORT_TASKS),
+        reconstructions="results/figures/reconstructions.png",
+        speed="results/figures/speed.png",
+        markdown="results/report.md",
+        prior_samples="results/figures/prior_samples.png",
+        prior="results/prior.json",
+        **REPORT_POSTERIOR,
+    params:
+        section=section("report"),
+        sample_steps=PARAMS.score.sample_steps,
+    log:
+        "logs/report.log",
+    shell:
+        "{PY} -m sgilo.stages.report --params {PARAMS_FILE} --evaluate results/evaluate --score {input.score}"
+        " --generator {input.generator} --data {DATA} --out results 2> {log}"
