@@ -10,6 +10,7 @@ import pytest
 from conftest import run_stage, tiny_workspace
 
 from sgilo.io import load_safetensors
+from sgilo.report import summarize
 from sgilo.stages import evaluate as evaluate_stage
 
 COLUMNS = ["image_id", "seed", "task", "level", "method", "mse", "psnr", "ssim", "lpips", "lpips_note", "seconds", "steps",
@@ -65,6 +66,9 @@ def test_same_params_give_the_same_records(workspace):
     first = _tune_and_evaluate(workspace, "sgilo", workspace / "a")
     again = _tune_and_evaluate(workspace, "sgilo", workspace / "b")
     pd.testing.assert_frame_equal(first.drop(columns="seconds"), again.drop(columns="seconds"))
+    # Hence the same table: every column but the wall-clock one.
+    tables = [summarize(records).drop(columns="seconds_per_image") for records in (first, again)]
+    pd.testing.assert_frame_equal(*tables)
 
 
 def test_all_methods_see_the_same_measurements_and_ids(workspace):
@@ -99,7 +103,7 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     monkeypatch.setattr(evaluate_stage, "_batch_records", lambda *a, **k: resumed_batches.append(1) or original(*a, **k))
     evaluate_stage.main(argv)
     assert len(resumed_batches) == 1  # 3 images in batches of 2: only the second batch ran again
-    assert not (out / "evaluate" / "partial" / "inpaint-0.25-ilo.pt").exists()
+    assert not (out / "evaluate" / "partial").exists()
     resumed = pd.read_parquet(out / "evaluate" / "inpaint" / "0.25" / "ilo.parquet")
     run_stage("evaluate", *_argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "clean")), cwd=workspace)
     clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "ilo.parquet")
@@ -125,7 +129,7 @@ def test_report_turns_the_cells_into_table_figures_and_prior_samples(workspace, 
     monkeypatch.setenv("TORCH_HOME", str(workspace / "no-weights"))
     run_stage("report", "--params", str(workspace / "params.yaml"), "--evaluate", str(out / "evaluate"), "--score",
               str(workspace / "score" / "model.pt"), "--generator", str(workspace / "generator.pt"), "--data",
-              str(workspace / "synthfaces"), "--out", str(out), cwd=workspace)
+              str(workspace / "synthfaces"), "--invert-summary", str(workspace / "invert" / "summary.json"), "--out", str(out), cwd=workspace)
     table = pd.read_csv(out / "table1.csv")
     assert table["method"].tolist() == ["csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"] and table["n"].eq(3).all()
     for name in ("curves_inpaint", "reconstructions", "posterior", "speed", "prior_samples"):
@@ -133,4 +137,5 @@ def test_report_turns_the_cells_into_table_figures_and_prior_samples(workspace, 
     prior = json.loads((out / "prior.json").read_text())
     assert prior["samples"] == 16 and prior["fid"] is None and "pt_inception" in prior["fid_note"]
     markdown = (out / "report.md").read_text()
-    assert "prior_samples.png" in markdown and "FID missing" in markdown
+    assert "prior_samples.png" in markdown and "FID missing" in markdown and "trained on 12 training images" in markdown
+    assert "sgilo − other" in markdown and len(pd.read_csv(out / "paired.csv")) == 4

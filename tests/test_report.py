@@ -181,3 +181,18 @@ def test_figures_with_no_kept_images_still_render(tmp_path):
     for name in ("reconstructions.png", "posterior.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and image.width > 100
+
+
+def test_paired_differences_match_a_paired_t_interval(workspace):
+    records = report.load_records(workspace / "evaluate", _cells())
+    paired = report.paired_differences(records, "sgilo", "mse", confidence=0.9)
+    assert list(paired.columns) == list(report.PAIRED_COLUMNS)
+    assert len(paired) == 4 * 2 and set(paired["other"]) == {"csgm", "ilo"}
+    row = paired[(paired["task"] == "cs") & (paired["level"] == 0.03) & (paired["other"] == "ilo")].iloc[0]
+    cell = records[(records["task"] == "cs") & (records["level"] == 0.03)].pivot(index="image_id", columns="method", values="mse")
+    difference = (cell["sgilo"] - cell["ilo"]).to_numpy()
+    low, high = scipy.stats.t.interval(0.9, len(difference) - 1, loc=difference.mean(), scale=scipy.stats.sem(difference))
+    assert row["difference"] == pytest.approx(difference.mean()) and (row["ci_low"], row["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert row["wins"] == int((difference < 0).sum()) and row["n"] == IMAGES
+    assert "better" in report.describe_paired(paired)  # sgilo's errors are a quarter of ilo's in this data
+    assert report.paired_differences(records[records["method"] != "sgilo"]).empty

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +77,27 @@ def test_a_crashed_run_resumes_to_the_same_weights(cached, monkeypatch):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert (straight / "history.csv").read_text() == (crashed / "history.csv").read_text()
     assert not (crashed / "resume").exists()
+
+
+def test_kill_9_during_training_then_rerun_gives_identical_weights(cached):
+    """A real SIGKILL between checkpoints (no Python cleanup runs), then a rerun in a fresh process."""
+    params = _params(cached, "kill", {"epochs": 30})
+    straight = cached / "kill-straight"
+    run_stage("score", *_argv(cached, params, straight), cwd=cached)
+    killed = cached / "kill-killed"
+    command = [sys.executable, "-m", "sgilo.stages.score", *_argv(cached, params, killed)]
+    process = subprocess.Popen(command, cwd=cached, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (killed / "resume" / "state.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.pt").exists(), "the run finished before it could be killed; raise epochs"
+    rerun = run_stage("score", *_argv(cached, params, killed), cwd=cached)
+    assert "resuming after epoch" in rerun.stderr
+    expected, got = load_torch(straight / "model.pt")["model"], load_torch(killed / "model.pt")["model"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert (straight / "history.csv").read_text() == (killed / "history.csv").read_text()
 
 
 def test_igo_head_trains_and_logs_both_losses(cached):

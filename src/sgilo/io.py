@@ -86,6 +86,16 @@ def shard_file(folder: str | Path, shard: int) -> Path:
     return Path(folder) / "shards" / f"shard-{shard:05d}.safetensors"
 
 
+def discard_checkpoint(path: str | Path) -> None:
+    """Remove a finished job's resume checkpoint, and its folder once no other job's checkpoint is left in it."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:  # not empty (another shard's or cell's checkpoint) or already gone
+        pass
+
+
 def cell_path(folder: str | Path, task: str, level: float, method: str, suffix: str) -> Path:
     """Where the evaluate stage keeps a cell's file: <folder>/<task>/<level:g>/<method><suffix>."""
     return Path(folder) / task / f"{level:g}" / f"{method}{suffix}"

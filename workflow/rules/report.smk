@@ -11,9 +11,11 @@ rule report:
         score=rules.score.output.model,
         generator=rules.generator.output.generator,
         index=rules.download.output.index,
+        invert_summary=rules.invert_summary.output,
         code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion", "stylegan2"),
     output:
         table="results/table1.csv",
+        paired="results/paired.csv",
         curves=expand("results/figures/curves_{task}.png", task=REPORT_TASKS),
         reconstructions="results/figures/reconstructions.png",
         speed="results/figures/speed.png",
@@ -28,4 +30,4 @@ rule report:
         "logs/report.log",
     shell:
         "{PY} -m sgilo.stages.report --params {PARAMS_FILE} --evaluate results/evaluate --score {input.score}"
-        " --generator {input.generator} --data {DATA} --out results 2> {log}"
+        " --generator {input.generator} --data {DATA} --invert-summary {input.invert_summary} --out results 2> {log}"

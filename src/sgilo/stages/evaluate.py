@@ -33,6 +33,7 @@ from sgilo.inversion import Options, Stage
 from sgilo.io import (
     atomic_path,
     cell_path,
+    discard_checkpoint,
     load_torch,
     save_json,
     save_safetensors,
@@ -205,7 +206,7 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
     _write_figure_data(runner, done, cell_path(out, runner.task, runner.level, method, ".safetensors"))
     with atomic_path(parquet) as tmp:
         records.to_parquet(tmp, index=False)
-    partial.unlink(missing_ok=True)
+    discard_checkpoint(partial)
     log.info("%s %g %s: mean PSNR %.2f dB, MSE %.5f over %d images", runner.task, runner.level, method, records["psnr"].mean(),
              records["mse"].mean(), len(records))
 

@@ -24,7 +24,7 @@ from sgilo.config import Params, to_dict
 from sgilo.data import load_images, save_image_grid
 from sgilo.fetch import download_file, make_session
 from sgilo.gan import GANTrainer, sliced_wasserstein
-from sgilo.io import atomic_open, load_torch, save_json, save_torch
+from sgilo.io import atomic_open, discard_checkpoint, load_torch, save_json, save_torch
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import log, set_threads, stage_parser, start
 from sgilo.stylegan2 import Generator, load_generator, same_architecture, save_generator
@@ -144,7 +144,7 @@ def finish(params: Params, generator: Generator, metrics: dict[str, Any], real: 
     metrics["seconds"] = seconds
     save_generator(generator, out / "generator.pt", extra={"sgilo_params": {"seed": params.seed, "generator": to_dict(config)}})
     save_json(metrics, out / "metrics.json")
-    (out / "resume" / "state.pt").unlink(missing_ok=True)
+    discard_checkpoint(out / "resume" / "state.pt")
     log.info("generator written to %s: %s", out, json.dumps(metrics, sort_keys=True))
 
 

@@ -24,6 +24,7 @@ from sgilo.config import InvertConfig, Params, to_dict
 from sgilo.data import load_images, read_index
 from sgilo.inversion import Options, Perceptual, Stage, invert
 from sgilo.io import (
+    discard_checkpoint,
     load_safetensors,
     load_torch,
     save_json,
@@ -104,7 +105,7 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
         save_torch({"fingerprint": fingerprint, "batches": done}, partial_path)
     progress.close()
     _write_shard(done, params, shard, shard_file(out, shard), generator)
-    partial_path.unlink(missing_ok=True)
+    discard_checkpoint(partial_path)
     log.info("shard %d: %d images, mean PSNR %.2f dB", shard, len(ids), float(torch.cat([b["psnr"] for b in done]).mean()))
 
 

@@ -2,7 +2,8 @@
 
 Reads `<evaluate>/<task>/<level>/<method>.parquet` and `.safetensors` for every cell of evaluate.tasks ×
 evaluate.methods, and writes `<out>/table1.csv` (one row per cell: means over test images with report.confidence
-Student-t intervals), `<out>/figures/curves_<task>.png`, `reconstructions.png` and `posterior.png` (at the first
+Student-t intervals), `<out>/paired.csv` (SGILO − each other method, image by image, with intervals),
+`<out>/figures/curves_<task>.png`, `reconstructions.png` and `posterior.png` (at the first
 task's hardest level; the posterior only when sgilo is evaluated), `speed.png`, and `<out>/report.md`.
 With --score and --generator it also decodes report.fid_samples unconditional samples of the latent prior
 (`prior_samples.png`) and, when pytorch-fid's Inception weights are on disk, their FID against as many training
@@ -11,6 +12,7 @@ images (`<out>/prior.json`; without the weights FID is reported missing, with th
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--score", type=Path, help="the score stage's model.pt: adds the prior's samples and FID")
     parser.add_argument("--generator", type=Path, help="generator checkpoint (with --score)")
     parser.add_argument("--data", type=Path, help="dataset folder: the FID's reference images (with --score)")
+    parser.add_argument("--invert-summary", type=Path, help="the invert stage's summary.json: how well the prior's training latents fit")
     args, params = start(parser, argv)
     if args.score is not None and (args.generator is None or args.data is None):
         parser.error("--score needs --generator and --data")
@@ -52,12 +55,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = report.summarize(records, params.report.confidence)
     report.write_table(table, args.out / "table1.csv")
     log.info("table1.csv: %d cells from %d records", len(table), len(records))
+    paired = report.paired_differences(records, "sgilo", "mse", params.report.confidence)
+    report.write_table(paired, args.out / "paired.csv")
     figures, notes = draw_figures(params, table, args.evaluate, args.out / "figures")
     if args.score is not None:
         figures["prior_samples"], notes["prior_samples"] = prior_section(params, args, args.out)
     figures = {key: os.path.relpath(path, args.out) for key, path in figures.items()}  # links relative to report.md
     notes["table"] = (f"Means over the n test images of each cell, with {params.report.confidence:.0%} Student-t "
                       "intervals of the mean in brackets (none below two images).")
+    if args.invert_summary is not None:
+        inverted = json.loads(args.invert_summary.read_text())
+        notes["table"] += (f" The prior was trained on {inverted['images']} training images ILO-inverted at a mean PSNR of "
+                           f"{inverted['psnr_mean']:.2f} dB (minimum {inverted['psnr_min']:.2f} dB).")
+    if len(paired):
+        notes["paired"] = report.describe_paired(paired)
     report.write_markdown(table, figures, notes, args.out / "report.md")
     log.info("wrote %s with %d figures", args.out / "report.md", len(figures))
 

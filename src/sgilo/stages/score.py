@@ -27,6 +27,7 @@ from sgilo.data import save_image_grid
 from sgilo.io import (
     atomic_open,
     atomic_path,
+    discard_checkpoint,
     load_safetensors,
     load_torch,
     save_json,
@@ -182,9 +183,7 @@ def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: fl
                "seconds": seconds}
     prior.save(out / "model.pt")
     save_json(metrics, out / "metrics.json")
-    (out / "resume" / "state.pt").unlink(missing_ok=True)
-    if (out / "resume").is_dir() and not any((out / "resume").iterdir()):
-        (out / "resume").rmdir()
+    discard_checkpoint(out / "resume" / "state.pt")
 
 
 def _write_history(history: list[dict], path: Path) -> None:
