@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,18 @@ TINY = {
                  "figure_images": 2, "device": "cpu", "threads": 1},
     "report": {"fid_samples": 8, "device": "cpu", "threads": 1},
 }
+
+
+def kill_stage_when(stage: str, args: list[str], cwd: Path, checkpoint: Path, timeout: float = 300) -> None:
+    """Start `python -m sgilo.stages.<stage>` and SIGKILL its process group as soon as `checkpoint` exists:
+    a real kill -9, so no Python cleanup runs."""
+    command = [sys.executable, "-m", f"sgilo.stages.{stage}", *args]
+    process = subprocess.Popen(command, cwd=cwd, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def write_params(path: Path, overrides: dict | None = None) -> Path:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
-import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_stage, write_params
+from conftest import kill_stage_when, run_stage, write_params
 from stylegan_helpers import (
     rosinality_to_nvidia,
     seeded_state_dict,
@@ -58,13 +54,8 @@ def test_kill_during_training_then_rerun_gives_identical_weights(tmp_path, datas
     _train(params, dataset, tmp_path / "straight")
 
     killed = tmp_path / "killed"
-    args = [sys.executable, "-m", "sgilo.stages.generator", "--params", str(params), "--data", str(dataset), "--out", str(killed)]
-    process = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (killed / "resume" / "state.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_stage_when("generator", ["--params", str(params), "--data", str(dataset), "--out", str(killed)], tmp_path,
+                    killed / "resume" / "state.pt")
     assert not (killed / "generator.pt").exists(), "the run finished before it could be killed; raise steps"
 
     rerun = _train(params, dataset, killed)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_stage, tiny_workspace, write_params
+from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
 
 from sgilo.inversion import decode
 from sgilo.io import load_safetensors
@@ -72,15 +68,9 @@ def test_killed_shard_resumes_to_identical_output(workspace):
     straight = workspace / "straight"
     _invert(workspace, slow, straight, "--shard", "0")
     killed = workspace / "killed"
-    args = [sys.executable, "-m", "sgilo.stages.invert", "--params", str(slow), "--data", str(workspace / "synthfaces"),
-            "--generator", str(workspace / "generator.pt"), "--out", str(killed), "--shard", "0"]
-    process = subprocess.Popen(args, cwd=workspace, stderr=subprocess.DEVNULL, start_new_session=True)
     partial = killed / "partial" / "shard-00000.pt"
-    deadline = time.monotonic() + 120
-    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_stage_when("invert", ["--params", str(slow), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt"),
+                               "--out", str(killed), "--shard", "0"], workspace, partial)
     assert not (killed / "shards" / "shard-00000.safetensors").exists(), "the shard finished before it could be killed; raise steps"
     rerun = _invert(workspace, slow, killed, "--shard", "0")
     assert "resuming after" in rerun.stderr

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_stage, tiny_workspace, write_params
+from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
 
 from sgilo.io import load_torch
 from sgilo.score_model import ScoreViT
@@ -85,13 +80,7 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights(cached):
     straight = cached / "kill-straight"
     run_stage("score", *_argv(cached, params, straight), cwd=cached)
     killed = cached / "kill-killed"
-    command = [sys.executable, "-m", "sgilo.stages.score", *_argv(cached, params, killed)]
-    process = subprocess.Popen(command, cwd=cached, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (killed / "resume" / "state.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_stage_when("score", _argv(cached, params, killed), cached, killed / "resume" / "state.pt")
     assert not (killed / "model.pt").exists(), "the run finished before it could be killed; raise epochs"
     rerun = run_stage("score", *_argv(cached, params, killed), cwd=cached)
     assert "resuming after epoch" in rerun.stderr

@@ -8,7 +8,9 @@ checkpoint is read with `weights_only=True`: loading a file never runs code from
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -20,6 +22,8 @@ from typing import IO, Any
 import safetensors
 import safetensors.torch
 import torch
+
+log = logging.getLogger("sgilo")
 
 
 class CheckpointError(ValueError):
@@ -84,6 +88,30 @@ def load_torch(path: str | Path, safe_globals: list[Any] | None = None) -> Any:
 def shard_file(folder: str | Path, shard: int) -> Path:
     """Where a sharded stage (invert, trajectories) keeps shard `shard`: <folder>/shards/shard-NNNNN.safetensors."""
     return Path(folder) / "shards" / f"shard-{shard:05d}.safetensors"
+
+
+def fingerprint(settings: dict[str, Any], *files: str | Path) -> str:
+    """What a resume checkpoint must match: the settings (as sorted JSON) and the bytes of the input files."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def resume_batches(path: str | Path, fingerprint: str, what: str) -> list:
+    """The finished batches of a partial checkpoint {"fingerprint", "batches"}; [] when there is none, or when it was
+    made with other settings or inputs (then `what`, e.g. "the shard", starts again)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    state = load_torch(path)
+    if state.get("fingerprint") != fingerprint:
+        log.info("%s: made with other settings or inputs; starting %s again", path, what)
+        return []
+    log.info("%s: resuming after %d finished batches", path, len(state["batches"]))
+    return list(state["batches"])
 
 
 def discard_checkpoint(path: str | Path) -> None:

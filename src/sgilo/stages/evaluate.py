@@ -15,7 +15,6 @@ Records of finished batches are checkpointed, so a killed job resumes at its nex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -34,7 +33,8 @@ from sgilo.io import (
     atomic_path,
     cell_path,
     discard_checkpoint,
-    load_torch,
+    fingerprint,
+    resume_batches,
     save_json,
     save_safetensors,
     save_torch,
@@ -91,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     set_threads(args.threads or config.threads)
     device = pick_device(config.device, "evaluate.device")
     for task, level, method in cells:
-        runner = Runner(params, args, task, level, method, device)
+        try:
+            runner = Runner(params, args, task, level, method, device)
+        except MissingWeightsError as exc:
+            parser.exit(2, f"error: invert.perceptual is {params.invert.perceptual}: {exc}\n")
         if args.all:
             tuned = cell_path(args.tune_out, task, level, method, ".json")
             if method in TUNED:
@@ -191,8 +194,11 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
     params, method = runner.params, runner.method
     parquet = cell_path(out, runner.task, runner.level, method, ".parquet")
     partial = out / "partial" / f"{runner.task}-{runner.level:g}-{method}.pt"
-    fingerprint = _fingerprint(params, runner, hyper)
-    done = _resume(partial, fingerprint)
+    # What a partial cell must match to be resumed: params, hyper-parameters, the images and the inputs' bytes.
+    inputs = [runner.args.generator, *([runner.args.score] if method in PRIOR_METHODS else [])]
+    key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate), "hyper": hyper,
+                       "ids": runner.test_ids}, *inputs)
+    done = resume_batches(partial, key, "the cell")
     lpips, lpips_note = _lpips(runner.device)
     batches = runner.batches(runner.test_ids)
     with _bar(runner, len(runner.test_ids), f"evaluate {runner.task} {runner.level:g} {method}") as bar:
@@ -201,7 +207,7 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
             truth, y, result, seconds = runner.run(batch, hyper, progress=_advance(bar, len(batch)))
             keep = max(0, params.evaluate.figure_images - sum(len(b["figures"]["ids"]) for b in done))
             done.append(_batch_records(runner, batch, hyper, truth, y, result, seconds, lpips, lpips_note, keep))
-            save_torch({"fingerprint": fingerprint, "batches": done}, partial)
+            save_torch({"fingerprint": key, "batches": done}, partial)
     records = pd.DataFrame([r for b in done for r in b["records"]])
     _write_figure_data(runner, done, cell_path(out, runner.task, runner.level, method, ".safetensors"))
     with atomic_path(parquet) as tmp:
@@ -241,27 +247,6 @@ def _lpips(device: torch.device):
     except MissingWeightsError as exc:
         log.warning("LPIPS is reported as missing: %s", exc)
         return None, f"LPIPS-{LPIPS_NET} weights absent: {exc}"
-
-
-def _fingerprint(params: Params, runner: Runner, hyper: dict) -> str:
-    """What a partial cell must match to be resumed: params, hyper-parameters, inputs' bytes and the images."""
-    digest = hashlib.sha256(json.dumps({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate),
-                                        "hyper": hyper, "ids": runner.test_ids}, sort_keys=True).encode())
-    for path in (runner.args.generator, runner.args.score if runner.method in PRIOR_METHODS else None):
-        if path is not None:
-            digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
-
-
-def _resume(path: Path, fingerprint: str) -> list[dict]:
-    if not path.exists():
-        return []
-    state = load_torch(path)
-    if state.get("fingerprint") != fingerprint:
-        log.info("%s: made with other params or inputs; starting the cell again", path)
-        return []
-    log.info("%s: resuming after %d finished batches", path, len(state["batches"]))
-    return list(state["batches"])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import time
@@ -24,7 +23,14 @@ from sgilo.config import Params, to_dict
 from sgilo.data import load_images, save_image_grid
 from sgilo.fetch import download_file, make_session
 from sgilo.gan import GANTrainer, sliced_wasserstein
-from sgilo.io import atomic_open, discard_checkpoint, load_torch, save_json, save_torch
+from sgilo.io import (
+    atomic_open,
+    discard_checkpoint,
+    fingerprint,
+    load_torch,
+    save_json,
+    save_torch,
+)
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import log, set_threads, stage_parser, start
 from sgilo.stylegan2 import Generator, load_generator, same_architecture, save_generator
@@ -44,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.data is None:
             parser.error("--data is required when generator.source is 'train'")
         real = load_images(args.data, "train", params.generator.architecture.size)
-        generator, metrics = train(params, real, _fingerprint(params, args.data), args.out)
+        generator, metrics = train(params, real, fingerprint({"seed": params.seed, "generator": to_dict(params.generator)}, args.data / "index.csv"), args.out)
     else:
         real = None  # the sliced Wasserstein check is for the demo's small images
         generator, metrics = fetch_pretrained(params, args.cache)
@@ -78,13 +84,6 @@ def train(params: Params, images: torch.Tensor, fingerprint: str, out: Path) -> 
         "g_loss_last50": _mean(h["g_loss"] for h in tail),
     }
     return trainer.g_ema, metrics
-
-
-def _fingerprint(params: Params, data: Path) -> str:
-    """What a resume state must match: the generator config, the seed and the exact dataset index."""
-    index_bytes = (data / "index.csv").read_bytes()
-    blob = json.dumps({"seed": params.seed, "generator": to_dict(params.generator)}, sort_keys=True).encode()
-    return hashlib.sha256(blob + hashlib.sha256(index_bytes).digest()).hexdigest()
 
 
 def _resume(trainer: GANTrainer, state_path: Path, fingerprint: str) -> tuple[int, list[dict[str, float]]]:

@@ -12,7 +12,6 @@ and the summary run in turn (DVC's command).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +24,9 @@ from sgilo.data import load_images, read_index
 from sgilo.inversion import Options, Perceptual, Stage, invert
 from sgilo.io import (
     discard_checkpoint,
+    fingerprint,
     load_safetensors,
-    load_torch,
+    resume_batches,
     save_json,
     save_safetensors,
     save_torch,
@@ -84,8 +84,9 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
     config = params.invert
     ids = shard_ids(config, read_index(data).query("split == 'train'")["id"].tolist(), shard)
     partial_path = out / "partial" / f"shard-{shard:05d}.pt"
-    fingerprint = _fingerprint(params, generator_path, ids)
-    done = _resume(partial_path, fingerprint)
+    # What a partial shard must match to be resumed: params, generator weights and the image ids.
+    key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "ids": ids}, generator_path)
+    done = resume_batches(partial_path, key, "the shard")
     batches = [ids[i : i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
     stages = [Stage(**to_dict(s)) for s in config.stages]
     options = Options(geocross=config.geocross, perceptual=config.perceptual, optimize_noise=config.optimize_noise, precision=config.precision)
@@ -102,7 +103,7 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
             "ids": torch.tensor(batch), "latents": result.latent.cpu(), "w_plus": result.w_plus.cpu(),
             "loss": result.loss.cpu(), "psnr": quality["psnr"].cpu(),
         })
-        save_torch({"fingerprint": fingerprint, "batches": done}, partial_path)
+        save_torch({"fingerprint": key, "batches": done}, partial_path)
     progress.close()
     _write_shard(done, params, shard, shard_file(out, shard), generator)
     discard_checkpoint(partial_path)
@@ -127,26 +128,6 @@ def _write_shard(done: list[dict[str, torch.Tensor]], params: Params, shard: int
         "invert": json.dumps(to_dict(params.invert)),
     }
     save_safetensors(tensors, dest, metadata)
-
-
-def _fingerprint(params: Params, generator_path: Path, ids: list[int]) -> str:
-    """What a partial shard must match to be resumed: params, generator weights and the image ids."""
-    digest = hashlib.sha256(json.dumps({"seed": params.seed, "invert": to_dict(params.invert), "ids": ids}, sort_keys=True).encode())
-    with open(generator_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _resume(path: Path, fingerprint: str) -> list[dict[str, torch.Tensor]]:
-    if not path.exists():
-        return []
-    state = load_torch(path)
-    if state.get("fingerprint") != fingerprint:
-        log.info("%s: made with other params, generator or images; starting the shard again", path)
-        return []
-    log.info("%s: resuming after %d finished batches", path, len(state["batches"]))
-    return list(state["batches"])
 
 
 # -------------------------------------------------------------------------------------------------- summary

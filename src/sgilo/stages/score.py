@@ -11,8 +11,6 @@ Writes `model.pt` (EMA weights, model config, latent scaling, SDE), `history.csv
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from sgilo.io import (
     atomic_open,
     atomic_path,
     discard_checkpoint,
+    fingerprint,
     load_safetensors,
     load_torch,
     save_json,
@@ -62,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     set_threads(params.score.threads)
     device = pick_device(params.score.device, "score.device")
     data = load_trajectories(params, args.trajectories)
-    _, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, _fingerprint(params, args.trajectories))
+    _, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, fingerprint(
+        {"seed": params.seed, "score": to_dict(params.score), "trajectories": to_dict(params.trajectories)}, args.trajectories / "stats.safetensors"))
     finish(params, args, ema, history, seconds, data, device)
 
 
@@ -94,7 +94,8 @@ def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> Scor
                         beta_min=traj.beta_min, beta_max=traj.beta_max, **options)
 
 
-def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, fingerprint: str):
+def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, key: str):
+    """`key`: the fingerprint a resume state must carry (params and the latent scaling's bytes)."""
     config = params.score
     model = build_model(params, data["shape"], data["data_std"]).to(device)
     ema = build_model(params, data["shape"], data["data_std"]).to(device).requires_grad_(False)
@@ -103,7 +104,7 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
     first_epoch, step, history = 0, 0, []
     if state_path.exists():
         state = load_torch(state_path)
-        if state.get("fingerprint") == fingerprint:
+        if state.get("fingerprint") == key:
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
@@ -126,7 +127,7 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
                         "held_out_loss": held_out_loss(params, ema, data, device), "train_loss_tau": sum(losses_tau) / len(losses_tau)})
         log.info("epoch %d: train %.4f, held-out %.4f", epoch + 1, history[-1]["train_loss"], history[-1]["held_out_loss"])
         if epoch + 1 < config.epochs:
-            save_torch({"fingerprint": fingerprint, "epoch": epoch + 1, "step": step, "history": history, "model": model.state_dict(),
+            save_torch({"fingerprint": key, "epoch": epoch + 1, "step": step, "history": history, "model": model.state_dict(),
                         "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}, state_path)
     return model, ema, history, time.perf_counter() - started
 
@@ -211,13 +212,6 @@ def _plot(history: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def _fingerprint(params: Params, trajectories: Path) -> str:
-    digest = hashlib.sha256(json.dumps({"seed": params.seed, "score": to_dict(params.score), "trajectories": to_dict(params.trajectories)}, sort_keys=True).encode())
-    with open(trajectories / "stats.safetensors", "rb") as handle:
-        digest.update(handle.read())
-    return digest.hexdigest()
 
 
 if __name__ == "__main__":
