@@ -82,3 +82,16 @@ def test_dvc_yaml_has_a_stage_for_every_rule():
     for name, stage in stages.items():
         assert f"sgilo.stages.{name}" in stage["cmd"]
         assert f"src/sgilo/stages/{name}.py" in stage["deps"]
+
+
+def test_slurm_profile_plans_the_ffhq_profile_with_gpus(tmp_path):
+    """The cluster profile and the paper-scale profile together: 60 invert shards and 70 evaluate cells, GPU rules on
+    the GPU partition, planned (not run) without a cluster."""
+    run = snakemake(tmp_path, REPO / "profiles" / "ffhq" / "params.yaml", "-n", "--workflow-profile",
+                    str(REPO / "workflow" / "profiles" / "slurm"), "results/table1.csv")
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
+    assert (stats["invert"], stats["trajectories"], stats["tune"], stats["evaluate"]) == ("60", "60", "42", "70")
+    invert = output[output.index("rule invert:") :].split("\n\n")[0]
+    assert "slurm_partition=gpu" in invert and "gpu=1" in invert
