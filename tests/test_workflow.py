@@ -95,3 +95,43 @@ def test_slurm_profile_plans_the_ffhq_profile_with_gpus(tmp_path):
     assert (stats["invert"], stats["trajectories"], stats["tune"], stats["evaluate"]) == ("60", "60", "42", "70")
     invert = output[output.index("rule invert:") :].split("\n\n")[0]
     assert "slurm_partition=gpu" in invert and "gpu=1" in invert
+
+
+def _sgilo_imports(module: Path) -> set[Path]:
+    """The sgilo source files `module` imports, transitively (itself included)."""
+    import ast
+
+    src = REPO / "src"
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sgilo"):
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names if alias.name.startswith("sgilo")]
+            for name in names:
+                candidate = src / Path(*name.split(".")).with_suffix(".py")
+                if candidate.is_file():
+                    todo.append(candidate)
+    return seen
+
+
+def test_every_rule_depends_on_all_the_code_its_stage_runs(tmp_path):
+    """Editing any module a stage imports must rerun that stage: its rule lists them all as inputs."""
+    run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "results/table1.csv")
+    assert run.returncode == 0, run.stderr[-3000:]
+    stage_of = {"invert_summary": "invert", "trajectories_stats": "trajectories", "tune": "evaluate"}
+    checked = set()
+    for rule, inputs in re.findall(r"^rule (\w+):\n    input: ([^\n]*)", run.stdout + run.stderr, flags=re.MULTILINE):
+        listed = {Path(item.strip()) for item in inputs.split(",") if item.strip().endswith(".py")}
+        module = REPO / "src" / "sgilo" / "stages" / f"{stage_of.get(rule, rule)}.py"
+        needed = {path for path in _sgilo_imports(module) if path.name != "__init__.py"}
+        assert needed <= listed, f"rule {rule} misses {sorted(p.name for p in needed - listed)}"
+        checked.add(rule)
+    assert {"download", "generator", "invert", "trajectories", "score", "tune", "evaluate", "report"} <= checked

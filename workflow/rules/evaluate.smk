@@ -2,7 +2,7 @@
 # setting reruns only the cells it concerns (each cell's params hold only what that cell reads).
 EVALUATE = PARAMS.evaluate
 EVAL_CELLS = [f"{entry.task}/{level:g}/{method}" for entry in EVALUATE.tasks for level in entry.levels for method in EVALUATE.methods]
-EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "operators", "metrics", "score_model", "sde",
+EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "operators", "metrics", "score_model", "sde", "nvidia_pickle",
                  "latents", "stylegan2", "seeding", "data")
 PRIOR_METHODS = ("sgilo", "gnc")
 TUNED_KEYS = {"ilo": "ilo_radius_scale", "sgilo": "sgilo_weight", "gnc": "gnc_weight"}

@@ -12,7 +12,8 @@ rule report:
         generator=rules.generator.output.generator,
         index=rules.download.output.index,
         invert_summary=rules.invert_summary.output,
-        code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion", "stylegan2"),
+        code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion",
+                  "stylegan2", "nvidia_pickle", "seeding"),
     output:
         table="results/table1.csv",
         paired="results/paired.csv",

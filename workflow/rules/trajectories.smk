@@ -1,4 +1,4 @@
-TRAJECTORIES_CODE = code("stages/trajectories", "sde", "latents", "seeding")
+TRAJECTORIES_CODE = code("stages/trajectories", "sde", "latents", "seeding", "data")
 
 
 rule trajectories_stats:
