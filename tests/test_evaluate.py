@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+import torchvision
 from conftest import run_stage, tiny_workspace
 
 from sgilo.io import load_safetensors
+from sgilo.metrics import lpips_backbone_path
 from sgilo.report import summarize
 from sgilo.stages import evaluate as evaluate_stage
 
@@ -108,6 +114,20 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     run_stage("evaluate", *_argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "clean")), cwd=workspace)
     clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "ilo.parquet")
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), clean.drop(columns="seconds"))
+
+
+def test_lpips_is_recorded_when_its_weights_are_present(workspace, tmp_path):
+    """An AlexNet backbone of the real key layout where torchvision looks ($TORCH_HOME/hub/checkpoints)."""
+    home = tmp_path / "torch"
+    backbone = home / "hub" / "checkpoints" / lpips_backbone_path("alex").name
+    backbone.parent.mkdir(parents=True)
+    torch.save(torchvision.models.alexnet().state_dict(), backbone)
+    argv = _argv(workspace, "csgm", "--out", str(tmp_path / "evaluate"))
+    result = subprocess.run([sys.executable, "-m", "sgilo.stages.evaluate", *argv], cwd=workspace, check=False, capture_output=True,
+                            text=True, env={**os.environ, "TORCH_HOME": str(home)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = pd.read_parquet(tmp_path / "evaluate" / "inpaint" / "0.25" / "csgm.parquet")
+    assert records["lpips"].gt(0).all() and records["lpips_note"].eq("").all()
 
 
 def test_bad_cells_and_missing_score_are_refused(workspace):

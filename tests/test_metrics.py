@@ -77,3 +77,19 @@ def test_fid_loads_weights_of_the_real_layout_and_ranks_sets(tmp_path, monkeypat
     far = torch.rand(4, 3, 32, 32, generator=generator) * 0.2
     same, different = frechet_distance(a, b), frechet_distance(a, far)
     assert 0 <= same < different
+
+
+def test_lpips_loads_a_backbone_of_the_real_layout(tmp_path, monkeypatch):
+    """torchvision's AlexNet key layout (random values) at the path torchvision reads: the real loading code runs."""
+    import torchvision
+
+    from sgilo.metrics import lpips_backbone_path, lpips_distance
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    lpips_backbone_path("alex").parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), lpips_backbone_path("alex"))
+    distance = lpips_distance("alex")
+    x, y = _images(2), _images(2).flip(-1)
+    assert torch.allclose(distance(x, x), torch.zeros(2), atol=1e-6)
+    assert bool((distance(x, y) > 0).all())
