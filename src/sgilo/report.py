@@ -145,7 +145,8 @@ def describe_paired(paired: pd.DataFrame) -> str:
         hardest = rows[rows["level"] == rows["level"].min()]
         parts = []
         for row in hardest.itertuples():
-            verdict = ("better" if row.ci_high < 0 else "worse" if row.ci_low > 0 else "not resolved") if not math.isnan(row.ci_low) else "n < 2"
+            below, above = ("better", "worse") if row.metric in ("mse", "lpips") else ("worse", "better")
+            verdict = (below if row.ci_high < 0 else above if row.ci_low > 0 else "not resolved") if not math.isnan(row.ci_low) else "n < 2"
             parts.append(f"{row.other} {row.difference:+.4g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}], {row.wins}/{row.n} images, {verdict}")
         first = hardest.iloc[0]
         sentences.append(f"{task} at {first['level']:g}, {first['method']} − other ({first['metric'].upper()}): " + "; ".join(parts) + ".")
