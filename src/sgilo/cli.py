@@ -13,11 +13,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sgilo.config import ConfigError, GNCConfig, SGILOConfig, load_params, to_dict
+from sgilo.config import (
+    METHOD_NAMES,
+    PRIOR_METHODS,
+    ConfigError,
+    GNCConfig,
+    SGILOConfig,
+    load_params,
+    to_dict,
+)
 from sgilo.data import DataError, load_user_image, save_image_grid
 from sgilo.inversion import Options, Stage
 from sgilo.io import CheckpointError, save_json, save_safetensors
-from sgilo.methods import METHODS, PRIOR_METHODS, reconstruct, total_steps
+from sgilo.methods import reconstruct, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
@@ -98,7 +106,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.5)
     started = time.perf_counter()
     with tqdm(total=total_steps(args.method, stages, sgilo_config, gnc_config), desc=args.method, unit="step") as bar:
-        result = reconstruct(args.method, generator, spec, y, [seed], stages, options, prior=prior, sgilo_config=sgilo_config,
+        result = reconstruct(args.method, generator, operator.physics.A, y, [seed], stages, options, prior=prior, sgilo_config=sgilo_config,
                              gnc_config=gnc_config, perceptual=perceptual, progress=bar.update)
     seconds = time.perf_counter() - started
     _write_reconstruction(args, operator, y, truth, result, seconds)
@@ -165,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--task", required=True, choices=TASKS)
     rec.add_argument("--level", type=float, default=1.0,
                      help="inpaint: fraction kept; cs: m/n; denoise: sigma on [0,1]; sr: factor; colorize/identity: ignored")
-    rec.add_argument("--method", default="ilo", choices=METHODS)
+    rec.add_argument("--method", default="ilo", choices=METHOD_NAMES)
     rec.add_argument("--generator", type=Path, required=True, help="any checkpoint load_generator reads")
     rec.add_argument("--out", type=Path, required=True, help="folder to write into")
     rec.add_argument("--mask", type=Path, help="inpaint: a mask PNG (white = kept); overrides --mask-kind")

@@ -188,8 +188,10 @@ class ScoreConfig:
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
-TASK_NAMES = ("inpaint", "cs", "denoise", "sr", "colorize")
 METHOD_NAMES = ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")
+PRIOR_METHODS = ("sgilo", "gnc")  # need the score model; keep their chains' samples and per-pixel std
+# The hyper-parameter each method tunes on the validation images, and the evaluate.tune field of its candidates.
+TUNED = {"ilo": ("radius_scale", "ilo_radius_scale"), "sgilo": ("weight", "sgilo_weight"), "gnc": ("weight", "gnc_weight")}
 
 
 @dataclass(frozen=True)

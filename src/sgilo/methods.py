@@ -12,13 +12,9 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from sgilo.config import GNCConfig, SGILOConfig
+from sgilo.config import METHOD_NAMES, PRIOR_METHODS, GNCConfig, SGILOConfig
 from sgilo.inversion import Options, Perceptual, Stage, invert
-from sgilo.operators import OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior, gnc, sgilo, warm_stages
-
-METHODS = ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")
-PRIOR_METHODS = ("sgilo", "gnc")
 
 
 @dataclass
@@ -36,8 +32,8 @@ class Reconstruction:
 
 def method_stages(method: str, stages: Sequence[Stage], radius_scale: float = 1.0) -> list[Stage]:
     """The schedule a method runs, from ILO's (invert.stages); SGILO and GNC take its warm start from it."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
     if method == "csgm":
         return [Stage(0, sum(stage.steps for stage in stages), None, stages[0].lr)]
     if method == "ilo-unconstrained":
@@ -47,27 +43,26 @@ def method_stages(method: str, stages: Sequence[Stage], radius_scale: float = 1.
     return list(stages)
 
 
-def reconstruct(method: str, generator, spec: OperatorSpec, y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
+def reconstruct(method: str, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
                 options: Options | None = None, *, radius_scale: float = 1.0, prior: LatentPrior | None = None,
                 sgilo_config: SGILOConfig | None = None, gnc_config: GNCConfig | None = None,
                 perceptual: Perceptual | None = None, progress: Callable[[int], None] | None = None) -> Reconstruction:
-    """Reconstruct a batch of measurements y taken by `build_operator(spec, shape, seeds)`; seeds[i] also seeds
-    image i's optimisation. SGILO and GNC need the prior (a score stage's model.pt, `LatentPrior.load`)."""
+    """Reconstruct a batch of measurements y = forward(x) (any operator on B images in [0, 1], e.g. a
+    `build_operator(…).physics.A`); seeds[i] seeds image i's optimisation. SGILO and GNC need the prior (a score
+    stage's model.pt, `LatentPrior.load`)."""
     options, sgilo_config, gnc_config = options or Options(), sgilo_config or SGILOConfig(), gnc_config or GNCConfig()
     schedule = method_stages(method, stages, radius_scale)
-    shape = (3, generator.size, generator.size)
-    operator = build_operator(spec, shape, list(seeds), y.device)
     if method in PRIOR_METHODS:
         if prior is None:
             raise ValueError(f"method {method} needs a score model (the score stage's model.pt)")
         chains = sgilo_config.chains if method == "sgilo" else 1
         run = sgilo if method == "sgilo" else gnc
         config = sgilo_config if method == "sgilo" else gnc_config
-        post = run(generator, operator.physics.A, y, seeds, prior, config, schedule, options, perceptual, progress)
+        post = run(generator, forward, y, seeds, prior, config, schedule, options, perceptual, progress)
         return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
                               stages=[*warm_stages(schedule, prior.layer), Stage(prior.layer, config.steps, None, config.lr)],
                               latent=post.latents, w_plus=post.w_plus, chains=chains, samples=(post.samples + 1) / 2, std=post.std)
-    result = invert(generator, operator.physics.A, y, list(seeds), schedule, options, perceptual, progress)
+    result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
     return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, stages=schedule,
                           latent=result.latent, w_plus=result.w_plus)
 

@@ -20,6 +20,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sgilo.config import PRIOR_METHODS
 from sgilo.data import DataError
 from sgilo.io import (
     CheckpointError,
@@ -40,7 +41,6 @@ LEVEL_LABELS = {"inpaint": "fraction of pixels kept", "cs": "measurements m/n"}
 METHOD_COLORS = {"csgm": "tab:gray", "ilo": "tab:blue", "ilo-unconstrained": "tab:cyan", "sgilo": "tab:red",
                  "gnc": "tab:green"}
 _OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:orange")
-SAMPLERS = ("sgilo", "gnc")  # methods that draw several chains and keep their samples and per-pixel std
 _RERUN = "run the evaluate stage to write it"
 
 Cell = tuple[str, float, str]
@@ -198,7 +198,7 @@ def _read_images(path: Path, method: str) -> dict[str, torch.Tensor]:
         tensors, _ = load_safetensors(path)
     except CheckpointError as exc:
         raise DataError(str(exc)) from exc
-    needed = ("ids", "truth", "measurement", "reconstruction", *(("samples", "std") if method in SAMPLERS else ()))
+    needed = ("ids", "truth", "measurement", "reconstruction", *(("samples", "std") if method in PRIOR_METHODS else ()))
     missing = [key for key in needed if key not in tensors]
     if missing:
         raise DataError(f"{path}: missing tensor(s) {', '.join(missing)}; delete it and {_RERUN}")

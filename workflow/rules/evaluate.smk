@@ -1,17 +1,17 @@
 # One tune job and one evaluate job per (task, level, method) cell: they run in parallel, and a changed
 # setting reruns only the cells it concerns (each cell's params hold only what that cell reads).
+from sgilo.config import METHOD_NAMES, PRIOR_METHODS, TUNED
+
 EVALUATE = PARAMS.evaluate
 EVAL_CELLS = [f"{entry.task}/{level:g}/{method}" for entry in EVALUATE.tasks for level in entry.levels for method in EVALUATE.methods]
 EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "operators", "metrics", "score_model", "sde", "nvidia_pickle",
                  "latents", "stylegan2", "seeding", "data")
-PRIOR_METHODS = ("sgilo", "gnc")
-TUNED_KEYS = {"ilo": "ilo_radius_scale", "sgilo": "sgilo_weight", "gnc": "gnc_weight"}
 
 
 wildcard_constraints:
     task="[a-z]+",
     level="[0-9.e+-]+",
-    method="csgm|ilo|ilo-unconstrained|sgilo|gnc",
+    method="|".join(METHOD_NAMES),
 
 
 def cell_params(wildcards, tuning=False):
@@ -21,8 +21,8 @@ def cell_params(wildcards, tuning=False):
     shared["images"] = {"validation": EVALUATE.tune.validation} if tuning else {"validation": EVALUATE.tune.validation, "test": EVALUATE.images}
     if wildcards.method in PRIOR_METHODS:
         shared[wildcards.method] = config[wildcards.method]
-    if wildcards.method in TUNED_KEYS:
-        shared["candidates"] = config["tune"][TUNED_KEYS[wildcards.method]]
+    if wildcards.method in TUNED:
+        shared["candidates"] = config["tune"][TUNED[wildcards.method][1]]
     if not tuning:
         shared["figure_images"] = EVALUATE.figure_images
     invert = to_dict(PARAMS.invert)
@@ -31,11 +31,11 @@ def cell_params(wildcards, tuning=False):
 
 def tuned_input(wildcards):
     """Only methods with a hyper-parameter to choose have a tune job; the others run their defaults."""
-    return [f"results/tune/{wildcards.task}/{wildcards.level}/{wildcards.method}.json"] if wildcards.method in TUNED_KEYS else []
+    return [f"results/tune/{wildcards.task}/{wildcards.level}/{wildcards.method}.json"] if wildcards.method in TUNED else []
 
 
 def tuned_flag(wildcards):
-    return f"--tuned {tuned_input(wildcards)[0]}" if wildcards.method in TUNED_KEYS else ""
+    return f"--tuned {tuned_input(wildcards)[0]}" if wildcards.method in TUNED else ""
 
 
 def prior_input(wildcards):
@@ -48,7 +48,7 @@ def score_flag(wildcards):
 
 rule tune:
     wildcard_constraints:
-        method="ilo|sgilo|gnc",
+        method="|".join(TUNED),
     input:
         index=rules.download.output.index,
         generator=rules.generator.output.generator,

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from sgilo.config import Params, to_dict
+from sgilo.config import PRIOR_METHODS, TUNED, Params, to_dict
 from sgilo.data import DataError, load_images, read_index
 from sgilo.inversion import Options, Stage
 from sgilo.io import (
@@ -39,9 +39,9 @@ from sgilo.io import (
     save_safetensors,
     save_torch,
 )
-from sgilo.methods import PRIOR_METHODS, Reconstruction, reconstruct, total_steps
+from sgilo.methods import Reconstruction, reconstruct, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
-from sgilo.operators import OperatorSpec, build_operator
+from sgilo.operators import Operator, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
 from sgilo.seeding import item_seed
 from sgilo.stages._common import (
@@ -54,8 +54,6 @@ from sgilo.stages._common import (
 )
 from sgilo.stylegan2 import Generator, load_generator
 
-# The hyper-parameter each method tunes, and where its candidates are in params.evaluate.tune.
-TUNED = {"ilo": ("radius_scale", "ilo_radius_scale"), "sgilo": ("weight", "sgilo_weight"), "gnc": ("weight", "gnc_weight")}
 LPIPS_NET = "alex"  # the usual evaluation backbone (Zhang et al. 2018); VGG stays the optimisation loss
 
 
@@ -138,19 +136,20 @@ class Runner:
         config = self.params.evaluate
         return total_steps(self.method, self.stages, config.sgilo, config.gnc)
 
-    def run(self, ids: Sequence[int], hyper: dict[str, float], progress=None) -> tuple[torch.Tensor, torch.Tensor, Reconstruction, float]:
-        """(truth, y, reconstruction, seconds) for a batch of images, truth in [0, 1]."""
+    def run(self, ids: Sequence[int], hyper: dict[str, float], progress=None) -> tuple[torch.Tensor, Operator, torch.Tensor, Reconstruction, float]:
+        """(truth, operator, y, reconstruction, seconds) for a batch of images, truth in [0, 1]."""
         config = self.params.evaluate
         truth = ((load_images(self.args.data, "test", self.generator.size, list(ids)) + 1) / 2).to(self.device)
         seeds = [self.seed(i) for i in ids]
-        y = build_operator(self.spec, tuple(truth.shape[1:]), seeds, self.device).measure(truth)
+        operator = build_operator(self.spec, tuple(truth.shape[1:]), seeds, self.device)
+        y = operator.measure(truth)
         sgilo_config = replace(config.sgilo, **hyper) if self.method == "sgilo" else config.sgilo
         gnc_config = replace(config.gnc, **hyper) if self.method == "gnc" else config.gnc
         started = time.perf_counter()
-        result = reconstruct(self.method, self.generator, self.spec, y, seeds, self.stages, self.options,
+        result = reconstruct(self.method, self.generator, operator.physics.A, y, seeds, self.stages, self.options,
                              radius_scale=hyper.get("radius_scale", 1.0), prior=self.prior, sgilo_config=sgilo_config,
                              gnc_config=gnc_config, perceptual=self.perceptual, progress=progress)
-        return truth, y, result, time.perf_counter() - started
+        return truth, operator, y, result, time.perf_counter() - started
 
     def batches(self, ids: Sequence[int]) -> list[list[int]]:
         size = self.params.evaluate.batch_size
@@ -180,7 +179,7 @@ def tune(runner: Runner, out: Path) -> None:
         for value in candidates:
             mse = []
             for batch in runner.batches(ids):
-                truth, _, result, _ = runner.run(batch, {key: value}, progress=_advance(bar, len(batch)))
+                truth, _, _, result, _ = runner.run(batch, {key: value}, progress=_advance(bar, len(batch)))
                 mse.append(image_metrics(result.image, truth)["mse"].cpu())
             scores.append({key: value, "mse": float(torch.cat(mse).mean())})
             log.info("%s = %g: validation MSE %.5f", key, value, scores[-1]["mse"])
@@ -204,9 +203,9 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
     with _bar(runner, len(runner.test_ids), f"evaluate {runner.task} {runner.level:g} {method}") as bar:
         bar.update(sum(len(b["records"]) for b in done) * runner.steps())
         for batch in batches[len(done):]:
-            truth, y, result, seconds = runner.run(batch, hyper, progress=_advance(bar, len(batch)))
+            truth, operator, y, result, seconds = runner.run(batch, hyper, progress=_advance(bar, len(batch)))
             keep = max(0, params.evaluate.figure_images - sum(len(b["figures"]["ids"]) for b in done))
-            done.append(_batch_records(runner, batch, hyper, truth, y, result, seconds, lpips, lpips_note, keep))
+            done.append(_batch_records(runner, batch, hyper, truth, operator.naive(y), result, seconds, lpips, lpips_note, keep))
             save_torch({"fingerprint": key, "batches": done}, partial)
     records = pd.DataFrame([r for b in done for r in b["records"]])
     _write_figure_data(runner, done, cell_path(out, runner.task, runner.level, method, ".safetensors"))
@@ -217,7 +216,7 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
              records["mse"].mean(), len(records))
 
 
-def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, y, result: Reconstruction, seconds: float,
+def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, naive, result: Reconstruction, seconds: float,
                    lpips, lpips_note: str, keep: int) -> dict[str, Any]:
     """The batch's records, and its first `keep` images for the report's figures."""
     quality = image_metrics(result.image, truth)
@@ -228,8 +227,7 @@ def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, y, resu
         "lpips": float(distance[i]), "lpips_note": lpips_note, "seconds": seconds / len(batch), "steps": runner.steps(),
         "chains": result.chains, "measurement_loss": float(result.loss[i]), "hyper": json.dumps(hyper, sort_keys=True),
     } for i, image_id in enumerate(batch)]
-    operator = build_operator(runner.spec, tuple(truth.shape[1:]), [runner.seed(i) for i in batch], runner.device)
-    figures = {"ids": torch.tensor(batch), "truth": truth.cpu(), "measurement": operator.naive(y).clamp(0, 1).cpu(),
+    figures = {"ids": torch.tensor(batch), "truth": truth.cpu(), "measurement": naive.clamp(0, 1).cpu(),
                "reconstruction": result.image.clamp(0, 1).cpu()}
     if result.samples is not None:
         figures |= {"samples": result.samples.cpu(), "std": result.std.cpu()}
