@@ -1,10 +1,11 @@
 # The single definition of the sgilo pipeline. Each rule runs one thin stage module (python -m sgilo.stages.<rule>)
-# and lists, as inputs, the code it runs and, as params, its params.yaml section: changing either reruns that rule
+# and lists, as inputs, the code it runs and, as params, the params.yaml keys it reads: changing either reruns that rule
 # and what depends on it, nothing else.
 #
 #   snakemake --cores all                                   # demo profile (params.yaml)
 #   snakemake --cores all --config params=profiles/ffhq/params.yaml
 import sys
+from functools import reduce
 from pathlib import Path
 
 from sgilo.config import ConfigError, load_params, to_dict
@@ -25,8 +26,16 @@ def code(*modules):
     return [str(SRC / f"{m}.py") for m in ("config", "io", "stages/_common", *modules)]
 
 
-def section(name):
-    return {"seed": PARAMS.seed, name: to_dict(getattr(PARAMS, name))}
+def tracked(*keys):
+    """The params values a rule's results depend on, by dotted key ("invert", "evaluate.tune.validation"): Snakemake
+    reruns the rule when one changes, and `sgilo dvc-sync` lists the same keys as the DVC stage's params."""
+    values = to_dict(PARAMS)
+    return {key: reduce(lambda node, part: node[part], key.split("."), values) for key in keys}
+
+
+# What DVC tracks for a rule beyond its outputs: the download rule's index.csv, written last, marks a complete dataset
+# directory, and that directory is what a teammate must pull.
+DVC_OUTS = {"download": [DATA]}
 
 
 include: "workflow/rules/download.smk"

@@ -102,3 +102,34 @@ def tiny_workspace(root: Path, overrides: dict | None = None, upto: str = "gener
         run_stage("score", "--params", str(params), "--trajectories", str(root / "trajectories"), "--invert", str(root / "invert"),
                   "--generator", str(root / "generator.pt"), "--out", str(root / "score"), cwd=root)
     return root
+
+
+def git(root: Path, *args: str) -> str:
+    command = ["git", "-c", "user.name=sgilo-test", "-c", "user.email=test@sgilo", "-c", "init.defaultBranch=main", *args]
+    return subprocess.run(command, cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def snakemake_in(root: Path, *args: str, target: str = "results/table1.csv") -> subprocess.CompletedProcess:
+    """`snakemake` run in a project root, as a user runs it."""
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", target, *args]
+    return subprocess.run(command, cwd=root, check=False, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding this project's files with the tiny profile as params.yaml and its dvc.yaml, after
+    `snakemake results/table1.csv`: what a user has after the main job. Tests that change it put it back."""
+    root = tmp_path_factory.mktemp("project")
+    files = git(REPO, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes((REPO / name).read_bytes())
+    write_params(root / "params.yaml")
+    subprocess.run([sys.executable, "-m", "sgilo.cli", "dvc-sync"], cwd=root, check=True, capture_output=True)
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "tiny project")
+    run = snakemake_in(root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root

@@ -1,15 +1,15 @@
-"""The Snakemake workflow end to end on the tiny profile, and its agreement with dvc.yaml."""
+"""The Snakemake workflow end to end on the tiny profile: what it runs, and what a change makes it rerun."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-from conftest import REPO, write_params
+from conftest import REPO, snakemake_in, write_params
 
 from sgilo.stylegan2 import load_generator
 
@@ -29,41 +29,59 @@ def planned_methods(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"wildcards: task=\w+, level=[^,]+, method=([\w-]+)", result.stdout + result.stderr))
 
 
-def test_pipeline_runs_and_reruns_only_what_changed(tmp_path):
-    params = write_params(tmp_path / "params.yaml")
-    run = snakemake(tmp_path, params)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert load_generator(tmp_path / "results/generator/generator.pt").size == 32
-    assert "generator" in (tmp_path / "logs/generator.log").read_text()
-    assert sorted(p.name for p in (tmp_path / "results/invert/shards").iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
-    assert json.loads((tmp_path / "results/invert/summary.json").read_text())["images"] == 12
-
-    assert (tmp_path / "results/score/samples.png").exists()
-    table = (tmp_path / "results/table1.csv").read_text().splitlines()
+def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
+    root, params = tiny_project, tiny_project / "params.yaml"
+    assert load_generator(root / "results/generator/generator.pt").size == 32
+    assert "generator" in (root / "logs/generator.log").read_text()
+    assert sorted(p.name for p in (root / "results/invert/shards").iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert json.loads((root / "results/invert/summary.json").read_text())["images"] == 12
+    assert (root / "results/score/samples.png").exists()
+    table = (root / "results/table1.csv").read_text().splitlines()
     assert len(table) == 1 + 5  # one task, one level, five methods
+
+    def plan(*extra: str) -> subprocess.CompletedProcess:
+        return snakemake_in(root, "-n", *extra)
 
     evaluation = {"tune", "evaluate", "report"}
     downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score"} | evaluation
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == set()
-    write_params(params, {"report": {"confidence": 0.9}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"report"}
-    write_params(params, {"evaluate": {"gnc": {"steps": 4}}})
-    run = snakemake(tmp_path, params, "-n")
-    assert planned_jobs(run) == evaluation and planned_methods(run) == {"gnc"}
-    write_params(params, {"evaluate": {"images": 2}})
-    run = snakemake(tmp_path, params, "-n")
-    assert planned_jobs(run) == {"evaluate", "report"} and planned_methods(run) == {"csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"}
-    write_params(params, {"score": {"epochs": 3}})
-    run = snakemake(tmp_path, params, "-n")
-    assert planned_jobs(run) == {"score"} | evaluation and planned_methods(run) == {"sgilo", "gnc"}
-    write_params(params, {"trajectories": {"draws": 3}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"trajectories_stats", "trajectories", "score"} | evaluation
-    write_params(params, {"invert": {"geocross": 0.02}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == downstream_of_invert
-    write_params(params, {"generator": {"grid_rows": 3}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"generator"} | downstream_of_invert
-    write_params(params, {"download": {"synthfaces": {"n_train": 40}}})
-    assert planned_jobs(snakemake(tmp_path, params, "-n")) == {"download", "generator"} | downstream_of_invert
+    assert planned_jobs(plan()) == set()
+    try:
+        write_params(params, {"report": {"confidence": 0.9}})
+        assert planned_jobs(plan()) == {"report"}
+        write_params(params, {"evaluate": {"gnc": {"steps": 4}}})
+        run = plan()
+        assert planned_jobs(run) == evaluation and planned_methods(run) == {"gnc"}
+        write_params(params, {"evaluate": {"images": 2}})
+        run = plan()
+        assert planned_jobs(run) == {"evaluate", "report"} and planned_methods(run) == {"csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"}
+        write_params(params, {"score": {"epochs": 3}})
+        run = plan()
+        assert planned_jobs(run) == {"score"} | evaluation and planned_methods(run) == {"sgilo", "gnc"}
+        write_params(params, {"trajectories": {"draws": 3}})
+        assert planned_jobs(plan()) == {"trajectories_stats", "trajectories", "score"} | evaluation
+        write_params(params, {"invert": {"geocross": 0.02}})
+        assert planned_jobs(plan()) == downstream_of_invert
+        write_params(params, {"generator": {"grid_rows": 3}})
+        assert planned_jobs(plan()) == {"generator"} | downstream_of_invert
+        write_params(params, {"download": {"synthfaces": {"n_train": 40}}})
+        assert planned_jobs(plan()) == {"download", "generator"} | downstream_of_invert
+    finally:
+        write_params(params)
+    assert planned_jobs(plan()) == set()
+
+    # editing a stage's module reruns that stage and what its outputs feed; the score stage feeds the prior's cells
+    for module, expected, methods in (("stages/report.py", {"report"}, set()),
+                                      ("stages/score.py", {"score"} | evaluation, {"sgilo", "gnc"})):
+        path = root / "src" / "sgilo" / module
+        original, stat = path.read_bytes(), path.stat()
+        try:
+            path.write_bytes(original + b"\n# edited\n")
+            run = plan()
+            assert planned_jobs(run) == expected and planned_methods(run) == methods, module
+        finally:
+            path.write_bytes(original)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned_jobs(plan()) == set()
 
 
 def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
@@ -73,15 +91,6 @@ def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
     assert "generator.train.lr" in run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert not (tmp_path / "data").exists()
-
-
-def test_dvc_yaml_has_a_stage_for_every_rule():
-    rules = {path.stem for path in (REPO / "workflow" / "rules").glob("*.smk")}
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == rules
-    for name, stage in stages.items():
-        assert f"sgilo.stages.{name}" in stage["cmd"]
-        assert f"src/sgilo/stages/{name}.py" in stage["deps"]
 
 
 def test_slurm_profile_plans_the_ffhq_profile_with_gpus(tmp_path):

@@ -30,6 +30,7 @@ from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
 from sgilo.seeding import item_seed, torch_generator
+from sgilo.sharing import SharingError, pull, push, sync
 from sgilo.stylegan2 import load_generator, save_generator
 
 
@@ -139,6 +140,23 @@ def _write_reconstruction(args, operator, y, truth, result, seconds) -> None:
     print(f"wrote {out}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f} in {seconds:.1f} s ({args.method}, {result.steps} steps)")
 
 
+def _dvc_sync(args: argparse.Namespace) -> None:
+    current = sync(Path.cwd(), args.params, check=args.check)
+    if args.check and not current:
+        raise SharingError("dvc.yaml does not match the Snakefile: run `sgilo dvc-sync` and commit it")
+    print("dvc.yaml is current" if current else "wrote dvc.yaml")
+
+
+def _push(args: argparse.Namespace) -> None:
+    push(Path.cwd(), args.remote, args.params, args.target)
+    print("pushed; commit dvc.lock so that teammates can pull what it records")
+
+
+def _pull(args: argparse.Namespace) -> None:
+    pull(Path.cwd(), args.remote, args.params, args.target)
+    print(f"pulled; snakemake has nothing to redo for {args.target}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgilo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--resize", action="store_true", help="centre-crop and resize an image of another size")
     rec.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     rec.set_defaults(run=_reconstruct)
+
+    sharing = {
+        "dvc-sync": ("write dvc.yaml from the Snakefile (one DVC stage per Snakemake job)", _dvc_sync),
+        "push": ("record the finished outputs in dvc.lock (dvc commit) and upload them to the DVC remote", _push),
+        "pull": ("download the outputs dvc.lock records, check them, and mark them up to date for Snakemake", _pull),
+    }
+    for name, (summary, run) in sharing.items():
+        command = commands.add_parser(name, help=summary, description=summary + ". Run it in the repository root.")
+        command.add_argument("--params", default="params.yaml", help="the params file the workflow runs with")
+        if name == "dvc-sync":
+            command.add_argument("--check", action="store_true", help="only check that dvc.yaml is current (exit 2 if not)")
+        else:
+            command.add_argument("--remote", help="DVC remote name (default: the core.remote of .dvc/config)")
+            command.add_argument("--target", default="all", help="the Snakemake target whose jobs are shared")
+        command.set_defaults(run=run)
     return parser
 
 
@@ -211,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, CheckpointError, DataError, MissingWeightsError, ValueError) as exc:
+    except (ConfigError, CheckpointError, DataError, MissingWeightsError, SharingError, ValueError) as exc:
         print(f"sgilo: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

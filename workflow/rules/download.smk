@@ -4,7 +4,7 @@ rule download:
     output:
         index=f"{DATA}/index.csv",
     params:
-        section=section("download"),
+        tracked=tracked("seed", "download"),
     log:
         "logs/download.log",
     shell:

@@ -16,17 +16,15 @@ wildcard_constraints:
 
 def cell_params(wildcards, tuning=False):
     """What a cell's results depend on: the shared settings, ILO's schedule and its own method's settings."""
-    config = to_dict(EVALUATE)
-    shared = {k: config[k] for k in ("noise_std", "mask", "cs_kind", "sr_filter", "precision")}
-    shared["images"] = {"validation": EVALUATE.tune.validation} if tuning else {"validation": EVALUATE.tune.validation, "test": EVALUATE.images}
-    if wildcards.method in PRIOR_METHODS:
-        shared[wildcards.method] = config[wildcards.method]
-    if wildcards.method in TUNED:
-        shared["candidates"] = config["tune"][TUNED[wildcards.method][1]]
+    keys = ["seed", *(f"evaluate.{key}" for key in ("noise_std", "mask", "cs_kind", "sr_filter", "precision")),
+            "evaluate.tune.validation", *(f"invert.{key}" for key in ("stages", "geocross", "perceptual", "optimize_noise"))]
     if not tuning:
-        shared["figure_images"] = EVALUATE.figure_images
-    invert = to_dict(PARAMS.invert)
-    return {"seed": PARAMS.seed, "evaluate": shared, "invert": {k: invert[k] for k in ("stages", "geocross", "perceptual", "optimize_noise")}}
+        keys += ["evaluate.images", "evaluate.figure_images"]
+    if wildcards.method in PRIOR_METHODS:
+        keys.append(f"evaluate.{wildcards.method}")
+    if wildcards.method in TUNED:
+        keys.append(f"evaluate.tune.{TUNED[wildcards.method][1]}")
+    return tracked(*keys)
 
 
 def tuned_input(wildcards):
@@ -57,7 +55,7 @@ rule tune:
     output:
         "results/tune/{task}/{level}/{method}.json",
     params:
-        cell=lambda wildcards: cell_params(wildcards, tuning=True),
+        tracked=lambda wildcards: cell_params(wildcards, tuning=True),
         score=score_flag,
     log:
         "logs/tune/{task}-{level}-{method}.log",
@@ -81,7 +79,7 @@ rule evaluate:
         records="results/evaluate/{task}/{level}/{method}.parquet",
         figures="results/evaluate/{task}/{level}/{method}.safetensors",
     params:
-        cell=cell_params,
+        tracked=cell_params,
         score=score_flag,
         tuned=tuned_flag,
     log:

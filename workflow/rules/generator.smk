@@ -8,7 +8,7 @@ rule generator:
         metrics="results/generator/metrics.json",
         history="results/generator/history.csv",
     params:
-        section=section("generator"),
+        tracked=tracked("seed", "generator"),
     log:
         "logs/generator.log",
     threads: workflow.cores

@@ -12,7 +12,7 @@ rule invert:
     output:
         "results/invert/shards/shard-{shard}.safetensors",
     params:
-        section=section("invert"),
+        tracked=tracked("seed", "invert"),
         shard=lambda wildcards: int(wildcards.shard),
     log:
         "logs/invert/shard-{shard}.log",
@@ -31,7 +31,7 @@ rule invert_summary:
     output:
         "results/invert/summary.json",
     params:
-        section=section("invert"),
+        tracked=tracked("seed", "invert"),
     log:
         "logs/invert/summary.log",
     shell:

@@ -25,8 +25,7 @@ rule report:
         prior="results/prior.json",
         **REPORT_POSTERIOR,
     params:
-        section=section("report"),
-        sample_steps=PARAMS.score.sample_steps,
+        tracked=tracked("seed", "report", "score.sample_steps"),
     log:
         "logs/report.log",
     shell:

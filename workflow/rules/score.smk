@@ -12,8 +12,7 @@ rule score:
         history="results/score/history.csv",
         metrics="results/score/metrics.json",
     params:
-        section=section("score"),
-        trajectories=section("trajectories"),
+        tracked=tracked("seed", "trajectories", "score"),
     log:
         "logs/score.log",
     threads: workflow.cores

@@ -8,7 +8,7 @@ rule trajectories_stats:
     output:
         "results/trajectories/stats.safetensors",
     params:
-        section=section("trajectories"),
+        tracked=tracked("seed", "trajectories"),
     log:
         "logs/trajectories/stats.log",
     shell:
@@ -24,7 +24,7 @@ rule trajectories:
     output:
         "results/trajectories/shards/shard-{shard}.safetensors",
     params:
-        section=section("trajectories"),
+        tracked=tracked("seed", "trajectories"),
         shard=lambda wildcards: int(wildcards.shard),
     log:
         "logs/trajectories/shard-{shard}.log",

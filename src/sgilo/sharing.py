@@ -1,0 +1,216 @@
+"""One pipeline definition for two tools. Snakemake runs the stages; DVC records their outputs and moves them through a
+remote. `dvc.yaml` is generated from the Snakemake workflow: one DVC stage per Snakemake job, with the job's command,
+its inputs (data and the code it runs), the params keys its rule tracks, and its outputs.
+
+The two tools clash when both manage the same files (treeverse/dvc#8602): `dvc repro` deletes outputs before it runs a
+stage, and a checkout writes files in an arbitrary order, so Snakemake, which compares modification times, would redo
+the work. Hence the split: Snakemake alone runs stages; `push` records what Snakemake finished (`dvc commit`) and
+uploads it; `pull` downloads, checks with `dvc status` that every output matches `dvc.lock`, and only then lets
+Snakemake mark the outputs as up to date (`snakemake --touch`), which also writes the metadata it uses to notice a
+later change of params or code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sgilo.io import atomic_open
+
+DVC_YAML = "dvc.yaml"
+HEADER = (
+    "# Generated from the Snakefile by `sgilo dvc-sync` for {params}: do not edit (a test fails when it drifts).\n"
+    "# One stage per Snakemake job. Snakemake runs them; DVC records and shares their outputs (sgilo push / pull).\n"
+)
+METRICS = {"metrics.json", "summary.json"}
+
+
+class SharingError(RuntimeError):
+    """A step of sharing outputs failed; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A Snakemake job as DVC sees it."""
+
+    name: str
+    cmd: str
+    deps: tuple[str, ...]
+    params: tuple[str, ...]
+    outs: tuple[str, ...]
+
+
+def _stage_name(rule: str, wildcards: dict[str, str]) -> str:
+    # DVC stage names allow letters, digits, "_" and "-" only.
+    return "-".join([rule, *(re.sub(r"[^A-Za-z0-9_-]", "_", str(value)) for value in wildcards.values())])
+
+
+def _relative(path: str, root: Path) -> str:
+    absolute = Path(path) if os.path.isabs(path) else root / path
+    try:
+        return absolute.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise SharingError(f"{path} lies outside {root}: run the workflow from the repository root for DVC") from None
+
+
+def _has_key(tree: Any, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Sequence[str] = ("all",)) -> list[Stage]:
+    """Every job Snakemake would run to build `targets` from scratch under `params_file`, as DVC stages.
+
+    Params keys missing from the params file (their defaults come from code, which is a dependency) are left out,
+    since DVC can only track keys the file has."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.enums import Quietness
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+    )
+
+    root = root.resolve()
+    params_path = root / params_file
+    if not params_path.is_file():
+        raise SharingError(f"{params_path} not found: pass the params file the workflow runs with")
+    raw = yaml.safe_load(params_path.read_text()) or {}
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+            workflow_api = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(config={"params": params_file}),
+                storage_settings=StorageSettings(),
+                snakefile=root / "Snakefile",
+                workdir=root,
+            )
+            workflow_api.dag(dag_settings=DAGSettings(targets=set(targets), forceall=True))
+            workflow = workflow_api._workflow  # the public API prints the DAG; the jobs themselves are not exposed
+            workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+            workflow._build_dag()
+            jobs = list(workflow.dag.jobs)
+            rule_order = [rule.name for rule in workflow.rules]
+            executable = workflow.globals["PY"]
+            extra_outs = workflow.globals.get("DVC_OUTS", {})
+    except SystemExit as exc:  # the Snakefile exits with the params error
+        raise SharingError(str(exc.code)) from None
+    finally:
+        os.chdir(cwd)
+
+    stages = []
+    for job in sorted(jobs, key=lambda job: (rule_order.index(job.rule.name), _stage_name(job.rule.name, dict(job.wildcards)))):
+        if job.rule.norun:
+            continue
+        cmd = job.shellcmd.replace(executable, "python")
+        for log in job.log:  # DVC runs the bare command; the logs belong to Snakemake's runs
+            cmd = cmd.replace(f"2> {log}", "")
+        directories = [_relative(path, root) for path in extra_outs.get(job.rule.name, [])]
+        outs = [_relative(path, root) for path in job.output]
+        outs = directories + [out for out in outs if not any(out.startswith(d + "/") for d in directories)]
+        tracked = job.params.get("tracked", {}) if hasattr(job.params, "get") else {}
+        stages.append(Stage(
+            name=_stage_name(job.rule.name, dict(job.wildcards)),
+            cmd=" ".join(cmd.split()),
+            deps=tuple(dict.fromkeys(_relative(path, root) for path in job.input)),
+            params=tuple(key for key in tracked if _has_key(raw, key)),
+            outs=tuple(outs),
+        ))
+    names = [stage.name for stage in stages]
+    if len(set(names)) != len(names):
+        raise SharingError(f"two jobs map to one DVC stage name among {sorted(names)}")
+    return stages
+
+
+def dvc_yaml(stages: Sequence[Stage], params_file: str = "params.yaml") -> str:
+    """The text of dvc.yaml for these stages."""
+    entries = {}
+    for stage in stages:
+        entry: dict[str, Any] = {"cmd": stage.cmd, "deps": list(stage.deps)}
+        if stage.params:
+            entry["params"] = list(stage.params) if params_file == "params.yaml" else [{params_file: list(stage.params)}]
+        outs = [out for out in stage.outs if Path(out).name not in METRICS]
+        metrics = [out for out in stage.outs if Path(out).name in METRICS]
+        if outs:
+            entry["outs"] = outs
+        if metrics:
+            entry["metrics"] = metrics
+        entries[stage.name] = entry
+    body = yaml.safe_dump({"stages": entries}, sort_keys=False, width=1000, default_flow_style=False)
+    return HEADER.format(params=params_file) + body
+
+
+def sync(root: Path, params_file: str = "params.yaml", check: bool = False) -> bool:
+    """Write dvc.yaml from the Snakefile, or with `check`, only say whether it is current. True when it was current."""
+    text = dvc_yaml(workflow_stages(root, params_file), params_file)
+    path = root / DVC_YAML
+    current = path.is_file() and path.read_text() == text
+    if not current and not check:
+        with atomic_open(path) as handle:
+            handle.write(text)
+    return current
+
+
+def _snakemake(root: Path, params_file: str, target: str, *args: str) -> str:
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", target, "--config", f"params={params_file}", *args]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise SharingError(f"snakemake {' '.join(args)} failed in {root}:\n{tail}")
+    return result.stdout + result.stderr
+
+
+@contextmanager
+def _dvc_repo(root: Path, remote: str | None, what: str, fix: str) -> Iterator[Any]:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        # verify: DVC rehashes every object it downloads, so a damaged object is refused like a missing one
+        with Repo(str(root), remote=remote, remote_config={"verify": True}) as repo:
+            yield repo
+    except (DvcException, ValueError) as exc:  # ValueError: no remote named and no default one
+        raise SharingError(f"{what} failed in {root}: {exc}\n{fix}") from None
+
+
+def push(root: Path, remote: str | None = None, params_file: str = "params.yaml", target: str = "all") -> None:
+    """Record the outputs Snakemake finished in dvc.lock and upload them. Refuses when Snakemake still has work to do,
+    so that a remote never holds outputs that disagree with the code and params they claim to come from."""
+    if not sync(root, params_file, check=True):
+        raise SharingError(f"{root / DVC_YAML} does not match the Snakefile: run `sgilo dvc-sync` and commit it")
+    if "Nothing to be done" not in _snakemake(root, params_file, target, "--dry-run"):
+        raise SharingError(f"snakemake still has jobs to run for {target}: run `snakemake --cores all {target}` before pushing")
+    with _dvc_repo(root, remote, "dvc push", "check the remote (`dvc remote list`) and its credentials") as repo:
+        repo.commit(force=True, relink=False)  # relink would rewrite the outputs, newer than what Snakemake recorded
+        repo.push(remote=remote)
+
+
+def pull(root: Path, remote: str | None = None, params_file: str = "params.yaml", target: str = "all") -> None:
+    """Download the outputs dvc.lock records, check them, and tell Snakemake they are up to date."""
+    if not (root / "dvc.lock").is_file():
+        raise SharingError(f"{root / 'dvc.lock'} not found: a teammate must `sgilo push` and commit dvc.lock first")
+    fix = ("The remote lacks these objects or holds damaged copies (they were not checked out): `sgilo push` again from "
+           "a clone whose outputs are complete, or rerun the stages with snakemake. Snakemake was not told anything.")
+    with _dvc_repo(root, remote, "dvc pull", fix) as repo:
+        repo.pull(remote=remote)
+        changed = repo.status()
+    if changed:
+        raise SharingError(f"after the pull, these stages do not match dvc.lock: {', '.join(sorted(changed))}. "
+                           "Snakemake was not told they are current; rerun them with snakemake.")
+    # a checkout writes files in any order: let Snakemake restore its order and record its metadata for every job
+    _snakemake(root, params_file, target, "--touch", "--forceall")

@@ -1,0 +1,124 @@
+"""dvc.yaml generated from the Snakefile, and outputs shared through a DVC remote (an S3 server on 127.0.0.1) without
+making Snakemake redo anything."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, git, snakemake_in, write_params
+
+from sgilo.sharing import SharingError, sync, workflow_stages
+
+BUCKET = "sgilo-team"
+
+
+def sgilo(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sgilo.cli", *args], cwd=root, check=False, capture_output=True, text=True, timeout=900)
+
+
+def test_the_committed_dvc_yaml_is_generated_from_the_snakefile():
+    assert sync(REPO, check=True), "dvc.yaml drifted from the Snakefile: run `sgilo dvc-sync` and commit it"
+
+
+def test_dvc_yaml_has_one_stage_per_snakemake_job(tiny_project):
+    stages = {stage.name: stage for stage in workflow_stages(tiny_project)}
+    assert set(stages) == {
+        "download", "generator", "invert-00000", "invert-00001", "invert_summary", "trajectories_stats",
+        "trajectories-00000", "trajectories-00001", "score", "tune-inpaint-0_25-ilo", "tune-inpaint-0_25-sgilo",
+        "tune-inpaint-0_25-gnc", "report",
+        *(f"evaluate-inpaint-0_25-{method}" for method in ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")),
+    }
+    sgilo_cell = stages["evaluate-inpaint-0_25-sgilo"]
+    assert sgilo_cell.cmd.startswith("python -m sgilo.stages.evaluate --params params.yaml") and "2>" not in sgilo_cell.cmd
+    assert {"results/score/model.pt", "src/sgilo/stages/evaluate.py", "src/sgilo/posterior.py"} <= set(sgilo_cell.deps)
+    assert {"evaluate.sgilo", "evaluate.tune.sgilo_weight", "invert.stages"} <= set(sgilo_cell.params)
+    assert "evaluate.gnc" not in sgilo_cell.params and "score" not in sgilo_cell.params
+    assert "results/score/model.pt" not in stages["evaluate-inpaint-0_25-csgm"].deps
+    assert stages["download"].outs == ("data/synthfaces",)  # the whole data set, not just its index
+    assert stages["score"].params == ("seed", "trajectories", "score")
+
+
+def test_a_changed_workflow_makes_dvc_yaml_stale(tiny_project, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("results", "data", ".snakemake", ".git"))
+    assert sync(project, check=True)
+    write_params(project / "params.yaml", {"invert": {"shard_size": 4}})  # three shards instead of two
+    assert not sync(project, check=True)
+    assert sgilo(project, "dvc-sync", "--check").returncode == 2
+    assert not sync(project) and sync(project, check=True)
+    assert "invert-00002" in (project / "dvc.yaml").read_text()
+    write_params(project / "params.yaml", {"invert": {"shard_size": -1}})
+    with pytest.raises(SharingError, match="invert.shard_size"):
+        sync(project)
+
+
+@pytest.fixture
+def s3_remote(tiny_project, monkeypatch):
+    """An S3 server on 127.0.0.1 (moto) with an empty bucket, made the project's default DVC remote."""
+    boto3 = pytest.importorskip("boto3")
+    server = pytest.importorskip("moto.server").ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "remote", "add", "--default", "--force", "team", f"s3://{BUCKET}/cache"], cwd=tiny_project, check=True)
+    subprocess.run([*dvc, "remote", "modify", "team", "endpointurl", endpoint], cwd=tiny_project, check=True)
+    yield s3
+    server.stop()
+
+
+def test_push_then_pull_into_a_fresh_clone_leaves_snakemake_nothing_to_do(tiny_project, s3_remote, tmp_path):
+    outputs = sorted(path for folder in ("data", "results") for path in (tiny_project / folder).rglob("*") if path.is_file())
+    before = [path.stat().st_mtime_ns for path in outputs]
+    push = sgilo(tiny_project, "push")
+    assert push.returncode == 0, push.stderr
+    assert [path.stat().st_mtime_ns for path in outputs] == before  # recording them in DVC's cache rewrote nothing
+    objects = s3_remote.list_objects_v2(Bucket=BUCKET)["Contents"]
+    git(tiny_project, "add", "dvc.lock", ".dvc/config")
+    git(tiny_project, "commit", "-qm", "outputs pushed")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(tiny_project), str(clone))
+    pull = sgilo(clone, "pull")
+    assert pull.returncode == 0, pull.stderr
+    assert (clone / "results/table1.csv").read_bytes() == (tiny_project / "results/table1.csv").read_bytes()
+    assert len(list((clone / "data/synthfaces").rglob("*.png"))) == len(list((tiny_project / "data/synthfaces").rglob("*.png")))
+    dry = snakemake_in(clone, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+
+    # the pulled clone still reruns what a change concerns, and only that
+    write_params(clone / "params.yaml", {"report": {"confidence": 0.9}})
+    assert set(_planned(snakemake_in(clone, "-n"))) == {"report"}
+
+    # a damaged object and a missing one: a clear error, no such output left in place, Snakemake told nothing
+    lock = yaml.safe_load((tiny_project / "dvc.lock").read_text())["stages"]
+    model = next(out["md5"] for out in lock["score"]["outs"] if out["path"] == "results/score/model.pt")
+    table = next(out["md5"] for out in lock["report"]["outs"] if out["path"] == "results/table1.csv")
+    keys = {obj["Key"] for obj in objects}
+    model_key = next(key for key in keys if key.endswith(f"{model[:2]}/{model[2:]}"))
+    table_key = next(key for key in keys if key.endswith(f"{table[:2]}/{table[2:]}"))
+    s3_remote.put_object(Bucket=BUCKET, Key=model_key, Body=b"not a checkpoint")
+    s3_remote.delete_object(Bucket=BUCKET, Key=table_key)
+    broken = tmp_path / "broken"
+    git(tmp_path, "clone", "-q", str(tiny_project), str(broken))
+    pull = sgilo(broken, "pull")
+    assert pull.returncode == 2
+    assert "results/score/model.pt" in pull.stderr and "results/table1.csv" in pull.stderr and "Traceback" not in pull.stderr
+    assert not (broken / "results/score/model.pt").exists() and not (broken / "results/table1.csv").exists()
+    assert not (broken / ".snakemake" / "metadata").exists()
+    assert "score" in _planned(snakemake_in(broken, "-n"))
+
+
+def _planned(run: subprocess.CompletedProcess) -> list[str]:
+    import re
+
+    return re.findall(r"^rule (\w+):", run.stdout + run.stderr, flags=re.MULTILINE)
