@@ -1,6 +1,6 @@
 # The single definition of the sgilo pipeline. Each rule runs one thin stage module (python -m sgilo.stages.<rule>)
 # and lists, as inputs, the code it runs and, as params, the params.yaml keys it reads: changing either reruns that rule
-# and what depends on it, nothing else.
+# and what depends on it, nothing else. dvc.yaml is generated from it (`sgilo dvc-sync`, docs/sharing.md).
 #
 #   snakemake --cores all                                   # demo profile (params.yaml)
 #   snakemake --cores all --config params=profiles/ffhq/params.yaml

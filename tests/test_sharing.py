@@ -46,7 +46,7 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job(tiny_project):
 def test_a_changed_workflow_makes_dvc_yaml_stale(tiny_project, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(tiny_project, project, ignore=shutil.ignore_patterns("results", "data", ".snakemake", ".git"))
-    assert sync(project, check=True)
+    assert sync(project, check=True) and sync(project, str(project / "params.yaml"), check=True)
     write_params(project / "params.yaml", {"invert": {"shard_size": 4}})  # three shards instead of two
     assert not sync(project, check=True)
     assert sgilo(project, "dvc-sync", "--check").returncode == 2

@@ -87,6 +87,7 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
 
     root = root.resolve()
     params_path = root / params_file
+    params_file = _relative(params_file, root)  # as dvc.yaml and the stage commands name it
     if not params_path.is_file():
         raise SharingError(f"{params_path} not found: pass the params file the workflow runs with")
     raw = yaml.safe_load(params_path.read_text()) or {}
@@ -123,7 +124,7 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
         directories = [_relative(path, root) for path in extra_outs.get(job.rule.name, [])]
         outs = [_relative(path, root) for path in job.output]
         outs = directories + [out for out in outs if not any(out.startswith(d + "/") for d in directories)]
-        tracked = job.params.get("tracked", {}) if hasattr(job.params, "get") else {}
+        tracked = getattr(job.params, "tracked", {})
         stages.append(Stage(
             name=_stage_name(job.rule.name, dict(job.wildcards)),
             cmd=" ".join(cmd.split()),
@@ -157,6 +158,7 @@ def dvc_yaml(stages: Sequence[Stage], params_file: str = "params.yaml") -> str:
 
 def sync(root: Path, params_file: str = "params.yaml", check: bool = False) -> bool:
     """Write dvc.yaml from the Snakefile, or with `check`, only say whether it is current. True when it was current."""
+    params_file = _relative(params_file, root)
     text = dvc_yaml(workflow_stages(root, params_file), params_file)
     path = root / DVC_YAML
     current = path.is_file() and path.read_text() == text
