@@ -67,41 +67,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--method")
     parser.add_argument("--tune", action="store_true", help="choose the hyper-parameter on the validation images")
     parser.add_argument("--tuned", type=Path, help="the tuning JSON to use (evaluation)")
-    parser.add_argument("--all", action="store_true", help="tune and evaluate every cell in turn (--tune-out: where the JSONs go)")
-    parser.add_argument("--tune-out", type=Path, default=Path("results/tune"), help="with --all: the tuning folder")
     parser.add_argument("--out", required=True, type=Path, help="--tune: the JSON to write; else the evaluate folder")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: evaluate.threads; 0 = all cores)")
     args, params = start(parser, argv)
     config = params.evaluate
     grid = [(entry.task, level, method) for entry in config.tasks for level in entry.levels for method in config.methods]
-    if args.all:
-        cells = grid
-    elif args.task is None or args.level is None or args.method is None:
-        parser.error("give --task, --level and --method (one cell), or --all")
-    elif (args.task, args.level, args.method) not in grid:
+    if args.task is None or args.level is None or args.method is None:
+        parser.error("give --task, --level and --method: the cell to run")
+    if (args.task, args.level, args.method) not in grid:
         parser.error(f"{args.task} at {args.level:g} with {args.method} is not in evaluate.tasks × evaluate.methods of {args.params}")
-    else:
-        cells = [(args.task, args.level, args.method)]
-    if not args.all and not args.tune and args.tuned is None and args.method in TUNED:
+    if not args.tune and args.tuned is None and args.method in TUNED:
         parser.error(f"method {args.method} tunes {TUNED[args.method][0]}: give --tuned (the tune step's JSON) or --tune")
-    if any(method in PRIOR_METHODS for _, _, method in cells) and args.score is None:
+    if args.method in PRIOR_METHODS and args.score is None:
         parser.error(f"--score: methods {', '.join(PRIOR_METHODS)} need the score stage's model.pt")
     set_threads(args.threads or config.threads)
     device = pick_device(config.device, "evaluate.device")
-    for task, level, method in cells:
-        try:
-            runner = Runner(params, args, task, level, method, device)
-        except MissingWeightsError as exc:
-            parser.exit(2, f"error: invert.perceptual is {params.invert.perceptual}: {exc}\n")
-        if args.all:
-            tuned = cell_path(args.tune_out, task, level, method, ".json")
-            if method in TUNED:
-                tune(runner, tuned)
-            evaluate(runner, json.loads(tuned.read_text())["chosen"] if method in TUNED else {}, args.out)
-        elif args.tune:
-            tune(runner, args.out)
-        else:
-            evaluate(runner, json.loads(args.tuned.read_text())["chosen"] if args.tuned else {}, args.out)
+    try:
+        runner = Runner(params, args, args.task, args.level, args.method, device)
+    except MissingWeightsError as exc:
+        parser.exit(2, f"error: invert.perceptual is {params.invert.perceptual}: {exc}\n")
+    if args.tune:
+        tune(runner, args.out)
+    else:
+        evaluate(runner, json.loads(args.tuned.read_text())["chosen"] if args.tuned else {}, args.out)
 
 
 # ------------------------------------------------------------------------------------------------- running

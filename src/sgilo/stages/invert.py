@@ -6,7 +6,7 @@ one job (`--shard i`, one Snakemake job per shard) and one atomic safetensors fi
 Within a shard, finished batches are checkpointed to `<out>/partial/`; a killed job resumes at the next batch
 and ends with the same file as an uninterrupted run (each image's result depends only on its own seed).
 `--summary` gathers the shards' PSNR into `<out>/summary.json`, a DVC metric. With neither flag, every shard
-and the summary run in turn (DVC's command).
+and the summary run in turn, for running the stage by hand.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ turns invert shard i into trajectories shard i: for each latent, `trajectories.d
 x_t, its denoising target (eps, std), the intermediate iterate x_τ (τ = tau_fraction·t, on the same path) with
 its own target, all from per-(seed, latent id) generators. VP uses its closed-form transitions; the other SDEs
 are simulated with Euler–Maruyama. One atomic safetensors file per shard; a killed job just reruns its shard.
-With no flag, stats and every shard run in turn (DVC's command).
+With no flag, stats and every shard run in turn, for running the stage by hand.
 """
 
 from __future__ import annotations
