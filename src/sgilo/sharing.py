@@ -39,7 +39,7 @@ class SharingError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Stage:
+class DvcStage:
     """A Snakemake job as DVC sees it."""
 
     name: str
@@ -70,7 +70,7 @@ def _has_key(tree: Any, key: str) -> bool:
     return True
 
 
-def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Sequence[str] = ("all",)) -> list[Stage]:
+def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Sequence[str] = ("all",)) -> list[DvcStage]:
     """Every job Snakemake would run to build `targets` from scratch under `params_file`, as DVC stages.
 
     Params keys missing from the params file (their defaults come from code, which is a dependency) are left out,
@@ -125,7 +125,7 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
         outs = [_relative(path, root) for path in job.output]
         outs = directories + [out for out in outs if not any(out.startswith(d + "/") for d in directories)]
         tracked = getattr(job.params, "tracked", {})
-        stages.append(Stage(
+        stages.append(DvcStage(
             name=_stage_name(job.rule.name, dict(job.wildcards)),
             cmd=" ".join(cmd.split()),
             deps=tuple(dict.fromkeys(_relative(path, root) for path in job.input)),
@@ -138,7 +138,7 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
     return stages
 
 
-def dvc_yaml(stages: Sequence[Stage], params_file: str = "params.yaml") -> str:
+def dvc_yaml(stages: Sequence[DvcStage], params_file: str = "params.yaml") -> str:
     """The text of dvc.yaml for these stages."""
     entries = {}
     for stage in stages:
