@@ -77,6 +77,12 @@ def s3_remote(tiny_project, monkeypatch):
 
 
 def test_push_then_pull_into_a_fresh_clone_leaves_snakemake_nothing_to_do(tiny_project, s3_remote, tmp_path):
+    write_params(tiny_project / "params.yaml", {"report": {"confidence": 0.9}})
+    refused = sgilo(tiny_project, "push")  # outputs that no longer match their params are not shared
+    write_params(tiny_project / "params.yaml")
+    assert refused.returncode == 2 and "still has jobs to run" in refused.stderr
+    assert not (tiny_project / "dvc.lock").exists()
+
     outputs = sorted(path for folder in ("data", "results") for path in (tiny_project / folder).rglob("*") if path.is_file())
     before = [path.stat().st_mtime_ns for path in outputs]
     push = sgilo(tiny_project, "push")
