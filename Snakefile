@@ -45,6 +45,7 @@ include: "workflow/rules/trajectories.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/theory_gnc.smk"
 
 
 rule all:
@@ -54,3 +55,4 @@ rule all:
         rules.invert_summary.output,
         rules.score.output,
         rules.report.output,
+        rules.theory_gnc.output,

@@ -118,7 +118,7 @@ def snakemake_in(root: Path, *args: str, target: str = "results/table1.csv") -> 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository holding this project's files with the tiny profile as params.yaml and its dvc.yaml, after
-    `snakemake results/table1.csv`: what a user has after the main job. Tests that change it put it back."""
+    `snakemake` (all): what a user has after running the whole workflow. Tests that change it put it back."""
     root = tmp_path_factory.mktemp("project")
     files = git(REPO, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
     for name in filter(None, files):
@@ -130,6 +130,6 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "tiny project")
-    run = snakemake_in(root)
+    run = snakemake_in(root, target="all")
     assert run.returncode == 0, run.stderr[-3000:]
     return root

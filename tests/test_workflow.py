@@ -133,14 +133,16 @@ def _sgilo_imports(module: Path) -> set[Path]:
 
 def test_every_rule_depends_on_all_the_code_its_stage_runs(tmp_path):
     """Editing any module a stage imports must rerun that stage: its rule lists them all as inputs."""
-    run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "results/table1.csv")
+    run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "all")
     assert run.returncode == 0, run.stderr[-3000:]
     stage_of = {"invert_summary": "invert", "trajectories_stats": "trajectories", "tune": "evaluate"}
     checked = set()
     for rule, inputs in re.findall(r"^rule (\w+):\n    input: ([^\n]*)", run.stdout + run.stderr, flags=re.MULTILINE):
+        if rule == "all":
+            continue
         listed = {Path(item.strip()) for item in inputs.split(",") if item.strip().endswith(".py")}
         module = REPO / "src" / "sgilo" / "stages" / f"{stage_of.get(rule, rule)}.py"
         needed = {path for path in _sgilo_imports(module) if path.name != "__init__.py"}
         assert needed <= listed, f"rule {rule} misses {sorted(p.name for p in needed - listed)}"
         checked.add(rule)
-    assert {"download", "generator", "invert", "trajectories", "score", "tune", "evaluate", "report"} <= checked
+    assert {"download", "generator", "invert", "trajectories", "score", "tune", "evaluate", "report", "theory_gnc"} <= checked

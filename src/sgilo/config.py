@@ -270,6 +270,22 @@ class ReportConfig:
     threads: int = field(default=0, metadata=_rng(0))
 
 
+@dataclass(frozen=True)
+class TheoryGNCConfig:
+    """Kobler & Pock's Fig. 1: the GNC flow on a smoothed 1-D Gaussian mixture, against gradient descent."""
+
+    weights: tuple[float, ...] = (0.15, 0.25, 0.2, 0.25, 0.15)  # five components, as in the paper
+    means: tuple[float, ...] = (-0.8, -0.35, 0.05, 0.45, 0.85)
+    stds: tuple[float, ...] = (0.08, 0.1, 0.06, 0.12, 0.07)
+    domain: tuple[float, float] = (-1.0, 1.0)
+    starts: int = field(default=201, metadata=_rng(2))  # equally spaced initial positions on the domain
+    sigma_min: float = field(default=0.01, metadata=_rng(1e-4))  # the schedules' last σ
+    sigma_max: float = field(default=3.0, metadata=_rng(1e-4))  # the largest initial σ_0 tried
+    initial_sigmas: int = field(default=25, metadata=_rng(2))  # σ_0 values, log-spaced from sigma_min to sigma_max
+    steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # flow lengths tried (gradient descent: the same)
+    gd_lr: float = field(default=0.0036, metadata=_rng(0.0))  # about the narrowest component's variance: stable
+
+
 # -------------------------------------------------------------------------------------------------- params
 @dataclass(frozen=True)
 class Params:
@@ -281,6 +297,7 @@ class Params:
     score: ScoreConfig = ScoreConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
+    theory_gnc: TheoryGNCConfig = TheoryGNCConfig()
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if f.name != "seed")
@@ -328,6 +345,15 @@ def _check_across_sections(params: Params, source: str) -> None:
     tasks = [entry.task for entry in evaluate.tasks]
     if len(set(tasks)) != len(tasks):
         raise ConfigError(f"{source}: evaluate.tasks: each task once (list its levels together), got {tasks}")
+    gnc = params.theory_gnc
+    if not len(gnc.weights) == len(gnc.means) == len(gnc.stds) >= 1:
+        raise ConfigError(f"{source}: theory_gnc.weights, .means and .stds: one entry per component each, got "
+                          f"{len(gnc.weights)}, {len(gnc.means)} and {len(gnc.stds)}")
+    if min(gnc.weights) <= 0 or abs(sum(gnc.weights) - 1) > 1e-6 or min(gnc.stds) <= 0:
+        raise ConfigError(f"{source}: theory_gnc: weights must be positive and sum to 1 (got {sum(gnc.weights):g}), stds positive")
+    if not gnc.domain[0] < gnc.domain[1] or not gnc.sigma_min < gnc.sigma_max or not gnc.steps or min(gnc.steps) < 1:
+        raise ConfigError(f"{source}: theory_gnc: domain must be [low, high] with low < high, sigma_min < sigma_max, "
+                          "and steps positive integers")
 
 
 def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -> Any:

@@ -221,7 +221,7 @@ def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
     """MSE, SSIM (and LPIPS where measured) against the level, one line per method with its interval as a band."""
     rows = table[table["task"] == task]
     metrics = ["mse", "ssim"] + (["lpips"] if rows["lpips_mean"].notna().any() else [])
-    fig = _figure((4.0 * len(metrics), 3.4))
+    fig = new_figure((4.0 * len(metrics), 3.4))
     methods = list(dict.fromkeys(rows["method"]))
     for index, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), index + 1)
@@ -241,12 +241,12 @@ def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
             _log_y(ax, rows["mse_mean"], rows["mse_ci_low"], rows["mse_ci_high"])
     fig.axes[0].legend(fontsize="small")
     fig.suptitle(f"{task}: mean over test images, {_interval_words(table)}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_speed(table: pd.DataFrame, path: Path) -> None:
     """Mean MSE against seconds per image, one marker per method and level, with the MSE intervals as error bars."""
-    fig = _figure((5.6, 4.2))
+    fig = new_figure((5.6, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     methods = list(dict.fromkeys(table["method"]))
     markers = dict(zip(dict.fromkeys(table["task"]), "osD^vP*"))
@@ -265,7 +265,7 @@ def plot_speed(table: pd.DataFrame, path: Path) -> None:
     _log_y(ax, table["mse_mean"], table["mse_ci_low"], table["mse_ci_high"])
     ax.legend(fontsize="x-small", ncol=2)
     ax.set_title(f"accuracy against time (labels: level; bars: {_interval_words(table)})", fontsize="medium")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reconstructions(data: FigureData, path: Path) -> None:
@@ -273,7 +273,7 @@ def plot_reconstructions(data: FigureData, path: Path) -> None:
     names = list(data.methods)
     columns = [("measurement", data.measurement), *((m, data.methods[m]["reconstruction"]) for m in names),
                ("truth", data.truth)]
-    fig = _figure((1.7 * len(columns), 1.8 * max(1, len(data.ids)) + 0.6))
+    fig = new_figure((1.7 * len(columns), 1.8 * max(1, len(data.ids)) + 0.6))
     for row, image_id in enumerate(data.ids):
         for col, (name, images) in enumerate(columns):
             ax = _image_axes(fig, len(data.ids), len(columns), row, col, images[row])
@@ -285,7 +285,7 @@ def plot_reconstructions(data: FigureData, path: Path) -> None:
                 ax.set_ylabel(f"image {image_id}", fontsize="small")
     _empty_note(fig, data)
     fig.suptitle(f"{data.task}, {level_label(data.task)} = {data.level:g}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_posterior(data: FigureData, path: Path, method: str = "sgilo", max_samples: int = 4) -> None:
@@ -295,7 +295,7 @@ def plot_posterior(data: FigureData, path: Path, method: str = "sgilo", max_samp
     std_maps = tensors["std"].mean(1)  # averaged over colour channels: one uncertainty value per pixel
     count = samples.shape[1]
     columns = 4 + count
-    fig = _figure((1.7 * columns + 0.4, 1.8 * max(1, len(data.ids)) + 0.6))
+    fig = new_figure((1.7 * columns + 0.4, 1.8 * max(1, len(data.ids)) + 0.6))
     std_max = float(std_maps.max()) if std_maps.numel() else 1.0
     for row, image_id in enumerate(data.ids):
         panels = [("measurement", data.measurement[row]), *((f"sample {k + 1}", samples[row, k]) for k in range(count)),
@@ -314,17 +314,17 @@ def plot_posterior(data: FigureData, path: Path, method: str = "sgilo", max_samp
     _empty_note(fig, data)
     fig.suptitle(f"{method} posterior: {data.task}, {level_label(data.task)} = {data.level:g}, "
                  f"{tensors['samples'].shape[1]} chains")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _figure(size: tuple[float, float]) -> Figure:
+def new_figure(size: tuple[float, float]) -> Figure:
     # A bare Figure on the Agg canvas: no pyplot state, no backend switch for whoever imports this module.
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 

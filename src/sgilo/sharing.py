@@ -1,11 +1,13 @@
-"""One pipeline definition for two tools. Snakemake runs the stages; DVC records their outputs and moves them through a
-remote. `dvc.yaml` is generated from the Snakemake workflow: one DVC stage per Snakemake job, with the job's command,
-its inputs (data and the code it runs), the params keys its rule tracks, and its outputs.
+"""The workings of `sgilo dvc-sync`, `sgilo push` and `sgilo pull`: the command line's side, not a library module (it
+drives Snakemake and DVC and writes dvc.yaml). One pipeline definition for two tools. Snakemake runs the stages; DVC
+records their outputs and moves them through a remote. `dvc.yaml` is generated from the Snakemake workflow: one DVC
+stage per Snakemake job, with the job's command, its inputs (data and the code it runs), the params keys its rule
+tracks, and its outputs.
 
-The two tools clash when both manage the same files (treeverse/dvc#8602): `dvc repro` deletes outputs before it runs a
-stage, and a checkout writes files in an arbitrary order, so Snakemake, which compares modification times, would redo
-the work. Hence the split: Snakemake alone runs stages; `push` records what Snakemake finished (`dvc commit`) and
-uploads it; `pull` downloads, checks with `dvc status` that every output matches `dvc.lock`, and only then lets
+The two tools clash when both manage the same files (treeverse/dvc#8602): `dvc repro` deletes outputs before it runs
+a stage, and a checkout writes files in an arbitrary order, so Snakemake, which compares modification times, would
+redo the work. Hence the split: Snakemake alone runs stages; `push` records what Snakemake finished (`dvc commit`)
+and uploads it; `pull` downloads, checks with `dvc status` that every output matches `dvc.lock`, and only then lets
 Snakemake mark the outputs as up to date (`snakemake --touch`), which also writes the metadata it uses to notice a
 later change of params or code.
 """
@@ -196,7 +198,8 @@ def push(root: Path, remote: str | None = None, params_file: str = "params.yaml"
     if not sync(root, params_file, check=True):
         raise SharingError(f"{root / DVC_YAML} does not match the Snakefile: run `sgilo dvc-sync` and commit it")
     if "Nothing to be done" not in _snakemake(root, params_file, target, "--dry-run"):
-        raise SharingError(f"snakemake still has jobs to run for {target}: run `snakemake --cores all {target}` before pushing")
+        command = "snakemake --cores all" + ("" if target == "all" else f" {target}")
+        raise SharingError(f"snakemake still has jobs to run for {target}: run `{command}` before pushing")
     with _dvc_repo(root, remote, "dvc push", "check the remote (`dvc remote list`) and its credentials") as repo:
         repo.commit(force=True, relink=False)  # relink would rewrite the outputs, newer than what Snakemake recorded
         repo.push(remote=remote)
