@@ -17,6 +17,7 @@ from sgilo.theory import (
     global_basin,
     gnc_flow,
     gradient_descent,
+    min_curvature,
     sigma_schedule,
 )
 
@@ -38,7 +39,8 @@ def test_smoothing_makes_the_energy_convex_on_the_domain():
     grid = np.linspace(-1, 1, 2001)
     assert MIXTURE.curvature(grid, 0.0).min() < 0  # five wells
     assert MIXTURE.curvature(grid, 1.0).min() >= 0
-    threshold = convexity_threshold(MIXTURE, -1, 1, np.geomspace(0.01, 10, 300))
+    sigmas = np.geomspace(0.01, 10, 300)
+    threshold = convexity_threshold(sigmas, min_curvature(MIXTURE, -1, 1, sigmas))
     assert 0.01 < threshold < 1.0
     assert MIXTURE.curvature(grid, threshold).min() >= 0 and MIXTURE.curvature(grid, threshold * 0.9).min() < 0
 

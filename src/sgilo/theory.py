@@ -80,10 +80,16 @@ def global_basin(mixture: Mixture1D, lo: float, hi: float, points: int = 200_001
     return float(grid[best]), float(grid[left]) if left is not None else lo, float(grid[right]) if right is not None else hi
 
 
-def convexity_threshold(mixture: Mixture1D, lo: float, hi: float, sigmas: np.ndarray, points: int = 4001) -> float:
-    """The smallest σ of `sigmas` (ascending) from which on E(·, σ) is convex on [lo, hi]; inf if none is."""
+def min_curvature(mixture: Mixture1D, lo: float, hi: float, sigmas: np.ndarray, points: int = 4001) -> np.ndarray:
+    """For each σ, the smallest ∂²E/∂x² on [lo, hi]: E(·, σ) is convex there where it is ≥ 0."""
     grid = np.linspace(lo, hi, points)
-    convex = np.array([mixture.curvature(grid, sigma).min() >= 0 for sigma in sigmas])
+    return np.array([mixture.curvature(grid, sigma).min() for sigma in sigmas])
+
+
+def convexity_threshold(sigmas: np.ndarray, curvature: np.ndarray) -> float:
+    """The smallest σ of `sigmas` (ascending) from which on the energy stays convex, given min_curvature over
+    them; inf if it is not convex at the largest."""
+    convex = curvature >= 0
     if not convex[-1]:
         return float("inf")
     last_nonconvex = np.flatnonzero(~convex)

@@ -62,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", required=True, type=Path, help="dataset folder from the download stage")
     parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint")
     parser.add_argument("--score", type=Path, help="the score stage's model.pt (needed by sgilo and gnc)")
-    parser.add_argument("--task")
-    parser.add_argument("--level", type=float)
-    parser.add_argument("--method")
+    parser.add_argument("--task", required=True, help="the cell to run: task, level and method")
+    parser.add_argument("--level", required=True, type=float)
+    parser.add_argument("--method", required=True)
     parser.add_argument("--tune", action="store_true", help="choose the hyper-parameter on the validation images")
     parser.add_argument("--tuned", type=Path, help="the tuning JSON to use (evaluation)")
     parser.add_argument("--out", required=True, type=Path, help="--tune: the JSON to write; else the evaluate folder")
@@ -72,8 +72,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = start(parser, argv)
     config = params.evaluate
     grid = [(entry.task, level, method) for entry in config.tasks for level in entry.levels for method in config.methods]
-    if args.task is None or args.level is None or args.method is None:
-        parser.error("give --task, --level and --method: the cell to run")
     if (args.task, args.level, args.method) not in grid:
         parser.error(f"{args.task} at {args.level:g} with {args.method} is not in evaluate.tasks × evaluate.methods of {args.params}")
     if not args.tune and args.tuned is None and args.method in TUNED:

@@ -25,6 +25,7 @@ from sgilo.theory import (
     global_basin,
     gnc_flow,
     gradient_descent,
+    min_curvature,
     sigma_schedule,
 )
 
@@ -40,9 +41,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("GNC 1-D: convex from sigma %.3g; claim holds: %s", result["convex_from_sigma"], result["claim_holds"])
 
 
+def _mixture(config: TheoryGNCConfig) -> Mixture1D:
+    return Mixture1D(np.array(config.weights), np.array(config.means), np.array(config.stds))
+
+
 def run(config: TheoryGNCConfig) -> dict:
     """Every number of the figure and the claim check, as plain data."""
-    mixture = Mixture1D(np.array(config.weights), np.array(config.means), np.array(config.stds))
+    mixture = _mixture(config)
     lo, hi = config.domain
     starts = np.linspace(lo, hi, config.starts)
     basin = global_basin(mixture, lo, hi)
@@ -56,19 +61,20 @@ def run(config: TheoryGNCConfig) -> dict:
     first = next((i for i, steps in enumerate(fewest) if steps is not None), len(fewest))
     monotone = all(b is not None and b <= a for a, b in zip(fewest[first:], fewest[first + 1 :]))
     sigmas = np.geomspace(config.sigma_min, config.sigma_max * 4, 200)
+    curvature = min_curvature(mixture, lo, hi, sigmas)
     return {
         "global_minimum": basin[0], "basin": [basin[1], basin[2]],
-        "convex_from_sigma": convexity_threshold(mixture, lo, hi, sigmas),
+        "convex_from_sigma": convexity_threshold(sigmas, curvature),
         "initial_sigmas": initial.tolist(), "steps": list(config.steps), "gnc_attainment": grid,
         "gradient_descent_attainment": descent, "fewest_steps_for_all": fewest,
         "claim_holds": bool(reached) and monotone and max(descent) < 1.0,
         "curvature_sigmas": sigmas.tolist(),
-        "min_curvature": [float(mixture.curvature(np.linspace(lo, hi, 2001), sigma).min()) for sigma in sigmas],
+        "min_curvature": curvature.tolist(),
     }
 
 
 def plot(config: TheoryGNCConfig, result: dict, dest: Path) -> None:
-    mixture = Mixture1D(np.array(config.weights), np.array(config.means), np.array(config.stds))
+    mixture = _mixture(config)
     lo, hi = config.domain
     x = np.linspace(lo, hi, 1000)
     fig = new_figure((15, 4.4))
