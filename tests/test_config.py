@@ -100,3 +100,11 @@ def test_cli_check_params_reports_the_key(tmp_path, capsys):
     assert "generator.train.lr" in capsys.readouterr().err
     main(["check-params", str(REPO / "params.yaml")])
     assert '"dataset": "synthfaces"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_rejected_naming_the_key(tmp_path, value):
+    """NaN passes every range comparison, so it needs its own check (found by the property test above)."""
+    path = write_params(tmp_path / "h.yaml", {"generator": {"train": {"lr": value}}})
+    with pytest.raises(ConfigError, match="generator.train.lr: expected a finite float"):
+        load_params(path)

@@ -10,6 +10,7 @@ Range constraints live next to the field as metadata (`min`, `max`, `power_of_tw
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -405,6 +406,8 @@ def _check_scalar(hint: Any, value: Any, f: dataclasses.Field, source: str, key:
     if not ok:
         raise ConfigError(f"{source}: {key}: expected {hint.__name__}{_range_text(f)}, got {_describe(value)}")
     value = float(value) if hint is float else value
+    if hint is float and not math.isfinite(value):  # .nan passes every range comparison; .inf is no setting either
+        raise ConfigError(f"{source}: {key}: expected a finite float{_range_text(f)}, got {value!r}")
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{source}: {key}: expected {hint.__name__}{_range_text(f)}, got {value!r}")
