@@ -110,3 +110,27 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
     result = run_stage("generator", "--params", str(wrong), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o2"),
                        cwd=tmp_path, check=False)
     assert result.returncode != 0 and "generator.architecture" in result.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_training_step_is_finite_and_bf16_really_autocasts(precision, monkeypatch):
+    from sgilo.config import ArchitectureConfig, TrainConfig
+    from sgilo.gan import GANTrainer
+
+    architecture = ArchitectureConfig(size=8, style_dim=16, n_mlp=1, channel_multiplier=1, channel_max=8)
+    trainer = GANTrainer(architecture, TrainConfig(batch_size=2, disc_channel_max=8, precision=precision), seed=0)
+    dtypes = []
+    monkeypatch.setattr(trainer.discriminator, "forward", _recording(trainer.discriminator.forward, dtypes))
+    losses = trainer.train_step(16, torch.rand(2, 3, 8, 8) * 2 - 1)  # step 16: R1 is due
+    assert all(torch.isfinite(torch.tensor(value)) for value in losses.values())
+    # D and G steps run under bf16 autocast; the R1 step (third call) stays in float32
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert dtypes == [expected, expected, torch.float32, expected]
+
+
+def _recording(forward, dtypes):
+    def wrapped(x):
+        out = forward(x)
+        dtypes.append(out.dtype)
+        return out
+    return wrapped

@@ -83,6 +83,7 @@ class TrainConfig:
     mixing_prob: float = field(default=0.9, metadata=_rng(0.0, 1.0))
     checkpoint_every: int = field(default=200, metadata=_rng(1))
     disc_channel_max: int = field(default=128, metadata=_rng(1))
+    precision: Literal["fp32", "bf16"] = "fp32"
     threads: int = field(default=0, metadata=_rng(0))
 
 

@@ -6,6 +6,7 @@ The trainer holds no I/O. Every step draws its batch, latents and noise from gen
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -38,11 +39,20 @@ class GANTrainer:
     def train_step(self, step: int, real: Tensor) -> dict[str, float]:
         """One discriminator step (with R1 when due), one generator step and the EMA update."""
         rng = torch_generator(self.seed, "generator", "step", step)
-        d_loss = self._discriminator_step(real, rng)
+        with self._autocast():
+            d_loss = self._discriminator_step(real, rng)
+        # R1's double backward stays in float32: the penalty is a small difference of large gradients.
         r1 = self._r1_step(real) if step % self.train_config.r1_every == 0 else float("nan")
-        g_loss = self._generator_step(real.shape[0], rng)
+        with self._autocast():
+            g_loss = self._generator_step(real.shape[0], rng)
         self._update_ema()
         return {"d_loss": d_loss, "g_loss": g_loss, "r1": r1}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        # Training runs on the CPU, where bf16 autocast makes a step 1.4x faster (docs/generator.md).
+        if self.train_config.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _fake(self, batch: int, rng: torch.Generator) -> Tensor:
         g = self.generator
