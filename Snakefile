@@ -44,8 +44,10 @@ include: "workflow/rules/invert.smk"
 include: "workflow/rules/trajectories.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
 include: "workflow/rules/theory_gnc.smk"
+include: "workflow/rules/theory_langevin.smk"
+include: "workflow/rules/theory_igo.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -55,4 +57,3 @@ rule all:
         rules.invert_summary.output,
         rules.score.output,
         rules.report.output,
-        rules.theory_gnc.output,

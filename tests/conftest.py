@@ -39,6 +39,11 @@ TINY = {
                  "tune": {"validation": 1, "ilo_radius_scale": [0.5, 2.0], "sgilo_weight": [0.1, 0.3], "gnc_weight": [0.5, 1.0]},
                  "figure_images": 2, "device": "cpu", "threads": 1},
     "report": {"fid_samples": 8, "device": "cpu", "threads": 1},
+    "theory_gnc": {"starts": 41, "initial_sigmas": 6, "steps": [1, 4, 16]},
+    "theory_langevin": {"architectures": [{"depth": 2, "latents": [2, 3]}], "chains": 4, "steps": 60,
+                        "spread_architecture": {"depth": 2, "latents": [2]}, "spread_betas_per_latent": [100.0, 400.0]},
+    "theory_igo": {"times": [0.5], "latents": 8, "points": 64, "draws": 2, "steps": 5, "batch_size": 16, "samples": 32,
+                   "sample_steps": 5, "model": {"width": 16, "depth": 1, "heads": 1, "mlp": 16}},
 }
 
 

@@ -30,7 +30,7 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job(tiny_project):
     assert set(stages) == {
         "download", "generator", "invert-00000", "invert-00001", "invert_summary", "trajectories_stats",
         "trajectories-00000", "trajectories-00001", "score", "tune-inpaint-0_25-ilo", "tune-inpaint-0_25-sgilo",
-        "tune-inpaint-0_25-gnc", "report", "theory_gnc",
+        "tune-inpaint-0_25-gnc", "report", "theory_gnc", "theory_langevin", "theory_igo",
         *(f"evaluate-inpaint-0_25-{method}" for method in ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")),
     }
     sgilo_cell = stages["evaluate-inpaint-0_25-sgilo"]

@@ -43,7 +43,8 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
         return snakemake_in(root, "-n", *extra)
 
     evaluation = {"tune", "evaluate", "report"}
-    downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score"} | evaluation
+    # theory_igo shows the scaled demo latents, so it follows the latents; the other theory rules need no data
+    downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score", "theory_igo"} | evaluation
     assert planned_jobs(plan()) == set()
     try:
         write_params(params, {"report": {"confidence": 0.9}})
@@ -58,7 +59,9 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
         run = plan()
         assert planned_jobs(run) == {"score"} | evaluation and planned_methods(run) == {"sgilo", "gnc"}
         write_params(params, {"trajectories": {"draws": 3}})
-        assert planned_jobs(plan()) == {"trajectories_stats", "trajectories", "score"} | evaluation
+        assert planned_jobs(plan()) == {"trajectories_stats", "trajectories", "score", "theory_igo"} | evaluation
+        write_params(params, {"theory_langevin": {"steps": 50}})
+        assert planned_jobs(plan()) == {"theory_langevin", "report"}
         write_params(params, {"invert": {"geocross": 0.02}})
         assert planned_jobs(plan()) == downstream_of_invert
         write_params(params, {"generator": {"grid_rows": 3}})
@@ -145,4 +148,4 @@ def test_every_rule_depends_on_all_the_code_its_stage_runs(tmp_path):
         needed = {path for path in _sgilo_imports(module) if path.name != "__init__.py"}
         assert needed <= listed, f"rule {rule} misses {sorted(p.name for p in needed - listed)}"
         checked.add(rule)
-    assert {"download", "generator", "invert", "trajectories", "score", "tune", "evaluate", "report", "theory_gnc"} <= checked
+    assert {"download", "generator", "invert", "trajectories", "score", "tune", "evaluate", "report", "theory_gnc", "theory_langevin", "theory_igo"} <= checked

@@ -288,6 +288,55 @@ class TheoryGNCConfig:
     gd_lr: float = field(default=0.0036, metadata=_rng(0.0))  # about the narrowest component's variance: stable
 
 
+@dataclass(frozen=True)
+class LangevinArchitectureConfig:
+    depth: int = field(default=2, metadata=_rng(1))
+    latents: tuple[int, ...] = (2, 4, 8, 16)  # latent sizes k run at this depth
+
+
+@dataclass(frozen=True)
+class TheoryLangevinConfig:
+    """The SGILO paper's Theorem 3.1: SGLD inverting random expansive ReLU generators, against GD with/without flips."""
+
+    architectures: tuple[LangevinArchitectureConfig, ...] = (LangevinArchitectureConfig(2, (2, 4, 8, 16)),
+                                                            LangevinArchitectureConfig(3, (2,)))
+    expansion: float = field(default=10.0, metadata=_rng(1.0))  # n_i = ⌈expansion · n_(i−1)⌉
+    measurements_per_latent: float = field(default=8.0, metadata=_rng(0.0))  # m = ⌈· k⌉ rows of A
+    noise: float = field(default=0.0, metadata=_rng(0.0))  # std of ‖e‖ in y = A G(z*) + e
+    chains: int = field(default=12, metadata=_rng(1))  # per method and start
+    steps: int = field(default=800, metadata=_rng(1))
+    step_size: float = field(default=0.05, metadata=_rng(1e-6))  # η, in units where the Hessian at z* is about I
+    beta_per_latent: float = field(default=50.0, metadata=_rng(1e-6))  # β = this · k: a stationary spread near 1/√this
+    spread_betas_per_latent: tuple[float, ...] = (25.0, 100.0, 400.0, 1600.0, 6400.0)  # the β sweep
+    spread_architecture: LangevinArchitectureConfig = LangevinArchitectureConfig(2, (8,))  # its (depth, k)
+    success_radius: float = field(default=0.35, metadata=_rng(0.0))  # ‖z − z*‖ ≤ this: reached z* (‖z*‖ = 1)
+    spurious_start: float = field(default=0.01, metadata=_rng(0.0))  # norm of the perturbation of −ρ_d z* starts
+
+
+@dataclass(frozen=True)
+class TheoryIGOConfig:
+    """IGO's non-affine forward iterates on demo latents and a 2-D toy set, and the α of its loss on the toy set.
+
+    The SDEs take trajectories.beta_min, .beta_max, .dt and .tau_fraction, as the score stage's trajectories do."""
+
+    sdes: tuple[str, ...] = ("catmap", "lotka_volterra")  # the forward processes shown
+    times: tuple[float, ...] = (0.2, 1.0)  # t; each with its x_τ, τ = tau_fraction · t
+    latents: int = field(default=128, metadata=_rng(1))  # demo latents shown (from invert shard 0)
+    modes: int = field(default=8, metadata=_rng(1))  # toy set: Gaussians on a ring
+    radius: float = field(default=0.6, metadata=_rng(0.0))
+    std: float = field(default=0.05, metadata=_rng(0.0))
+    points: int = field(default=2048, metadata=_rng(2))  # toy training points (as many again held out)
+    sde: str = "catmap"  # the forward process the α sweep trains on
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # α·L(x_t) + (1 − α)·R(x_τ)
+    draws: int = field(default=4, metadata=_rng(1))  # forward draws of t per training point
+    model: ScoreModelConfig = ScoreModelConfig(width=32, depth=2, heads=1, mlp=64)
+    steps: int = field(default=300, metadata=_rng(1))
+    batch_size: int = field(default=512, metadata=_rng(1))
+    lr: float = field(default=0.005, metadata=_rng(0.0))
+    samples: int = field(default=512, metadata=_rng(2))  # reverse-SDE samples per α for the energy distance
+    sample_steps: int = field(default=100, metadata=_rng(1))
+
+
 # -------------------------------------------------------------------------------------------------- params
 @dataclass(frozen=True)
 class Params:
@@ -300,6 +349,8 @@ class Params:
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
     theory_gnc: TheoryGNCConfig = TheoryGNCConfig()
+    theory_langevin: TheoryLangevinConfig = TheoryLangevinConfig()
+    theory_igo: TheoryIGOConfig = TheoryIGOConfig()
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if f.name != "seed")
@@ -356,6 +407,20 @@ def _check_across_sections(params: Params, source: str) -> None:
     if not gnc.domain[0] < gnc.domain[1] or not gnc.sigma_min < gnc.sigma_max or not gnc.steps or min(gnc.steps) < 1:
         raise ConfigError(f"{source}: theory_gnc: domain must be [low, high] with low < high, sigma_min < sigma_max, "
                           "and steps positive integers")
+    langevin = params.theory_langevin
+    for i, arch in enumerate((*langevin.architectures, langevin.spread_architecture)):
+        name = f"architectures[{i}]" if i < len(langevin.architectures) else "spread_architecture"
+        if not arch.latents or min(arch.latents) < 1:
+            raise ConfigError(f"{source}: theory_langevin.{name}.latents: give at least one latent size, each >= 1")
+    if len(langevin.spread_architecture.latents) != 1 or len(langevin.spread_betas_per_latent) < 2 or min(langevin.spread_betas_per_latent) <= 0:
+        raise ConfigError(f"{source}: theory_langevin: spread_architecture.latents takes one latent size and "
+                          "spread_betas_per_latent at least two positive values")
+    igo = params.theory_igo
+    for name in (*igo.sdes, igo.sde):
+        if name not in ("catmap", "lotka_volterra", "linear"):
+            raise ConfigError(f"{source}: theory_igo: {name!r} is not a simulated SDE; use catmap, lotka_volterra or linear")
+    if not igo.times or not all(0 < t <= 1 for t in igo.times) or not igo.alphas or not all(0 <= a <= 1 for a in igo.alphas):
+        raise ConfigError(f"{source}: theory_igo: times must lie in (0, 1] and alphas in [0, 1], at least one of each")
 
 
 def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -> Any:

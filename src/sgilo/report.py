@@ -433,7 +433,10 @@ def _with_interval(row: pd.Series, metric: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ markdown
 FIGURE_TITLES = {"reconstructions": "Reconstructions", "posterior": "Posterior samples and uncertainty",
-                 "speed": "Accuracy against time", "prior_samples": "Unconditional samples of the latent prior"}
+                 "speed": "Accuracy against time", "prior_samples": "Unconditional samples of the latent prior",
+                 "theory_gnc": "Theory: the GNC flow on a smoothed 1-D mixture (Kobler & Pock, Fig. 1)",
+                 "theory_langevin": "Theory: Langevin inverting random expansive ReLU generators (SGILO, Theorem 3.1)",
+                 "theory_igo": "Theory: IGO's non-affine forward iterates and the α of its loss"}
 
 
 def markdown_table(table: pd.DataFrame) -> str:

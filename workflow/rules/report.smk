@@ -1,4 +1,4 @@
-# Table 1, its figures and report.md from every evaluate cell (EVAL_CELLS, "task/level/method", from evaluate.smk).
+# Table 1, its figures and report.md (with the theory rules' figures) from every evaluate cell (EVAL_CELLS, "task/level/method", from evaluate.smk).
 REPORT_TASKS = [t.task for t in PARAMS.evaluate.tasks]
 # The posterior figure exists only when SGILO is evaluated; declaring it otherwise would make the rule never finish.
 REPORT_POSTERIOR = {"posterior": "results/figures/posterior.png"} if "sgilo" in PARAMS.evaluate.methods else {}
@@ -12,6 +12,7 @@ rule report:
         generator=rules.generator.output.generator,
         index=rules.download.output.index,
         invert_summary=rules.invert_summary.output,
+        theory=[rules.theory_gnc.output.json, rules.theory_langevin.output.json, rules.theory_igo.output.json],
         code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion",
                   "stylegan2", "nvidia_pickle", "seeding"),
     output:
@@ -30,4 +31,5 @@ rule report:
         "logs/report.log",
     shell:
         "{PY} -m sgilo.stages.report --params {PARAMS_FILE} --evaluate results/evaluate --score {input.score}"
-        " --generator {input.generator} --data {DATA} --invert-summary {input.invert_summary} --out results 2> {log}"
+        " --generator {input.generator} --data {DATA} --invert-summary {input.invert_summary}"
+        " --theory {input.theory} --out results 2> {log}"

@@ -1,4 +1,4 @@
-# Kobler & Pock's Fig. 1 in 1-D: no data, no generator; part of `all`, not of results/table1.csv.
+# Kobler & Pock's Fig. 1 in 1-D: no data, no generator; its figure goes into results/report.md.
 rule theory_gnc:
     input:
         code=code("stages/theory_gnc", "theory", "report", "data"),
@@ -7,6 +7,8 @@ rule theory_gnc:
         figure="results/theory/gnc.png",
     params:
         tracked=tracked("seed", "theory_gnc"),
+    # no inputs but code: started first, beside the single-threaded download, where a core would idle
+    priority: 50
     log:
         "logs/theory_gnc.log",
     shell:

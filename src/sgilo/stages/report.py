@@ -46,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--generator", type=Path, help="generator checkpoint (with --score)")
     parser.add_argument("--data", type=Path, help="dataset folder: the FID's reference images (with --score)")
     parser.add_argument("--invert-summary", type=Path, help="the invert stage's summary.json: how well the prior's training latents fit")
+    parser.add_argument("--theory", type=Path, nargs="*", default=[],
+                        help="theory rules' results (results/theory/<name>.json, the figure beside it as <name>.png)")
     args, params = start(parser, argv)
     if args.score is not None and (args.generator is None or args.data is None):
         parser.error("--score needs --generator and --data")
@@ -60,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures, notes = draw_figures(params, table, args.evaluate, args.out / "figures")
     if args.score is not None:
         figures["prior_samples"], notes["prior_samples"] = prior_section(params, args, args.out)
+    for path in args.theory:
+        key = f"theory_{path.stem}"
+        figures[key], notes[key] = path.with_suffix(".png"), json.loads(path.read_text())["note"]
     figures = {key: os.path.relpath(path, args.out) for key, path in figures.items()}  # links relative to report.md
     notes["table"] = (f"Means over the n test images of each cell, with {params.report.confidence:.0%} Student-t "
                       "intervals of the mean in brackets (none below two images).")
