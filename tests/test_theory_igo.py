@@ -49,5 +49,5 @@ def test_stage_writes_the_figure_and_every_alpha(tmp_path):
 
 def test_bad_igo_params_name_the_key(tmp_path):
     params = write_params(tmp_path / "params.yaml", {"theory_igo": {"sdes": ["vp"]}})
-    with pytest.raises(ConfigError, match="theory_igo: 'vp' is not a simulated SDE"):
+    with pytest.raises(ConfigError, match="theory_igo.sdes: .vp. is not a simulated SDE"):
         load_params(params)

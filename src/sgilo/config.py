@@ -416,9 +416,11 @@ def _check_across_sections(params: Params, source: str) -> None:
         raise ConfigError(f"{source}: theory_langevin: spread_architecture.latents takes one latent size and "
                           "spread_betas_per_latent at least two positive values")
     igo = params.theory_igo
-    for name in (*igo.sdes, igo.sde):
+    for name in igo.sdes:
         if name not in ("catmap", "lotka_volterra", "linear"):
-            raise ConfigError(f"{source}: theory_igo: {name!r} is not a simulated SDE; use catmap, lotka_volterra or linear")
+            raise ConfigError(f"{source}: theory_igo.sdes: {name!r} is not a simulated SDE; use catmap, lotka_volterra or linear")
+    if igo.sde not in ("vp", "catmap", "lotka_volterra", "linear"):
+        raise ConfigError(f"{source}: theory_igo.sde: unknown SDE {igo.sde!r}; use vp, catmap, lotka_volterra or linear")
     if not igo.times or not all(0 < t <= 1 for t in igo.times) or not igo.alphas or not all(0 <= a <= 1 for a in igo.alphas):
         raise ConfigError(f"{source}: theory_igo: times must lie in (0, 1] and alphas in [0, 1], at least one of each")
 

@@ -319,6 +319,32 @@ def target_std(sde: SDE, t: float | Tensor, dt: float | None = None, keep: Itera
     return sde.diffusion(t - h) * h.sqrt()
 
 
+def training_pairs(sde: SDE, x0: Tensor, t: Tensor, tau_fraction: float, generator: torch.Generator,
+                   dt: float | None = None) -> dict[str, Tensor]:
+    """Score-training pairs for a batch, each item at its own t: x_t with its denoising target (eps, std), and the
+    intermediate iterate x_τ (τ = tau_fraction·t, on the same path) with its own target, IGO's second term.
+
+    Affine SDEs use their closed-form transitions, x_τ ~ p(x_τ|x0) and then x_t ~ p(x_t|x_τ), with targets relative
+    to x0; the others are simulated with Euler–Maruyama (`SDE.simulate`, step dt) and use the last step's target."""
+    marginal_t = sde.marginal(x0, t)
+    if marginal_t is None:
+        path = sde.simulate(x0, t, generator, dt=dt, keep=(tau_fraction,))
+        eps_tau, std_tau = path.intermediate_targets[tau_fraction]
+        return {"t": t, "x_t": path.x_t, "eps": path.target_eps, "std": path.target_std,
+                "tau": tau_fraction * t,  # the simulated path lands exactly there
+                "x_tau": path.intermediates[tau_fraction], "eps_tau": eps_tau, "std_tau": std_tau}
+    tau = (tau_fraction * t).clamp_min(sde.eps)
+    mean_tau, std_tau = sde.marginal(x0, tau)
+    eps_tau = torch.randn(x0.shape, generator=generator)
+    x_tau = mean_tau + per_item(std_tau, x0) * eps_tau
+    mean_t, std_t = marginal_t
+    ratio = per_item(sde.marginal(torch.ones_like(t), t)[0] / sde.marginal(torch.ones_like(t), tau)[0], x0)
+    bridge = (per_item(std_t, x0).square() - ratio.square() * per_item(std_tau, x0).square()).clamp_min(0).sqrt()
+    x_t = ratio * x_tau + bridge * torch.randn(x0.shape, generator=generator)
+    eps = (x_t - mean_t) / per_item(std_t, x0)
+    return {"t": t, "x_t": x_t, "eps": eps, "std": std_t, "tau": tau, "x_tau": x_tau, "eps_tau": eps_tau, "std_tau": std_tau}
+
+
 def _langevin_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, generator: torch.Generator,
                    snr: float) -> Tensor:
     """One Langevin corrector step with the step size set by a signal-to-noise ratio (Song et al. 2021).

@@ -24,7 +24,7 @@ from sgilo.io import load_safetensors, save_json
 from sgilo.latents import LatentScaler
 from sgilo.report import new_figure, save_figure
 from sgilo.score_model import ScoreViT, dsm_loss, score_from_eps
-from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std
+from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std, training_pairs
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import log, stage_parser, start
 from sgilo.theory import energy_distance, ring_of_gaussians
@@ -93,6 +93,8 @@ def run(params: Params, latents: torch.Tensor) -> tuple[dict, dict]:
             f"{floor:.3f}); on the toy set, {by_alpha}. "
             + ("Agrees with IGO: the non-affine processes reach the sampler's prior, and mixing in R(x_τ) (α = 0.5) trains the "
                "intermediate generator with samples within 2× of α = 1's energy distance." if all(checks.values()) else
+               "Inconclusive: the toy score model does not learn the set at this budget (α = 1: energy distance above 3× "
+               "two data samples'), so the α comparison says little." if not checks.get("toy_model_learns_the_set", True) else
                "Does not fully agree with IGO: " + ", ".join(k for k, ok in checks.items() if not ok) + " failed."))
     result = {"iterates": iterates, "alphas": alphas, "energy_floor": floor, "checks": checks,
               "claim_holds": all(checks.values()), "note": note}
@@ -111,6 +113,8 @@ def _checks(params: Params, iterates: list[dict], alphas: list[dict], floor: flo
     checks = {"forward_iterates_end_near_gaussian": all(i["energy_to_gaussian"] < 0.05 for i in ends)}
     if {0.5, 1.0} <= by_alpha.keys():
         half, full = by_alpha[0.5], by_alpha[1.0]
+        # the α comparison means something only if the plain model (α = 1) learned the set: near two data samples' distance
+        checks["toy_model_learns_the_set"] = full["energy_distance"] <= 3 * floor
         checks["alpha_half_trains_intermediate_generator"] = half["held_out_r"] < full["held_out_r"]
         # IGO's Fig. 10-11: robust to α, the samples degrading only gradually as weight moves to R(x_τ)
         checks["alpha_half_samples_comparable_to_alpha_one"] = half["energy_distance"] <= 2 * full["energy_distance"] + floor
@@ -128,17 +132,15 @@ def build_model(params: Params, data_std: float) -> ScoreViT:
 
 
 def _draws(params: Params, points: torch.Tensor, purpose: str) -> dict[str, torch.Tensor]:
-    """Training pairs for both terms: (x_t, t, ε) and (x_τ, τ, ε_τ), `draws` random t per point, simulated once."""
-    config, fraction = params.theory_igo, params.trajectories.tau_fraction
+    """Training pairs for both terms: (x_t, t, ε) and (x_τ, τ, ε_τ), `draws` random t per point, drawn once."""
+    config = params.theory_igo
     sde = sde_for(params, config.sde)
     generator = torch_generator(params.seed, "theory_igo", "draws", purpose)
     x0 = points.repeat(config.draws, 1)
     t = sde.eps + (sde.T - sde.eps) * torch.rand(len(x0), generator=generator)
-    path = sde.simulate(x0, t, generator, keep=(fraction,))
-    eps_tau, _ = path.intermediate_targets[fraction]
+    pairs = training_pairs(sde, x0, t, params.trajectories.tau_fraction, generator)
     token = (len(x0), 1, 2)  # ScoreViT's (N, D) layout: one token of two entries
-    return {"x_t": path.x_t.reshape(token), "t": t, "eps": path.target_eps.reshape(token),
-            "x_tau": path.intermediates[fraction].reshape(token), "tau": fraction * t, "eps_tau": eps_tau.reshape(token)}
+    return {"t": pairs["t"], "tau": pairs["tau"], **{key: pairs[key].reshape(token) for key in ("x_t", "eps", "x_tau", "eps_tau")}}
 
 
 def train_and_sample(params: Params, alpha: float, data: dict[str, torch.Tensor], held_out: dict[str, torch.Tensor],

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from sgilo.config import Params, TrajectoriesConfig, to_dict
 from sgilo.io import load_safetensors, save_safetensors, shard_file
 from sgilo.latents import LatentScaler, split_held_out
-from sgilo.sde import SDE, build_sde, per_item
+from sgilo.sde import SDE, build_sde, training_pairs
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 
@@ -87,28 +87,7 @@ def forward_draws(sde: SDE, x0: torch.Tensor, config: TrajectoriesConfig, genera
     """`draws` samples (t, x_t, target) of one latent, plus x_τ on the same path and its target."""
     x0 = x0.unsqueeze(0).expand(config.draws, *x0.shape)
     t = sde.eps + (sde.T - sde.eps) * torch.rand(config.draws, generator=generator)
-    marginal_t = sde.marginal(x0, t)
-    if marginal_t is not None:
-        return _closed_form_draws(sde, x0, t, marginal_t, (config.tau_fraction * t).clamp_min(sde.eps), generator)
-    trajectory = sde.simulate(x0, t, generator, dt=config.dt, keep=(config.tau_fraction,))
-    eps_tau, std_tau = trajectory.intermediate_targets[config.tau_fraction]
-    return {"t": t, "x_t": trajectory.x_t, "eps": trajectory.target_eps, "std": trajectory.target_std,
-            "tau": config.tau_fraction * t,  # the simulated path lands exactly there
-            "x_tau": trajectory.intermediates[config.tau_fraction], "eps_tau": eps_tau, "std_tau": std_tau}
-
-
-def _closed_form_draws(sde: SDE, x0: torch.Tensor, t: torch.Tensor, marginal_t: tuple[torch.Tensor, torch.Tensor], tau: torch.Tensor,
-                       generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """x_τ ~ p(x_τ|x0), then x_t ~ p(x_t|x_τ) (a Gaussian transition for affine SDEs); targets relative to x0."""
-    mean_tau, std_tau = sde.marginal(x0, tau)
-    eps_tau = torch.randn(x0.shape, generator=generator)
-    x_tau = mean_tau + per_item(std_tau, x0) * eps_tau
-    mean_t, std_t = marginal_t
-    ratio = per_item(sde.marginal(torch.ones_like(t), t)[0] / sde.marginal(torch.ones_like(t), tau)[0], x0)
-    bridge = (per_item(std_t, x0).square() - ratio.square() * per_item(std_tau, x0).square()).clamp_min(0).sqrt()
-    x_t = ratio * x_tau + bridge * torch.randn(x0.shape, generator=generator)
-    eps = (x_t - mean_t) / per_item(std_t, x0)
-    return {"t": t, "x_t": x_t, "eps": eps, "std": std_t, "tau": tau, "x_tau": x_tau, "eps_tau": eps_tau, "std_tau": std_tau}
+    return training_pairs(sde, x0, t, config.tau_fraction, generator, dt=config.dt)
 
 
 if __name__ == "__main__":
