@@ -8,6 +8,7 @@ checkpoint is read with `weights_only=True`: loading a file never runs code from
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -32,9 +33,14 @@ class CheckpointError(ValueError):
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it is renamed to `dest`, on failure removed."""
+    """Yield a temporary path beside `dest`; on success it is renamed to `dest`, on failure removed.
+
+    A writer killed with SIGKILL cannot remove its temporary file, so the next write of the same `dest` removes it:
+    one writer per output at a time, which Snakemake's lock on the working directory guarantees."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -4,7 +4,7 @@ rule theory_igo:
     input:
         latents="results/invert/shards/shard-00000.safetensors",
         stats=rules.trajectories_stats.output,
-        code=code("stages/theory_igo", "theory", "report", "data", "seeding", "sde", "score_model", "latents", "io"),
+        code=code("stages/theory_igo", "theory", "report", "data", "seeding", "sde", "score_model", "latents"),
     output:
         json="results/theory/igo.json",
         figure="results/theory/igo.png",

@@ -7,7 +7,8 @@ Student-t intervals), `<out>/paired.csv` (SGILO − each other method, image by 
 task's hardest level; the posterior only when sgilo is evaluated), `speed.png`, and `<out>/report.md`.
 With --score and --generator it also decodes report.fid_samples unconditional samples of the latent prior
 (`prior_samples.png`) and, when pytorch-fid's Inception weights are on disk, their FID against as many training
-images (`<out>/prior.json`; without the weights FID is reported missing, with the reason).
+images (`<out>/prior.json`; without the weights FID is reported missing, with the reason). With --theory, each theory
+rule's figure (the PNG beside its JSON) goes into report.md under the verdict line its JSON holds (`note`).
 """
 
 from __future__ import annotations

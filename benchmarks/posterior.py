@@ -5,9 +5,9 @@ One row reconstructs `--images` measurements (50 % random inpainting of the gene
 with the hot-start prior move, all chains of all images in one batch. The generator and the score model have
 random weights (speed does not depend on them); the score model's scaling is the identity.
 
-    python benchmarks/sgilo.py                                     # GPU: config-f 1024², paper-size ScoreViT, layer 3
-    python benchmarks/sgilo.py --device cpu --config demo          # the demo profile's generator and score model
-    python benchmarks/sgilo.py --device cpu --config demo --steps 5,5,5 --prior-steps 5 --chains 2
+    python benchmarks/posterior.py                                     # GPU: config-f 1024², paper-size ScoreViT, layer 3
+    python benchmarks/posterior.py --device cpu --config demo          # the demo profile's generator and score model
+    python benchmarks/posterior.py --device cpu --config demo --steps 5,5,5 --prior-steps 5 --chains 2
 
 Defaults on CUDA: steps 300,300,300 (ILO's first three stages, the warm start) + 300 SGLD steps at layer 3 (the
 paper: "SGLD ~3 × 300 steps"), chains 1,4, precisions fp32,bf16; the goal is ≤ 20 s per image at 4 chains.
@@ -19,13 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
-import sys
 import time
-from pathlib import Path
-
-# This script's folder comes first on sys.path, where its own name would shadow the sgilo package: search it last.
-_HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _HERE] + [_HERE]
 
 import torch
 from _common import ints, machine, names_from
