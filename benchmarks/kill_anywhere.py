@@ -34,22 +34,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import write_params  # the tiny profile the test suite uses
+from conftest import copy_project  # the tiny profile the suite uses
 
 from sgilo.io import load_safetensors
 
 TIMING = ("seconds", "per_s")  # wall-clock fields: the only ones allowed to differ
-
-
-def make_project(root: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           check=True, capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    write_params(root / "params.yaml")
-    return root
 
 
 def snakemake(root: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
@@ -126,7 +115,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sgilo-kill-") as tmp:
-        reference = make_project(Path(tmp) / "reference")
+        reference = copy_project(Path(tmp) / "reference")
         start = time.monotonic()
         if snakemake(reference).wait() != 0:
             sys.exit("the uninterrupted reference run failed")
@@ -137,7 +126,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         per_stage, failures = Counter(), 0
         for trial in range(args.trials):
-            root = make_project(Path(tmp) / f"trial-{trial}")
+            root = copy_project(Path(tmp) / f"trial-{trial}")
             delay = random.Random(f"{args.seed}/{trial}").uniform(0.5, duration)
             run = snakemake(root)
             try:

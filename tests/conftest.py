@@ -120,17 +120,22 @@ def snakemake_in(root: Path, *args: str, target: str = "results/table1.csv") -> 
     return subprocess.run(command, cwd=root, check=False, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git repository holding this project's files with the tiny profile as params.yaml and its dvc.yaml, after
-    `snakemake` (all): what a user has after running the whole workflow. Tests that change it put it back."""
-    root = tmp_path_factory.mktemp("project")
+def copy_project(root: Path) -> Path:
+    """This project's files (as git would commit them, no outputs) in `root`, with the tiny profile as params.yaml."""
     files = git(REPO, "ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
     for name in filter(None, files):
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes((REPO / name).read_bytes())
     write_params(root / "params.yaml")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding this project's files with the tiny profile as params.yaml and its dvc.yaml, after
+    `snakemake` (all): what a user has after running the whole workflow. Tests that change it put it back."""
+    root = copy_project(tmp_path_factory.mktemp("project"))
     subprocess.run([sys.executable, "-m", "sgilo.cli", "dvc-sync"], cwd=root, check=True, capture_output=True)
     git(root, "init", "-q")
     git(root, "add", "-A")

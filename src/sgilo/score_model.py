@@ -172,6 +172,18 @@ class ScoreViT(nn.Module):
         return self.time(t)
 
 
+def seeded_score_vit(shape: Sequence[int], options: dict, seed: int, data_std: float, **settings) -> ScoreViT:
+    """A ScoreViT initialised from `seed` alone, leaving the global RNG as it was.
+
+    `options` is a params `*.model` mapping (width, depth, …; its `skip` turns on the skip connection for data of
+    std `data_std`); `settings` (igo, beta_min, …) go to ScoreViT as they are."""
+    options = dict(options)
+    skip = options.pop("skip", True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ScoreViT(shape, skip_data_std=data_std if skip else None, **options, **settings)
+
+
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(shape)
     if len(shape) not in (2, 3) or not all(isinstance(s, int) and s > 0 for s in shape):

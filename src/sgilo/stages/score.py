@@ -35,7 +35,7 @@ from sgilo.io import (
 )
 from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
-from sgilo.score_model import ScoreViT, count_parameters, dsm_loss
+from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, seeded_score_vit
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import (
@@ -85,13 +85,9 @@ def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ training
 def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> ScoreViT:
     """Initialised from the params' seed alone, leaving the global RNG as it was."""
-    options = to_dict(params.score.model)
-    skip = options.pop("skip")
     traj = params.trajectories
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
-        return ScoreViT(shape, igo=params.score.igo, skip_data_std=data_std if skip else None,
-                        beta_min=traj.beta_min, beta_max=traj.beta_max, **options)
+    return seeded_score_vit(shape, to_dict(params.score.model), params.seed, data_std, igo=params.score.igo,
+                            beta_min=traj.beta_min, beta_max=traj.beta_max)
 
 
 def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, key: str):

@@ -23,7 +23,7 @@ from sgilo.config import Params, to_dict
 from sgilo.io import load_safetensors, save_json
 from sgilo.latents import LatentScaler
 from sgilo.report import new_figure, save_figure
-from sgilo.score_model import ScoreViT, dsm_loss, score_from_eps
+from sgilo.score_model import dsm_loss, score_from_eps, seeded_score_vit
 from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std, training_pairs
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import log, stage_parser, start
@@ -77,7 +77,7 @@ def run(params: Params, latents: torch.Tensor) -> tuple[dict, dict]:
                                      "std": pair.std(0).tolist(), "energy_to_data": energy_distance(pair, pair0),
                                      "energy_to_gaussian": energy_distance(pair, gaussian)})
     test = toy_set(params, "test")
-    floor = energy_distance(toy_set(params, "train")[: config.samples], test[: config.samples])
+    floor = energy_distance(sources["toy"][: config.samples], test[: config.samples])
     alphas = []
     data, held_out = _draws(params, sources["toy"], "train"), _draws(params, test, "test")  # shared by every α
     for alpha in config.alphas:
@@ -121,16 +121,6 @@ def _checks(params: Params, iterates: list[dict], alphas: list[dict], floor: flo
     return checks
 
 
-def build_model(params: Params, data_std: float) -> ScoreViT:
-    options = to_dict(params.theory_igo.model)
-    skip = options.pop("skip")
-    traj = params.trajectories
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
-        return ScoreViT((1, 2), igo=True, igo_depth=1, head_dim=32, skip_data_std=data_std if skip else None,
-                        beta_min=traj.beta_min, beta_max=traj.beta_max, **options)
-
-
 def _draws(params: Params, points: torch.Tensor, purpose: str) -> dict[str, torch.Tensor]:
     """Training pairs for both terms: (x_t, t, ε) and (x_τ, τ, ε_τ), `draws` random t per point, drawn once."""
     config = params.theory_igo
@@ -147,7 +137,9 @@ def train_and_sample(params: Params, alpha: float, data: dict[str, torch.Tensor]
                      data_std: float, test: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """Trains a fresh model on `data` with weight α on L(x_t); its held-out L and R, and its samples against `test`."""
     config = params.theory_igo
-    model = build_model(params, data_std)
+    traj = params.trajectories
+    model = seeded_score_vit((1, 2), to_dict(config.model), params.seed, data_std, igo=True, igo_depth=1, head_dim=32,
+                             beta_min=traj.beta_min, beta_max=traj.beta_max)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     order = torch_generator(params.seed, "theory_igo", "batches", str(alpha))
     for _ in range(config.steps):
