@@ -4,13 +4,19 @@ Issue 8's "kill anywhere" on the tiny profile (tests/conftest.py's TINY, every s
 `snakemake --cores 2 all` in one copy of the project; then, per trial, a fresh copy whose `snakemake` process group
 is killed with SIGKILL at a random moment of the run (seeded per trial), the jobs that were running read from
 Snakemake's incomplete-output markers, and, as a user recovers, `snakemake --unlock` (the killed run's lock stays)
-and `snakemake --cores 2 all --rerun-incomplete` run to the end. Every
-output is then compared with the reference: tensors (safetensors, torch checkpoints) and tables exactly, with the
-wall-clock fields (seconds, images per second) left out; plots and report.md are built from those and not compared.
+and `snakemake --cores 2 all --rerun-incomplete` run to the end. Every output is then compared with the reference:
+tensors (safetensors, torch checkpoints) and tables exactly, with the wall-clock fields (seconds, images per second)
+and the generator's resumed_from_step left out; plots and report.md are built from those and not compared.
+
+--per-stage kills each stage on its own: in a copy of the finished reference, the stage's outputs are deleted and its
+jobs rerun once uninterrupted (timed from their start), then per trial killed twice, at random points of its jobs' run
+(the second kill hits the run that resumed after the first), and finished; again every output is compared.
 
     python benchmarks/kill_anywhere.py --trials 6          # ≈ 8 minutes on 2 cores
+    python benchmarks/kill_anywhere.py --per-stage --trials 2    # ≈ 20 minutes on 2 cores
 
-Prints one row per trial and the totals per interrupted stage; results go to docs/reliability.md.
+Each run copies the project once and runs every copy on that snapshot's code (PYTHONPATH), so editing the checkout
+meanwhile changes nothing. Prints one row per trial (per stage); results go to docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -38,13 +45,20 @@ from conftest import copy_project  # the tiny profile the suite uses
 
 from sgilo.io import load_safetensors
 
-TIMING = ("seconds", "per_s")  # wall-clock fields: the only ones allowed to differ
+# Wall-clock fields and the generator's resume provenance (resumed_from_step): the only ones allowed to differ.
+TIMING = ("seconds", "per_s", "resumed")
 
 
-def snakemake(root: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "all", "--quiet", *extra]
+def project_env(root: Path) -> dict[str, str]:
+    """The environment for running a copy's workflow on the copy's own code: the editable install would import this
+    checkout's src/, which may change while a benchmark runs."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))}
+
+
+def snakemake(root: Path, *extra: str, log: Path | None = None, targets: Sequence[str] = ("all",)) -> subprocess.Popen:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *targets, "--quiet", *extra]
     err = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=project_env(root))
 
 
 def incomplete_outputs(root: Path) -> list[str]:
@@ -109,51 +123,134 @@ def same(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
+def differences(reference: Path, root: Path, expected: list[Path]) -> list[Path]:
+    """Outputs missing, extra or not the same as the reference's."""
+    produced = [p.relative_to(root) for p in outputs(root)]
+    return sorted(set(produced) ^ set(expected)) + [p for p in expected if (root / p).exists() and not same(reference / p, root / p)]
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temporary files of killed writers (sgilo.io.atomic_path names them .<name>.*.tmp)."""
+    return [p for folder in ("data", "results") for p in (root / folder).rglob("*") if p.is_file() and (".tmp" in p.name or p.name.startswith("."))]
+
+
+def first_job(run: subprocess.Popen, root: Path) -> float:
+    """Wait until the run starts its first job (Snakemake marks its outputs incomplete); the time that took."""
+    started = time.monotonic()
+    while run.poll() is None and not incomplete_outputs(root):
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def kill_at(root: Path, delay: float, targets: Sequence[str], *extra: str, after_first_job: bool = False) -> tuple[list[str], bool]:
+    """Run the workflow for `targets`; SIGKILL its process group `delay` seconds in (counted from its first job's start
+    with `after_first_job`), unless it ends first, and release its lock as a user would. Returns the outputs it had
+    marked incomplete (the jobs the kill interrupted) and whether it was killed; the user then reruns with
+    --rerun-incomplete."""
+    run = snakemake(root, *extra, targets=targets)
+    if after_first_job:
+        first_job(run, root)
+    try:
+        run.wait(timeout=delay)
+        killed = False
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        killed = True
+    interrupted = incomplete_outputs(root)
+    snakemake(root, "--unlock", targets=targets).wait()
+    return interrupted, killed
+
+
+def per_stage(args: argparse.Namespace, tmp: Path, pristine: Path, reference: Path, expected: list[Path]) -> int:
+    """Each stage on its own: delete its outputs from a copy of the finished reference, time its rerun, then per trial
+    kill it twice at random points (the second kill hits the resumed run) and finish it; compare every output."""
+    by_stage: dict[str, list[str]] = defaultdict(list)
+    for path in expected:
+        by_stage[stage_of(str(path))].append(str(path))
+    print("| stage | outputs deleted | uninterrupted rerun (its jobs) | kills | kills that hit a running job | trials identical | temporary files left |")
+    print("|---|---|---|---|---|---|---|")
+    failures = 0
+    for stage in [s for s in args.stages or by_stage if s in by_stage]:
+        deleted = by_stage[stage]
+        # The download rule's one declared output is the index; its images are rendered beside it.
+        targets = [p for p in deleted if stage != "download" or p.endswith("index.csv")]
+        clean = shutil.copytree(reference, tmp / f"{stage}-clean")
+        for path in deleted:
+            (clean / path).unlink()
+        run = snakemake(clean, targets=targets)
+        first_job(run, clean)
+        started = time.monotonic()
+        rc = run.wait()
+        duration = time.monotonic() - started  # from its first job's start to the end
+        clean_same = rc == 0 and not differences(reference, clean, expected)
+        identical, hits, kills, left = 0, 0, 0, 0
+        shutil.rmtree(clean)
+        for trial in range(args.trials):
+            root = shutil.copytree(reference, tmp / f"{stage}-{trial}")
+            for path in deleted:
+                (root / path).unlink()
+            rng = random.Random(f"{args.seed}/{stage}/{trial}")
+            left_to_run = duration
+            for extra in ((), ("--rerun-incomplete",)):
+                # Somewhere in the jobs' run; the second kill within what is left of it if the first's work is kept.
+                delay = rng.uniform(0.05, 0.95) * left_to_run
+                interrupted, killed = kill_at(root, delay, targets, *extra, after_first_job=True)
+                left_to_run -= delay
+                hits += bool(interrupted)
+                kills += killed
+            log = tmp / f"{stage}-{trial}.log"
+            rerun = snakemake(root, "--rerun-incomplete", targets=targets, log=log).wait()
+            differing = differences(reference, root, expected)
+            if rerun != 0 or differing:
+                print(f"{stage} trial {trial}: exit {rerun}, differs or missing: {[str(p) for p in differing]}\n{log.read_text()[-2000:]}", file=sys.stderr)
+            identical += rerun == 0 and not differing
+            left += len(leftovers(root))
+            shutil.rmtree(root)
+        failures += not clean_same or identical != args.trials or left > 0
+        print(f"| {stage} | {len(deleted)} | {duration:.0f} s, {'identical' if clean_same else f'exit {rc} or different'} | {kills} | "
+              f"{hits} | {identical}/{args.trials} | {left} |", flush=True)
+    return failures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-stage", action="store_true", help="kill each stage on its own, twice per trial")
+    parser.add_argument("--stages", nargs="*", help="with --per-stage: only these stages (default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sgilo-kill-") as tmp:
-        reference = copy_project(Path(tmp) / "reference")
+        pristine = copy_project(Path(tmp) / "pristine")  # one snapshot of the code for every run
+        reference = shutil.copytree(pristine, Path(tmp) / "reference")
         start = time.monotonic()
         if snakemake(reference).wait() != 0:
             sys.exit("the uninterrupted reference run failed")
         duration = time.monotonic() - start
         expected = [p.relative_to(reference) for p in outputs(reference)]
         print(f"reference: {duration:.0f} s, {len(expected)} outputs compared (plots and report.md are derived)")
+        if args.per_stage:
+            sys.exit(1 if per_stage(args, Path(tmp), pristine, reference, expected) else 0)
         print("| trial | killed at | interrupted outputs | rerun | outputs identical | partial files left |")
         print("|---|---|---|---|---|---|")
-        per_stage, failures = Counter(), 0
+        stage_kills, failures = Counter(), 0
         for trial in range(args.trials):
-            root = copy_project(Path(tmp) / f"trial-{trial}")
+            root = shutil.copytree(pristine, Path(tmp) / f"trial-{trial}")
             delay = random.Random(f"{args.seed}/{trial}").uniform(0.5, duration)
-            run = snakemake(root)
-            try:
-                run.wait(timeout=delay)
-                killed = "finished first"
-            except subprocess.TimeoutExpired:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait()
-                killed = f"{delay:.0f} s"
-            interrupted = incomplete_outputs(root)
-            per_stage.update({stage_of(p) for p in interrupted})
-            # what a user does after a killed run: release Snakemake's lock, then rerun the interrupted jobs
-            snakemake(root, "--unlock").wait()
+            interrupted, killed = kill_at(root, delay, ["all"])
+            stage_kills.update({stage_of(p) for p in interrupted})
             rerun = snakemake(root, "--rerun-incomplete", log=root.parent / f"rerun-{trial}.log").wait()
             if rerun != 0:
                 print((root.parent / f"rerun-{trial}.log").read_text()[-3000:], file=sys.stderr)
-            produced = [p.relative_to(root) for p in outputs(root)]
-            leftovers = [p for p in produced if ".tmp" in p.name or p.name.startswith(".")]
-            differing = sorted(set(produced) ^ set(expected)) + [p for p in expected if (root / p).exists() and not same(reference / p, root / p)]
+            differing, left = differences(reference, root, expected), leftovers(root)
             identical = rerun == 0 and not differing
             if differing:
                 print(f"trial {trial}: differs or missing: {[str(p) for p in differing]}", file=sys.stderr)
-            failures += not identical or bool(leftovers)
+            failures += not identical or bool(left)
             stages = ", ".join(sorted({stage_of(p) for p in interrupted})) or "none"
-            print(f"| {trial} | {killed} | {stages} ({len(interrupted)}) | exit {rerun} | {identical} | {len(leftovers)} |", flush=True)
+            print(f"| {trial} | {f'{delay:.0f} s' if killed else 'finished first'} | {stages} ({len(interrupted)}) | exit {rerun} | {identical} | {len(left)} |", flush=True)
             shutil.rmtree(root)
-        print(f"\nkills per interrupted stage: {dict(sorted(per_stage.items()))}; trials not identical: {failures}")
+        print(f"\nkills per interrupted stage: {dict(sorted(stage_kills.items()))}; trials not identical: {failures}")
         sys.exit(1 if failures else 0)
 
 

@@ -365,3 +365,21 @@ def test_reconstruct_gnc_and_prior_errors(tiny: Path, tmp_path: Path, capsys: py
                                                     "--layers", "0,1", "--score", str(_score_model(tiny))))
     assert "not an sgilo score model" in _error(capsys, _argv(tiny, tmp_path / "z", "--task", "inpaint", "--method", "gnc",
                                                               "--score", str(tiny / "g.pt")))
+
+
+def test_a_reconstruction_gone_non_finite_is_a_clean_error_and_writes_nothing(tiny: Path, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    import sgilo.cli
+
+    real = sgilo.cli.reconstruct
+
+    def diverging(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.failures = ["non-finite loss at step 3 of the layer-1 stage"]
+        return result
+
+    monkeypatch.setattr(sgilo.cli, "reconstruct", diverging)
+    out = tmp_path / "out"
+    err = _error(capsys, _argv(tiny, out, "--task", "inpaint", "--method", "ilo", *ILO_FAST))
+    assert "image.png failed (non-finite loss at step 3 of the layer-1 stage); nothing was written" in err and "--lr" in err
+    assert not out.exists() or not any(out.iterdir())

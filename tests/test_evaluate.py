@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from sgilo.report import summarize
 from sgilo.stages import evaluate as evaluate_stage
 
 COLUMNS = ["image_id", "seed", "task", "level", "method", "mse", "psnr", "ssim", "lpips", "lpips_note", "seconds", "steps",
-           "chains", "measurement_loss", "hyper"]
+           "chains", "measurement_loss", "hyper", "failure"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_each_method_writes_a_record_per_test_image(workspace, method):
     assert (records["method"] == method).all() and (records["task"] == "inpaint").all() and (records["level"] == 0.25).all()
     assert records["mse"].between(0, 1).all() and records["psnr"].gt(0).all()
     assert records["lpips"].isna().all() and records["lpips_note"].str.contains("weights absent").all()
-    assert records["chains"].eq(2 if method == "sgilo" else 1).all()
+    assert records["chains"].eq(2 if method == "sgilo" else 1).all() and records["failure"].eq("").all()
     tuned = json.loads((out / "tune" / f"{method}.json").read_text())
     if method in ("ilo", "sgilo", "gnc"):
         key = "radius_scale" if method == "ilo" else "weight"
@@ -114,6 +115,37 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     run_stage("evaluate", *_argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "clean")), cwd=workspace)
     clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "ilo.parquet")
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), clean.drop(columns="seconds"))
+
+
+def test_an_image_going_non_finite_gets_a_failed_record_and_the_cell_goes_on(workspace, monkeypatch):
+    out = workspace / "failing"
+    evaluate_stage.main(_argv(workspace, "csgm", "--out", str(out / "clean")))
+    real = evaluate_stage.load_images
+
+    def load(data, split, size, ids):  # image 50 reads as NaN: its measurement, and so its loss, are NaN
+        images = real(data, split, size, ids)
+        images[[row for row, i in enumerate(ids) if i == 50]] = float("nan")
+        return images
+
+    monkeypatch.setattr(evaluate_stage, "load_images", load)
+    evaluate_stage.main(_argv(workspace, "csgm", "--out", str(out / "poisoned")))
+    clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "csgm.parquet")
+    poisoned = pd.read_parquet(out / "poisoned" / "inpaint" / "0.25" / "csgm.parquet")
+    assert poisoned["image_id"].tolist() == [49, 50, 51]
+    failed = poisoned.set_index("image_id").loc[50]
+    assert failed["failure"] == "non-finite loss at step 1 of the layer-0 stage"
+    assert all(math.isnan(failed[m]) for m in ("mse", "psnr", "ssim", "measurement_loss"))
+    # Image 50 shares its batch with 49: both other records are those of the clean run.
+    pd.testing.assert_frame_equal(poisoned[poisoned["image_id"] != 50].drop(columns="seconds").reset_index(drop=True),
+                                  clean[clean["image_id"] != 50].drop(columns="seconds").reset_index(drop=True))
+    row = summarize(poisoned).iloc[0]
+    assert row["n"] == 2 and row["failed"] == 1
+    assert row["mse_mean"] == pytest.approx(clean.loc[clean["image_id"] != 50, "mse"].mean())
+    # Tuning on a validation image that fails under every candidate stops with what to change, and writes nothing.
+    monkeypatch.setattr(evaluate_stage, "load_images", lambda data, split, size, ids: real(data, split, size, ids) * float("nan"))
+    with pytest.raises(SystemExit, match="every candidate of radius_scale made all validation images fail.*lower the step sizes"):
+        evaluate_stage.main(_argv(workspace, "ilo", "--tune", "--out", str(out / "tune.json")))
+    assert not (out / "tune.json").exists()
 
 
 def test_lpips_is_recorded_when_its_weights_are_present(workspace, tmp_path):

@@ -207,3 +207,33 @@ def test_gpu_inversion_agrees_with_the_cpu(generator, precision):
     assert torch.equal(gpu_op.measure(x.cuda()).cpu(), cpu_op.measure(x))
     tolerance = 0.05 if precision == "bf16" else 2e-3
     torch.testing.assert_close(gpu.image.cpu(), cpu.image, atol=tolerance, rtol=0)
+
+
+# -------------------------------------------------------------------------------------------- failures
+class _PoisonAfter:
+    """The identity, except that image `index` reads NaN (or Inf) from the `after`-th call on: a blow-up mid-run."""
+
+    def __init__(self, index: int, after: int, value: float = math.nan) -> None:
+        self.index, self.after, self.value, self.calls = index, after, value, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls < self.after:
+            return x
+        poison = torch.zeros(x.shape[0], *([1] * (x.ndim - 1)), dtype=x.dtype)
+        poison[self.index] = self.value
+        return x + poison
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_an_image_going_non_finite_is_marked_failed_and_the_others_are_untouched(generator, value):
+    x = _targets(generator, 3, seed=2)
+    seeds = [7, 8, 9]
+    clean = invert(generator, lambda v: v, x, seeds, ILO)
+    poisoned = invert(generator, _PoisonAfter(1, after=3, value=value), x, seeds, ILO)
+    assert clean.failures == [None, None, None]
+    assert poisoned.failures[0] is None and poisoned.failures[2] is None
+    assert poisoned.failures[1] == "non-finite loss at step 3 of the layer-0 stage"
+    for name in ("image", "latent", "w_plus", "loss"):
+        assert torch.equal(getattr(poisoned, name)[[0, 2]], getattr(clean, name)[[0, 2]]), name
+    assert all(math.isfinite(v) for v in poisoned.history)

@@ -97,3 +97,52 @@ def test_more_images_than_the_data_set_has_is_a_clear_error(workspace):
     result = _invert(workspace, params, workspace / "x", check=False)
     assert result.returncode == 2
     assert "invert.images" in result.stderr and "n_train" in result.stderr
+
+
+def _poison_image(monkeypatch, image_id: int) -> None:
+    """The invert stage reads image `image_id` with a NaN pixel: its optimisation goes non-finite from the start."""
+    from sgilo.stages import invert as invert_stage
+
+    real = invert_stage.load_images
+
+    def load(data, split, size, ids):
+        images = real(data, split, size, ids)
+        for row, i in enumerate(ids):
+            if i == image_id:
+                images[row, 0, 0, 0] = float("nan")
+        return images
+
+    monkeypatch.setattr(invert_stage, "load_images", load)
+
+
+def test_an_image_going_non_finite_is_left_out_with_its_reason_and_the_shard_kept(workspace, monkeypatch):
+    from sgilo.stages import invert as invert_stage
+
+    argv = ["--params", str(workspace / "params.yaml"), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt")]
+    clean = workspace / "clean"
+    invert_stage.main([*argv, "--out", str(clean), "--shard", "0"])
+    _poison_image(monkeypatch, 4)
+    poisoned = workspace / "poisoned"
+    invert_stage.main([*argv, "--out", str(poisoned)])
+    expected, _ = load_safetensors(clean / "shards" / "shard-00000.safetensors")
+    got, meta = load_safetensors(poisoned / "shards" / "shard-00000.safetensors")
+    assert got["ids"].tolist() == [0, 1, 2, 3, 5, 6, 7]
+    keep = [0, 1, 2, 3, 5, 6, 7]
+    for key in expected:
+        assert torch.equal(got[key], expected[key][keep]), key
+    assert json.loads(meta["failures"]) == {"4": "non-finite loss at step 1 of the layer-0 stage"}
+    summary = json.loads((poisoned / "summary.json").read_text())
+    assert summary["images"] == 11 and summary["failed"] == 1 and list(summary["failures"]) == ["4"]
+    # The next stage trains on the kept latents only.
+    run_stage("trajectories", "--params", str(workspace / "params.yaml"), "--invert", str(poisoned), "--out", str(workspace / "traj"), cwd=workspace)
+
+
+def test_a_shard_whose_images_all_fail_writes_nothing_and_says_what_to_change(workspace, monkeypatch):
+    from sgilo.stages import invert as invert_stage
+
+    params = write_params(workspace / "one.yaml", {"invert": {"images": 1, "shard_size": 1, "batch_size": 1}})
+    _poison_image(monkeypatch, 0)
+    with pytest.raises(SystemExit, match="every image of invert shard 0 failed.*invert.stages"):
+        invert_stage.main(["--params", str(params), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt"),
+                           "--out", str(workspace / "none"), "--shard", "0"])
+    assert not (workspace / "none" / "shards" / "shard-00000.safetensors").exists()

@@ -4,11 +4,13 @@ chain independence, and end-to-end reconstruction through a tiny generator."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 from torch import nn
 
+from sgilo import posterior as posterior_module
 from sgilo.config import GNCConfig, SGILOConfig
 from sgilo.inversion import Options, Stage, invert
 from sgilo.io import CheckpointError, save_torch
@@ -217,3 +219,23 @@ def test_warm_start_and_chain_layout():
         warm_stages([Stage(2, 3)], 2)
     seeds = chain_seeds([1, 2], 3)
     assert len(seeds) == len(set(seeds)) == 6 and seeds[:3] == chain_seeds([1], 3)
+
+
+def test_a_chain_going_non_finite_fails_its_measurement_only(tiny, monkeypatch):
+    generator, prior, spec, seeds, y = tiny
+    forward = build_operator(spec, (3, 16, 16), seeds).physics.A
+    config = SGILOConfig(steps=3, chains=2, noise=0.05)
+    clean = sgilo(generator, forward, y, seeds, prior, config, STAGES)
+
+    class Exploding(posterior_module.SGLDStep):
+        def __call__(self, h, step, steps):
+            out = super().__call__(h, step, steps)
+            if step == 1:
+                out[3] = math.inf  # measurement 1, chain 1
+            return out
+
+    monkeypatch.setattr(posterior_module, "SGLDStep", Exploding)
+    broken = sgilo(generator, forward, y, seeds, prior, config, STAGES)
+    assert clean.failures == [None, None]
+    assert broken.failures == [None, "chain 1: non-finite latent after the prior's step 2 at layer 1"]
+    assert torch.equal(broken.samples[0], clean.samples[0]) and torch.equal(broken.mean[0], clean.mean[0])

@@ -37,7 +37,7 @@ def _records(task: str, level: float, method: str, rng: np.random.Generator) -> 
         "lpips": lpips, "lpips_note": "" if task == "inpaint" else LPIPS_NOTE,
         "seconds": rng.uniform(0.5, 2.0, IMAGES) * (10 if method == "sgilo" else 1),
         "steps": np.full(IMAGES, 60, dtype="int64"), "chains": np.full(IMAGES, CHAINS if method == "sgilo" else 1, dtype="int64"),
-        "measurement_loss": rng.uniform(0, 1, IMAGES), "hyper": json.dumps({"weight": 0.1}),
+        "measurement_loss": rng.uniform(0, 1, IMAGES), "hyper": json.dumps({"weight": 0.1}), "failure": "",
     })
 
 
@@ -112,6 +112,17 @@ def test_one_image_gives_a_mean_without_interval():
     row = report.summarize(one).iloc[0]
     assert row["n"] == 1 and row["mse_mean"] == pytest.approx(one["mse"].iloc[0])
     assert all(math.isnan(row[f"{metric}_ci_{side}"]) for metric in report.METRICS for side in ("low", "high"))
+
+
+def test_failed_images_are_counted_and_left_out_of_the_means():
+    records = _records("inpaint", 0.1, "ilo", np.random.default_rng(2))
+    records.loc[1, ["mse", "psnr", "ssim", "lpips", "measurement_loss"]] = np.nan
+    records.loc[1, "failure"] = "non-finite loss at step 3 of the layer-0 stage"
+    row = report.summarize(records).iloc[0]
+    assert row["n"] == IMAGES - 1 and row["failed"] == 1
+    assert row["mse_mean"] == pytest.approx(records["mse"].iloc[[0, 2]].mean())
+    assert row["seconds_per_image"] == pytest.approx(records["seconds"].mean())  # the failed image's time was spent too
+    assert f"| {IMAGES - 1} (1 failed) |" in report.markdown_table(report.summarize(records))
 
 
 def test_a_missing_cell_names_its_file_and_the_stage_to_run(workspace):

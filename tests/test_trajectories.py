@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,23 @@ def test_missing_invert_shard_is_a_clear_error(inverted, tmp_path):
                        "--out", str(tmp_path / "out"), cwd=inverted, check=False)
     assert result.returncode == 2
     assert "shard-00000.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard_and_says_so(inverted):
+    out = inverted / "full"
+    params = inverted / "params.yaml"
+    _trajectories(inverted, params, out)
+    shard = out / "shards" / "shard-00000.safetensors"
+    before = shard.read_bytes()
+
+    def little_space() -> None:  # files may not grow past 4 kB: the write fails (EFBIG) as on a full disk (ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    command = [sys.executable, "-m", "sgilo.stages.trajectories", "--params", str(params), "--invert", str(inverted / "invert"),
+               "--out", str(out), "--shard", "0"]
+    failed = subprocess.run(command, cwd=inverted, capture_output=True, text=True, preexec_fn=little_space, timeout=300, check=False)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert f"error: {shard}: out of disk space while writing it" in failed.stderr
+    assert "the previous version is intact" in failed.stderr
+    assert shard.read_bytes() == before and [p.name for p in shard.parent.iterdir()] == ["shard-00000.safetensors", "shard-00001.safetensors"]

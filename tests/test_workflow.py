@@ -7,9 +7,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from conftest import REPO, snakemake_in, write_params
+from conftest import REPO, copy_project, snakemake_in, write_params
 
 from sgilo.stylegan2 import load_generator
 
@@ -149,3 +150,23 @@ def test_every_rule_depends_on_all_the_code_its_stage_runs(tmp_path):
         assert needed <= listed, f"rule {rule} misses {sorted(p.name for p in needed - listed)}"
         checked.add(rule)
     assert {"download", "generator", "invert", "trajectories", "score", "tune", "evaluate", "report", "theory_gnc", "theory_langevin", "theory_igo"} <= checked
+
+
+def test_a_second_snakemake_on_the_same_directory_is_refused_while_the_first_runs(tmp_path):
+    root = copy_project(tmp_path / "project")
+    target = "results/generator/generator.pt"
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", target]
+    first = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    locks = root / ".snakemake" / "locks"
+    deadline = time.monotonic() + 120
+    while not (locks.exists() and any(locks.iterdir())) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before it could be raced; give it a longer target"
+    second = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300, check=False)
+    assert first.poll() is None, "the first run ended before the second checked the lock; give it a longer target"
+    assert second.returncode != 0 and "LockException" in second.stderr and "cannot be locked" in second.stderr
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+    # The first run's outputs are whole and the second left nothing behind: a third run has nothing to do.
+    assert load_generator(root / target).size == 32
+    third = subprocess.run([*command, "--dry-run"], cwd=root, capture_output=True, text=True, timeout=300, check=False)
+    assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr

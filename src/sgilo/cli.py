@@ -24,7 +24,7 @@ from sgilo.config import (
 )
 from sgilo.data import DataError, load_user_image, save_image_grid
 from sgilo.inversion import Options, Stage
-from sgilo.io import CheckpointError, save_json, save_safetensors
+from sgilo.io import CheckpointError, DiskFullError, save_json, save_safetensors
 from sgilo.methods import reconstruct, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
@@ -110,6 +110,9 @@ def _reconstruct(args: argparse.Namespace) -> None:
         result = reconstruct(args.method, generator, operator.physics.A, y, [seed], stages, options, prior=prior, sgilo_config=sgilo_config,
                              gnc_config=gnc_config, perceptual=perceptual, progress=bar.update)
     seconds = time.perf_counter() - started
+    if result.failures[0] is not None:
+        raise ValueError(f"the {args.method} reconstruction of {args.image} failed ({result.failures[0]}); nothing was written. "
+                         "Lower the step sizes (--lr, --prior-lr), use --precision fp32, or try another --seed")
     _write_reconstruction(args, operator, y, truth, result, seconds)
 
 
@@ -244,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, CheckpointError, DataError, MissingWeightsError, SharingError, ValueError) as exc:
+    except (ConfigError, CheckpointError, DataError, DiskFullError, MissingWeightsError, SharingError, ValueError) as exc:
         print(f"sgilo: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -10,7 +10,9 @@ image at every stage switch; carrying the skip makes G_{≥k}(h) exactly the gen
 (SGILO) models what the image really is.
 
 Batching: every image has its own seed, latent, noise, l1 centre and best-iterate record; the loss is a sum of
-per-image losses and Adam is elementwise, so B images at once follow the same path as B runs of one.
+per-image losses and Adam is elementwise, so B images at once follow the same path as B runs of one. For the same
+reason an image whose loss or latent turns NaN or infinite cannot spoil the others: it is marked failed, with the
+step where it happened (`Result.failures`), and the batch goes on.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Result:
     steps: int = 0
     history: list[float] = field(default_factory=list)  # mean measurement MSE per step
     z: Tensor | None = None  # (B, num_ws, style_dim): the Gaussianised latent before its leaky ReLU (to continue from)
+    failures: list[str | None] = field(default_factory=list)  # per image: None, or where its optimisation went non-finite
 
     def repeat_interleave(self, repeats: int) -> Result:
         """Each image's iterate `repeats` times in a row: the start of several chains from one inversion."""
@@ -84,7 +87,7 @@ class Result:
 
         noise = [rep(n) for n in self.noise] if self.noise is not None else None
         return Result(rep(self.image), rep(self.latent), rep(self.w_plus), noise, rep(self.loss), self.layer, self.steps,
-                      list(self.history), rep(self.z))
+                      list(self.history), rep(self.z), [reason for reason in self.failures for _ in range(repeats)])
 
 
 def csgm_stages(steps: int, lr: float = 0.1) -> tuple[Stage, ...]:
@@ -225,6 +228,7 @@ def invert(
         steps=sum(s.steps for s in stages) + (init.steps if init is not None else 0),
         history=history,
         z=z.detach(),
+        failures=list(state.failures),
     )
 
 
@@ -245,6 +249,7 @@ class _State:
     best_noise: list[Tensor] | None = None
     best_h: Tensor | None = None
     best_loss: Tensor = None  # type: ignore[assignment]
+    failures: list[str | None] = field(default_factory=list)
 
     @classmethod
     def start(cls, generator: Generator, seeds: Sequence[int], optimize_noise: bool, device: torch.device) -> _State:
@@ -258,7 +263,7 @@ class _State:
         noise = [torch.cat(maps).to(device) for maps in zip(*noises)] if optimize_noise else None
         best_noise = [n.clone() for n in noise] if noise is not None else None
         inf = torch.full((len(seeds),), math.inf, device=device)
-        return cls(z=z, noise=noise, best_z=z.clone(), best_noise=best_noise, best_loss=inf)
+        return cls(z=z, noise=noise, best_z=z.clone(), best_noise=best_noise, best_loss=inf, failures=[None] * len(seeds))
 
     @classmethod
     def resume(cls, result: Result, count: int, first_layer: int) -> _State:
@@ -270,7 +275,17 @@ class _State:
         noise = [n.clone() for n in result.noise] if result.noise is not None else None
         latent = result.latent.clone() if result.latent is not None else None
         return cls(z=result.z.clone(), noise=noise, h=latent, best_z=result.z.clone(),
-                   best_noise=[n.clone() for n in noise] if noise is not None else None, best_h=latent, best_loss=result.loss.clone())
+                   best_noise=[n.clone() for n in noise] if noise is not None else None, best_h=latent, best_loss=result.loss.clone(),
+                   failures=list(result.failures) if result.failures else [None] * count)
+
+    @torch.no_grad()
+    def flag(self, values: Tensor, what: str) -> None:
+        """Mark the images whose `values` (batch first) hold a NaN or Inf as failed, the first time: `what` says where."""
+        bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(1)
+        if bool(bad.any()):
+            for i in bad.nonzero().flatten().tolist():
+                if self.failures[i] is None:
+                    self.failures[i] = what
 
     @torch.no_grad()
     def move_to(self, generator: Generator, start: int, stop: int) -> None:
@@ -328,8 +343,9 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
         loss = data + options.geocross * geocross(z_active)
         if perceptual is not None and options.perceptual > 0:
             loss = loss + options.perceptual * perceptual(forward((image.float() + 1) / 2).clamp(0, 1), y.clamp(0, 1))
+        state.flag(loss.detach(), f"non-finite loss at step {step + 1} of the layer-{stage.layer} stage")
         state.record(data.detach())
-        history.append(float(data.detach().mean()))
+        history.append(float(_finite_mean(data.detach())))
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
@@ -341,6 +357,7 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
             if latent_step is not None:
                 with _autocast(options.precision, y.device):  # the score model runs at the generator's precision
                     state.h.copy_(latent_step(state.h.detach(), step, stage.steps))
+                state.flag(state.h, f"non-finite latent after the prior's step {step + 1} at layer {stage.layer}")
         if progress is not None:
             progress(1)
     with torch.no_grad():
@@ -351,7 +368,14 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
             state.noise = [n.detach() for n in state.noise]
         # The last update was never scored; score it so a stage's final iterate can be kept.
         image = decode(generator, state.h, stage.layer, gaussianised_w(generator, state.z), state.noise)
-        state.record(measurement_loss(forward, image, y))
+        loss = measurement_loss(forward, image, y)
+        state.flag(loss, f"non-finite loss after the last step of the layer-{stage.layer} stage")
+        state.record(loss)
+
+
+def _finite_mean(values: Tensor) -> Tensor:
+    """The mean over the finite values: a failed image must not turn the whole history into NaN."""
+    return values[torch.isfinite(values)].mean()
 
 
 def _row_norms(v: Tensor) -> Tensor:

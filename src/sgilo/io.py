@@ -8,8 +8,10 @@ checkpoint is read with `weights_only=True`: loading a file never runs code from
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,6 +33,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read; the message names the file and the fix."""
 
 
+class DiskFullError(OSError):
+    """A write ran out of space (or out of the file-size limit); the previous version of the file is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, which names the file: no "[Errno 28]" in front
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it is renamed to `dest`, on failure removed.
@@ -47,6 +59,12 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE or isinstance(exc, DiskFullError):
+            raise
+        state = "the previous version is intact" if dest.exists() else "nothing was written"
+        raise DiskFullError(exc.errno, f"{dest}: out of disk space while writing it ({os.strerror(exc.errno)}); {state}. "
+                            f"Free space on the file system of {dest.parent} (or raise the file-size limit) and rerun") from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -61,8 +79,11 @@ def atomic_open(dest: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
 
 
 def save_torch(obj: Any, dest: str | Path) -> None:
-    with atomic_path(dest) as tmp:
-        torch.save(obj, tmp)
+    # Serialised in memory first: torch's file writer turns a full disk into a RuntimeError without its errno.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_open(dest, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def save_json(obj: Any, dest: str | Path) -> None:
@@ -137,8 +158,10 @@ def cell_path(folder: str | Path, task: str, level: float, method: str, suffix: 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], dest: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Tensors as safetensors (no code can hide in the file), atomically."""
-    with atomic_path(dest) as tmp:
-        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    # Serialised in memory first, as in save_torch: the Rust writer's error would hide the errno of a full disk.
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    with atomic_open(dest, "wb") as handle:
+        handle.write(data)
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

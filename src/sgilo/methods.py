@@ -8,7 +8,7 @@ prior's layer, then the prior (`sgilo.posterior`). Every method sees the same me
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from torch import Tensor
 
@@ -28,6 +28,7 @@ class Reconstruction:
     chains: int = 1
     samples: Tensor | None = None  # (B, chains, 3, size, size) in [0, 1]: SGILO and GNC
     std: Tensor | None = None  # (B, 3, size, size): per-pixel spread over chains
+    failures: list[str | None] = field(default_factory=list)  # per image: None, or why its estimate is not to be used
 
 
 def method_stages(method: str, stages: Sequence[Stage], radius_scale: float = 1.0) -> list[Stage]:
@@ -61,10 +62,11 @@ def reconstruct(method: str, generator, forward: Callable[[Tensor], Tensor], y: 
         post = run(generator, forward, y, seeds, prior, config, schedule, options, perceptual, progress)
         return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
                               stages=[*warm_stages(schedule, prior.layer), Stage(prior.layer, config.steps, None, config.lr)],
-                              latent=post.latents, w_plus=post.w_plus, chains=chains, samples=(post.samples + 1) / 2, std=post.std)
+                              latent=post.latents, w_plus=post.w_plus, chains=chains, samples=(post.samples + 1) / 2, std=post.std,
+                              failures=post.failures)
     result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
     return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, stages=schedule,
-                          latent=result.latent, w_plus=result.w_plus)
+                          latent=result.latent, w_plus=result.w_plus, failures=result.failures)
 
 
 def total_steps(method: str, stages: Sequence[Stage], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:

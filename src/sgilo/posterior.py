@@ -199,6 +199,7 @@ class Posterior:
     w_plus: Tensor  # (B, chains, num_ws, style_dim)
     loss: Tensor  # (B, chains) measurement MSE of each sample
     steps: int
+    failures: list[str | None]  # per measurement: None, or which chain went non-finite where (its estimate is not to be used)
 
 
 def chain_seeds(seeds: Sequence[int], chains: int) -> list[int]:
@@ -267,4 +268,13 @@ def _posterior(result: Result, count: int, chains: int) -> Posterior:
     return Posterior(samples=samples, mean=samples.mean(1), std=std,
                      latents=result.latent.reshape(count, chains, *result.latent.shape[1:]),
                      w_plus=result.w_plus.reshape(count, chains, *result.w_plus.shape[1:]),
-                     loss=result.loss.reshape(count, chains), steps=result.steps)
+                     loss=result.loss.reshape(count, chains), steps=result.steps, failures=_chain_failures(result.failures, count, chains))
+
+
+def _chain_failures(failures: Sequence[str | None], count: int, chains: int) -> list[str | None]:
+    """A measurement fails when any of its chains does: its posterior mean and spread would hold that chain."""
+    out: list[str | None] = []
+    for i in range(count):
+        reasons = [(j, reason) for j, reason in enumerate(failures[i * chains : (i + 1) * chains]) if reason is not None]
+        out.append(None if not reasons else reasons[0][1] if chains == 1 else f"chain {reasons[0][0]}: {reasons[0][1]}")
+    return out

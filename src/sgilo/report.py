@@ -32,8 +32,9 @@ from sgilo.io import (
 
 METRICS = ("mse", "psnr", "ssim", "lpips")
 RECORD_COLUMNS = ("image_id", "seed", "task", "level", "method", *METRICS, "lpips_note", "seconds", "steps", "chains",
-                  "measurement_loss", "hyper")
-TABLE_COLUMNS = ("task", "level", "method", "n",
+                  "measurement_loss", "hyper", "failure")
+# n: images with metrics; failed: images whose optimisation went NaN or Inf (kept as records, left out of the means)
+TABLE_COLUMNS = ("task", "level", "method", "n", "failed",
                  *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")),
                  "seconds_per_image", "steps", "lpips_note")
 LEVEL_LABELS = {"inpaint": "fraction of pixels kept", "cs": "measurements m/n"}
@@ -91,9 +92,10 @@ def summarize(records: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
 
 def _summarize_cell(key: tuple, group: pd.DataFrame, confidence: float) -> dict:
     task, level, method = key
-    row = {"task": task, "level": float(level), "method": method, "n": len(group)}
+    failed = group["failure"].fillna("") != ""
+    row = {"task": task, "level": float(level), "method": method, "n": int((~failed).sum()), "failed": int(failed.sum())}
     for metric in METRICS:
-        mean, low, high = mean_interval(group[metric].to_numpy(dtype=float), confidence)
+        mean, low, high = mean_interval(group.loc[~failed, metric].to_numpy(dtype=float), confidence)
         row.update({f"{metric}_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
     notes = [note for note in group["lpips_note"].fillna("") if note]
     row.update(seconds_per_image=float(group["seconds"].mean()), steps=float(group["steps"].mean()),
@@ -443,7 +445,8 @@ def markdown_table(table: pd.DataFrame) -> str:
     header = ["task", "level", "method", "n", *(m.upper() for m in METRICS), "s/image", "steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        cells = [row["task"], f"{row['level']:g}", row["method"], str(row["n"]),
+        n = str(row["n"]) + (f" ({row['failed']} failed)" if row["failed"] else "")
+        cells = [row["task"], f"{row['level']:g}", row["method"], n,
                  *(_cell(row, m) for m in METRICS), f"{row['seconds_per_image']:.3g}", f"{row['steps']:g}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import torch
 
 from sgilo.config import ConfigError, Params, load_params
 from sgilo.data import DataError
-from sgilo.io import CheckpointError
+from sgilo.io import CheckpointError, DiskFullError
 
 log = logging.getLogger("sgilo")
 
@@ -51,6 +51,6 @@ def entry(main: Callable[[], None]) -> None:
     """Run a stage's main; a missing or unreadable input ends with its message (exit 2), not a traceback."""
     try:
         main()
-    except (CheckpointError, DataError) as exc:
+    except (CheckpointError, DataError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -16,6 +16,7 @@ Records of finished batches are checkpointed, so a killed job resumes at its nex
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -163,13 +164,20 @@ def tune(runner: Runner, out: Path) -> None:
     scores = []
     with _bar(runner, len(ids) * len(candidates), f"tune {runner.task} {runner.level:g} {method}") as bar:
         for value in candidates:
-            mse = []
+            mse, failed = [], 0
             for batch in runner.batches(ids):
                 truth, _, _, result, _ = runner.run(batch, {key: value}, progress=_advance(bar, len(batch)))
-                mse.append(image_metrics(result.image, truth)["mse"].cpu())
-            scores.append({key: value, "mse": float(torch.cat(mse).mean())})
-            log.info("%s = %g: validation MSE %.5f", key, value, scores[-1]["mse"])
-    best = min(scores, key=lambda s: s["mse"])
+                ok = torch.tensor([reason is None for reason in result.failures], device=truth.device)
+                mse.append(image_metrics(result.image[ok], truth[ok])["mse"].cpu() if bool(ok.any()) else torch.zeros(0))
+                failed += int((~ok).sum())
+            mse_all = torch.cat(mse)
+            scores.append({key: value, "mse": float(mse_all.mean()) if len(mse_all) else None, "failed": failed})
+            log.info("%s = %g: validation MSE %s (%d failed)", key, value, scores[-1]["mse"], failed)
+    if all(s["mse"] is None for s in scores):
+        raise SystemExit(f"error: every candidate of {key} made all validation images fail (NaN or Inf in the optimisation) for "
+                         f"{runner.task} {runner.level:g} {method}; lower the step sizes in invert.stages / evaluate.{method}")
+    # A candidate that makes images fail is not chosen over one that does not.
+    best = min(scores, key=lambda s: (s["failed"], s["mse"] if s["mse"] is not None else math.inf))
     save_json({"task": runner.task, "level": runner.level, "method": method, "key": key, "validation_ids": ids,
                "candidates": scores, "chosen": {key: best[key]}}, out)
 
@@ -204,19 +212,30 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
 
 def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, naive, result: Reconstruction, seconds: float,
                    lpips, lpips_note: str, keep: int) -> dict[str, Any]:
-    """The batch's records, and its first `keep` images for the report's figures."""
-    quality = image_metrics(result.image, truth)
-    distance = lpips(result.image, truth).cpu().tolist() if lpips is not None else [float("nan")] * len(batch)
-    records = [{
-        "image_id": int(image_id), "seed": runner.seed(image_id), "task": runner.task, "level": runner.level, "method": runner.method,
-        "mse": float(quality["mse"][i]), "psnr": float(quality["psnr"][i]), "ssim": float(quality["ssim"][i]),
-        "lpips": float(distance[i]), "lpips_note": lpips_note, "seconds": seconds / len(batch), "steps": runner.steps(),
-        "chains": result.chains, "measurement_loss": float(result.loss[i]), "hyper": json.dumps(hyper, sort_keys=True),
-    } for i, image_id in enumerate(batch)]
+    """The batch's records, and its first `keep` images for the report's figures. A failed image (its optimisation
+    went NaN or Inf) keeps its record, with the reason and no metrics, so the report counts it and leaves it out."""
+    image = torch.nan_to_num(result.image, nan=0.0, posinf=1.0, neginf=0.0)
+    quality = image_metrics(image, truth)
+    distance = lpips(image, truth).cpu().tolist() if lpips is not None else [float("nan")] * len(batch)
+    nan = float("nan")
+    records = []
+    for i, image_id in enumerate(batch):
+        failure = result.failures[i]
+        if failure is not None:
+            log.warning("%s %g %s: image %d failed (%s); its record is kept without metrics", runner.task, runner.level, runner.method,
+                        image_id, failure)
+        records.append({
+            "image_id": int(image_id), "seed": runner.seed(image_id), "task": runner.task, "level": runner.level, "method": runner.method,
+            **{metric: nan if failure else float(value) for metric, value in
+               (("mse", quality["mse"][i]), ("psnr", quality["psnr"][i]), ("ssim", quality["ssim"][i]), ("lpips", distance[i]))},
+            "lpips_note": lpips_note, "seconds": seconds / len(batch), "steps": runner.steps(), "chains": result.chains,
+            "measurement_loss": nan if failure else float(result.loss[i]), "hyper": json.dumps(hyper, sort_keys=True),
+            "failure": failure or "",
+        })
     figures = {"ids": torch.tensor(batch), "truth": truth.cpu(), "measurement": naive.clamp(0, 1).cpu(),
-               "reconstruction": result.image.clamp(0, 1).cpu()}
+               "reconstruction": image.clamp(0, 1).cpu()}
     if result.samples is not None:
-        figures |= {"samples": result.samples.cpu(), "std": result.std.cpu()}
+        figures |= {"samples": torch.nan_to_num(result.samples, nan=0.0).clamp(0, 1).cpu(), "std": torch.nan_to_num(result.std, nan=0.0).cpu()}
     return {"records": records, "figures": {k: v[:keep] for k, v in figures.items()}}
 
 

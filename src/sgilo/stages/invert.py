@@ -2,7 +2,8 @@
 
 The first `invert.images` training images (index order) are cut into shards of `invert.shard_size`; each shard is
 one job (`--shard i`, one Snakemake job per shard) and one atomic safetensors file holding the latents
-(N, C + 3, H, W), w+ (N, num_ws, style_dim), the image ids and per-image final measurement loss and PSNR.
+(N, C + 3, H, W), w+ (N, num_ws, style_dim), the image ids and per-image final measurement loss and PSNR. An image
+whose optimisation went NaN or Inf is left out and named with the reason in the file's metadata ("failures").
 Within a shard, finished batches are checkpointed to `<out>/partial/`; a killed job resumes at the next batch
 and ends with the same file as an uninterrupted run (each image's result depends only on its own seed).
 `--summary` gathers the shards' PSNR into `<out>/summary.json`, a DVC metric. With neither flag, every shard
@@ -98,16 +99,19 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
         target01 = ((target + 1) / 2).to(device)
         seeds = [item_seed(params.seed, "invert", image_id) for image_id in batch]
         result = invert(generator, _identity, target01, seeds, stages, options, perceptual, progress=functools.partial(_advance, progress, len(batch)))
-        quality = image_metrics((result.image.clamp(-1, 1) + 1) / 2, target01)
+        quality = image_metrics((torch.nan_to_num(result.image).clamp(-1, 1) + 1) / 2, target01)
+        for image_id, reason in zip(batch, result.failures):
+            if reason is not None:
+                log.warning("shard %d: image %d failed (%s); it is left out of the shard", shard, image_id, reason)
         done.append({
             "ids": torch.tensor(batch), "latents": result.latent.cpu(), "w_plus": result.w_plus.cpu(),
-            "loss": result.loss.cpu(), "psnr": quality["psnr"].cpu(),
+            "loss": result.loss.cpu(), "psnr": quality["psnr"].cpu(), "failures": list(result.failures),
         })
         save_torch({"fingerprint": key, "batches": done}, partial_path)
     progress.close()
-    _write_shard(done, params, shard, shard_file(out, shard), generator)
+    kept = _write_shard(done, params, shard, shard_file(out, shard), generator)
     discard_checkpoint(partial_path)
-    log.info("shard %d: %d images, mean PSNR %.2f dB", shard, len(ids), float(torch.cat([b["psnr"] for b in done]).mean()))
+    log.info("shard %d: %d images, %d failed, mean PSNR %.2f dB", shard, len(ids), len(ids) - len(kept["ids"]), float(kept["psnr"].mean()))
 
 
 def _advance(progress: tqdm, images: int, steps: int) -> None:
@@ -118,31 +122,44 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _write_shard(done: list[dict[str, torch.Tensor]], params: Params, shard: int, dest: Path, generator: Generator) -> None:
-    tensors = {key: torch.cat([b[key] for b in done]).contiguous() for key in done[0]}
+def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, generator: Generator) -> dict[str, torch.Tensor]:
+    """Write the shard's images that did not fail; the failed ones are named, with their reasons, in its metadata
+    ("failures": {id: reason}), so that no later stage trains on a diverged latent. Returns the tensors written."""
+    failures = [reason for b in done for reason in b.get("failures", [None] * len(b["ids"]))]
+    ids = torch.cat([b["ids"] for b in done])
+    ok = torch.tensor([reason is None for reason in failures])
+    if not bool(ok.any()):
+        raise SystemExit(f"error: every image of invert shard {shard} failed ({failures[0]}, …); nothing was written to {dest}. "
+                         "Lower the step sizes (lr) in invert.stages or use invert.precision fp32")
+    tensors = {key: torch.cat([b[key] for b in done])[ok].contiguous() for key in done[0] if key != "failures"}
     metadata = {
         "format": FORMAT,
         "shard": str(shard),
         "layer": str(params.invert.layer),
         "generator": json.dumps(generator.config),
         "invert": json.dumps(to_dict(params.invert)),
+        "failures": json.dumps({str(int(i)): reason for i, reason in zip(ids, failures) if reason is not None}),
     }
     save_safetensors(tensors, dest, metadata)
+    return tensors
 
 
 # -------------------------------------------------------------------------------------------------- summary
 def summarize(config: InvertConfig, out: Path) -> None:
-    psnr, loss = [], []
+    psnr, loss, failures = [], [], {}
     for shard in range(config.shards):
         path = shard_file(out, shard)
         if not path.exists():
             raise SystemExit(f"error: {path} is missing; run the invert stage for shard {shard} first")
-        tensors, _ = load_safetensors(path)
+        tensors, metadata = load_safetensors(path)
         psnr.append(tensors["psnr"])
         loss.append(tensors["loss"])
+        failures |= json.loads(metadata.get("failures", "{}"))
     psnr_all, loss_all = torch.cat(psnr), torch.cat(loss)
     save_json({
         "images": len(psnr_all),
+        "failed": len(failures),
+        "failures": failures,
         "psnr_mean": float(psnr_all.mean()),
         "psnr_min": float(psnr_all.min()),
         "psnr_median": float(psnr_all.median()),
