@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,18 @@ def test_missing_invert_shard_is_a_clear_error(inverted, tmp_path):
                        "--out", str(tmp_path / "out"), cwd=inverted, check=False)
     assert result.returncode == 2
     assert "shard-00000.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_truncated_invert_shard_is_named_and_nothing_is_written(inverted, tmp_path):
+    invert = tmp_path / "invert"
+    shutil.copytree(inverted / "invert", invert)
+    shard = invert / "shards" / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
+    result = run_stage("trajectories", "--params", str(inverted / "params.yaml"), "--invert", str(invert),
+                       "--out", str(tmp_path / "out"), cwd=inverted, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{shard}: not a readable safetensors file" in result.stderr and "rerun the stage that writes it" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard_and_says_so(inverted):
