@@ -21,6 +21,7 @@ from sgilo.sde import (
     reverse_sde_sample,
     target_std,
 )
+from sgilo.theory import energy_distance
 
 CLT_SIGMAS = 5.0  # tolerances are this many standard errors: a false alarm is a ~1e-6 event per check
 MIXTURE_MEANS = torch.tensor([[-1.5, -1.5], [-1.5, 1.5], [1.5, -1.5], [1.5, 1.5]])
@@ -74,11 +75,6 @@ def mixture_score(sde: VPSDE, means: Tensor = MIXTURE_MEANS, sigma0: float = MIX
 def sample_mixture(n: int, generator: torch.Generator) -> Tensor:
     which = torch.randint(len(MIXTURE_MEANS), (n,), generator=generator)
     return MIXTURE_MEANS[which] + MIXTURE_STD * torch.randn(n, 2, generator=generator)
-
-
-def energy_distance(x: Tensor, y: Tensor) -> float:
-    """Szekely's energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| (V-statistic; 0 iff same distribution)."""
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
 
 
 # --- 1. VP-SDE marginals -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 from sgilo.config import TheoryGNCConfig
 from sgilo.io import save_json
 from sgilo.report import new_figure, save_figure
-from sgilo.stages._common import log, stage_parser, start
+from sgilo.stages._common import entry, log, stage_parser, start
 from sgilo.theory import (
     Mixture1D,
     attainment,
@@ -109,4 +109,4 @@ def plot(config: TheoryGNCConfig, result: dict, dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

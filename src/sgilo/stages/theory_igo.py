@@ -26,7 +26,7 @@ from sgilo.report import new_figure, save_figure
 from sgilo.score_model import dsm_loss, score_from_eps, seeded_score_vit
 from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std, training_pairs
 from sgilo.seeding import torch_generator
-from sgilo.stages._common import log, stage_parser, start
+from sgilo.stages._common import entry, log, stage_parser, start
 from sgilo.theory import energy_distance, ring_of_gaussians
 
 
@@ -203,4 +203,4 @@ def plot(params: Params, result: dict, scatter: dict, dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -20,7 +20,7 @@ from sgilo.config import Params, TheoryLangevinConfig
 from sgilo.io import save_json
 from sgilo.report import new_figure, save_figure
 from sgilo.seeding import numpy_generator
-from sgilo.stages._common import log, stage_parser, start
+from sgilo.stages._common import entry, log, stage_parser, start
 from sgilo.theory import ReLUInversion, expansive_widths, langevin, spurious_scale
 
 # (method, start) groups of chains, in the order their rows are stacked
@@ -172,4 +172,4 @@ def plot(result: dict, dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)
