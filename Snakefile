@@ -26,11 +26,19 @@ def code(*modules):
     return [str(SRC / f"{m}.py") for m in ("config", "io", "stages/_common", *modules)]
 
 
-def tracked(*keys):
+def tracked(*keys, without=()):
     """The params values a rule's results depend on, by dotted key ("invert", "evaluate.tune.validation"): Snakemake
-    reruns the rule when one changes, and `sgilo dvc-sync` lists the same keys as the DVC stage's params."""
+    reruns the rule when one changes, and `sgilo dvc-sync` lists the same keys as the DVC stage's params. `without`:
+    keys inside those that the rule does not read; their section is then tracked key by key, the rest of it."""
     values = to_dict(PARAMS)
-    return {key: reduce(lambda node, part: node[part], key.split("."), values) for key in keys}
+
+    def expand(key, value):
+        if not any(skip.startswith(key + ".") for skip in without):
+            return {key: value}
+        return {full: item for sub, part in value.items() if (name := f"{key}.{sub}") not in without
+                for full, item in expand(name, part).items()}
+
+    return {full: item for key in keys for full, item in expand(key, reduce(lambda node, part: node[part], key.split("."), values)).items()}
 
 
 # What DVC tracks for a rule beyond its outputs: the download rule's index.csv, written last, marks a complete dataset

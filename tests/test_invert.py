@@ -50,6 +50,8 @@ def test_shards_hold_latents_ids_and_quality(workspace):
     assert summary["images"] == 12
     assert summary["psnr_mean"] == pytest.approx(float(torch.cat([first["psnr"], second["psnr"]]).mean()), rel=1e-5)
     assert not (out / "partial").exists()
+    generated, _ = load_safetensors(out / "generated" / "shard-00000.safetensors")  # run with no flag: drawn too
+    assert generated["ids"].tolist() == list(range(TINY["invert"]["generated"]))
 
 
 def test_one_shard_per_job_then_summary(workspace):
@@ -146,3 +148,32 @@ def test_a_shard_whose_images_all_fail_writes_nothing_and_says_what_to_change(wo
         invert_stage.main(["--params", str(params), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt"),
                            "--out", str(workspace / "none"), "--shard", "0"])
     assert not (workspace / "none" / "shards" / "shard-00000.safetensors").exists()
+
+
+def test_generated_shards_hold_the_generators_own_layer_k_latents(workspace):
+    params = write_params(workspace / "generated.yaml", {"invert": {"generated": 11, "generated_shard_size": 8}})
+    out = workspace / "generated"
+    _invert(workspace, params, out, "--generated", "1")
+    _invert(workspace, params, out, "--generated", "0")
+    assert not (out / "shards").exists() and not (out / "summary.json").exists()  # no inversion ran
+    first, meta = load_safetensors(out / "generated" / "shard-00000.safetensors")
+    second, _ = load_safetensors(out / "generated" / "shard-00001.safetensors")
+    assert first["ids"].tolist() == list(range(8)) and second["ids"].tolist() == [8, 9, 10]
+    assert meta["source"] == "generator" and meta["layer"] == "2"
+    # Each latent is on the generator's range: decoded from layer 2 on with its w+, it is the generator's own image,
+    # and its w+ is one w broadcast over the layers (no mixing).
+    generator = load_generator(workspace / "generator.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(decode(generator, first["latents"], 2, first["w_plus"]), generator.synthesis(first["w_plus"]), atol=1e-5, rtol=1e-5)
+    assert torch.equal(first["w_plus"], first["w_plus"][:, :1].expand_as(first["w_plus"]))
+    assert len({tuple(w.tolist()) for w in first["w_plus"][:, 0]}) == 8
+    # A latent depends on its own seed only, not on the shard size.
+    regrouped = workspace / "regrouped"
+    _invert(workspace, write_params(workspace / "regrouped.yaml", {"invert": {"generated": 11, "generated_shard_size": 4}}), regrouped, "--generated", "2")
+    third, _ = load_safetensors(regrouped / "generated" / "shard-00002.safetensors")
+    assert third["ids"].tolist() == [8, 9, 10]
+    torch.testing.assert_close(third["latents"], second["latents"], atol=1e-6, rtol=0)
+    bad = _invert(workspace, params, out, "--generated", "2", check=False)
+    assert bad.returncode == 2 and "shards 0…1" in bad.stderr
+    none = _invert(workspace, write_params(workspace / "none.yaml", {"invert": {"generated": 0}}), out, "--generated", "0", check=False)
+    assert none.returncode == 2 and "set invert.generated > 0" in none.stderr

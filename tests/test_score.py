@@ -89,6 +89,16 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights(cached):
     assert (straight / "history.csv").read_text() == (killed / "history.csv").read_text()
 
 
+def test_generated_latents_join_the_training_set_only(cached):
+    without = write_params(cached / "no-generated.yaml", {"invert": {"generated": 0}, "trajectories": {"draws": 8}, "score": {**TINY["score"], "epochs": 1}})
+    runs = {}
+    for name, params in (("without", without), ("with", _params(cached, "generated", {"epochs": 1}))):
+        run_stage("score", *_argv(cached, params, cached / name), cwd=cached)
+        runs[name] = json.loads((cached / name / "metrics.json").read_text())
+    assert runs["with"]["train_samples"] == runs["without"]["train_samples"] + TINY["invert"]["generated"] * 8
+    assert runs["with"]["held_out_samples"] == runs["without"]["held_out_samples"]
+
+
 def test_igo_head_trains_and_logs_both_losses(cached):
     params = _params(cached, "igo", {"igo": True, "igo_alpha": 0.5})
     out = cached / "igo"

@@ -28,8 +28,8 @@ def test_the_committed_dvc_yaml_is_generated_from_the_snakefile():
 def test_dvc_yaml_has_one_stage_per_snakemake_job(tiny_project):
     stages = {stage.name: stage for stage in workflow_stages(tiny_project)}
     assert set(stages) == {
-        "download", "generator", "invert-00000", "invert-00001", "invert_summary", "trajectories_stats",
-        "trajectories-00000", "trajectories-00001", "score", "tune-inpaint-0_25-ilo", "tune-inpaint-0_25-sgilo",
+        "download", "generator", "invert-00000", "invert-00001", "invert_generated-00000", "invert_summary", "trajectories_stats",
+        "trajectories-shards-00000", "trajectories-shards-00001", "trajectories-generated-00000", "score", "tune-inpaint-0_25-ilo", "tune-inpaint-0_25-sgilo",
         "tune-inpaint-0_25-gnc", "report", "theory_gnc", "theory_langevin", "theory_igo",
         *(f"evaluate-inpaint-0_25-{method}" for method in ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")),
     }

@@ -119,3 +119,27 @@ def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard_and_says_so(i
     assert f"error: {shard}: out of disk space while writing it" in failed.stderr
     assert "the previous version is intact" in failed.stderr
     assert shard.read_bytes() == before and [p.name for p in shard.parent.iterdir()] == ["shard-00000.safetensors", "shard-00001.safetensors"]
+
+
+def test_generated_latents_are_training_data_never_held_out(inverted):
+    out = inverted / "with-generated"
+    _trajectories(inverted, inverted / "params.yaml", out)
+    generated, _ = load_safetensors(inverted / "invert" / "generated" / "shard-00000.safetensors")
+    shard, _ = load_safetensors(out / "generated" / "shard-00000.safetensors")
+    draws, count = TINY["trajectories"]["draws"], TINY["invert"]["generated"]
+    assert shard["ids"].tolist() == [i for i in range(count) for _ in range(draws)]
+    assert not shard["held_out"].any()
+    # The scaling is fitted on every training latent, the generated ones included.
+    source = _invert_latents(inverted)
+    held = split_held_out(source["ids"], TINY["trajectories"]["held_out"], TINY["seed"])
+    scaler = LatentScaler.from_state_dict(load_safetensors(out / "stats.safetensors")[0])
+    training = scaler.normalize(torch.cat([source["latents"][~held], generated["latents"]]))
+    torch.testing.assert_close(training.amin((0, 2, 3)), torch.full((training.shape[1],), -1.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(training.amax((0, 2, 3)), torch.full((training.shape[1],), 1.0), atol=1e-5, rtol=0)
+    mean, std = VPSDE().marginal(scaler.normalize(generated["latents"]).repeat_interleave(draws, 0), shard["t"])
+    torch.testing.assert_close(shard["x_t"], mean + std.reshape(-1, 1, 1, 1) * shard["eps"], atol=1e-5, rtol=1e-5)
+    # Generated draw j is seeded apart from inverted image j: the same id gets other times.
+    inverted_shard, _ = load_safetensors(out / "shards" / "shard-00000.safetensors")
+    assert not torch.equal(shard["t"][:draws], inverted_shard["t"][:draws])
+    alone = _trajectories(inverted, inverted / "params.yaml", out, "--generated", "1", check=False)
+    assert alone.returncode == 2 and "shards 0…0" in alone.stderr

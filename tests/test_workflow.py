@@ -46,6 +46,7 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
     evaluation = {"tune", "evaluate", "report"}
     # theory_igo shows the scaled demo latents, so it follows the latents; the other theory rules need no data
     downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score", "theory_igo"} | evaluation
+    prior = {"trajectories_stats", "trajectories", "score", "theory_igo"} | evaluation
     assert planned_jobs(plan()) == set()
     try:
         write_params(params, {"report": {"confidence": 0.9}})
@@ -63,12 +64,14 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
         assert planned_jobs(plan()) == {"trajectories_stats", "trajectories", "score", "theory_igo"} | evaluation
         write_params(params, {"theory_langevin": {"steps": 50}})
         assert planned_jobs(plan()) == {"theory_langevin", "report"}
-        write_params(params, {"invert": {"geocross": 0.02}})
+        write_params(params, {"invert": {"geocross": 0.02}})  # the generated latents need no ILO: not redrawn
         assert planned_jobs(plan()) == downstream_of_invert
+        write_params(params, {"invert": {"generated": 6}})
+        assert planned_jobs(plan()) == {"invert_generated"} | prior
         write_params(params, {"generator": {"grid_rows": 3}})
-        assert planned_jobs(plan()) == {"generator"} | downstream_of_invert
+        assert planned_jobs(plan()) == {"generator", "invert_generated"} | downstream_of_invert
         write_params(params, {"download": {"synthfaces": {"n_train": 40}}})
-        assert planned_jobs(plan()) == {"download", "generator"} | downstream_of_invert
+        assert planned_jobs(plan()) == {"download", "generator", "invert_generated"} | downstream_of_invert
     finally:
         write_params(params)
     assert planned_jobs(plan()) == set()
@@ -139,7 +142,7 @@ def test_every_rule_depends_on_all_the_code_its_stage_runs(tmp_path):
     """Editing any module a stage imports must rerun that stage: its rule lists them all as inputs."""
     run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "all")
     assert run.returncode == 0, run.stderr[-3000:]
-    stage_of = {"invert_summary": "invert", "trajectories_stats": "trajectories", "tune": "evaluate"}
+    stage_of = {"invert_summary": "invert", "invert_generated": "invert", "trajectories_stats": "trajectories", "tune": "evaluate"}
     checked = set()
     for rule, inputs in re.findall(r"^rule (\w+):\n    input: ([^\n]*)", run.stdout + run.stderr, flags=re.MULTILINE):
         if rule == "all":

@@ -127,6 +127,10 @@ class InvertConfig:
     perceptual: float = field(default=0.0, metadata=_rng(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
     optimize_noise: bool = False
     images: int = field(default=512, metadata=_rng(1))  # the first `images` training images, in index order
+    # Layer-k latents drawn from the generator itself (z ~ N(0, I), its stored noise): extra training data for the
+    # prior, from the distribution of the generator's own intermediate layer (the paper's second kind of prior).
+    generated: int = field(default=0, metadata=_rng(0))
+    generated_shard_size: int = field(default=1024, metadata=_rng(1))  # one cheap forward pass each: larger than shard_size
     shard_size: int = field(default=128, metadata=_rng(1))
     batch_size: int = field(default=32, metadata=_rng(1))
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
@@ -136,6 +140,10 @@ class InvertConfig:
     @property
     def shards(self) -> int:
         return -(-self.images // self.shard_size)
+
+    @property
+    def generated_shards(self) -> int:
+        return -(-self.generated // self.generated_shard_size)
 
 
 # ------------------------------------------------------------------------------------------- trajectories

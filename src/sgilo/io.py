@@ -112,9 +112,10 @@ def load_torch(path: str | Path, safe_globals: list[Any] | None = None) -> Any:
         ) from exc
 
 
-def shard_file(folder: str | Path, shard: int) -> Path:
-    """Where a sharded stage (invert, trajectories) keeps shard `shard`: <folder>/shards/shard-NNNNN.safetensors."""
-    return Path(folder) / "shards" / f"shard-{shard:05d}.safetensors"
+def shard_file(folder: str | Path, shard: int, kind: str = "shards") -> Path:
+    """Where a sharded stage (invert, trajectories) keeps shard `shard`: <folder>/<kind>/shard-NNNNN.safetensors;
+    kind "shards" holds the inverted latents and their trajectories, "generated" those drawn from the generator."""
+    return Path(folder) / kind / f"shard-{shard:05d}.safetensors"
 
 
 def fingerprint(settings: dict[str, Any], *files: str | Path) -> str:

@@ -1,4 +1,7 @@
 INVERT_SHARDS = [f"{i:05d}" for i in range(PARAMS.invert.shards)]
+GENERATED_SHARDS = [f"{i:05d}" for i in range(PARAMS.invert.generated_shards)]
+# The ILO rules do not read the generated latents' keys: a new count redraws those, it does not invert again.
+INVERT_TRACKED = tracked("seed", "invert", without=("invert.generated", "invert.generated_shard_size"))
 INVERT_CODE = code("stages/invert", "inversion", "stylegan2", "nvidia_pickle", "metrics", "seeding", "data")
 
 
@@ -12,7 +15,7 @@ rule invert:
     output:
         "results/invert/shards/shard-{shard}.safetensors",
     params:
-        tracked=tracked("seed", "invert"),
+        tracked=INVERT_TRACKED,
         shard=lambda wildcards: int(wildcards.shard),
     log:
         "logs/invert/shard-{shard}.log",
@@ -24,6 +27,25 @@ rule invert:
         " --out results/invert --shard {params.shard} 2> {log}"
 
 
+# Latents drawn from the generator depend on it and on these keys only: a new ILO schedule does not redraw them.
+rule invert_generated:
+    input:
+        generator=rules.generator.output.generator,
+        code=INVERT_CODE,
+    output:
+        "results/invert/generated/shard-{shard}.safetensors",
+    params:
+        tracked=tracked("seed", "invert.layer", "invert.generated", "invert.generated_shard_size", "invert.batch_size"),
+        shard=lambda wildcards: int(wildcards.shard),
+    log:
+        "logs/invert/generated-{shard}.log",
+    resources:
+        gpu=1 if PARAMS.invert.device != "cpu" else 0,
+    shell:
+        "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {input.generator}"
+        " --out results/invert --generated {params.shard} 2> {log}"
+
+
 rule invert_summary:
     input:
         shards=expand("results/invert/shards/shard-{shard}.safetensors", shard=INVERT_SHARDS),
@@ -31,7 +53,7 @@ rule invert_summary:
     output:
         "results/invert/summary.json",
     params:
-        tracked=tracked("seed", "invert"),
+        tracked=INVERT_TRACKED,
     log:
         "logs/invert/summary.log",
     shell:

@@ -1,6 +1,6 @@
 rule score:
     input:
-        shards=expand("results/trajectories/shards/shard-{shard}.safetensors", shard=INVERT_SHARDS),
+        shards=expand("results/trajectories/{shard}.safetensors", shard=LATENT_SHARDS),
         stats=rules.trajectories_stats.output,
         invert=rules.invert_summary.input.shards,
         generator=rules.generator.output.generator,

@@ -1,9 +1,11 @@
 TRAJECTORIES_CODE = code("stages/trajectories", "sde", "latents", "seeding", "data")
+# What the score model trains on: the inverted latents ("shards") and those drawn from the generator ("generated").
+LATENT_SHARDS = [f"shards/shard-{i}" for i in INVERT_SHARDS] + [f"generated/shard-{i}" for i in GENERATED_SHARDS]
 
 
 rule trajectories_stats:
     input:
-        shards=rules.invert_summary.input.shards,
+        shards=expand("results/invert/{shard}.safetensors", shard=LATENT_SHARDS),
         code=TRAJECTORIES_CODE,
     output:
         "results/trajectories/stats.safetensors",
@@ -15,19 +17,21 @@ rule trajectories_stats:
         "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories --stats 2> {log}"
 
 
-# One job per invert shard: a cluster simulates shards in parallel.
+# One job per latent shard: a cluster simulates shards in parallel.
 rule trajectories:
     input:
-        shard="results/invert/shards/shard-{shard}.safetensors",
+        shard="results/invert/{kind}/shard-{shard}.safetensors",
         stats=rules.trajectories_stats.output,
         code=TRAJECTORIES_CODE,
     output:
-        "results/trajectories/shards/shard-{shard}.safetensors",
+        "results/trajectories/{kind}/shard-{shard}.safetensors",
+    wildcard_constraints:
+        kind="shards|generated",
     params:
         tracked=tracked("seed", "trajectories"),
-        shard=lambda wildcards: int(wildcards.shard),
+        which=lambda wildcards: f"--{'shard' if wildcards.kind == 'shards' else 'generated'} {int(wildcards.shard)}",
     log:
-        "logs/trajectories/shard-{shard}.log",
+        "logs/trajectories/{kind}-{shard}.log",
     shell:
         "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories"
-        " --shard {params.shard} 2> {log}"
+        " {params.which} 2> {log}"

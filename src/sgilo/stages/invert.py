@@ -6,8 +6,10 @@ one job (`--shard i`, one Snakemake job per shard) and one atomic safetensors fi
 whose optimisation went NaN or Inf is left out and named with the reason in the file's metadata ("failures").
 Within a shard, finished batches are checkpointed to `<out>/partial/`; a killed job resumes at the next batch
 and ends with the same file as an uninterrupted run (each image's result depends only on its own seed).
-`--summary` gathers the shards' PSNR into `<out>/summary.json`, a DVC metric. With neither flag, every shard
-and the summary run in turn, for running the stage by hand.
+`--generated i` writes shard i of the `invert.generated` latents drawn from the generator itself
+(`<out>/generated/`, same layout, no loss or PSNR): extra training data for the prior from the distribution of the
+generator's own layer k. `--summary` gathers the shards' PSNR into `<out>/summary.json`, a DVC metric. With no
+flag, every shard, every generated shard and the summary run in turn, for running the stage by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from sgilo.config import InvertConfig, Params, to_dict
 from sgilo.data import load_images, read_index
-from sgilo.inversion import Options, Perceptual, Stage, invert
+from sgilo.inversion import Options, Perceptual, Stage, encode, invert
 from sgilo.io import (
     discard_checkpoint,
     fingerprint,
@@ -34,7 +36,7 @@ from sgilo.io import (
     shard_file,
 )
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
-from sgilo.seeding import item_seed
+from sgilo.seeding import item_seed, torch_generator
 from sgilo.stages._common import (
     entry,
     log,
@@ -55,22 +57,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/invert")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--shard", type=int, help="invert this shard only")
+    which.add_argument("--generated", type=int, metavar="SHARD", help="only draw this shard of generator latents")
     which.add_argument("--summary", action="store_true", help="only gather the finished shards into summary.json")
     args, params = start(parser, argv)
     config = params.invert
     if args.shard is not None and not 0 <= args.shard < config.shards:
         parser.error(f"--shard {args.shard}: invert.images={config.images} in shards of {config.shard_size} gives shards 0…{config.shards - 1}")
+    if args.generated is not None and not 0 <= args.generated < config.generated_shards:
+        parser.error(f"--generated {args.generated}: invert.generated={config.generated} in shards of {config.generated_shard_size} gives "
+                     + (f"shards 0…{config.generated_shards - 1}" if config.generated_shards else "none (set invert.generated > 0)"))
     set_threads(config.threads)
+    everything = args.shard is None and args.generated is None and not args.summary
     if not args.summary:
         device = pick_device(config.device, "invert.device")
         generator = load_generator(args.generator).to(device)
+    if args.shard is not None or everything:
         try:
             perceptual = lpips_distance("vgg", device) if config.perceptual > 0 else None
         except MissingWeightsError as exc:
             parser.exit(2, f"error: invert.perceptual is {config.perceptual}: {exc}\n")
         for shard in [args.shard] if args.shard is not None else range(config.shards):
             invert_shard(params, generator, perceptual, args.data, args.generator, shard, args.out)
-    if args.shard is None:
+    if args.generated is not None or everything:
+        for shard in [args.generated] if args.generated is not None else range(config.generated_shards):
+            generate_shard(params, generator, shard, args.out)
+    if args.summary or everything:
         summarize(config, args.out)
 
 
@@ -142,6 +153,27 @@ def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, gener
     }
     save_safetensors(tensors, dest, metadata)
     return tensors
+
+
+# ------------------------------------------------------------------------------------------ generated shard
+@torch.no_grad()
+def generate_shard(params: Params, generator: Generator, shard: int, out: Path) -> None:
+    """Layer-k latents of the generator's own samples, ids shard·generated_shard_size…: z_j from a seed of its own (so a
+    latent does not depend on the shard size), no truncation, the generator's stored noise (as in inversion), and
+    w+ the broadcast w. Cheap (one forward pass to layer k), so a killed job simply reruns."""
+    config = params.invert
+    size = config.generated_shard_size
+    ids = list(range(shard * size, min((shard + 1) * size, config.generated)))
+    device = next(generator.parameters()).device
+    z = torch.stack([torch.randn(generator.style_dim, generator=torch_generator(params.seed, "generated", j)) for j in ids]).to(device)
+    w_plus = generator.mapping(z).unsqueeze(1).expand(-1, generator.num_ws, -1)
+    latents = torch.cat([encode(generator, config.layer, w_plus[i : i + config.batch_size], None)
+                         for i in range(0, len(ids), config.batch_size)])
+    metadata = {"format": FORMAT, "shard": str(shard), "layer": str(config.layer), "generator": json.dumps(generator.config),
+                "source": "generator"}
+    save_safetensors({"ids": torch.tensor(ids), "latents": latents.float().cpu().contiguous(), "w_plus": w_plus.float().cpu().contiguous()},
+                     shard_file(out, shard, "generated"), metadata)
+    log.info("generated shard %d: %d latents of layer %d", shard, len(ids), config.layer)
 
 
 # -------------------------------------------------------------------------------------------------- summary

@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 # ---------------------------------------------------------------------------------------------------- data
 def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
     shards = [load_safetensors(shard_file(folder, i))[0] for i in range(params.invert.shards)]
+    shards += [load_safetensors(shard_file(folder, i, "generated"))[0] for i in range(params.invert.generated_shards)]
     merged = {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
     for key in ("x_t", "eps", "x_tau", "eps_tau"):
         merged[key] = merged[key].float()
@@ -167,6 +168,7 @@ def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: fl
     config, traj = params.score, params.trajectories
     sde_config = {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
     generator = load_generator(args.generator).to(device)
+    # The later layers' w+ for decoding: the mean over the inversions of real images (generated latents left out).
     w_plus = torch.cat([load_safetensors(shard_file(args.invert, i))[0]["w_plus"] for i in range(params.invert.shards)])
     prior = LatentPrior(ema.eval(), data["scaler"], build_sde(**sde_config), sde_config, params.invert.layer,
                         w_plus.mean(0, keepdim=True).to(device), traj.tau_fraction)

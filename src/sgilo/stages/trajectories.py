@@ -5,7 +5,9 @@ turns invert shard i into trajectories shard i: for each latent, `trajectories.d
 x_t, its denoising target (eps, std), the intermediate iterate x_τ (τ = tau_fraction·t, on the same path) with
 its own target, all from per-(seed, latent id) generators. VP uses its closed-form transitions; the other SDEs
 are simulated with Euler–Maruyama. One atomic safetensors file per shard; a killed job just reruns its shard.
-With no flag, stats and every shard run in turn, for running the stage by hand.
+`--generated i` does the same for shard i of the latents drawn from the generator (`invert.generated`), which
+are all training latents: the held-out loss measures the inverted latents of real images only. With no flag,
+stats and every shard run in turn, for running the stage by hand.
 """
 
 from __future__ import annotations
@@ -34,17 +36,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--stats", action="store_true", help="only fit the latent scaling")
     which.add_argument("--shard", type=int, help="only write this shard")
+    which.add_argument("--generated", type=int, metavar="SHARD", help="only write this shard of the generator's latents")
     args, params = start(parser, argv)
     set_threads(params.trajectories.threads)
-    shards = params.invert.shards
+    shards, generated = params.invert.shards, params.invert.generated_shards
     if args.shard is not None and not 0 <= args.shard < shards:
         parser.error(f"--shard {args.shard}: the invert stage wrote shards 0…{shards - 1}")
-    if args.shard is None:
+    if args.generated is not None and not 0 <= args.generated < generated:
+        parser.error(f"--generated {args.generated}: the invert stage drew " + (f"shards 0…{generated - 1}" if generated else "none (invert.generated is 0)"))
+    everything = args.shard is None and args.generated is None and not args.stats
+    if args.stats or everything:
         fit_stats(params, args.invert, args.out)
     if not args.stats:
         scaler = LatentScaler.from_state_dict(load_safetensors(args.out / "stats.safetensors")[0])
-        for shard in [args.shard] if args.shard is not None else range(shards):
-            write_shard(params, scaler, args.invert, shard, args.out)
+        jobs = [("shards", s) for s in range(shards)] + [("generated", s) for s in range(generated)] if everything else \
+            [("shards", args.shard)] if args.shard is not None else [("generated", args.generated)]
+        for kind, shard in jobs:
+            write_shard(params, scaler, args.invert, shard, args.out, kind)
 
 
 def fit_stats(params: Params, invert: Path, out: Path) -> None:
@@ -54,6 +62,8 @@ def fit_stats(params: Params, invert: Path, out: Path) -> None:
         tensors, _ = load_safetensors(shard_file(invert, shard))
         keep = ~split_held_out(tensors["ids"], params.trajectories.held_out, params.seed)
         latents.append(tensors["latents"][keep])
+    for shard in range(params.invert.generated_shards):
+        latents.append(load_safetensors(shard_file(invert, shard, "generated"))[0]["latents"])
     training = torch.cat(latents)
     scaler = LatentScaler.fit(training)
     # The score model's skip connection needs the scale of the data it models (after scaling).
@@ -62,15 +72,21 @@ def fit_stats(params: Params, invert: Path, out: Path) -> None:
     log.info("latent scaling fitted on %d training latents", sum(len(x) for x in latents))
 
 
-def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, out: Path) -> None:
+def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, out: Path, kind: str = "shards") -> None:
+    """kind "shards": an invert shard (image ids); "generated": a shard of generator latents (draw ids, own seeds)."""
     config = params.trajectories
-    tensors, _ = load_safetensors(shard_file(invert, shard))
+    tensors, _ = load_safetensors(shard_file(invert, shard, kind))
     x0 = scaler.normalize(tensors["latents"])
     sde = build_sde(config.sde, config.beta_min, config.beta_max, config.dt)
-    held_out = split_held_out(tensors["ids"], config.held_out, params.seed)
+    if kind == "shards":
+        held_out = split_held_out(tensors["ids"], config.held_out, params.seed)
+        seed_keys: tuple[str, ...] = ("trajectories",)
+    else:
+        held_out = torch.zeros(len(tensors["ids"]), dtype=torch.bool)
+        seed_keys = ("trajectories", "generated")
     records: dict[str, list[torch.Tensor]] = {k: [] for k in ("ids", "held_out", "t", "x_t", "eps", "std", "tau", "x_tau", "eps_tau", "std_tau")}
-    for i, image_id in enumerate(tqdm(tensors["ids"].tolist(), desc=f"trajectories shard {shard}", mininterval=5.0)):
-        draws = forward_draws(sde, x0[i], config, torch_generator(params.seed, "trajectories", image_id))
+    for i, image_id in enumerate(tqdm(tensors["ids"].tolist(), desc=f"trajectories {'shard' if kind == 'shards' else 'generated shard'} {shard}", mininterval=5.0)):
+        draws = forward_draws(sde, x0[i], config, torch_generator(params.seed, *seed_keys, image_id))
         for key, value in draws.items():
             records[key].append(value)
         records["ids"].append(torch.full((config.draws,), image_id, dtype=torch.int64))
@@ -80,7 +96,7 @@ def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, 
     for key in ("x_t", "eps", "x_tau", "eps_tau"):
         out_tensors[key] = out_tensors[key].to(dtype)
     metadata = {"format": FORMAT, "shard": str(shard), "trajectories": json.dumps(to_dict(config))}
-    save_safetensors(out_tensors, shard_file(out, shard), metadata)
+    save_safetensors(out_tensors, shard_file(out, shard, kind), metadata)
 
 
 def forward_draws(sde: SDE, x0: torch.Tensor, config: TrajectoriesConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
