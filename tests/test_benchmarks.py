@@ -21,3 +21,23 @@ def test_a_benchmark_script_starts():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+def test_prior_samples_compares_models_with_both_references(tmp_path):
+    from conftest import tiny_workspace
+
+    root = tiny_workspace(tmp_path, upto="score")
+    figure = tmp_path / "prior.png"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "prior_samples.py"), "--generator", str(root / "generator.pt"),
+                             "--invert", str(root / "invert"), "--models", str(root / "score" / "model.pt"), "--names", "tiny",
+                             "--samples", "4", "--steps", "3", "--shown", "2", "--figure", str(figure)],
+                            check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0].strip() for row in rows] == ["inverted latents (second half)", "generator latents (second set)", "tiny"]
+    assert all(float(cell) >= 0 for row in rows for cell in row[1:3])
+    assert figure.stat().st_size > 0
+    too_many = subprocess.run([sys.executable, str(BENCHMARKS / "prior_samples.py"), "--generator", str(root / "generator.pt"),
+                               "--invert", str(root / "invert"), "--models", str(root / "score" / "model.pt"), "--samples", "7"],
+                              check=False, capture_output=True, text=True, timeout=300)
+    assert too_many.returncode == 2 and "--samples may be at most 6" in too_many.stderr

@@ -154,6 +154,15 @@ def encode(generator: Generator, layer: int, w_plus: Tensor, noise: Sequence[Ten
     return torch.cat([features, skip], 1)
 
 
+@torch.no_grad()
+def generator_latents(generator: Generator, layer: int, z: Tensor, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    """(latents, w+) of the generator's own samples G(z) at layer `layer` (≥ 1): no truncation, the stored noise
+    (as inversion uses), w+ the broadcast w."""
+    w_plus = generator.mapping(z).unsqueeze(1).expand(-1, generator.num_ws, -1)
+    latents = torch.cat([encode(generator, layer, w_plus[i : i + batch_size], None) for i in range(0, len(z), batch_size)])
+    return latents, w_plus
+
+
 def advance(generator: Generator, h: Tensor, start: int, stop: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None) -> Tensor:
     """Map the representation entering block `start` to the one entering block `stop` (start ≤ stop)."""
     if start == stop:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from sgilo.config import InvertConfig, Params, to_dict
 from sgilo.data import load_images, read_index
-from sgilo.inversion import Options, Perceptual, Stage, encode, invert
+from sgilo.inversion import Options, Perceptual, Stage, generator_latents, invert
 from sgilo.io import (
     discard_checkpoint,
     fingerprint,
@@ -156,19 +156,16 @@ def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, gener
 
 
 # ------------------------------------------------------------------------------------------ generated shard
-@torch.no_grad()
 def generate_shard(params: Params, generator: Generator, shard: int, out: Path) -> None:
-    """Layer-k latents of the generator's own samples, ids shard·generated_shard_size…: z_j from a seed of its own (so a
-    latent does not depend on the shard size), no truncation, the generator's stored noise (as in inversion), and
-    w+ the broadcast w. Cheap (one forward pass to layer k), so a killed job simply reruns."""
+    """Layer-k latents of the generator's own samples (`generator_latents`), ids shard·generated_shard_size…, z_j from
+    a seed of its own, so a latent does not depend on the shard size. Cheap (one forward pass to layer k), so a
+    killed job simply reruns."""
     config = params.invert
     size = config.generated_shard_size
     ids = list(range(shard * size, min((shard + 1) * size, config.generated)))
     device = next(generator.parameters()).device
     z = torch.stack([torch.randn(generator.style_dim, generator=torch_generator(params.seed, "generated", j)) for j in ids]).to(device)
-    w_plus = generator.mapping(z).unsqueeze(1).expand(-1, generator.num_ws, -1)
-    latents = torch.cat([encode(generator, config.layer, w_plus[i : i + config.batch_size], None)
-                         for i in range(0, len(ids), config.batch_size)])
+    latents, w_plus = generator_latents(generator, config.layer, z, config.batch_size)
     metadata = {"format": FORMAT, "shard": str(shard), "layer": str(config.layer), "generator": json.dumps(generator.config),
                 "source": "generator"}
     save_safetensors({"ids": torch.tensor(ids), "latents": latents.float().cpu().contiguous(), "w_plus": w_plus.float().cpu().contiguous()},

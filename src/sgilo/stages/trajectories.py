@@ -49,8 +49,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         fit_stats(params, args.invert, args.out)
     if not args.stats:
         scaler = LatentScaler.from_state_dict(load_safetensors(args.out / "stats.safetensors")[0])
-        jobs = [("shards", s) for s in range(shards)] + [("generated", s) for s in range(generated)] if everything else \
-            [("shards", args.shard)] if args.shard is not None else [("generated", args.generated)]
+        if everything:
+            jobs = [("shards", s) for s in range(shards)] + [("generated", s) for s in range(generated)]
+        else:
+            jobs = [("shards", args.shard)] if args.shard is not None else [("generated", args.generated)]
         for kind, shard in jobs:
             write_shard(params, scaler, args.invert, shard, args.out, kind)
 
@@ -84,8 +86,9 @@ def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, 
     else:
         held_out = torch.zeros(len(tensors["ids"]), dtype=torch.bool)
         seed_keys = ("trajectories", "generated")
+    label = f"trajectories {'shard' if kind == 'shards' else 'generated shard'} {shard}"
     records: dict[str, list[torch.Tensor]] = {k: [] for k in ("ids", "held_out", "t", "x_t", "eps", "std", "tau", "x_tau", "eps_tau", "std_tau")}
-    for i, image_id in enumerate(tqdm(tensors["ids"].tolist(), desc=f"trajectories {'shard' if kind == 'shards' else 'generated shard'} {shard}", mininterval=5.0)):
+    for i, image_id in enumerate(tqdm(tensors["ids"].tolist(), desc=label, mininterval=5.0)):
         draws = forward_draws(sde, x0[i], config, torch_generator(params.seed, *seed_keys, image_id))
         for key, value in draws.items():
             records[key].append(value)

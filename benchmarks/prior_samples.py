@@ -1,0 +1,91 @@
+"""How close a trained latent prior's unconditional samples come to the data it models, in image space.
+
+For each score model given: `--samples` reverse-SDE samples (the score stage's sampler, `--steps` steps), decoded
+by the generator from layer k on with the training mean w+, as the score stage's samples.png. References, decoded
+the same way: inverted latents of real images (the invert stage's shards, split in two halves) and latents drawn
+from the generator with fresh seeds (two sets; not the training draws). Prints the sliced Wasserstein distance
+(`sgilo.gan.sliced_wasserstein`, the demo's weight-free sample-quality figure) of every set to the first half of
+each reference, so a reference's second set gives the floor; writes a figure with one row of images per set.
+
+    python benchmarks/prior_samples.py --models results/score/model.pt /tmp/old/model.pt \\
+        --names "with generated latents" "inversions only" --figure docs/demo-prior-samples.png
+
+The generator and the invert folder default to a finished pipeline's (results/); every model must have been
+trained on that generator's latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from _common import machine
+
+from sgilo.data import save_image_grid
+from sgilo.gan import sliced_wasserstein
+from sgilo.inversion import generator_latents
+from sgilo.io import load_safetensors
+from sgilo.posterior import LatentPrior, decode_latents, sample_latents
+from sgilo.seeding import torch_generator
+from sgilo.stylegan2 import load_generator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--generator", type=Path, default=Path("results/generator/generator.pt"))
+    parser.add_argument("--invert", type=Path, default=Path("results/invert"), help="the invert stage's folder")
+    parser.add_argument("--models", type=Path, nargs="+", required=True, help="score stage model.pt files to compare")
+    parser.add_argument("--names", nargs="+", help="one label per model (default: the paths)")
+    parser.add_argument("--samples", type=int, default=256, help="images per set (the inverted latents must number twice this)")
+    parser.add_argument("--steps", type=int, default=200, help="reverse-SDE steps (the demo's score.sample_steps)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shown", type=int, default=12, help="images per row of the figure")
+    parser.add_argument("--figure", type=Path, help="write the figure here (PNG)")
+    args = parser.parse_args()
+    names = args.names or [str(m) for m in args.models]
+    if len(names) != len(args.models):
+        parser.error("--names needs one label per model")
+    torch.set_grad_enabled(False)
+    n = args.samples
+    generator = load_generator(args.generator)
+    priors = [LatentPrior.load(path) for path in args.models]
+    layer = priors[0].layer
+    if any(p.layer != layer for p in priors):
+        parser.error("the models learn different layers")
+    decoder = priors[0]  # every model of one invert run has the same mean w+
+
+    shards = sorted((args.invert / "shards").glob("shard-*.safetensors"))
+    inverted = torch.cat([load_safetensors(path)[0]["latents"] for path in shards])
+    if len(inverted) < 2 * n:
+        parser.error(f"{len(inverted)} inverted latents in {args.invert}; --samples may be at most {len(inverted) // 2}")
+    order = torch.randperm(len(inverted), generator=torch_generator(args.seed, "prior_samples", "inverted"))
+    z = torch.randn(2 * n, generator.style_dim, generator=torch_generator(args.seed, "prior_samples", "generated"))
+    drawn, _ = generator_latents(generator, layer, z)
+    references = {
+        "inverted": (decode_latents(generator, decoder, inverted[order[:n]]), decode_latents(generator, decoder, inverted[order[n : 2 * n]])),
+        "generated": (decode_latents(generator, decoder, drawn[:n]), decode_latents(generator, decoder, drawn[n:])),
+    }
+    rows = [("inverted latents (second half)", references["inverted"][1]), ("generator latents (second set)", references["generated"][1])]
+    seconds = {}
+    for name, prior in zip(names, priors):
+        started = time.perf_counter()
+        rows.append((name, decode_latents(generator, prior, sample_latents(prior, n, args.seed, args.steps))))
+        seconds[name] = time.perf_counter() - started
+
+    print(f"machine: {machine(torch.device('cpu'))}; {n} images per set, {args.steps} reverse-SDE steps, seed {args.seed}\n")
+    print("| set | SWD to inverted latents | SWD to generator latents | sampling s |")
+    print("|---|---|---|---|")
+    for name, images in rows:
+        swd = [sliced_wasserstein(images.clamp(-1, 1), ref[0].clamp(-1, 1)) for ref in references.values()]
+        timing = f"{seconds[name]:.0f}" if name in seconds else "—"
+        print(f"| {name} | {swd[0]:.4f} | {swd[1]:.4f} | {timing} |")
+    if args.figure:
+        grid = torch.cat([images[: args.shown] for _, images in rows])
+        save_image_grid(grid.clamp(-1, 1), args.figure, nrow=args.shown)
+        print(f"\nfigure: {args.figure} (rows: {'; '.join(name for name, _ in rows)})")
+
+
+if __name__ == "__main__":
+    main()
