@@ -66,6 +66,8 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
         assert planned_jobs(plan()) == {"theory_langevin", "report"}
         write_params(params, {"invert": {"geocross": 0.02}})  # the generated latents need no ILO: not redrawn
         assert planned_jobs(plan()) == downstream_of_invert
+        write_params(params, {"invert": {"precision": "bf16"}})  # the generated latents are drawn in fp32
+        assert planned_jobs(plan()) == downstream_of_invert
         write_params(params, {"invert": {"generated": 6}})
         assert planned_jobs(plan()) == {"invert_generated"} | prior
         write_params(params, {"generator": {"grid_rows": 3}})

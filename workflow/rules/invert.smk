@@ -27,7 +27,8 @@ rule invert:
         " --out results/invert --shard {params.shard} 2> {log}"
 
 
-# Latents drawn from the generator depend on it and on these keys only: a new ILO schedule does not redraw them.
+# Latents drawn from the generator depend on it and on these keys only (fp32 whatever invert.precision): a new ILO
+# schedule does not redraw them.
 rule invert_generated:
     input:
         generator=rules.generator.output.generator,
@@ -35,7 +36,7 @@ rule invert_generated:
     output:
         "results/invert/generated/shard-{shard}.safetensors",
     params:
-        tracked=tracked("seed", "invert.layer", "invert.generated", "invert.generated_shard_size", "invert.batch_size"),
+        tracked=tracked("seed", "invert.layer", "invert.generated", "invert.generated_shard_size", "invert.batch_size", "invert.device"),
         shard=lambda wildcards: int(wildcards.shard),
     log:
         "logs/invert/generated-{shard}.log",
