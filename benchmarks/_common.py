@@ -9,6 +9,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sgilo.allocator import retain_freed_memory
+from sgilo.precision import cpu_has_native_bf16
+
+MALLOC = retain_freed_memory()  # as the stages run: freed memory is reused (sgilo.allocator)
+
 
 def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
@@ -30,4 +35,5 @@ def names_from(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+            f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, malloc {MALLOC}")

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 
 import torch
+from _common import machine
 
+from sgilo.precision import autocast
 from sgilo.stylegan2 import Generator
-
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def measure(generator: Generator, batch: int, dtype: str, device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
@@ -29,7 +28,7 @@ def measure(generator: Generator, batch: int, dtype: str, device: torch.device, 
     noise = generator.random_noise(batch, torch.Generator(device=device).manual_seed(0))
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None):
+        with autocast(dtype, device):
             image = generator.synthesis(w_plus, noise)
         image.float().square().mean().backward()
         w_plus.grad = None
@@ -64,14 +63,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=1024, help="resolution; channels as config-f (multiplier 2, max 512)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
 
     device = torch.device(args.device)
     generator = Generator(args.size).to(device).eval().requires_grad_(False)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = machine(device)
     print(f"StyleGAN2 {args.size}² (config-f channels), synthesis forward+backward w.r.t. w+, torch {torch.__version__}, {name}\n")
     print("| device | size | batch | dtype | images/s | ms/batch | peak GPU GiB |")
     print("|---|---|---|---|---|---|---|")

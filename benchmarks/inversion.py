@@ -25,7 +25,7 @@ import time
 import torch
 from _common import ints, machine, names_from
 
-from sgilo.inversion import PRECISIONS, Options, Stage, invert
+from sgilo.inversion import Options, Stage, invert
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.stylegan2 import Generator
 
@@ -34,6 +34,8 @@ CONFIGS = {
     "config-f": {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512},
 }
 DEFAULT_LAYERS = {"demo": [0, 1, 2], "config-f": [0, 1, 2, 3]}
+
+EXPLICIT = ("fp32", "tf32", "bf16")  # the precisions compared; `auto` resolves to one of them
 
 
 def radius_for(generator: Generator, layer: int, per_entry: float) -> float | None:
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), help="generator; default demo on CPU, config-f on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batches", type=ints, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
-    parser.add_argument("--precisions", type=names_from(list(PRECISIONS)), help="comma-separated, of fp32,tf32,bf16; default fp32 on CPU, all three on CUDA")
+    parser.add_argument("--precisions", type=names_from(list(EXPLICIT)), help="comma-separated, of fp32,tf32,bf16; default fp32 on CPU, all three on CUDA")
     parser.add_argument("--steps", type=int, help="steps per ILO stage; default 10 on CPU, 20 on CUDA")
     parser.add_argument("--layers", type=ints, help="ILO stage layers; default 0,1,2 (demo), 0,1,2,3 (config-f)")
     parser.add_argument("--lr", type=float, default=0.1)
@@ -126,7 +128,7 @@ def main() -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     config = args.config or ("config-f" if cuda else "demo")
-    precisions = args.precisions or (list(PRECISIONS) if cuda else ["fp32"])
+    precisions = args.precisions or (list(EXPLICIT) if cuda else ["fp32"])
     steps = args.steps if args.steps is not None else (20 if cuda else 10)
     layers = args.layers if args.layers is not None else DEFAULT_LAYERS[config]
 

@@ -31,6 +31,7 @@ import torch
 from _common import ints, machine, names_from
 from torch import Tensor
 
+from sgilo.precision import autocast
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, score_from_eps
 from sgilo.sde import VPSDE, probability_flow_sample, reverse_sde_sample
 
@@ -39,16 +40,11 @@ CONFIGS = {
     "demo": {"shape": (67, 8, 8), "width": 128, "depth": 4, "heads": 4, "mlp": 256},  # params.yaml's, layer 2 of 32²
     "paper": {"shape": (515, 16, 16), "width": 1024, "depth": 8, "heads": 1, "mlp": 4096},  # FFHQ profile, layer 3
 }
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def build_model(config: str, device: torch.device) -> ScoreViT:
     torch.manual_seed(0)
     return ScoreViT(**CONFIGS[config], skip_data_std=SKIP_DATA_STD).to(device)
-
-
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=DTYPES[precision], enabled=DTYPES[precision] is not None)
 
 
 def measure_training(model: ScoreViT, batch: int, precision: str, steps: int, warmup: int, lr: float,
@@ -63,7 +59,7 @@ def measure_training(model: ScoreViT, batch: int, precision: str, steps: int, wa
     losses = []
 
     def step() -> None:
-        with _autocast(device, precision):
+        with autocast(precision, device):
             loss, logs = dsm_loss(model, x_t, t, eps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,7 +88,7 @@ def measure_sampling(model: ScoreViT, initial: dict[str, Tensor], sampler: str, 
 
     def score_fn(x: Tensor, t: Tensor) -> Tensor:
         calls[0] += 1
-        with _autocast(device, precision):
+        with autocast(precision, device):
             return score(x, t).to(x.dtype)
 
     generator = torch.Generator(device=device).manual_seed(0)
@@ -145,7 +141,7 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), help="model; default demo on CPU, paper on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batches", type=ints, help="comma-separated training batch sizes; default 64,128 on CPU, 32,64,128 on CUDA")
-    parser.add_argument("--precisions", type=names_from(list(DTYPES)), help="comma-separated, of fp32,bf16; default fp32 on CPU, both on CUDA")
+    parser.add_argument("--precisions", type=names_from(["fp32", "bf16"]), help="comma-separated, of fp32,bf16; default fp32 on CPU, both on CUDA")
     parser.add_argument("--steps", type=int, help="timed training steps per row; default 5 on CPU, 20 on CUDA")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before each row's timed ones")
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -161,7 +157,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     config = args.config or ("paper" if cuda else "demo")
     batches = args.batches or ([32, 64, 128] if cuda else [64, 128])
-    precisions = args.precisions or (list(DTYPES) if cuda else ["fp32"])
+    precisions = args.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
     steps = args.steps if args.steps is not None else (20 if cuda else 5)
     sample_batch = args.sample_batch if args.sample_batch is not None else (64 if cuda else 16)
     sample_steps = args.sample_steps if args.sample_steps is not None else (500 if cuda else 100)

@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny profile that runs every stage in seconds on the CPU."""
+"""Shared fixtures: a tiny profile that runs every stage in seconds on the CPU.
+
+It pins fp32, as the demo profile does, so that every machine computes the same numbers (sgilo.precision)."""
 
 from __future__ import annotations
 
@@ -22,22 +24,22 @@ TINY = {
         "source": "train",
         "architecture": {"size": 32, "style_dim": 16, "n_mlp": 2, "channel_multiplier": 1, "channel_max": 16},
         "train": {"steps": 12, "batch_size": 4, "lr": 0.002, "r1_every": 4, "checkpoint_every": 3,
-                  "ema_half_life_images": 50, "disc_channel_max": 16, "threads": 1},
+                  "ema_half_life_images": 50, "disc_channel_max": 16, "precision": "fp32", "threads": 1},
         "latent_avg_samples": 256,
         "grid_rows": 2,
     },
     "invert": {
         "layer": 2,
         "stages": [{"layer": 0, "steps": 3}, {"layer": 1, "steps": 2, "radius": 50.0}, {"layer": 2, "steps": 2, "radius": 100.0}],
-        "images": 12, "generated": 4, "generated_shard_size": 4, "shard_size": 8, "batch_size": 3, "device": "cpu", "threads": 1,
+        "images": 12, "generated": 4, "generated_shard_size": 4, "shard_size": 8, "batch_size": 3, "precision": "fp32", "device": "cpu", "threads": 1,
     },
     "trajectories": {"draws": 2, "held_out": 0.25, "threads": 1},
     "score": {"model": {"width": 16, "depth": 1, "heads": 2, "mlp": 32}, "epochs": 2, "batch_size": 8, "warmup_steps": 2,
-              "samples": 4, "sample_steps": 5, "device": "cpu", "threads": 1},
+              "samples": 4, "sample_steps": 5, "precision": "fp32", "device": "cpu", "threads": 1},
     "evaluate": {"tasks": [{"task": "inpaint", "levels": [0.25]}], "images": 3, "batch_size": 2,
                  "sgilo": {"steps": 3, "chains": 2}, "gnc": {"steps": 3},
                  "tune": {"validation": 1, "ilo_radius_scale": [0.5, 2.0], "sgilo_weight": [0.1, 0.3], "gnc_weight": [0.5, 1.0]},
-                 "figure_images": 2, "device": "cpu", "threads": 1},
+                 "figure_images": 2, "precision": "fp32", "device": "cpu", "threads": 1},
     "report": {"fid_samples": 8, "device": "cpu", "threads": 1},
     "theory_gnc": {"starts": 41, "initial_sigmas": 6, "steps": [1, 4, 16]},
     "theory_langevin": {"architectures": [{"depth": 2, "latents": [2, 3]}], "chains": 4, "steps": 60,

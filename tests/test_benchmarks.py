@@ -23,6 +23,16 @@ def test_a_benchmark_script_starts():
     assert "usage:" in result.stdout
 
 
+def test_precision_benchmark_runs_and_says_what_auto_resolves_to():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "precision.py"), "--smoke"], check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "capability" in result.stdout and "precision auto → " in result.stdout
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0].split()[0] for row in rows] == ["matmul", "matmul", "conv"]
+    assert all(float(row[2]) > 0 for row in rows) and all(float(row[4]) > 0 for row in rows[1:])
+
+
 def test_prior_samples_compares_models_with_both_references(tmp_path):
     from conftest import tiny_workspace
 

@@ -109,8 +109,9 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 
 def _argv(tiny: Path, out: Path, *extra: str, image: Path | None = None) -> list[str]:
+    # fp32 pinned, so that these tests compute the same on every CPU; the default is tested on its own below.
     return ["reconstruct", str(image or tiny / "image.png"), "--generator", str(tiny / "g.pt"), "--out", str(out),
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--precision", "fp32", *extra]
 
 
 def test_reconstruct_ilo_inpaint_writes_everything(tiny: Path, tmp_path: Path) -> None:
@@ -125,6 +126,7 @@ def test_reconstruct_ilo_inpaint_writes_everything(tiny: Path, tmp_path: Path) -
     assert record["steps"] == 10
     assert [(s["layer"], s["steps"], s["radius"]) for s in record["stages"]] == [(0, 4, None), (1, 3, None), (2, 3, None)]
     assert record["seconds"] > 0
+    assert record["precision"] == "fp32"
     for key in ("psnr", "ssim", "mse", "measurement_loss"):
         assert isinstance(record[key], float) and np.isfinite(record[key])
     assert set(record["naive"]) == {"psnr", "ssim", "mse"}
@@ -168,6 +170,19 @@ def test_reconstruct_is_deterministic_and_seeded(tiny: Path, tmp_path: Path) -> 
     assert record["seed"] == 1
     assert not torch.equal((first["y"] != 0).any(1), (other["y"] != 0).any(1))  # another random mask
     assert not torch.equal(first["reconstruction"], other["reconstruction"])
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_reconstruct_precision_defaults_to_auto(tiny: Path, tmp_path: Path, monkeypatch, capsys, native: bool) -> None:
+    # bf16 only where the CPU has it natively (mocked here, so both branches run on any machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    out = tmp_path / "out"
+    main(["reconstruct", str(tiny / "image.png"), "--generator", str(tiny / "g.pt"), "--out", str(out), "--device", "cpu",
+          "--task", "inpaint", "--level", "0.5", "--method", "csgm", "--steps", "3"])
+    expected = "bf16" if native else "fp32"
+    assert json.loads((out / "record.json").read_text())["precision"] == expected
+    assert f"csgm, 3 steps, {expected})" in capsys.readouterr().out
 
 
 def test_reconstruct_csgm_has_no_latent(tiny: Path, tmp_path: Path) -> None:

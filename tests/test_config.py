@@ -52,6 +52,12 @@ def test_round_trip_through_plain_data(tmp_path):
         ({"download": {"dataset": "celeba"}}, "download.dataset", "'synthfaces', 'ffhq'"),
         ({"download": {"synthfaces": [1, 2]}}, "download.synthfaces", "expected a mapping"),
         ({"colour": 1}, "colour", "allowed keys under top level"),
+        ({"evaluate": {"tasks": [{"task": "sr", "levels": [2, 3]}]}}, "evaluate.tasks[0].levels", "[3.0] do not"),
+        ({"evaluate": {"tasks": [{"task": "sr", "levels": [1.5]}]}}, "evaluate.tasks[0].levels", "integer downsampling factors"),
+        ({"evaluate": {"tasks": [{"task": "sr", "levels": [64]}]}}, "evaluate.tasks[0].levels", "divide generator.architecture.size (32)"),
+        ({"evaluate": {"tasks": [{"task": "denoise", "levels": [-0.1]}]}}, "evaluate.tasks[0].levels", "noise σ >= 0"),
+        ({"trajectories": {"sde": "catmap"}}, "trajectories.sde", "sgilo, gnc, which need an SDE with a closed-form marginal"),
+        ({"trajectories": {"sde": "lotka_volterra"}, "evaluate": {"methods": ["ilo", "gnc"]}}, "trajectories.sde", "has gnc"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, overrides, key, expected):
@@ -60,6 +66,14 @@ def test_bad_values_name_file_and_key(tmp_path, overrides, key, expected):
         load_params(path)
     message = str(error.value)
     assert str(path) in message and key in message and expected in message
+
+
+def test_valid_task_levels_and_a_drift_without_prior_methods_load(tmp_path):
+    path = write_params(tmp_path / "ok.yaml", {
+        "trajectories": {"sde": "catmap"},  # no prior method evaluates with it: allowed (the IGO experiments use it)
+        "evaluate": {"methods": ["csgm", "ilo"], "tasks": [{"task": "sr", "levels": [1, 2, 4]}, {"task": "denoise", "levels": [0.0, 0.2]}]},
+    })
+    assert [t.task for t in load_params(path).evaluate.tasks] == ["sr", "denoise"]
 
 
 def test_unparseable_yaml_and_missing_file_are_named(tmp_path):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import run_stage, tiny_workspace
+from conftest import kill_stage_when, run_stage, tiny_workspace
 
 from sgilo.io import load_safetensors
 from sgilo.metrics import lpips_backbone_path
@@ -21,7 +21,8 @@ from sgilo.report import summarize
 from sgilo.stages import evaluate as evaluate_stage
 
 COLUMNS = ["image_id", "seed", "task", "level", "method", "mse", "psnr", "ssim", "lpips", "lpips_note", "seconds", "steps",
-           "chains", "measurement_loss", "hyper", "failure"]
+           "chains", "measurement_loss", "hyper", "failure", "precision",
+           "data_term"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,10 @@ def test_each_method_writes_a_record_per_test_image(workspace, method):
     assert records["mse"].between(0, 1).all() and records["psnr"].gt(0).all()
     assert records["lpips"].isna().all() and records["lpips_note"].str.contains("weights absent").all()
     assert records["chains"].eq(2 if method == "sgilo" else 1).all() and records["failure"].eq("").all()
+    assert records["precision"].eq("fp32").all()  # evaluate.precision as it resolved (the tiny profile pins fp32)
+    assert records["data_term"].eq("mse").all()  # invert.perceptual is 0 in the tiny profile
     tuned = json.loads((out / "tune" / f"{method}.json").read_text())
+    assert tuned["precision"] == "fp32"
     if method in ("ilo", "sgilo", "gnc"):
         key = "radius_scale" if method == "ilo" else "weight"
         assert [c[key] for c in tuned["candidates"]] == ([0.5, 2.0] if method == "ilo" else [0.1, 0.3] if method == "sgilo" else [0.5, 1.0])
@@ -115,6 +119,21 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     run_stage("evaluate", *_argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "clean")), cwd=workspace)
     clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "ilo.parquet")
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), clean.drop(columns="seconds"))
+
+
+def test_tuning_killed_with_sigkill_resumes_to_the_same_choice(workspace):
+    """A tune job is as long as an evaluate cell at the paper's scale: kill -9 after its first candidate, rerun, and
+    the JSON is the one an uninterrupted run writes, with only the second candidate run again."""
+    out = workspace / "tune-killed" / "ilo.json"
+    argv = _argv(workspace, "ilo", "--tune", "--out", str(out))
+    kill_stage_when("evaluate", argv, workspace, out.parent / "partial" / "ilo.pt")
+    assert not out.exists(), "the tuning finished before it could be killed"
+    rerun = run_stage("evaluate", *argv, cwd=workspace)
+    assert "1 of 2 candidate batches to run" in rerun.stderr
+    assert not (out.parent / "partial").exists()
+    straight = workspace / "tune-straight" / "ilo.json"
+    run_stage("evaluate", *_argv(workspace, "ilo", "--tune", "--out", str(straight)), cwd=workspace)
+    assert json.loads(out.read_text()) == json.loads(straight.read_text())
 
 
 def test_an_image_going_non_finite_gets_a_failed_record_and_the_cell_goes_on(workspace, monkeypatch):

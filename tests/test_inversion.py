@@ -169,6 +169,26 @@ def test_perceptual_term_is_used_when_weighted(generator):
     assert calls == [(2, 3, 16, 16)] * 3
 
 
+@pytest.mark.parametrize(("task", "level", "term", "calls"), [("cs", 0.1, "mse", 0), ("inpaint", 0.5, "mse + 0.5·LPIPS", 10)])
+def test_a_method_fits_a_non_image_measurement_by_mse_alone(generator, task, level, term, calls):
+    """One perceptual weight for a profile's every task (the FFHQ profile's cs cells crashed on it): LPIPS where the
+    measurement is an image, the pixel MSE where it is not, and the reconstruction says which."""
+    from sgilo.methods import reconstruct
+
+    seen = []
+
+    def perceptual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        seen.append(a.shape)
+        return (a - b).abs().flatten(1).mean(1)
+
+    x = _targets(generator, 2, seed=13)
+    operator = build_operator(OperatorSpec(task, level), (3, 16, 16), [1, 2])
+    result = reconstruct("ilo", generator, operator.physics.A, operator.measure(x), [1, 2], ILO, Options(perceptual=0.5),
+                         perceptual=perceptual)
+    assert result.data_term == term and len(seen) == calls
+    assert torch.isfinite(result.image).all()
+
+
 @pytest.mark.parametrize(
     ("stages", "options", "message"),
     [

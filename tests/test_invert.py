@@ -47,7 +47,7 @@ def test_shards_hold_latents_ids_and_quality(workspace):
     psnr = -10 * torch.log10((image - truth).square().flatten(1).mean(1))
     torch.testing.assert_close(psnr, first["psnr"], atol=0.05, rtol=0)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images"] == 12
+    assert summary["images"] == 12 and summary["precision"] == "fp32"
     assert summary["psnr_mean"] == pytest.approx(float(torch.cat([first["psnr"], second["psnr"]]).mean()), rel=1e-5)
     assert not (out / "partial").exists()
     generated, _ = load_safetensors(out / "generated" / "shard-00000.safetensors")  # run with no flag: drawn too

@@ -207,3 +207,18 @@ def test_paired_differences_match_a_paired_t_interval(workspace):
     assert row["wins"] == int((difference < 0).sum()) and row["n"] == IMAGES
     assert "better" in report.describe_paired(paired)  # sgilo's errors are a quarter of ilo's in this data
     assert report.paired_differences(records[records["method"] != "sgilo"]).empty
+
+
+@pytest.mark.parametrize(("task", "levels", "hardest"), [("inpaint", (0.05, 0.25), 0.05), ("cs", (0.1, 0.03), 0.03),
+                                                          ("denoise", (0.05, 0.4, 0.1), 0.4), ("sr", (2.0, 8.0, 4.0), 8.0)])
+def test_the_hardest_level_follows_each_tasks_direction(task, levels, hardest):
+    # ilo wins at every level but the hardest, where sgilo wins: the sentences must name the hardest level's winner.
+    rows = []
+    for level in levels:
+        for method, mse in (("ilo", 0.01 if level != hardest else 0.05), ("sgilo", 0.02 if level != hardest else 0.03)):
+            rows.append({"task": task, "level": level, "method": method, "mse_mean": mse, "mse_ci_low": mse * 0.9,
+                         "mse_ci_high": mse * 1.1, "seconds_per_image": 1.0 if method == "ilo" else 4.0})
+    table = pd.DataFrame(rows)
+    sentence = report.describe_curves(table, task)
+    assert f"= {hardest:g}), sgilo has the lowest mean MSE" in sentence
+    assert f"At {task} {hardest:g} the lowest-MSE method, sgilo" in report.describe_speed(table)

@@ -38,7 +38,7 @@ def test_training_lowers_the_held_out_loss_and_writes_everything(cached):
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(9))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["held_out_samples"] > 0 and metrics["train_samples"] > 0
+    assert metrics["held_out_samples"] > 0 and metrics["train_samples"] > 0 and metrics["precision"] == "fp32"
     assert metrics["held_out_loss_final"] < 0.8 * metrics["held_out_loss_initial"]
     checkpoint = load_torch(out / "model.pt")
     model = ScoreViT(**checkpoint["config"])

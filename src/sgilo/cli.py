@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from sgilo.allocator import retain_freed_memory
 from sgilo.config import (
     METHOD_NAMES,
     PRIOR_METHODS,
@@ -29,6 +30,7 @@ from sgilo.methods import reconstruct, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
+from sgilo.precision import PRECISIONS, resolve
 from sgilo.seeding import item_seed, torch_generator
 from sgilo.sharing import SharingError, pull, push, sync
 from sgilo.stylegan2 import load_generator, save_generator
@@ -100,6 +102,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     if prior is not None and prior.layer not in [stage.layer for stage in stages]:
         raise ValueError(f"{args.score} models layer {prior.layer}: give --layers/--steps that reach it (e.g. --layers 0,1,…,{prior.layer})")
     perceptual = lpips_distance("vgg", device) if args.perceptual > 0 else None
+    args.precision = resolve(args.precision, device, "--precision")
     options = Options(geocross=args.geocross, perceptual=args.perceptual, optimize_noise=args.optimize_noise, precision=args.precision)
     sgilo_config = SGILOConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.1,
                                noise=args.noise, t0=args.t0, hot_steps=args.hot_steps, chains=args.samples,
@@ -136,11 +139,13 @@ def _write_reconstruction(args, operator, y, truth, result, seconds) -> None:
         "image": str(args.image), "method": args.method, "generator": str(args.generator), "seed": args.seed,
         "score": str(args.score) if args.score else None, "operator": operator.describe(),
         "stages": [dataclasses.asdict(s) for s in result.stages], "steps": result.steps, "chains": result.chains, "seconds": seconds,
+        "precision": args.precision, "data_term": result.data_term,
         "measurement_loss": float(result.loss[0]), "naive": {k: float(v[0]) for k, v in image_metrics(naive01, truth).items()},
         **quality,
     }
     save_json(record, out / "record.json")
-    print(f"wrote {out}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f} in {seconds:.1f} s ({args.method}, {result.steps} steps)")
+    print(f"wrote {out}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f} in {seconds:.1f} s "
+          f"({args.method}, {result.steps} steps, {args.precision})")
 
 
 def _dvc_sync(args: argparse.Namespace) -> None:
@@ -220,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--geocross", type=float, default=0.01)
     rec.add_argument("--perceptual", type=float, default=0.0, help="LPIPS-VGG weight (needs its weights on disk)")
     rec.add_argument("--optimize-noise", action="store_true")
-    rec.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"))
+    rec.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="auto: bf16 where the device has it natively (a recent GPU, an AVX512_BF16/AMX CPU), else fp32")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     rec.add_argument("--resize", action="store_true", help="centre-crop and resize an image of another size")
     rec.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -246,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        retain_freed_memory()
         args.run(args)
     except (ConfigError, CheckpointError, DataError, DiskFullError, MissingWeightsError, SharingError, ValueError) as exc:
         print(f"sgilo: error: {exc}", file=sys.stderr)

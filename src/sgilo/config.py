@@ -83,7 +83,7 @@ class TrainConfig:
     mixing_prob: float = field(default=0.9, metadata=_rng(0.0, 1.0))
     checkpoint_every: int = field(default=200, metadata=_rng(1))
     disc_channel_max: int = field(default=128, metadata=_rng(1))
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # sgilo.precision: auto is bf16 only where the CPU has it natively
     threads: int = field(default=0, metadata=_rng(0))
 
 
@@ -133,7 +133,7 @@ class InvertConfig:
     generated_shard_size: int = field(default=1024, metadata=_rng(1))  # one cheap forward pass each: larger than shard_size
     shard_size: int = field(default=128, metadata=_rng(1))
     batch_size: int = field(default=32, metadata=_rng(1))
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = field(default=0, metadata=_rng(0))
 
@@ -192,7 +192,7 @@ class ScoreConfig:
     ema_decay: float = field(default=0.999, metadata=_rng(0.0, 1.0))
     samples: int = field(default=16, metadata=_rng(1))  # unconditional samples decoded into the grid
     sample_steps: int = field(default=200, metadata=_rng(1))
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = field(default=0, metadata=_rng(0))
 
@@ -202,6 +202,32 @@ METHOD_NAMES = ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")
 PRIOR_METHODS = ("sgilo", "gnc")  # need the score model; keep their chains' samples and per-pixel std
 # The hyper-parameter each method tunes on the validation images, and the evaluate.tune field of its candidates.
 TUNED = {"ilo": ("radius_scale", "ilo_radius_scale"), "sgilo": ("weight", "sgilo_weight"), "gnc": ("weight", "gnc_weight")}
+
+
+@dataclass(frozen=True)
+class TaskLevel:
+    """What a task's level means: its axis label, and whether a lower level is the harder problem."""
+
+    label: str
+    lower_is_harder: bool
+
+
+TASK_LEVELS = {
+    "inpaint": TaskLevel("fraction of pixels kept", True),
+    "cs": TaskLevel("measurements m/n", True),
+    "denoise": TaskLevel("noise σ", False),
+    "sr": TaskLevel("downsampling factor", False),
+    "colorize": TaskLevel("level (unused)", True),
+}
+
+
+def hardest_level(task: str, levels) -> float:
+    """The level of `task` at which the problem is hardest: the fewest measurements, the most noise, the largest factor."""
+    return min(levels) if TASK_LEVELS[task].lower_is_harder else max(levels)
+
+
+# Trajectory SDEs with a closed-form marginal: SGILO's hot start and GNC's smoothing need one (sgilo.posterior).
+CLOSED_FORM_SDES = ("vp",)
 
 
 @dataclass(frozen=True)
@@ -265,7 +291,7 @@ class EvaluateConfig:
     gnc: GNCConfig = GNCConfig()
     tune: TuneConfig = TuneConfig()
     figure_images: int = field(default=4, metadata=_rng(0))  # reconstructions kept per shard for the report's figures
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = field(default=0, metadata=_rng(0))
 
@@ -403,6 +429,19 @@ def _check_across_sections(params: Params, source: str) -> None:
             raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: give at least one level for task {entry.task!r}")
         if entry.task in ("inpaint", "cs") and not all(0 < level <= 1 for level in entry.levels):
             raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: {entry.task} levels are fractions in (0, 1], got {list(entry.levels)}")
+        if entry.task == "denoise" and not all(level >= 0 for level in entry.levels):
+            raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: denoise levels are noise σ >= 0 on the [0, 1] scale, got {list(entry.levels)}")
+        if entry.task == "sr":
+            size = params.generator.architecture.size
+            bad = [level for level in entry.levels if level < 1 or not float(level).is_integer() or size % int(level)]
+            if bad:
+                raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: sr levels are integer downsampling factors >= 1 that divide "
+                                  f"generator.architecture.size ({size}); {bad} do not")
+    prior_methods = [m for m in evaluate.methods if m in PRIOR_METHODS]
+    if prior_methods and params.trajectories.sde not in CLOSED_FORM_SDES:
+        raise ConfigError(f"{source}: trajectories.sde is {params.trajectories.sde!r}, but evaluate.methods has {', '.join(prior_methods)}, "
+                          f"which need an SDE with a closed-form marginal ({', '.join(CLOSED_FORM_SDES)}); set trajectories.sde to vp "
+                          "or drop those methods (the non-affine drifts are for the IGO theory experiments)")
     tasks = [entry.task for entry in evaluate.tasks]
     if len(set(tasks)) != len(tasks):
         raise ConfigError(f"{source}: evaluate.tasks: each task once (list its levels together), got {tasks}")

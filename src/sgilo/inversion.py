@@ -17,20 +17,19 @@ step where it happened (`Result.failures`), and the batch goes on.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sgilo.precision import autocast, resolve
 from sgilo.seeding import torch_generator
 from sgilo.stylegan2 import Generator
 
-PRECISIONS = ("fp32", "tf32", "bf16")
 Perceptual = Callable[[Tensor, Tensor], Tensor]  # (x, y) in [0,1] → per-image distance (B,)
 
 
@@ -52,7 +51,9 @@ class Options:
     sphere: bool = True  # keep each z row (and noise map) on its initial sphere, as PULSE/ILO do
     rampup: float = 0.05  # fraction of a stage spent ramping the lr up …
     rampdown: float = 0.75  # … and down (cosine)
-    precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast); the latter two only help on a GPU
+    # auto | fp32 | tf32 | bf16 (sgilo.precision). fp32 here, so that a library call computes the same on every
+    # machine; the stages and `sgilo reconstruct` pass what the params or --precision say (default auto).
+    precision: str = "fp32"
     keep: str = "best"  # best: the iterate with the lowest measurement loss (ILO); last: the final one (a sampler's)
 
 
@@ -203,6 +204,7 @@ def invert(
     the stages must then start at or after its layer.
     """
     _check(generator, y, seeds, stages, options, perceptual)
+    options = replace(options, precision=resolve(options.precision, y.device))
     if latent_step is not None and latent_step.layer not in [stage.layer for stage in stages]:
         raise ValueError(f"latent_step acts on layer {latent_step.layer}, but no stage runs there (stages: {[s.layer for s in stages]})")
     generator.requires_grad_(False)
@@ -346,7 +348,7 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
             group["lr"] = lr_at(step / stage.steps, stage.lr, options.rampup, 0.0 if latent_step else options.rampdown)
         state.z = torch.cat([state.z[:, :rows].detach(), z_active], 1)
         w_plus = gaussianised_w(generator, state.z)
-        with _autocast(options.precision, y.device):
+        with autocast(options.precision, y.device):
             image = decode(generator, state.h, stage.layer, w_plus, state.noise)
         data = measurement_loss(forward, image, y)
         loss = data + options.geocross * geocross(z_active)
@@ -364,7 +366,7 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
             if centre is not None and stage.radius is not None:
                 state.h.copy_(centre + project_l1_ball(state.h - centre, stage.radius))
             if latent_step is not None:
-                with _autocast(options.precision, y.device):  # the score model runs at the generator's precision
+                with autocast(options.precision, y.device):  # the score model runs at the generator's precision
                     state.h.copy_(latent_step(state.h.detach(), step, stage.steps))
                 state.flag(state.h, f"non-finite latent after the prior's step {step + 1} at layer {stage.layer}")
         if progress is not None:
@@ -393,20 +395,9 @@ def _row_norms(v: Tensor) -> Tensor:
     return (v.detach().square().sum(dims, keepdim=True) + 1e-9).sqrt()
 
 
-@contextlib.contextmanager
-def _autocast(precision: str, device: torch.device) -> Iterator[None]:
-    if precision == "bf16":
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            yield
-    elif precision == "tf32" and device.type == "cuda":
-        previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
-    else:
-        yield
+def image_shaped(y: Tensor) -> bool:
+    """RGB image measurements (B, 3, H, W): the only kind a perceptual distance (LPIPS) can compare."""
+    return y.ndim == 4 and y.shape[1] == 3
 
 
 def _check(generator: Generator, y: Tensor, seeds: Sequence[int], stages: Sequence[Stage], options: Options, perceptual) -> None:
@@ -424,9 +415,7 @@ def _check(generator: Generator, y: Tensor, seeds: Sequence[int], stages: Sequen
         raise ValueError(f"ILO stages must go forward through the layers, got layers {layers}")
     if options.keep not in ("best", "last"):
         raise ValueError(f"options.keep must be 'best' or 'last', got {options.keep!r}")
-    if options.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
     if options.perceptual > 0 and perceptual is None:
         raise ValueError("options.perceptual > 0 needs a perceptual distance (LPIPS); pass one or set the weight to 0")
-    if options.perceptual > 0 and (y.ndim != 4 or y.shape[1] != 3):
+    if options.perceptual > 0 and not image_shaped(y):
         raise ValueError(f"a perceptual loss needs RGB image measurements (B, 3, H, W); got {tuple(y.shape)}: set its weight to 0 for this task")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from torch import Tensor
 
 from sgilo.config import METHOD_NAMES, PRIOR_METHODS, GNCConfig, SGILOConfig
-from sgilo.inversion import Options, Perceptual, Stage, invert
+from sgilo.inversion import Options, Perceptual, Stage, image_shaped, invert
 from sgilo.posterior import LatentPrior, gnc, sgilo, warm_stages
 
 
@@ -29,6 +29,7 @@ class Reconstruction:
     samples: Tensor | None = None  # (B, chains, 3, size, size) in [0, 1]: SGILO and GNC
     std: Tensor | None = None  # (B, 3, size, size): per-pixel spread over chains
     failures: list[str | None] = field(default_factory=list)  # per image: None, or why its estimate is not to be used
+    data_term: str = "mse"  # what the optimisation fitted y with: "mse", or "mse + w·LPIPS" (image-shaped measurements)
 
 
 def method_stages(method: str, stages: Sequence[Stage], radius_scale: float = 1.0) -> list[Stage]:
@@ -52,6 +53,11 @@ def reconstruct(method: str, generator, forward: Callable[[Tensor], Tensor], y: 
     `build_operator(…).physics.A`); seeds[i] seeds image i's optimisation. SGILO and GNC need the prior (a score
     stage's model.pt, `LatentPrior.load`)."""
     options, sgilo_config, gnc_config = options or Options(), sgilo_config or SGILOConfig(), gnc_config or GNCConfig()
+    if options.perceptual > 0 and not image_shaped(y):
+        # As in ILO's code, LPIPS compares images: a measurement that is not one (cs, colorize) is fitted by its MSE
+        # alone, so one perceptual weight serves a profile's every task.
+        options = replace(options, perceptual=0.0)
+    term = f"mse + {options.perceptual:g}·LPIPS" if options.perceptual > 0 else "mse"
     schedule = method_stages(method, stages, radius_scale)
     if method in PRIOR_METHODS:
         if prior is None:
@@ -63,10 +69,10 @@ def reconstruct(method: str, generator, forward: Callable[[Tensor], Tensor], y: 
         return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
                               stages=[*warm_stages(schedule, prior.layer), Stage(prior.layer, config.steps, None, config.lr)],
                               latent=post.latents, w_plus=post.w_plus, chains=chains, samples=(post.samples + 1) / 2, std=post.std,
-                              failures=post.failures)
+                              failures=post.failures, data_term=term)
     result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
     return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, stages=schedule,
-                          latent=result.latent, w_plus=result.w_plus, failures=result.failures)
+                          latent=result.latent, w_plus=result.w_plus, failures=result.failures, data_term=term)
 
 
 def total_steps(method: str, stages: Sequence[Stage], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:

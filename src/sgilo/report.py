@@ -20,7 +20,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sgilo.config import PRIOR_METHODS
+from sgilo.config import PRIOR_METHODS, TASK_LEVELS, hardest_level
 from sgilo.data import DataError
 from sgilo.io import (
     CheckpointError,
@@ -37,7 +37,6 @@ RECORD_COLUMNS = ("image_id", "seed", "task", "level", "method", *METRICS, "lpip
 TABLE_COLUMNS = ("task", "level", "method", "n", "failed",
                  *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")),
                  "seconds_per_image", "steps", "lpips_note")
-LEVEL_LABELS = {"inpaint": "fraction of pixels kept", "cs": "measurements m/n"}
 # Fixed colours so a method looks the same in every figure, whichever subset of methods a profile runs.
 METHOD_COLORS = {"csgm": "tab:gray", "ilo": "tab:blue", "ilo-unconstrained": "tab:cyan", "sgilo": "tab:red",
                  "gnc": "tab:green"}
@@ -141,10 +140,10 @@ def paired_differences(records: pd.DataFrame, method: str = "sgilo", metric: str
 
 
 def describe_paired(paired: pd.DataFrame) -> str:
-    """One sentence per task at its lowest level: is the method's advantage over each other method resolved?"""
+    """One sentence per task at its hardest level: is the method's advantage over each other method resolved?"""
     sentences = []
     for task, rows in paired.groupby("task", sort=False):
-        hardest = rows[rows["level"] == rows["level"].min()]
+        hardest = _at_hardest(rows, task)
         parts = []
         for row in hardest.itertuples():
             below, above = ("better", "worse") if row.metric in ("mse", "lpips") else ("worse", "better")
@@ -216,7 +215,12 @@ def method_color(method: str, methods: Sequence[str] = ()) -> str:
 
 
 def level_label(task: str) -> str:
-    return LEVEL_LABELS.get(task, "level")
+    return TASK_LEVELS[task].label if task in TASK_LEVELS else "level"
+
+
+def _at_hardest(rows: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The rows of `task` at its hardest level (the direction depends on the task: config.TASK_LEVELS)."""
+    return rows[rows["level"] == hardest_level(task, rows["level"])]
 
 
 def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
@@ -366,9 +370,9 @@ def _interval_words(table: pd.DataFrame) -> str:
 
 # -------------------------------------------------------------------------------------------------- words
 def describe_curves(table: pd.DataFrame, task: str) -> str:
-    """At the task's lowest level: the method with the lowest mean MSE, and whether its interval clears the runner-up's."""
+    """At the task's hardest level: the method with the lowest mean MSE, and whether its interval clears the runner-up's."""
     rows = table[table["task"] == task]
-    level = rows["level"].min()
+    level = hardest_level(task, rows["level"])
     ranked = rows[rows["level"] == level].dropna(subset=["mse_mean"]).sort_values("mse_mean")
     where = f"At the hardest level ({level_label(task)} = {level:g})"
     if ranked.empty:
@@ -392,8 +396,8 @@ def describe_speed(table: pd.DataFrame) -> str:
     speed = table.groupby("method", sort=False)["seconds_per_image"].mean().sort_values()
     sentence = (f"Averaged over cells, {speed.index[0]} is fastest ({speed.iloc[0]:.3g} s/image) and {speed.index[-1]} "
                 f"slowest ({speed.iloc[-1]:.3g} s/image)")
-    first = table[table["task"] == table["task"].iloc[0]]
-    hardest = first[first["level"] == first["level"].min()].dropna(subset=["mse_mean"])
+    task = table["task"].iloc[0]
+    hardest = _at_hardest(table[table["task"] == task], task).dropna(subset=["mse_mean"])
     if hardest.empty or not hardest["seconds_per_image"].min() > 0:
         return sentence + "."
     best = hardest.sort_values("mse_mean").iloc[0]

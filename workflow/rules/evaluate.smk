@@ -4,7 +4,7 @@ from sgilo.config import METHOD_NAMES, PRIOR_METHODS, TUNED
 
 EVALUATE = PARAMS.evaluate
 EVAL_CELLS = [f"{entry.task}/{level:g}/{method}" for entry in EVALUATE.tasks for level in entry.levels for method in EVALUATE.methods]
-EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "operators", "metrics", "score_model", "sde", "nvidia_pickle",
+EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "precision", "operators", "metrics", "score_model", "sde", "nvidia_pickle",
                  "latents", "stylegan2", "seeding", "data")
 
 

@@ -1,7 +1,7 @@
 rule generator:
     input:
         index=rules.download.output.index,
-        code=code("stages/generator", "stylegan2", "nvidia_pickle", "gan", "seeding", "data", "fetch"),
+        code=code("stages/generator", "stylegan2", "nvidia_pickle", "gan", "precision", "seeding", "data", "fetch"),
     output:
         generator="results/generator/generator.pt",
         samples="results/generator/samples.png",

@@ -2,7 +2,7 @@ INVERT_SHARDS = [f"{i:05d}" for i in range(PARAMS.invert.shards)]
 GENERATED_SHARDS = [f"{i:05d}" for i in range(PARAMS.invert.generated_shards)]
 # The ILO rules do not read the generated latents' keys: a new count redraws those, it does not invert again.
 INVERT_TRACKED = tracked("seed", "invert", without=("invert.generated", "invert.generated_shard_size"))
-INVERT_CODE = code("stages/invert", "inversion", "stylegan2", "nvidia_pickle", "metrics", "seeding", "data")
+INVERT_CODE = code("stages/invert", "inversion", "precision", "stylegan2", "nvidia_pickle", "metrics", "seeding", "data")
 
 
 # One job per shard, so a cluster (or `--cores N`) inverts shards in parallel and a changed shard count or

@@ -13,7 +13,7 @@ rule report:
         index=rules.download.output.index,
         invert_summary=rules.invert_summary.output,
         theory=[rules.theory_gnc.output.json, rules.theory_langevin.output.json, rules.theory_igo.output.json],
-        code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion",
+        code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion", "precision",
                   "stylegan2", "nvidia_pickle", "seeding"),
     output:
         table="results/table1.csv",

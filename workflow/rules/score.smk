@@ -4,7 +4,7 @@ rule score:
         stats=rules.trajectories_stats.output,
         invert=rules.invert_summary.input.shards,
         generator=rules.generator.output.generator,
-        code=code("stages/score", "score_model", "posterior", "sde", "latents", "inversion", "stylegan2", "nvidia_pickle", "seeding", "data"),
+        code=code("stages/score", "score_model", "posterior", "sde", "latents", "inversion", "precision", "stylegan2", "nvidia_pickle", "seeding", "data"),
     output:
         model="results/score/model.pt",
         samples="results/score/samples.png",

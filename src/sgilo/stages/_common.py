@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sgilo.allocator import retain_freed_memory
 from sgilo.config import ConfigError, Params, load_params
 from sgilo.data import DataError
 from sgilo.io import CheckpointError, DiskFullError
@@ -29,7 +30,8 @@ def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         params = load_params(args.params)
-    except ConfigError as exc:
+        retain_freed_memory()
+    except (ConfigError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
     return args, params
 

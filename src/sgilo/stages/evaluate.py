@@ -44,6 +44,7 @@ from sgilo.methods import Reconstruction, reconstruct, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import Operator, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
+from sgilo.precision import resolve
 from sgilo.seeding import item_seed
 from sgilo.stages._common import (
     entry,
@@ -107,8 +108,9 @@ class Runner:
             raise SystemExit(f"error: {args.score} models layer {self.prior.layer}, but invert.layer is {params.invert.layer}; rerun the score stage")
         invert = params.invert
         self.stages = [Stage(**to_dict(s)) for s in invert.stages]
+        self.precision = resolve(config.precision, device, "evaluate.precision")
         self.options = Options(geocross=invert.geocross, perceptual=invert.perceptual, optimize_noise=invert.optimize_noise,
-                               precision=config.precision)
+                               precision=self.precision)
         self.perceptual = lpips_distance("vgg", device) if invert.perceptual > 0 else None
         ids = sorted(read_index(args.data).query("split == 'test'")["id"].tolist())
         needed = config.tune.validation + config.images
@@ -143,6 +145,11 @@ class Runner:
         return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
+def _cell_inputs(runner: Runner) -> list[Path]:
+    """The files whose bytes a cell's results depend on (for the resume fingerprints)."""
+    return [runner.args.generator, *([runner.args.score] if runner.method in PRIOR_METHODS else [])]
+
+
 def _bar(runner: Runner, images: int, desc: str) -> tqdm:
     return tqdm(total=images * runner.steps(), desc=desc, unit="img·step", mininterval=5.0)
 
@@ -154,32 +161,46 @@ def _advance(bar: tqdm, images: int):
 
 # -------------------------------------------------------------------------------------------------- tuning
 def tune(runner: Runner, out: Path) -> None:
+    """Each candidate on the validation images, lowest MSE wins. Every finished (candidate, batch) is checkpointed
+    to `<out's folder>/partial/<out's name>.pt`, so a killed job resumes where it stopped, with the same choice."""
     method = runner.method
     if method not in TUNED:
-        save_json({"task": runner.task, "level": runner.level, "method": method, "key": None, "candidates": [], "chosen": {}}, out)
+        save_json({"task": runner.task, "level": runner.level, "method": method, "key": None, "candidates": [], "chosen": {},
+                   "precision": runner.precision}, out)
         return
     key, field_name = TUNED[method]
     candidates = getattr(runner.params.evaluate.tune, field_name)
     ids = runner.validation_ids
-    scores = []
+    work = [(value, batch) for value in candidates for batch in runner.batches(ids)]
+    partial = out.parent / "partial" / f"{out.stem}.pt"
+    resume_key = fingerprint({"seed": runner.params.seed, "invert": to_dict(runner.params.invert),
+                                "evaluate": to_dict(runner.params.evaluate), "precision": runner.precision, "ids": ids},
+                               *_cell_inputs(runner))
+    done = resume_batches(partial, resume_key, "the tuning")
+    log.info("tuning %s on %d validation image(s): %d of %d candidate batches to run", key, len(ids), len(work) - len(done), len(work))
     with _bar(runner, len(ids) * len(candidates), f"tune {runner.task} {runner.level:g} {method}") as bar:
-        for value in candidates:
-            mse, failed = [], 0
-            for batch in runner.batches(ids):
-                truth, _, _, result, _ = runner.run(batch, {key: value}, progress=_advance(bar, len(batch)))
-                ok = torch.tensor([reason is None for reason in result.failures], device=truth.device)
-                mse.append(image_metrics(result.image[ok], truth[ok])["mse"].cpu() if bool(ok.any()) else torch.zeros(0))
-                failed += int((~ok).sum())
-            mse_all = torch.cat(mse)
-            scores.append({key: value, "mse": float(mse_all.mean()) if len(mse_all) else None, "failed": failed})
-            log.info("%s = %g: validation MSE %s (%d failed)", key, value, scores[-1]["mse"], failed)
+        bar.update(sum(len(batch) for _, batch in work[: len(done)]) * runner.steps())
+        for value, batch in work[len(done):]:
+            truth, _, _, result, _ = runner.run(batch, {key: value}, progress=_advance(bar, len(batch)))
+            ok = torch.tensor([reason is None for reason in result.failures], device=truth.device)
+            done.append({"value": value, "failed": int((~ok).sum()),
+                         "mse": image_metrics(result.image[ok], truth[ok])["mse"].cpu() if bool(ok.any()) else torch.zeros(0)})
+            save_torch({"fingerprint": resume_key, "batches": done}, partial)
+    scores = []
+    for value in candidates:
+        mine = [b for b in done if b["value"] == value]
+        mse_all = torch.cat([b["mse"] for b in mine])
+        scores.append({key: value, "mse": float(mse_all.mean()) if len(mse_all) else None, "failed": sum(b["failed"] for b in mine)})
+        log.info("%s = %g: validation MSE %s (%d failed)", key, value, scores[-1]["mse"], scores[-1]["failed"])
     if all(s["mse"] is None for s in scores):
+        discard_checkpoint(partial)
         raise SystemExit(f"error: every candidate of {key} made all validation images fail (NaN or Inf in the optimisation) for "
                          f"{runner.task} {runner.level:g} {method}; lower the step sizes in invert.stages / evaluate.{method}")
     # A candidate that makes images fail is not chosen over one that does not.
     best = min(scores, key=lambda s: (s["failed"], s["mse"] if s["mse"] is not None else math.inf))
     save_json({"task": runner.task, "level": runner.level, "method": method, "key": key, "validation_ids": ids,
-               "candidates": scores, "chosen": {key: best[key]}}, out)
+               "candidates": scores, "chosen": {key: best[key]}, "precision": runner.precision}, out)
+    discard_checkpoint(partial)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -188,9 +209,8 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
     parquet = cell_path(out, runner.task, runner.level, method, ".parquet")
     partial = out / "partial" / f"{runner.task}-{runner.level:g}-{method}.pt"
     # What a partial cell must match to be resumed: params, hyper-parameters, the images and the inputs' bytes.
-    inputs = [runner.args.generator, *([runner.args.score] if method in PRIOR_METHODS else [])]
     key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate), "hyper": hyper,
-                       "ids": runner.test_ids}, *inputs)
+                       "precision": runner.precision, "ids": runner.test_ids}, *_cell_inputs(runner))
     done = resume_batches(partial, key, "the cell")
     lpips, lpips_note = _lpips(runner.device)
     batches = runner.batches(runner.test_ids)
@@ -230,7 +250,7 @@ def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, naive, 
                (("mse", quality["mse"][i]), ("psnr", quality["psnr"][i]), ("ssim", quality["ssim"][i]), ("lpips", distance[i]))},
             "lpips_note": lpips_note, "seconds": seconds / len(batch), "steps": runner.steps(), "chains": result.chains,
             "measurement_loss": nan if failure else float(result.loss[i]), "hyper": json.dumps(hyper, sort_keys=True),
-            "failure": failure or "",
+            "failure": failure or "", "precision": runner.precision, "data_term": result.data_term,
         })
     figures = {"ids": torch.tensor(batch), "truth": truth.cpu(), "measurement": naive.clamp(0, 1).cpu(),
                "reconstruction": image.clamp(0, 1).cpu()}

@@ -80,6 +80,8 @@ def train(params: Params, images: torch.Tensor, fingerprint: str, out: Path) -> 
         "steps": steps,
         "resumed_from_step": first_step,
         "train_images_per_s": ran * config.train.batch_size / max(seconds, 1e-9),
+        "precision": trainer.precision,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "d_loss_last50": _mean(h["d_loss"] for h in tail),
         "g_loss_last50": _mean(h["g_loss"] for h in tail),
     }

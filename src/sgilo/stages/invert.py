@@ -36,6 +36,7 @@ from sgilo.io import (
     shard_file,
 )
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
+from sgilo.precision import resolve
 from sgilo.seeding import item_seed, torch_generator
 from sgilo.stages._common import (
     entry,
@@ -96,15 +97,17 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
     config = params.invert
     ids = shard_ids(config, read_index(data).query("split == 'train'")["id"].tolist(), shard)
     partial_path = out / "partial" / f"shard-{shard:05d}.pt"
-    # What a partial shard must match to be resumed: params, generator weights and the image ids.
-    key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "ids": ids}, generator_path)
+    device = next(generator.parameters()).device
+    precision = resolve(config.precision, device, "invert.precision")
+    # What a partial shard must match to be resumed: params, the precision they resolved to, generator weights and
+    # the image ids.
+    key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "precision": precision, "ids": ids}, generator_path)
     done = resume_batches(partial_path, key, "the shard")
     batches = [ids[i : i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
     stages = [Stage(**to_dict(s)) for s in config.stages]
-    options = Options(geocross=config.geocross, perceptual=config.perceptual, optimize_noise=config.optimize_noise, precision=config.precision)
+    options = Options(geocross=config.geocross, perceptual=config.perceptual, optimize_noise=config.optimize_noise, precision=precision)
     steps = sum(s.steps for s in stages)
     progress = tqdm(total=len(ids) * steps, initial=len(done) * steps, desc=f"invert shard {shard}", unit="img·step", mininterval=5.0)
-    device = next(generator.parameters()).device
     for batch in batches[len(done):]:
         target = load_images(data, "train", generator.size, batch)
         target01 = ((target + 1) / 2).to(device)
@@ -120,7 +123,7 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
         })
         save_torch({"fingerprint": key, "batches": done}, partial_path)
     progress.close()
-    kept = _write_shard(done, params, shard, shard_file(out, shard), generator)
+    kept = _write_shard(done, params, shard, shard_file(out, shard), generator, precision)
     discard_checkpoint(partial_path)
     log.info("shard %d: %d images, %d failed, mean PSNR %.2f dB", shard, len(ids), len(ids) - len(kept["ids"]), float(kept["psnr"].mean()))
 
@@ -133,7 +136,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, generator: Generator) -> dict[str, torch.Tensor]:
+def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, generator: Generator, precision: str) -> dict[str, torch.Tensor]:
     """Write the shard's images that did not fail; the failed ones are named, with their reasons, in its metadata
     ("failures": {id: reason}), so that no later stage trains on a diverged latent. Returns the tensors written."""
     failures = [reason for b in done for reason in b.get("failures", [None] * len(b["ids"]))]
@@ -149,6 +152,7 @@ def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, gener
         "layer": str(params.invert.layer),
         "generator": json.dumps(generator.config),
         "invert": json.dumps(to_dict(params.invert)),
+        "precision": precision,
         "failures": json.dumps({str(int(i)): reason for i, reason in zip(ids, failures) if reason is not None}),
     }
     save_safetensors(tensors, dest, metadata)
@@ -175,7 +179,7 @@ def generate_shard(params: Params, generator: Generator, shard: int, out: Path) 
 
 # -------------------------------------------------------------------------------------------------- summary
 def summarize(config: InvertConfig, out: Path) -> None:
-    psnr, loss, failures = [], [], {}
+    psnr, loss, failures, precisions = [], [], {}, set()
     for shard in range(config.shards):
         path = shard_file(out, shard)
         if not path.exists():
@@ -184,6 +188,7 @@ def summarize(config: InvertConfig, out: Path) -> None:
         psnr.append(tensors["psnr"])
         loss.append(tensors["loss"])
         failures |= json.loads(metadata.get("failures", "{}"))
+        precisions.add(metadata.get("precision", "unrecorded"))
     psnr_all, loss_all = torch.cat(psnr), torch.cat(loss)
     save_json({
         "images": len(psnr_all),
@@ -193,6 +198,7 @@ def summarize(config: InvertConfig, out: Path) -> None:
         "psnr_min": float(psnr_all.min()),
         "psnr_median": float(psnr_all.median()),
         "loss_mean": float(loss_all.mean()),
+        "precision": ", ".join(sorted(precisions)),  # as each shard resolved invert.precision
     }, out / "summary.json")
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from sgilo import report
-from sgilo.config import Params
+from sgilo.config import Params, hardest_level
 from sgilo.data import load_images, read_index, save_image_grid
 from sgilo.io import save_json
 from sgilo.metrics import MissingWeightsError, frechet_distance, require_fid_weights
@@ -88,7 +88,7 @@ def draw_figures(params: Params, table: pd.DataFrame, evaluate: Path, folder: Pa
         notes[f"curves_{t.task}"] = report.describe_curves(table, t.task)
     # The image figures show one cell level: the first task's hardest, where the methods differ most.
     first = params.evaluate.tasks[0]
-    data = report.load_figure_data(evaluate, first.task, min(first.levels), params.evaluate.methods)
+    data = report.load_figure_data(evaluate, first.task, hardest_level(first.task, first.levels), params.evaluate.methods)
     paths["reconstructions"] = folder / "reconstructions.png"
     report.plot_reconstructions(data, paths["reconstructions"])
     notes["reconstructions"] = report.describe_reconstructions(data)

@@ -35,6 +35,7 @@ from sgilo.io import (
 )
 from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
+from sgilo.precision import autocast, resolve
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, seeded_score_vit
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
@@ -60,10 +61,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = start(parser, argv)
     set_threads(params.score.threads)
     device = pick_device(params.score.device, "score.device")
+    precision = resolve(params.score.precision, device, "score.precision")
     data = load_trajectories(params, args.trajectories)
-    _, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, fingerprint(
-        {"seed": params.seed, "score": to_dict(params.score), "trajectories": to_dict(params.trajectories)}, args.trajectories / "stats.safetensors"))
-    finish(params, args, ema, history, seconds, data, device)
+    _, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, precision, fingerprint(
+        {"seed": params.seed, "score": to_dict(params.score), "precision": precision, "trajectories": to_dict(params.trajectories)},
+        args.trajectories / "stats.safetensors"))
+    finish(params, args, ema, history, seconds, data, device, precision)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -91,8 +94,9 @@ def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> Scor
                             beta_min=traj.beta_min, beta_max=traj.beta_max)
 
 
-def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, key: str):
-    """`key`: the fingerprint a resume state must carry (params and the latent scaling's bytes)."""
+def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, precision: str, key: str):
+    """`precision`: resolved (sgilo.precision); `key`: the fingerprint a resume state must carry (params, the
+    resolved precision and the latent scaling's bytes)."""
     config = params.score
     model = build_model(params, data["shape"], data["data_std"]).to(device)
     ema = build_model(params, data["shape"], data["data_std"]).to(device).requires_grad_(False)
@@ -116,7 +120,7 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
         order = torch.randperm(count, generator=torch_generator(params.seed, "score", "epoch", epoch))
         losses, losses_tau = [], []
         for batch in tqdm(order.split(config.batch_size), desc=f"score epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, mininterval=5.0):
-            logs = _step(params, model, ema, optimizer, {k: v[batch].to(device) for k, v in train_set.items()}, step, device)
+            logs = _step(params, model, ema, optimizer, {k: v[batch].to(device) for k, v in train_set.items()}, step, device, precision)
             losses.append(logs["loss_t"])
             losses_tau.append(logs.get("loss_tau", float("nan")))
             step += 1
@@ -129,12 +133,13 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
     return model, ema, history, time.perf_counter() - started
 
 
-def _step(params: Params, model, ema, optimizer, batch: dict[str, torch.Tensor], step: int, device: torch.device) -> dict[str, float]:
+def _step(params: Params, model, ema, optimizer, batch: dict[str, torch.Tensor], step: int, device: torch.device,
+          precision: str) -> dict[str, float]:
     config = params.score
     for group in optimizer.param_groups:
         group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
     intermediate = (batch["x_tau"], batch["tau"], batch["eps_tau"]) if config.igo else None
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+    with autocast(precision, device):
         loss, logs = dsm_loss(model, batch["x_t"], batch["t"], batch["eps"], intermediate=intermediate, alpha=config.igo_alpha if config.igo else 1.0)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -163,7 +168,8 @@ def held_out_loss(params: Params, model, data: dict[str, Any], device: torch.dev
 
 
 # -------------------------------------------------------------------------------------------------- outputs
-def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: float, data: dict[str, Any], device: torch.device) -> None:
+def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: float, data: dict[str, Any], device: torch.device,
+           precision: str) -> None:
     out: Path = args.out
     config, traj = params.score, params.trajectories
     sde_config = {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
@@ -179,7 +185,7 @@ def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: fl
     _plot(history, out / "loss.png")
     metrics = {"held_out_loss_initial": history[0]["held_out_loss"], "held_out_loss_final": history[-1]["held_out_loss"],
                "parameters": count_parameters(ema), "train_samples": len(data["train"]["t"]), "held_out_samples": len(data["held_out"]["t"]),
-               "seconds": seconds}
+               "seconds": seconds, "precision": precision, "device": str(device)}
     prior.save(out / "model.pt")
     save_json(metrics, out / "metrics.json")
     discard_checkpoint(out / "resume" / "state.pt")
