@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from _common import machine
 
-from sgilo.precision import autocast, native_bf16, resolve
+from sgilo.precision import native_bf16, resolve, timed
 
 
 def kernels(device: torch.device, smoke: bool) -> dict[str, tuple[Callable[[], None], float, bool]]:
@@ -48,15 +47,7 @@ def kernels(device: torch.device, smoke: bool) -> dict[str, tuple[Callable[[], N
 
 
 def median_seconds(call: Callable[[], None], precision: str, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):  # the first call warms kernels and caches up, untimed
-        started = time.perf_counter()
-        with autocast(precision, device):
-            call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    return statistics.median(timed(call, precision, device, repeats))
 
 
 def main() -> None:

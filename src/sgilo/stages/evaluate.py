@@ -145,9 +145,13 @@ class Runner:
         return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
-def _cell_inputs(runner: Runner) -> list[Path]:
-    """The files whose bytes a cell's results depend on (for the resume fingerprints)."""
-    return [runner.args.generator, *([runner.args.score] if runner.method in PRIOR_METHODS else [])]
+def _resume_key(runner: Runner, ids: Sequence[int], **extra) -> str:
+    """What a partial tune or evaluate job must match to be resumed: params, the resolved precision, the images, the
+    bytes of the generator (and prior), and `extra` (evaluate: the hyper-parameters)."""
+    params = runner.params
+    inputs = [runner.args.generator, *([runner.args.score] if runner.method in PRIOR_METHODS else [])]
+    return fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate), **extra,
+                        "precision": runner.precision, "ids": list(ids)}, *inputs)
 
 
 def _bar(runner: Runner, images: int, desc: str) -> tqdm:
@@ -173,9 +177,7 @@ def tune(runner: Runner, out: Path) -> None:
     ids = runner.validation_ids
     work = [(value, batch) for value in candidates for batch in runner.batches(ids)]
     partial = out.parent / "partial" / f"{out.stem}.pt"
-    resume_key = fingerprint({"seed": runner.params.seed, "invert": to_dict(runner.params.invert),
-                                "evaluate": to_dict(runner.params.evaluate), "precision": runner.precision, "ids": ids},
-                               *_cell_inputs(runner))
+    resume_key = _resume_key(runner, ids)
     done = resume_batches(partial, resume_key, "the tuning")
     log.info("tuning %s on %d validation image(s): %d of %d candidate batches to run", key, len(ids), len(work) - len(done), len(work))
     with _bar(runner, len(ids) * len(candidates), f"tune {runner.task} {runner.level:g} {method}") as bar:
@@ -208,9 +210,7 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
     params, method = runner.params, runner.method
     parquet = cell_path(out, runner.task, runner.level, method, ".parquet")
     partial = out / "partial" / f"{runner.task}-{runner.level:g}-{method}.pt"
-    # What a partial cell must match to be resumed: params, hyper-parameters, the images and the inputs' bytes.
-    key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate), "hyper": hyper,
-                       "precision": runner.precision, "ids": runner.test_ids}, *_cell_inputs(runner))
+    key = _resume_key(runner, runner.test_ids, hyper=hyper)
     done = resume_batches(partial, key, "the cell")
     lpips, lpips_note = _lpips(runner.device)
     batches = runner.batches(runner.test_ids)
