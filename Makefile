@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TARGET ?= results/table1.csv   # the main job; `make table TARGET=all` also builds every other stage output
 
-.PHONY: table test setup clean-results
+.PHONY: table test smoke-ffhq setup clean-results
 
 ## make table: set up .venv, then run the main job on the demo profile (params.yaml) through Snakemake.
 table: setup
@@ -13,6 +13,11 @@ table: setup
 ## make test: set up .venv, then run the test suite.
 test: setup
 	$(BIN)/python -m pytest -q
+
+## make smoke-ffhq: the FFHQ profile's whole code path at real shapes, counts shrunk (profiles/ffhq-smoke), on stand-in
+## inputs served from 127.0.0.1 (sgilo.smoke); writes smoke-ffhq/, checks Table 1 and prints each rule's time and RSS.
+smoke-ffhq: setup
+	$(BIN)/python -m sgilo.smoke --params profiles/ffhq-smoke/params.yaml --workdir smoke-ffhq
 
 setup: $(VENV)/.installed
 

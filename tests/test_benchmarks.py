@@ -51,3 +51,12 @@ def test_prior_samples_compares_models_with_both_references(tmp_path):
                                "--invert", str(root / "invert"), "--models", str(root / "score" / "model.pt"), "--samples", "7"],
                               check=False, capture_output=True, text=True, timeout=300)
     assert too_many.returncode == 2 and "--samples may be at most 6" in too_many.stderr
+
+
+def test_memory_benchmark_runs_each_stage_at_n_and_4n():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "memory.py"), "--smoke"], check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "capability" in result.stdout
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0].strip() for row in rows] == ["trajectories --stats", "trajectories --shard (largest)", "score"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)

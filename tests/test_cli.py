@@ -13,14 +13,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from stylegan_helpers import (
-    CONFIGS,
-    rosinality_to_nvidia,
-    seeded_state_dict,
-    write_nvidia_pickle,
-)
+from stylegan_helpers import CONFIGS
 
 from sgilo.cli import main
+from sgilo.smoke import rosinality_to_nvidia, seeded_state_dict, write_nvidia_pickle
 from sgilo.stylegan2 import Generator, load_generator, save_generator
 
 

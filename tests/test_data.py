@@ -409,3 +409,20 @@ def test_load_user_image_truncated_png_is_named(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(DataError, match="cut.png"):
         load_user_image(path, 32)
+
+
+def test_caption_png_writes_a_red_caption_under_the_image_and_nothing_when_empty(tmp_path: Path) -> None:
+    from sgilo.data import caption_png
+
+    path = tmp_path / "grid.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(path)
+    before = path.read_bytes()
+    caption_png(path, "")
+    assert path.read_bytes() == before
+    caption_png(path, "stand-in weights: seeded random values, not a trained network")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert pixels.shape[0] > 64 and pixels.shape[1] == 64
+    assert (pixels[:64] == 90).all()  # the image itself untouched
+    strip = pixels[64:]
+    assert ((strip[..., 0] > 150) & (strip[..., 1] < 80)).sum() > 20  # red text drawn

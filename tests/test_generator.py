@@ -5,20 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import kill_stage_when, run_stage, write_params
-from stylegan_helpers import (
+from PIL import Image
+
+from sgilo.smoke import (
+    STANDIN_NOTE,
     rosinality_to_nvidia,
     seeded_state_dict,
+    serve,
     write_nvidia_pickle,
 )
-
 from sgilo.stylegan2 import Generator, load_generator
 
 
@@ -81,13 +81,8 @@ def test_changed_params_do_not_resume_a_stale_state(tmp_path, dataset):
 def weights_server(tmp_path):
     root = tmp_path / "served"
     root.mkdir()
-    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve(root, "127.0.0.1", 0) as url:
+        yield root, url
 
 
 def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weights_server):
@@ -105,6 +100,11 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
     assert torch.equal(converted.state_dict()["convs.1.conv.weight"], state["convs.1.conv.weight"])
     assert torch.allclose(converted.w_avg, 0.1 * torch.ones(16))
     assert (out / "samples.png").is_file()
+    # A stand-in pickle says so, and the converted generator, its metrics and its grid carry it on.
+    assert converted.standin == STANDIN_NOTE
+    assert json.loads((out / "metrics.json").read_text())["standin"] == STANDIN_NOTE
+    with Image.open(out / "samples.png") as grid:
+        assert grid.height > grid.width  # the caption strip under the square grid
 
     wrong = write_params(tmp_path / "wrong.yaml", {"generator": {**overrides["generator"], "architecture": {"size": 64}}})
     result = run_stage("generator", "--params", str(wrong), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o2"),

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgilo.io import DiskFullError, atomic_open, load_safetensors, save_safetensors
+from sgilo.io import (
+    CheckpointError,
+    DiskFullError,
+    ShardRows,
+    atomic_open,
+    load_safetensors,
+    save_safetensors,
+)
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -115,3 +122,25 @@ def test_every_load_in_the_package_is_weights_only_or_the_restricted_unpickler()
                     or name.endswith((".extractall", ".unpack_archive")) or keywords.get("allow_pickle") == "True":
                 offenders.append(where)
     assert loads >= 2 and offenders == []
+
+
+def test_shard_rows_reads_any_rows_of_several_files_as_one_table(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    shards = [{"x": torch.randn(n, 3, 2, generator=gen).to(dtype), "t": torch.rand(n, generator=gen), "flag": torch.rand(n, generator=gen) > 0.5,
+               "ids": torch.arange(n) + 10 * k} for k, (n, dtype) in enumerate([(5, torch.bfloat16), (0, torch.bfloat16), (3, torch.bfloat16)])]
+    paths = [tmp_path / f"shard-{k}.safetensors" for k in range(len(shards))]
+    for shard, path in zip(shards, paths):
+        save_safetensors(shard, path)
+    rows = ShardRows(paths)
+    whole = {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
+    index = torch.tensor([7, 0, 3, 5, 5, 1])
+    assert len(rows) == 8 and rows.shape("x") == (8, 3, 2)
+    for key, value in whole.items():
+        assert torch.equal(rows.rows(key, index), value[index]), key
+        assert torch.equal(rows.column(key), value), key
+    assert rows.rows("x", torch.tensor([], dtype=torch.int64)).shape == (0, 3, 2)
+    with pytest.raises(IndexError):
+        rows.rows("t", torch.tensor([8]))
+    paths[2].write_bytes(paths[2].read_bytes()[:-20])
+    with pytest.raises(CheckpointError, match="shard-2"):
+        ShardRows(paths).rows("x", torch.tensor([7]))

@@ -93,3 +93,19 @@ def test_lpips_loads_a_backbone_of_the_real_layout(tmp_path, monkeypatch):
     x, y = _images(2), _images(2).flip(-1)
     assert torch.allclose(distance(x, x), torch.zeros(2), atol=1e-6)
     assert bool((distance(x, y) > 0).all())
+
+
+def test_lpips_compares_large_images_at_256_as_ilo_does(tmp_path, monkeypatch):
+    import torchvision
+
+    from sgilo.metrics import LPIPS_SIZE, lpips_backbone_path, lpips_distance
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    lpips_backbone_path("alex").parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), lpips_backbone_path("alex"))
+    x, y = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(1)), torch.rand(2, 3, 512, 512)
+    shrink = lambda image: torch.nn.functional.interpolate(image, size=LPIPS_SIZE, mode="bicubic", antialias=True)
+    full = lpips_distance("alex", size=None)
+    assert torch.allclose(lpips_distance("alex")(x, y), full(shrink(x), shrink(y)), atol=1e-6)
+    assert not torch.allclose(lpips_distance("alex")(x, y), full(x, y), atol=1e-3)

@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from stylegan_helpers import (
-    CONFIGS,
-    TRUNCATION_PSI,
-    rosinality_to_nvidia,
-    seeded_inputs,
-    seeded_state_dict,
-    summarize_image,
-    write_nvidia_pickle,
-)
+from stylegan_helpers import CONFIGS, TRUNCATION_PSI, seeded_inputs, summarize_image
 
 from sgilo.io import CheckpointError
+from sgilo.smoke import rosinality_to_nvidia, seeded_state_dict, write_nvidia_pickle
 from sgilo.stylegan2 import Discriminator, Generator, load_generator, save_generator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stylegan2_reference.safetensors"

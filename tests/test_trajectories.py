@@ -15,7 +15,7 @@ import torch
 from conftest import TINY, run_stage, tiny_workspace, write_params
 
 from sgilo.io import load_safetensors
-from sgilo.latents import LatentScaler, split_held_out
+from sgilo.latents import LatentScaler, pooled_std, split_held_out
 from sgilo.sde import VPSDE
 
 
@@ -137,6 +137,9 @@ def test_generated_latents_are_training_data_never_held_out(inverted):
     training = scaler.normalize(torch.cat([source["latents"][~held], generated["latents"]]))
     torch.testing.assert_close(training.amin((0, 2, 3)), torch.full((training.shape[1],), -1.0), atol=1e-5, rtol=0)
     torch.testing.assert_close(training.amax((0, 2, 3)), torch.full((training.shape[1],), 1.0), atol=1e-5, rtol=0)
+    # ... and so is the spread the score model's skip connection uses, accumulated a shard at a time.
+    stats, _ = load_safetensors(out / "stats.safetensors")
+    torch.testing.assert_close(stats["data_std"], training.double().std().float().reshape(1), rtol=1e-6, atol=0)
     mean, std = VPSDE().marginal(scaler.normalize(generated["latents"]).repeat_interleave(draws, 0), shard["t"])
     torch.testing.assert_close(shard["x_t"], mean + std.reshape(-1, 1, 1, 1) * shard["eps"], atol=1e-5, rtol=1e-5)
     # Generated draw j is seeded apart from inverted image j: the same id gets other times.
@@ -144,3 +147,14 @@ def test_generated_latents_are_training_data_never_held_out(inverted):
     assert not torch.equal(shard["t"][:draws], inverted_shard["t"][:draws])
     alone = _trajectories(inverted, inverted / "params.yaml", out, "--generated", "1", check=False)
     assert alone.returncode == 2 and "shards 0…0" in alone.stderr
+
+
+def test_streamed_range_and_spread_equal_those_of_the_whole_batch():
+    gen = torch.Generator().manual_seed(5)
+    parts = [3.0 + 0.01 * torch.randn(n, 4, 3, 3, generator=gen) for n in (7, 1, 0, 12)]  # a large mean: no cancellation
+    whole = torch.cat(parts)
+    streamed, at_once = LatentScaler.fit(iter(parts)), LatentScaler.fit(whole)
+    assert torch.equal(streamed.minimum, at_once.minimum) and torch.equal(streamed.maximum, at_once.maximum)
+    assert pooled_std(parts) == pytest.approx(float(whole.double().std()), rel=1e-12)
+    with pytest.raises(ValueError, match="at least one latent"):
+        LatentScaler.fit(iter([torch.zeros(0, 4, 3, 3)]))

@@ -40,6 +40,15 @@ def _check_params(args: argparse.Namespace) -> None:
     print(json.dumps(to_dict(load_params(args.params)), indent=2, sort_keys=True))
 
 
+def _resources(args: argparse.Namespace) -> None:
+    from sgilo.resources import DEVICES, estimate, markdown
+
+    device = DEVICES[args.device]
+    print(f"{device.name}: {device.tflops:g} TFLOP/s effective, {device.startup_s:g} s start-up per job, {device.base_gib:g} GiB per "
+          f"process before its data ({device.source})\n")
+    print(markdown(estimate(load_params(args.params), device), device))
+
+
 def _convert(args: argparse.Namespace) -> None:
     generator = load_generator(args.checkpoint)
     save_generator(generator, args.out)
@@ -172,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-params", help="validate a params file and print it resolved")
     check.add_argument("params", nargs="?", default="params.yaml")
     check.set_defaults(run=_check_params)
+
+    resources = commands.add_parser("resources", help="the resource model: per rule jobs, time, memory and disk of a profile")
+    resources.add_argument("params", nargs="?", default="params.yaml")
+    resources.add_argument("--device", choices=["cpu", "a100"], default="a100", help="whose measured rate to use (sgilo.resources.DEVICES)")
+    resources.set_defaults(run=_resources)
 
     convert = commands.add_parser("convert", help="convert a rosinality .pt or NVIDIA .pkl StyleGAN2 to sgilo's format")
     convert.add_argument("checkpoint", type=Path)

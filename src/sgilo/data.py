@@ -153,6 +153,33 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def caption_png(path: str | Path, text: str) -> None:
+    """Add `text` in red on a white strip under the PNG at `path` (nothing when `text` is empty), atomically."""
+    if not text:
+        return
+    from PIL import ImageDraw, ImageFont
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    size = max(10, min(18, image.width // 40))
+    font = ImageFont.load_default(size=size)
+    # Wrap to the image width: a 32² grid is narrow, the caption is a sentence.
+    words, lines = text.split(), [""]
+    for word in words:
+        trial = f"{lines[-1]} {word}".strip()
+        if font.getlength(trial) <= image.width - 8 or not lines[-1]:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    strip = Image.new("RGB", (image.width, image.height + len(lines) * (size + 4) + 6), "white")
+    strip.paste(image, (0, 0))
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        draw.text((4, image.height + 3 + i * (size + 4)), line, fill=(200, 0, 0), font=font)
+    with atomic_path(path) as tmp:
+        strip.save(tmp, format="PNG")
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
     """Write images in [-1, 1] of shape (N, 3, H, W) as one PNG grid with `nrow` images per row."""
     from torchvision.utils import (

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import tempfile
@@ -173,3 +174,94 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118 (safe_open is no dict)
     except (OSError, safetensors.SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it") from exc
+
+
+# safetensors' dtype names (its documented header format) → torch dtypes
+_SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+                       "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+class ShardRows:
+    """Rows of the same-named tensors of several safetensors files, read on demand, as one table of len(self) rows.
+
+    Rows are read with `pread` at the offsets of each file's header; nothing is memory-mapped, so the process holds
+    only what it asked for (the page cache holds the files, outside its RSS) and a data set of any size trains in
+    the memory of one batch. Every file must hold the same keys, each with its rows along dim 0.
+    """
+
+    def __init__(self, paths: list[Path]):
+        if not paths:
+            raise ValueError("ShardRows needs at least one file")
+        self.paths = [Path(p) for p in paths]
+        self._files = []
+        counts = []
+        for path in self.paths:
+            header, start = self._header(path)
+            keys = sorted(k for k in header if k != "__metadata__")
+            if self._files and keys != self.keys:
+                raise CheckpointError(f"{path}: keys {keys} differ from {self.paths[0]}'s {self.keys}; rerun the stage that writes it")
+            self.keys = keys
+            rows = {header[k]["shape"][0] if header[k]["shape"] else 1 for k in keys}
+            if len(rows) != 1:
+                raise CheckpointError(f"{path}: its tensors have different row counts {sorted(rows)}")
+            counts.append(rows.pop())
+            self._files.append((os.open(path, os.O_RDONLY), header, start))
+        self.offsets = torch.tensor([0, *counts]).cumsum(0)
+
+    @staticmethod
+    def _header(path: Path) -> tuple[dict[str, Any], int]:
+        try:
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it") from exc
+        return header, 8 + size
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __del__(self) -> None:
+        for fd, _, _ in getattr(self, "_files", []):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """(len(self), *the shape of one row)."""
+        return (len(self), *self._files[0][1][key]["shape"][1:])
+
+    def rows(self, key: str, index: torch.Tensor) -> torch.Tensor:
+        """Rows `index` (global row numbers, any order, repeats allowed) of tensor `key`, in that order."""
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise IndexError(f"row index out of range [0, {len(self)})")
+        info = self._files[0][1][key]
+        dtype, row_shape = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"][1:]
+        row_bytes = math.prod(row_shape) * torch.empty((), dtype=dtype).element_size()
+        buffer = bytearray(len(index) * row_bytes)
+        view = memoryview(buffer)
+        shards = torch.searchsorted(self.offsets, index, right=True) - 1
+        for position, (row, shard) in enumerate(zip(index.tolist(), shards.tolist())):
+            fd, header, start = self._files[shard]
+            offset = start + header[key]["data_offsets"][0] + (row - int(self.offsets[shard])) * row_bytes
+            if os.preadv(fd, [view[position * row_bytes : (position + 1) * row_bytes]], offset) != row_bytes:
+                raise CheckpointError(f"{self.paths[shard]}: truncated ({key} row {row}); delete it and rerun the stage that writes it")
+        if not buffer:
+            return torch.empty((0, *row_shape), dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(len(index), *row_shape)
+
+    def column_part(self, key: str, shard: int) -> torch.Tensor:
+        """All rows of `key` in file `shard`, in one read."""
+        fd, header, start = self._files[shard]
+        info = header[key]
+        begin, end = info["data_offsets"]
+        if end == begin:
+            return torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+        data = os.pread(fd, end - begin, start + begin)
+        if len(data) != end - begin:
+            raise CheckpointError(f"{self.paths[shard]}: truncated ({key}); delete it and rerun the stage that writes it")
+        return torch.frombuffer(bytearray(data), dtype=_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+    def column(self, key: str) -> torch.Tensor:
+        """All rows of `key`, one read per file: for the small per-row tensors (ids, flags, times)."""
+        return torch.cat([self.column_part(key, shard) for shard in range(len(self.paths))])

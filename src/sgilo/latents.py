@@ -6,6 +6,8 @@ training, sampling and reconstruction time, so the score model never sees raw fe
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +24,20 @@ class LatentScaler:
     maximum: Tensor  # (C,)
 
     @classmethod
-    def fit(cls, latents: Tensor) -> LatentScaler:
-        """Per-channel range of a batch of latents (N, C, …)."""
-        if latents.ndim < 2 or latents.shape[0] == 0:
-            raise ValueError(f"latents must be a non-empty batch (N, C, ...), got shape {tuple(latents.shape)}")
-        flat = latents.transpose(0, 1).reshape(latents.shape[1], -1).double()
-        return cls(flat.min(1).values.float(), flat.max(1).values.float())
+    def fit(cls, latents: Tensor | Iterable[Tensor]) -> LatentScaler:
+        """Per-channel range of a batch of latents (N, C, …), or of several batches seen one at a time."""
+        low = high = None
+        for batch in [latents] if isinstance(latents, Tensor) else latents:
+            if batch.ndim < 2:
+                raise ValueError(f"latents must be a batch (N, C, ...), got shape {tuple(batch.shape)}")
+            if batch.shape[0] == 0:
+                continue
+            flat = batch.transpose(0, 1).reshape(batch.shape[1], -1)
+            low = flat.amin(1) if low is None else torch.minimum(low, flat.amin(1))
+            high = flat.amax(1) if high is None else torch.maximum(high, flat.amax(1))
+        if low is None or high is None:
+            raise ValueError("latents must hold at least one latent")
+        return cls(low.float(), high.float())
 
     def _view(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.shape[1] != self.minimum.shape[0]:
@@ -54,6 +64,25 @@ class LatentScaler:
             return cls(state["minimum"].float(), state["maximum"].float())
         except KeyError as exc:
             raise ValueError(f"not a latent scaler: key {exc} missing") from exc
+
+
+def pooled_std(batches: Iterable[Tensor]) -> float:
+    """The standard deviation (n − 1) of every element of several batches seen one at a time: each batch's mean and
+    sum of squared deviations in float64, merged as in Chan et al. (1979), so no large sums cancel."""
+    count, mean, m2 = 0, 0.0, 0.0
+    for batch in batches:
+        values = batch.detach().double().reshape(-1)
+        if not len(values):
+            continue
+        n, batch_mean = len(values), float(values.mean())
+        batch_m2 = float((values - batch_mean).square().sum())
+        delta, total = batch_mean - mean, count + n
+        mean += delta * n / total
+        m2 += batch_m2 + delta * delta * count * n / total
+        count = total
+    if count < 2:
+        raise ValueError(f"a standard deviation needs at least two values, got {count}")
+    return math.sqrt(m2 / (count - 1))
 
 
 def split_held_out(ids: Tensor, fraction: float, seed: int) -> Tensor:

@@ -51,9 +51,15 @@ def lpips_backbone_path(net: str = "vgg") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net].rsplit("/", 1)[1]
 
 
-def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu") -> Callable[[Tensor, Tensor], Tensor]:
+# ILO (its `downsampler_image_256`) compares images larger than this at this side: LPIPS's backbones were calibrated
+# near it, and VGG16 at 1024² costs 16 times as much as at 256².
+LPIPS_SIZE = 256
+
+
+def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu", size: int | None = LPIPS_SIZE) -> Callable[[Tensor, Tensor], Tensor]:
     """LPIPS (Zhang et al. 2018) between [0, 1] images, one differentiable value per image.
 
+    Images larger than `size` (None: never) are first bicubically downsampled, with antialiasing, to size × size.
     Raises MissingWeightsError when the backbone file is absent, instead of letting torchvision try to download.
     """
     path = lpips_backbone_path(net)
@@ -66,8 +72,13 @@ def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu") -> Call
 
     model = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True).net.to(device).eval().requires_grad_(False)
 
+    def shrink(image: Tensor) -> Tensor:
+        if size is None or max(image.shape[-2:]) <= size:
+            return image
+        return torch.nn.functional.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
     def distance(x: Tensor, reference: Tensor) -> Tensor:
-        return model(x, reference, normalize=True).reshape(x.shape[0])
+        return model(shrink(x), shrink(reference), normalize=True).reshape(x.shape[0])
 
     return distance
 

@@ -151,14 +151,21 @@ def _torgb(out: dict[str, Tensor], nv: dict[str, Tensor], src: str, dst: str) ->
     out[f"{dst}.bias"] = nv[f"{src}.bias"].reshape(1, 3, 1, 1)
 
 
-def load_nvidia_generator_state(path: str | Path) -> tuple[dict[str, Tensor], Tensor | None]:
-    """`G_ema` of an NVIDIA pickle as a rosinality-layout state dict (without the constant blur kernels)."""
-    stub = read_nvidia_pickle(path)["G_ema"]
+# A top-level key official pickles never have: sgilo.smoke's stand-ins say there that their weights are random.
+STANDIN_KEY = "sgilo_standin"
+
+
+def load_nvidia_generator_state(path: str | Path) -> tuple[dict[str, Tensor], Tensor | None, str]:
+    """`G_ema` of an NVIDIA pickle as a rosinality-layout state dict (without the constant blur kernels), its w_avg,
+    and the stand-in note ("" for a real network)."""
+    data = read_nvidia_pickle(path)
+    stub = data["G_ema"]
+    note = data.get(STANDIN_KEY, "")
     synthesis = (stub.state.get("_modules") or {}).get("synthesis")
     architecture = getattr(synthesis, "state", {}).get("architecture", "skip") if synthesis else "skip"
     if architecture != "skip":
         raise CheckpointError(f"{path}: generator architecture {architecture!r} is not StyleGAN2's 'skip' (config-f)")
     try:
-        return nvidia_to_rosinality(flatten_state(stub))
+        return (*nvidia_to_rosinality(flatten_state(stub)), str(note))
     except KeyError as exc:
         raise CheckpointError(f"{path}: G_ema lacks {exc}: not a StyleGAN2 generator in the stylegan2-ada-pytorch layout") from exc

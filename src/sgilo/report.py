@@ -154,7 +154,10 @@ def describe_paired(paired: pd.DataFrame) -> str:
     return " ".join(sentences)
 
 
-def write_table(table: pd.DataFrame, path: Path) -> None:
+def write_table(table: pd.DataFrame, path: Path, standin: str = "") -> None:
+    """The table as CSV; with stand-in weights (`standin`, sgilo.smoke) a last column `weights` says so on every row."""
+    if standin:
+        table = table.assign(weights=standin)
     # pandas writes floats as their shortest round-tripping repr: reading the CSV back gives the same numbers.
     with atomic_open(path) as handle:
         table.to_csv(handle, index=False)
@@ -463,8 +466,12 @@ def _cell(row: pd.Series, metric: str) -> str:
 def write_markdown(table: pd.DataFrame, figures: dict[str, str], notes: dict[str, str], path: Path) -> None:
     """`report.md`: the table, then each figure (path relative to `path`) with the line `notes[key]` under it.
 
-    `notes["table"]`, when given, goes under the table; LPIPS's reason for being missing is added from the table."""
-    parts = ["# Results", "", markdown_table(table), ""]
+    `notes["table"]`, when given, goes under the table; LPIPS's reason for being missing is added from the table;
+    `notes["standin"]` (stand-in weights) goes first, in bold."""
+    parts = ["# Results", ""]
+    if notes.get("standin"):
+        parts += [f"**{notes['standin']}: every number and figure below comes from random weights.**", ""]
+    parts += [markdown_table(table), ""]
     if notes.get("table"):
         parts += [notes["table"], ""]
     if notes.get("paired"):

@@ -221,6 +221,8 @@ class Generator(nn.Module):
         if size < 4 or size & (size - 1):
             raise ValueError(f"generator size must be a power of two >= 4, got {size}")
         self.config = {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": channel_multiplier, "channel_max": channel_max}
+        # Non-empty for stand-in weights (sgilo.smoke): kept through save/load and written on every figure and table.
+        self.standin = ""
         self.size, self.style_dim = size, style_dim
         self.log_size = int(math.log2(size))
         self.num_blocks = self.log_size - 1
@@ -462,11 +464,13 @@ def load_generator(path: str | Path) -> Generator:
         raise CheckpointError(f"{path}: generator checkpoint not found; run the generator stage or fix the path")
     if _is_torch_file(path):
         return _load_torch_generator(path)
-    state_dict, latent_avg = load_nvidia_generator_state(path)
+    state_dict, latent_avg, standin = load_nvidia_generator_state(path)
     config = infer_config(state_dict)
     # NVIDIA keeps no blur-kernel buffers under rosinality's names; they are constants of the architecture.
     constants = {k: v for k, v in Generator(**config).state_dict().items() if k.endswith(".kernel")}
-    return generator_from_state({**constants, **state_dict}, latent_avg, config, str(path))
+    generator = generator_from_state({**constants, **state_dict}, latent_avg, config, str(path))
+    generator.standin = standin
+    return generator
 
 
 # torch.save's legacy (pre-1.6) format opens with a pickled magic number; the current one is a zip archive.
@@ -485,7 +489,9 @@ def _load_torch_generator(path: Path) -> Generator:
     if not isinstance(checkpoint, dict) or "g_ema" not in checkpoint:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path}: expected a dict with 'g_ema' (rosinality layout), found {keys}")
-    return generator_from_state(checkpoint["g_ema"], checkpoint.get("latent_avg"), checkpoint.get("config"), str(path), checkpoint.get("gaussian_fit"))
+    generator = generator_from_state(checkpoint["g_ema"], checkpoint.get("latent_avg"), checkpoint.get("config"), str(path), checkpoint.get("gaussian_fit"))
+    generator.standin = str(checkpoint.get("standin", ""))
+    return generator
 
 
 def save_generator(generator: Generator, path: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -494,4 +500,6 @@ def save_generator(generator: Generator, path: str | Path, extra: dict[str, Any]
     payload = {"format": FORMAT, "config": dict(generator.config), "g_ema": state, "latent_avg": generator.w_avg.detach().cpu().clone()}
     if generator.gaussian_fitted:
         payload["gaussian_fit"] = {"mean": generator.w_gauss_mean.detach().cpu().clone(), "std": generator.w_gauss_std.detach().cpu().clone()}
+    if generator.standin:
+        payload["standin"] = generator.standin
     save_torch({**payload, **(extra or {})}, path)

@@ -7,5 +7,7 @@ rule download:
         tracked=tracked("seed", "download"),
     log:
         "logs/download.log",
+    benchmark:
+        "logs/benchmarks/download.tsv",
     shell:
         "{PY} -m sgilo.stages.download --params {PARAMS_FILE} --out {DATA} 2> {log}"

@@ -59,6 +59,8 @@ rule tune:
         score=score_flag,
     log:
         "logs/tune/{task}-{level}-{method}.log",
+    benchmark:
+        "logs/benchmarks/tune/{task}-{level}-{method}.tsv",
     threads: EVALUATE.threads or 1
     resources:
         gpu=1 if EVALUATE.device != "cpu" else 0,
@@ -84,6 +86,8 @@ rule evaluate:
         tuned=tuned_flag,
     log:
         "logs/evaluate/{task}-{level}-{method}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{task}-{level}-{method}.tsv",
     threads: EVALUATE.threads or 1
     resources:
         gpu=1 if EVALUATE.device != "cpu" else 0,

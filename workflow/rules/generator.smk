@@ -6,11 +6,14 @@ rule generator:
         generator="results/generator/generator.pt",
         samples="results/generator/samples.png",
         metrics="results/generator/metrics.json",
-        history="results/generator/history.csv",
+        # the loss history exists only for a generator trained here
+        **({"history": "results/generator/history.csv"} if PARAMS.generator.source == "train" else {}),
     params:
         tracked=tracked("seed", "generator"),
     log:
         "logs/generator.log",
+    benchmark:
+        "logs/benchmarks/generator.tsv",
     threads: workflow.cores
     shell:
         "{PY} -m sgilo.stages.generator --params {PARAMS_FILE} --data {DATA} --out results/generator 2> {log}"

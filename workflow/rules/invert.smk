@@ -17,8 +17,12 @@ rule invert:
     params:
         tracked=INVERT_TRACKED,
         shard=lambda wildcards: int(wildcards.shard),
+    # the prior's path (invert, trajectories, score) feeds every sgilo and gnc cell: on few cores it goes first
+    priority: 40
     log:
         "logs/invert/shard-{shard}.log",
+    benchmark:
+        "logs/benchmarks/invert/shard-{shard}.tsv",
     threads: workflow.cores
     resources:
         gpu=1 if PARAMS.invert.device != "cpu" else 0,
@@ -40,6 +44,8 @@ rule invert_generated:
         shard=lambda wildcards: int(wildcards.shard),
     log:
         "logs/invert/generated-{shard}.log",
+    benchmark:
+        "logs/benchmarks/invert/generated-{shard}.tsv",
     resources:
         gpu=1 if PARAMS.invert.device != "cpu" else 0,
     shell:
@@ -55,8 +61,11 @@ rule invert_summary:
         "results/invert/summary.json",
     params:
         tracked=INVERT_TRACKED,
+    priority: 40  # as invert
     log:
         "logs/invert/summary.log",
+    benchmark:
+        "logs/benchmarks/invert/summary.tsv",
     shell:
         "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {rules.generator.output.generator}"
         " --out results/invert --summary 2> {log}"

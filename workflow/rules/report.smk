@@ -29,6 +29,8 @@ rule report:
         tracked=tracked("seed", "report", "score.sample_steps"),
     log:
         "logs/report.log",
+    benchmark:
+        "logs/benchmarks/report.tsv",
     shell:
         "{PY} -m sgilo.stages.report --params {PARAMS_FILE} --evaluate results/evaluate --score {input.score}"
         " --generator {input.generator} --data {DATA} --invert-summary {input.invert_summary}"

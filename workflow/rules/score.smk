@@ -4,7 +4,7 @@ rule score:
         stats=rules.trajectories_stats.output,
         invert=rules.invert_summary.input.shards,
         generator=rules.generator.output.generator,
-        code=code("stages/score", "score_model", "posterior", "sde", "latents", "inversion", "precision", "stylegan2", "nvidia_pickle", "seeding", "data"),
+        code=code("stages/score", "report", "score_model", "posterior", "sde", "latents", "inversion", "precision", "stylegan2", "nvidia_pickle", "seeding", "data"),
     output:
         model="results/score/model.pt",
         samples="results/score/samples.png",
@@ -13,8 +13,11 @@ rule score:
         metrics="results/score/metrics.json",
     params:
         tracked=tracked("seed", "trajectories", "score"),
+    priority: 40  # the prior's path first, as invert
     log:
         "logs/score.log",
+    benchmark:
+        "logs/benchmarks/score.tsv",
     threads: workflow.cores
     resources:
         gpu=1 if PARAMS.score.device != "cpu" else 0,

@@ -11,5 +11,7 @@ rule theory_gnc:
     priority: 50
     log:
         "logs/theory_gnc.log",
+    benchmark:
+        "logs/benchmarks/theory_gnc.tsv",
     shell:
         "{PY} -m sgilo.stages.theory_gnc --params {PARAMS_FILE} --out results/theory 2> {log}"

@@ -13,6 +13,8 @@ rule theory_igo:
                         "trajectories.tau_fraction"),
     log:
         "logs/theory_igo.log",
+    benchmark:
+        "logs/benchmarks/theory_igo.tsv",
     shell:
         "{PY} -m sgilo.stages.theory_igo --params {PARAMS_FILE} --latents {input.latents} --stats {input.stats}"
         " --out results/theory 2> {log}"

@@ -11,5 +11,7 @@ rule theory_langevin:
     priority: 50
     log:
         "logs/theory_langevin.log",
+    benchmark:
+        "logs/benchmarks/theory_langevin.tsv",
     shell:
         "{PY} -m sgilo.stages.theory_langevin --params {PARAMS_FILE} --out results/theory 2> {log}"

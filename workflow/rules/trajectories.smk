@@ -11,8 +11,11 @@ rule trajectories_stats:
         "results/trajectories/stats.safetensors",
     params:
         tracked=tracked("seed", "trajectories"),
+    priority: 40  # the prior's path first, as invert
     log:
         "logs/trajectories/stats.log",
+    benchmark:
+        "logs/benchmarks/trajectories/stats.tsv",
     shell:
         "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories --stats 2> {log}"
 
@@ -30,8 +33,11 @@ rule trajectories:
     params:
         tracked=tracked("seed", "trajectories"),
         which=lambda wildcards: f"--{'shard' if wildcards.kind == 'shards' else 'generated'} {int(wildcards.shard)}",
+    priority: 40  # the prior's path first, as invert
     log:
         "logs/trajectories/{kind}-{shard}.log",
+    benchmark:
+        "logs/benchmarks/trajectories/{kind}-{shard}.tsv",
     shell:
         "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories"
         " {params.which} 2> {log}"

@@ -1,7 +1,7 @@
 """generator stage: train the demo StyleGAN2 on the downloaded faces, or fetch and convert official weights.
 
 Writes `<out>/generator.pt` (rosinality keys + config + latent_avg, loadable by `load_generator`),
-`<out>/samples.png`, `<out>/metrics.json` and `<out>/history.csv`. Training checkpoints go to
+`<out>/samples.png`, `<out>/metrics.json` and, when training, `<out>/history.csv`. Training checkpoints go to
 `<out>/resume/state.pt` every `checkpoint_every` steps; a rerun after a kill continues from there and ends with
 the same weights as an uninterrupted run.
 """
@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from sgilo.config import Params, to_dict
-from sgilo.data import load_images, save_image_grid
+from sgilo.data import caption_png, load_images, save_image_grid
 from sgilo.fetch import download_file, make_session
 from sgilo.gan import GANTrainer, sliced_wasserstein
 from sgilo.io import (
@@ -140,6 +140,9 @@ def finish(params: Params, generator: Generator, metrics: dict[str, Any], real: 
     count = config.grid_rows**2
     z = torch.randn(count, generator.style_dim, generator=torch_generator(params.seed, "generator", "grid"))
     save_image_grid(generator(z).clamp(-1, 1), out / "samples.png", nrow=config.grid_rows)
+    caption_png(out / "samples.png", generator.standin)
+    if generator.standin:
+        metrics["standin"] = generator.standin
     if real is not None:
         metrics.update(_sample_quality(params, generator, real))
     metrics["seconds"] = seconds

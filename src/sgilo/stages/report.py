@@ -24,7 +24,7 @@ import torch
 
 from sgilo import report
 from sgilo.config import Params, hardest_level
-from sgilo.data import load_images, read_index, save_image_grid
+from sgilo.data import caption_png, load_images, read_index, save_image_grid
 from sgilo.io import save_json
 from sgilo.metrics import MissingWeightsError, frechet_distance, require_fid_weights
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
@@ -56,13 +56,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     tasks = [(task_levels.task, task_levels.levels) for task_levels in params.evaluate.tasks]
     records = report.load_records(args.evaluate, report.grid_cells(tasks, params.evaluate.methods))
     table = report.summarize(records, params.report.confidence)
-    report.write_table(table, args.out / "table1.csv")
+    # Stand-in weights (sgilo.smoke) are named on every table and figure made with them.
+    standin = load_generator(args.generator).standin if args.generator is not None else ""
+    report.write_table(table, args.out / "table1.csv", standin)
     log.info("table1.csv: %d cells from %d records", len(table), len(records))
     paired = report.paired_differences(records, "sgilo", "mse", params.report.confidence)
-    report.write_table(paired, args.out / "paired.csv")
+    report.write_table(paired, args.out / "paired.csv", standin)
     figures, notes = draw_figures(params, table, args.evaluate, args.out / "figures")
     if args.score is not None:
         figures["prior_samples"], notes["prior_samples"] = prior_section(params, args, args.out)
+    for path in figures.values():
+        caption_png(path, standin)
+    notes["standin"] = standin
     for path in args.theory:
         key = f"theory_{path.stem}"
         figures[key], notes[key] = path.with_suffix(".png"), json.loads(path.read_text())["note"]

@@ -21,10 +21,10 @@ import torch
 from tqdm import tqdm
 
 from sgilo.config import Params, to_dict
-from sgilo.data import save_image_grid
+from sgilo.data import caption_png, save_image_grid
 from sgilo.io import (
+    ShardRows,
     atomic_open,
-    atomic_path,
     discard_checkpoint,
     fingerprint,
     load_safetensors,
@@ -36,6 +36,7 @@ from sgilo.io import (
 from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
 from sgilo.precision import autocast, resolve
+from sgilo.report import new_figure, save_figure
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, seeded_score_vit
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
@@ -70,20 +71,26 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- data
+LATENT_KEYS = ("x_t", "eps", "x_tau", "eps_tau")  # stored in trajectories.dtype, trained on in float32
+
+
 def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
-    shards = [load_safetensors(shard_file(folder, i))[0] for i in range(params.invert.shards)]
-    shards += [load_safetensors(shard_file(folder, i, "generated"))[0] for i in range(params.invert.generated_shards)]
-    merged = {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
-    for key in ("x_t", "eps", "x_tau", "eps_tau"):
-        merged[key] = merged[key].float()
-    held = merged.pop("held_out").bool()
-    train = {k: v[~held] for k, v in merged.items()}
-    held_out = {k: v[held] for k, v in merged.items()}
-    if len(train["t"]) == 0:
+    """The trajectory shards as one table read a batch at a time (`ShardRows`): memory stays that of a batch
+    whatever the number of shards. "train" and "held_out" are its row numbers in each split."""
+    paths = [shard_file(folder, i) for i in range(params.invert.shards)]
+    paths += [shard_file(folder, i, "generated") for i in range(params.invert.generated_shards)]
+    store = ShardRows(paths)
+    held = store.column("held_out").bool()
+    train, held_out = torch.nonzero(~held).squeeze(1), torch.nonzero(held).squeeze(1)
+    if len(train) == 0:
         raise SystemExit("error: no training samples: lower trajectories.held_out or raise invert.images")
     stats = load_safetensors(folder / "stats.safetensors")[0]
-    return {"train": train, "held_out": held_out, "scaler": LatentScaler.from_state_dict(stats), "data_std": float(stats["data_std"]),
-            "shape": tuple(train["x_t"].shape[1:])}
+    return {"store": store, "train": train, "held_out": held_out, "scaler": LatentScaler.from_state_dict(stats),
+            "data_std": float(stats["data_std"]), "shape": store.shape("x_t")[1:]}
+
+
+def read_batch(store: ShardRows, rows: torch.Tensor, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {key: store.rows(key, rows).float() if key in LATENT_KEYS else store.rows(key, rows) for key in keys}
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -111,7 +118,8 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
             optimizer.load_state_dict(state["optimizer"])
             first_epoch, step, history = state["epoch"], state["step"], state["history"]
             log.info("resuming after epoch %d", first_epoch)
-    train_set, count = data["train"], len(data["train"]["t"])
+    count = len(data["train"])
+    keys = ("t", "x_t", "eps", "tau", "x_tau", "eps_tau") if config.igo else ("t", "x_t", "eps")
     steps_per_epoch = math.ceil(count / config.batch_size)
     started = time.perf_counter()
     if not history:
@@ -120,7 +128,8 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
         order = torch.randperm(count, generator=torch_generator(params.seed, "score", "epoch", epoch))
         losses, losses_tau = [], []
         for batch in tqdm(order.split(config.batch_size), desc=f"score epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, mininterval=5.0):
-            logs = _step(params, model, ema, optimizer, {k: v[batch].to(device) for k, v in train_set.items()}, step, device, precision)
+            rows = read_batch(data["store"], data["train"][batch], keys)
+            logs = _step(params, model, ema, optimizer, {k: v.to(device) for k, v in rows.items()}, step, device, precision)
             losses.append(logs["loss_t"])
             losses_tau.append(logs.get("loss_tau", float("nan")))
             step += 1
@@ -156,11 +165,11 @@ def _step(params: Params, model, ema, optimizer, batch: dict[str, torch.Tensor],
 @torch.no_grad()
 def held_out_loss(params: Params, model, data: dict[str, Any], device: torch.device) -> float:
     held = data["held_out"]
-    if len(held["t"]) == 0:
+    if len(held) == 0:
         return float("nan")
     total, count = 0.0, 0
-    for start_ in range(0, len(held["t"]), 256):
-        part = {k: v[start_ : start_ + 256].to(device) for k, v in held.items()}
+    for rows in held.split(256):
+        part = {k: v.to(device) for k, v in read_batch(data["store"], rows, ("t", "x_t", "eps")).items()}
         loss, _ = dsm_loss(model, part["x_t"], part["t"], part["eps"])
         total += float(loss) * len(part["t"])
         count += len(part["t"])
@@ -174,17 +183,21 @@ def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: fl
     config, traj = params.score, params.trajectories
     sde_config = {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
     generator = load_generator(args.generator).to(device)
-    # The later layers' w+ for decoding: the mean over the inversions of real images (generated latents left out).
-    w_plus = torch.cat([load_safetensors(shard_file(args.invert, i))[0]["w_plus"] for i in range(params.invert.shards)])
+    # The later layers' w+ for decoding: the mean over the inversions of real images (generated latents left out),
+    # summed a shard at a time.
+    inverted = ShardRows([shard_file(args.invert, i) for i in range(params.invert.shards)])
+    w_sum = sum(inverted.column_part("w_plus", i).double().sum(0, keepdim=True) for i in range(params.invert.shards))
     prior = LatentPrior(ema.eval(), data["scaler"], build_sde(**sde_config), sde_config, params.invert.layer,
-                        w_plus.mean(0, keepdim=True).to(device), traj.tau_fraction)
+                        (w_sum / len(inverted)).float().to(device), traj.tau_fraction)
     latents = sample_latents(prior, config.samples, params.seed, config.sample_steps, device)
     images = decode_latents(generator, prior, latents)
     save_image_grid(images.clamp(-1, 1), out / "samples.png", nrow=max(1, int(math.sqrt(config.samples))))
     _write_history(history, out / "history.csv")
     _plot(history, out / "loss.png")
+    for figure in ("samples.png", "loss.png"):
+        caption_png(out / figure, generator.standin)
     metrics = {"held_out_loss_initial": history[0]["held_out_loss"], "held_out_loss_final": history[-1]["held_out_loss"],
-               "parameters": count_parameters(ema), "train_samples": len(data["train"]["t"]), "held_out_samples": len(data["held_out"]["t"]),
+               "parameters": count_parameters(ema), "train_samples": len(data["train"]), "held_out_samples": len(data["held_out"]),
                "seconds": seconds, "precision": precision, "device": str(device)}
     prior.save(out / "model.pt")
     save_json(metrics, out / "metrics.json")
@@ -199,12 +212,8 @@ def _write_history(history: list[dict], path: Path) -> None:
 
 
 def _plot(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = new_figure((5, 3.2))
+    ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs[1:], [h["train_loss"] for h in history[1:]], label="train (EMA-free model)")
     ax.plot(epochs, [h["held_out_loss"] for h in history], label="held-out (EMA model)")
@@ -212,10 +221,7 @@ def _plot(history: list[dict], path: Path) -> None:
     ax.set_ylabel("DSM loss ‖ε̂ − ε‖²")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

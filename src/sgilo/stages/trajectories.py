@@ -13,15 +13,15 @@ stats and every shard run in turn, for running the stage by hand.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from sgilo.config import Params, TrajectoriesConfig, to_dict
-from sgilo.io import load_safetensors, save_safetensors, shard_file
-from sgilo.latents import LatentScaler, split_held_out
+from sgilo.io import ShardRows, load_safetensors, save_safetensors, shard_file
+from sgilo.latents import LatentScaler, pooled_std, split_held_out
 from sgilo.sde import SDE, build_sde, training_pairs
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
@@ -58,20 +58,27 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def fit_stats(params: Params, invert: Path, out: Path) -> None:
-    """Scaling from the training latents only: held-out latents must not leak into it."""
-    latents = []
-    for shard in range(params.invert.shards):
-        tensors, _ = load_safetensors(shard_file(invert, shard))
-        keep = ~split_held_out(tensors["ids"], params.trajectories.held_out, params.seed)
-        latents.append(tensors["latents"][keep])
-    for shard in range(params.invert.generated_shards):
-        latents.append(load_safetensors(shard_file(invert, shard, "generated"))[0]["latents"])
-    training = torch.cat(latents)
-    scaler = LatentScaler.fit(training)
+    """Scaling from the training latents only: held-out latents must not leak into it. Two passes over the shards,
+    one shard in memory at a time (range, then the scaled data's spread), so memory does not grow with the data."""
+    inverted = [(ShardRows([shard_file(invert, shard)]), True) for shard in range(params.invert.shards)]
+    inverted += [(ShardRows([shard_file(invert, shard, "generated")]), False) for shard in range(params.invert.generated_shards)]
+
+    counts: list[int] = []
+
+    def training() -> Iterator[torch.Tensor]:
+        counts.clear()
+        for rows, real in inverted:
+            latents = rows.column("latents")
+            if real:
+                latents = latents[~split_held_out(rows.column("ids"), params.trajectories.held_out, params.seed)]
+            counts.append(len(latents))
+            yield latents
+
+    scaler = LatentScaler.fit(training())
     # The score model's skip connection needs the scale of the data it models (after scaling).
-    data_std = scaler.normalize(training).std().reshape(1)
+    data_std = torch.tensor([pooled_std(scaler.normalize(latents) for latents in training())], dtype=torch.float32)
     save_safetensors({**scaler.state_dict(), "data_std": data_std}, out / "stats.safetensors", {"format": FORMAT})
-    log.info("latent scaling fitted on %d training latents", sum(len(x) for x in latents))
+    log.info("latent scaling fitted on %d training latents", sum(counts))
 
 
 def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, out: Path, kind: str = "shards") -> None:
