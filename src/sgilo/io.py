@@ -205,6 +205,10 @@ class ShardRows:
             if len(rows) != 1:
                 raise CheckpointError(f"{path}: its tensors have different row counts {sorted(rows)}")
             counts.append(rows.pop())
+            end = start + max((header[k]["data_offsets"][1] for k in keys), default=0)
+            if path.stat().st_size < end:
+                raise CheckpointError(f"{path}: not a readable safetensors file (truncated: {path.stat().st_size} of {end} bytes); "
+                                      "delete it and rerun the stage that writes it")
             self._files.append((os.open(path, os.O_RDONLY), header, start))
         self.offsets = torch.tensor([0, *counts]).cumsum(0)
 
@@ -216,6 +220,8 @@ class ShardRows:
                 header = json.loads(handle.read(size))
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it") from exc
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: not a readable safetensors file (no header); delete it and rerun the stage that writes it")
         return header, 8 + size
 
     def __len__(self) -> int:
@@ -245,7 +251,8 @@ class ShardRows:
             fd, header, start = self._files[shard]
             offset = start + header[key]["data_offsets"][0] + (row - int(self.offsets[shard])) * row_bytes
             if os.preadv(fd, [view[position * row_bytes : (position + 1) * row_bytes]], offset) != row_bytes:
-                raise CheckpointError(f"{self.paths[shard]}: truncated ({key} row {row}); delete it and rerun the stage that writes it")
+                raise CheckpointError(f"{self.paths[shard]}: not a readable safetensors file (truncated at {key} row {row}); "
+                                      "delete it and rerun the stage that writes it")
         if not buffer:
             return torch.empty((0, *row_shape), dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(len(index), *row_shape)
@@ -259,7 +266,8 @@ class ShardRows:
             return torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
         data = os.pread(fd, end - begin, start + begin)
         if len(data) != end - begin:
-            raise CheckpointError(f"{self.paths[shard]}: truncated ({key}); delete it and rerun the stage that writes it")
+            raise CheckpointError(f"{self.paths[shard]}: not a readable safetensors file (truncated at {key}); "
+                                  "delete it and rerun the stage that writes it")
         return torch.frombuffer(bytearray(data), dtype=_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
 
     def column(self, key: str) -> torch.Tensor:
