@@ -168,7 +168,7 @@ def held_out_loss(params: Params, model, data: dict[str, Any], device: torch.dev
     if len(held) == 0:
         return float("nan")
     total, count = 0.0, 0
-    for rows in held.split(256):
+    for rows in held.split(params.score.batch_size):  # a training batch at a time: memory as in training
         part = {k: v.to(device) for k, v in read_batch(data["store"], rows, ("t", "x_t", "eps")).items()}
         loss, _ = dsm_loss(model, part["x_t"], part["t"], part["eps"])
         total += float(loss) * len(part["t"])
