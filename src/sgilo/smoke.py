@@ -322,12 +322,15 @@ def _server_address(params: Params) -> tuple[str, int]:
     return next(iter(hosts.values()))
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # one line per file would bury Snakemake's output
+        pass
+
+
 @contextmanager
 def serve(folder: Path, host: str, port: int) -> Iterator[str]:
     """Serve `folder` over HTTP on host:port in a background thread while the block runs."""
-    handler = partial(SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args, **kwargs: None  # type: ignore[attr-defined]
-    server = ThreadingHTTPServer((host, port), handler)
+    server = ThreadingHTTPServer((host, port), partial(_QuietHandler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
