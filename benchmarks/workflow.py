@@ -44,7 +44,7 @@ def main() -> None:
              args.workspace, "Nothing to be done"),
             ("FFHQ profile plan, SLURM profile (238 jobs)",
              [*snakemake, "-s", str(REPO / "Snakefile"), "--directory", empty, "-n", "--workflow-profile",
-              str(REPO / "workflow" / "profiles" / "slurm"), "results/table1.csv", "--config", f"params={ffhq}"],
+              str(REPO / "workflow" / "profiles" / "slurm"), "results/table1.csv", "--configfile", str(ffhq)],
              REPO, "238"),
             ("`sgilo dvc-sync --check` (demo)", [sys.executable, "-m", "sgilo.cli", "dvc-sync", "--check"],
              args.workspace, "current"),

@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from sgilo.config import merge
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
@@ -62,16 +64,9 @@ def kill_stage_when(stage: str, args: list[str], cwd: Path, checkpoint: Path, ti
 
 
 def write_params(path: Path, overrides: dict | None = None) -> Path:
-    params = _merge(TINY, overrides or {})
+    params = merge(TINY, overrides or {})
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
 
 
 @pytest.fixture

@@ -10,7 +10,14 @@ from conftest import REPO, write_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgilo.config import ConfigError, Params, load_params, to_dict
+from sgilo.config import (
+    ConfigError,
+    Params,
+    layered_params,
+    load_params,
+    to_dict,
+    write_layered,
+)
 
 
 def test_demo_profile_loads_with_every_section():
@@ -173,3 +180,36 @@ def test_the_ffhq_smoke_profile_differs_from_the_ffhq_profile_only_in_counts_sou
         "trajectories.dt: only in the FFHQ profile"]
     tasks = [{**smoke["evaluate"]["tasks"][0], "levels": [0.5]}, *smoke["evaluate"]["tasks"][1:]]
     assert _smoke_drift(real, {**smoke, "evaluate": {**smoke["evaluate"], "tasks": tasks}})
+
+
+def test_layers_lay_keys_over_the_profile_in_order_and_name_the_layer_of_a_bad_key(tmp_path):
+    """Snakemake's --configfile (first: the profile, then overlays) and --config, as the Snakefile passes them."""
+    profile = write_params(tmp_path / "profile.yaml")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"invert": {"images": 5, "batch_size": 2}, "evaluate": {"methods": ["csgm"]}}))
+    # Snakemake parses a nested --config value with YAML's BaseLoader: every scalar arrives as a string
+    params, raw = layered_params([profile, overlay], {"invert": {"images": "7"}, "seed": 11, "evaluate": {"methods": ["ilo", "sgilo"]}})
+    assert (params.invert.images, params.invert.batch_size, params.seed) == (7, 2, 11)
+    assert params.evaluate.methods == ("ilo", "sgilo")  # a list replaces, it does not merge
+    assert params.invert.layer == load_params(profile).invert.layer  # keys no layer names stay the profile's
+    assert raw["invert"]["images"] == 7 and load_params(profile) != params
+    assert layered_params([profile])[0] == load_params(profile)
+    with pytest.raises(ConfigError, match=r"^--config: unknown key invert\.imags"):
+        layered_params([profile], {"invert": {"imags": "3"}})
+    with pytest.raises(ConfigError, match=r"^--config: invert\.images: expected int"):
+        layered_params([profile], {"invert": {"images": "many"}})
+    overlay.write_text(yaml.safe_dump({"score": {"epochz": 3}}))
+    with pytest.raises(ConfigError, match=rf"^{overlay}: unknown key score\.epochz"):
+        layered_params([profile, overlay])
+    overlay.write_text("- a list\n")
+    with pytest.raises(ConfigError, match=rf"^{overlay}: top level: expected a mapping"):
+        layered_params([profile, overlay])
+
+
+def test_the_merged_params_file_is_named_by_its_content_and_reads_back_the_same(tmp_path):
+    params, raw = layered_params([write_params(tmp_path / "profile.yaml")], {"seed": 5})
+    first = write_layered(raw, tmp_path / "merged")
+    assert write_layered(raw, tmp_path / "merged") == first and load_params(first) == params
+    other = write_layered(layered_params([tmp_path / "profile.yaml"], {"seed": 6})[1], tmp_path / "merged")
+    assert other != first and load_params(other).seed == 6
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted([first.name, other.name])  # no temporary left

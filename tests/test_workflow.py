@@ -10,14 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO, copy_project, snakemake_in, write_params
 
+from sgilo.config import load_params
 from sgilo.stylegan2 import load_generator
 
 
 def snakemake(workdir: Path, params: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--cores", "2", "--config", f"params={params}", *extra]
+               "--cores", "2", "--configfile", str(params), *extra]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
 
 
@@ -91,6 +93,46 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
             path.write_bytes(original)
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert planned_jobs(plan()) == set()
+
+
+def test_configfile_selects_a_profile_and_config_overrides_a_key(tiny_project, tmp_path):
+    """Snakemake's own configuration: `--configfile FILE` is the profile and `--config section={key: value}` overrides
+    a key of it; the stages read exactly the merged params; thread counts set speed and rerun nothing."""
+    root = tiny_project
+    profile = write_params(tmp_path / "profile.yaml", {"report": {"confidence": 0.9}})
+    assert planned_jobs(snakemake_in(root, "-n", "--configfile", str(profile))) == {"report"}
+    run = snakemake_in(root, "-n", "-p", "--config", "report={confidence: 0.9}")
+    assert planned_jobs(run) == {"report"}
+    merged = re.search(r"sgilo\.stages\.report --params (\S+)", run.stdout + run.stderr).group(1)
+    assert load_params(root / merged) == load_params(profile)
+    assert {"download", "generator", "invert", "score"} <= planned_jobs(snakemake_in(root, "-n", "--config", "seed=4"))
+    threads = ["generator={train: {threads: 2}}", *(f"{section}={{threads: 2}}" for section in ("invert", "trajectories", "score", "evaluate", "report"))]
+    assert planned_jobs(snakemake_in(root, "-n", "--config", *threads)) == set()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--config", "invert={imags: 2}"), "error: --config: unknown key invert.imags; allowed keys under invert:"),
+    (("--config", "evaluate={images: many}"), "error: --config: evaluate.images: expected int >= 1, got 'many'"),
+    (("--config", "imags=2"), "error: --config: unknown key imags; allowed keys under top level:"),
+    (("--config", "params=profiles/ffhq/params.yaml"), "select a profile with Snakemake's own --configfile FILE"),
+])
+def test_a_wrong_config_key_or_value_stops_the_run_naming_it(tmp_path, extra, message):
+    run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", *extra)
+    assert run.returncode != 0 and message in run.stdout + run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stdout + run.stderr and not planned_jobs(run)
+
+
+def test_every_rule_declares_threads_and_passes_them_to_its_stage(tiny_project):
+    """So that `--cores N` and a cluster's cpus_per_task are what the jobs use, never more."""
+    rules = []
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:(?:    .*)?\n)+)", smk.read_text(), flags=re.MULTILINE):
+            rules.append(name)
+            assert re.search(r"^    threads:", body, flags=re.MULTILINE), f"rule {name} ({smk.name}) declares no threads"
+            assert "--threads {threads}" in body, f"rule {name} ({smk.name}) does not pass its threads to its stage"
+    assert len(rules) == 14  # every rule but `all`
+    for log in ("generator.log", "invert/shard-00000.log", "score.log", "theory_igo.log"):
+        assert "CPU threads: 1" in (tiny_project / "logs" / log).read_text(), log
 
 
 def test_bad_params_stop_the_workflow_before_any_job(tmp_path):

@@ -10,9 +10,13 @@ Range constraints live next to the field as metadata (`min`, `max`, `power_of_tw
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
+import tempfile
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -392,6 +396,57 @@ SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if 
 
 def load_params(path: str | Path) -> Params:
     """Read and validate a whole params file."""
+    return layered_params([path])[0]
+
+
+def layered_params(files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> tuple[Params, dict[str, Any]]:
+    """A profile (the first file), the other files laid over it in order, then `overrides`: Snakemake's `--configfile`
+    and `--config`. Each layer is validated as it is added, so an error names the file (or `--config`) that brought
+    the bad key. Returns the params and the merged plain data they were built from."""
+    first, *rest = files
+    raw = _read_yaml(first)
+    params = _validated(raw, str(first))
+    for path in rest:
+        raw = merge(raw, _read_yaml(path))
+        params = _validated(raw, str(path))
+    if overrides:
+        raw = merge(raw, _typed(dict(overrides)))
+        params = _validated(raw, "--config")
+    return params, raw
+
+
+def write_layered(raw: Mapping[str, Any], folder: str | Path) -> Path:
+    """The merged params as one file, named by its content (so that concurrent and cluster-side parses of the same
+    command line agree on it and never rewrite it): what the stages read when layers or overrides were given."""
+    text = yaml.safe_dump(dict(raw), sort_keys=False)
+    dest = Path(folder) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=dest.parent, suffix=".tmp", delete=False) as handle:
+            handle.write(text)
+        os.replace(handle.name, dest)
+    return dest
+
+
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` laid over `base`: mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def _typed(value: Any) -> Any:
+    # Snakemake parses a nested --config value (`invert={images: 1024}`) with YAML's BaseLoader, which leaves every
+    # scalar a string: read those strings as a params file would.
+    if isinstance(value, Mapping):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    return yaml.safe_load(value) if isinstance(value, str) and value else value
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; pass --params PATH (e.g. params.yaml or profiles/<name>/params.yaml)")
@@ -399,8 +454,14 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    params = from_dict(Params, raw if raw is not None else {}, source=str(path))
-    _check_across_sections(params, str(path))
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level: expected a mapping of keys, got {_describe(raw)}")
+    return raw or {}
+
+
+def _validated(raw: dict[str, Any], source: str) -> Params:
+    params = from_dict(Params, raw, source=source)
+    _check_across_sections(params, source)
     return params
 
 

@@ -8,6 +8,7 @@ curves, image grids, an accuracy-against-time plot and `report.md`, whose senten
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -448,15 +449,33 @@ FIGURE_TITLES = {"reconstructions": "Reconstructions", "posterior": "Posterior s
                  "theory_igo": "Theory: IGO's non-affine forward iterates and the α of its loss"}
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    header = ["task", "level", "method", "n", *(m.upper() for m in METRICS), "s/image", "steps"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 as people read it: one text cell per metric, "mean [low, high]" at 3 significant digits."""
+    rows = []
     for _, row in table.iterrows():
         n = str(row["n"]) + (f" ({row['failed']} failed)" if row["failed"] else "")
-        cells = [row["task"], f"{row['level']:g}", row["method"], n,
-                 *(_cell(row, m) for m in METRICS), f"{row['seconds_per_image']:.3g}", f"{row['steps']:g}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([row["task"], f"{row['level']:g}", row["method"], n,
+                     *(_cell(row, m) for m in METRICS), f"{row['seconds_per_image']:.3g}", f"{row['steps']:g}"])
+    return pd.DataFrame(rows, columns=["task", "level", "method", "n", *(m.upper() for m in METRICS), "s/image", "steps"])
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    shown = shown_table(table)
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in shown.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def write_html_table(table: pd.DataFrame, path: Path, standin: str = "") -> None:
+    """`table1.html`: the shown table as a page of its own, for Snakemake's report (which offers a CSV only as a
+    download)."""
+    caption = f'<p style="color:#b00;font-weight:bold">{html.escape(standin)}: every number comes from random weights.</p>' if standin else ""
+    body = shown_table(table).to_html(index=False, border=0, escape=True)
+    with atomic_open(path) as handle:
+        handle.write('<!DOCTYPE html><html><head><meta charset="utf-8"><title>Table 1</title><style>'
+                     "body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse}"
+                     "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right} th{background:#f4f4f4}"
+                     f"</style></head><body>{caption}{body}</body></html>\n")
 
 
 def _cell(row: pd.Series, metric: str) -> str:

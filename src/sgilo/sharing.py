@@ -98,7 +98,7 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
         with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
             workflow_api = api.workflow(
                 resource_settings=ResourceSettings(cores=1),
-                config_settings=ConfigSettings(config={"params": params_file}),
+                config_settings=ConfigSettings(configfiles=[] if params_file == "params.yaml" else [root / params_file]),
                 storage_settings=StorageSettings(),
                 snakefile=root / "Snakefile",
                 workdir=root,
@@ -171,7 +171,7 @@ def sync(root: Path, params_file: str = "params.yaml", check: bool = False) -> b
 
 
 def _snakemake(root: Path, params_file: str, target: str, *args: str) -> str:
-    command = [sys.executable, "-m", "snakemake", "--cores", "1", target, "--config", f"params={params_file}", *args]
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", target, "--configfile", params_file, *args]
     result = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])

@@ -346,7 +346,7 @@ def run_workflow(params_file: Path, workdir: Path, torch_home: Path, cores: str 
     if not SNAKEFILE.is_file():
         raise SystemExit(f"error: no Snakefile at {SNAKEFILE}: run the smoke run from a clone installed with `pip install -e .`")
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
-               "--cores", str(cores), *extra, "results/table1.csv", "--config", f"params={Path(params_file).resolve()}"]
+               "--cores", str(cores), *extra, "results/table1.csv", "--configfile", str(Path(params_file).resolve())]
     return subprocess.run(command, env={**os.environ, "TORCH_HOME": str(torch_home)}, check=False, **kwargs)
 
 

@@ -61,7 +61,7 @@ rule tune:
         "logs/tune/{task}-{level}-{method}.log",
     benchmark:
         "logs/benchmarks/tune/{task}-{level}-{method}.tsv",
-    threads: EVALUATE.threads or 1
+    threads: EVALUATE.threads or 1  # 0: one thread a cell, as cells are many small jobs run side by side
     resources:
         gpu=1 if EVALUATE.device != "cpu" else 0,
     shell:
@@ -88,7 +88,7 @@ rule evaluate:
         "logs/evaluate/{task}-{level}-{method}.log",
     benchmark:
         "logs/benchmarks/evaluate/{task}-{level}-{method}.tsv",
-    threads: EVALUATE.threads or 1
+    threads: EVALUATE.threads or 1  # 0: one thread a cell, as cells are many small jobs run side by side
     resources:
         gpu=1 if EVALUATE.device != "cpu" else 0,
     shell:

@@ -4,7 +4,8 @@ rule generator:
         code=code("stages/generator", "stylegan2", "nvidia_pickle", "gan", "precision", "seeding", "data", "fetch"),
     output:
         generator="results/generator/generator.pt",
-        samples="results/generator/samples.png",
+        samples=report("results/generator/samples.png", caption="../report/generator_samples.rst", category="1. Generator",
+                       labels={"figure": "samples"}),
         metrics="results/generator/metrics.json",
         # the loss history exists only for a generator trained here
         **({"history": "results/generator/history.csv"} if PARAMS.generator.source == "train" else {}),
@@ -14,6 +15,6 @@ rule generator:
         "logs/generator.log",
     benchmark:
         "logs/benchmarks/generator.tsv",
-    threads: workflow.cores
+    threads: rule_threads(PARAMS.generator.train.threads)
     shell:
-        "{PY} -m sgilo.stages.generator --params {PARAMS_FILE} --data {DATA} --out results/generator 2> {log}"
+        "{PY} -m sgilo.stages.generator --params {PARAMS_FILE} --data {DATA} --out results/generator --threads {threads} 2> {log}"

@@ -23,12 +23,12 @@ rule invert:
         "logs/invert/shard-{shard}.log",
     benchmark:
         "logs/benchmarks/invert/shard-{shard}.tsv",
-    threads: workflow.cores
+    threads: rule_threads(PARAMS.invert.threads)
     resources:
         gpu=1 if PARAMS.invert.device != "cpu" else 0,
     shell:
         "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {input.generator}"
-        " --out results/invert --shard {params.shard} 2> {log}"
+        " --out results/invert --shard {params.shard} --threads {threads} 2> {log}"
 
 
 # Latents drawn from the generator depend on it and on these keys only (fp32 whatever invert.precision): a new ILO
@@ -46,11 +46,12 @@ rule invert_generated:
         "logs/invert/generated-{shard}.log",
     benchmark:
         "logs/benchmarks/invert/generated-{shard}.tsv",
+    threads: rule_threads(PARAMS.invert.threads)
     resources:
         gpu=1 if PARAMS.invert.device != "cpu" else 0,
     shell:
         "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {input.generator}"
-        " --out results/invert --generated {params.shard} 2> {log}"
+        " --out results/invert --generated {params.shard} --threads {threads} 2> {log}"
 
 
 rule invert_summary:
@@ -66,6 +67,7 @@ rule invert_summary:
         "logs/invert/summary.log",
     benchmark:
         "logs/benchmarks/invert/summary.tsv",
+    threads: 1  # reads the shards' records
     shell:
         "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {rules.generator.output.generator}"
-        " --out results/invert --summary 2> {log}"
+        " --out results/invert --summary --threads {threads} 2> {log}"

@@ -1,7 +1,9 @@
 # Table 1, its figures and report.md (with the theory rules' figures) from every evaluate cell (EVAL_CELLS, "task/level/method", from evaluate.smk).
 REPORT_TASKS = [t.task for t in PARAMS.evaluate.tasks]
 # The posterior figure exists only when SGILO is evaluated; declaring it otherwise would make the rule never finish.
-REPORT_POSTERIOR = {"posterior": "results/figures/posterior.png"} if "sgilo" in PARAMS.evaluate.methods else {}
+REPORT_POSTERIOR = ({"posterior": report("results/figures/posterior.png", caption="../report/posterior.rst", category="3. Results",
+                                          labels={"figure": "SGILO posterior"})}
+                    if "sgilo" in PARAMS.evaluate.methods else {})
 
 
 rule report:
@@ -16,13 +18,17 @@ rule report:
         code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion", "precision",
                   "stylegan2", "nvidia_pickle", "seeding"),
     output:
-        table="results/table1.csv",
-        paired="results/paired.csv",
-        curves=expand("results/figures/curves_{task}.png", task=REPORT_TASKS),
-        reconstructions="results/figures/reconstructions.png",
-        speed="results/figures/speed.png",
+        table=report("results/table1.csv", caption="../report/table1.rst", category="3. Results", labels={"figure": "Table 1 (CSV)"}),
+        table_html=report("results/table1.html", caption="../report/table1.rst", category="3. Results", labels={"figure": "Table 1"}),
+        paired=report("results/paired.csv", caption="../report/paired.rst", category="3. Results", labels={"figure": "paired differences"}),
+        curves=[report(f"results/figures/curves_{task}.png", caption="../report/curves.rst", category="3. Results",
+                       labels={"figure": f"curves: {task}"}) for task in REPORT_TASKS],
+        reconstructions=report("results/figures/reconstructions.png", caption="../report/reconstructions.rst", category="3. Results",
+                               labels={"figure": "reconstructions"}),
+        speed=report("results/figures/speed.png", caption="../report/speed.rst", category="3. Results", labels={"figure": "accuracy against time"}),
         markdown="results/report.md",
-        prior_samples="results/figures/prior_samples.png",
+        prior_samples=report("results/figures/prior_samples.png", caption="../report/prior_samples.rst", category="2. Prior",
+                             labels={"figure": "prior samples (FID)"}),
         prior="results/prior.json",
         **REPORT_POSTERIOR,
     params:
@@ -31,7 +37,8 @@ rule report:
         "logs/report.log",
     benchmark:
         "logs/benchmarks/report.tsv",
+    threads: rule_threads(PARAMS.report.threads)
     shell:
         "{PY} -m sgilo.stages.report --params {PARAMS_FILE} --evaluate results/evaluate --score {input.score}"
         " --generator {input.generator} --data {DATA} --invert-summary {input.invert_summary}"
-        " --theory {input.theory} --out results 2> {log}"
+        " --theory {input.theory} --out results --threads {threads} 2> {log}"

@@ -7,8 +7,9 @@ rule score:
         code=code("stages/score", "report", "score_model", "posterior", "sde", "latents", "inversion", "precision", "stylegan2", "nvidia_pickle", "seeding", "data"),
     output:
         model="results/score/model.pt",
-        samples="results/score/samples.png",
-        loss="results/score/loss.png",
+        samples=report("results/score/samples.png", caption="../report/score_samples.rst", category="2. Prior",
+                       labels={"figure": "score-model samples"}),
+        loss=report("results/score/loss.png", caption="../report/score_loss.rst", category="2. Prior", labels={"figure": "training loss"}),
         history="results/score/history.csv",
         metrics="results/score/metrics.json",
     params:
@@ -18,9 +19,9 @@ rule score:
         "logs/score.log",
     benchmark:
         "logs/benchmarks/score.tsv",
-    threads: workflow.cores
+    threads: rule_threads(PARAMS.score.threads)
     resources:
         gpu=1 if PARAMS.score.device != "cpu" else 0,
     shell:
         "{PY} -m sgilo.stages.score --params {PARAMS_FILE} --trajectories results/trajectories --invert results/invert"
-        " --generator {input.generator} --out results/score 2> {log}"
+        " --generator {input.generator} --out results/score --threads {threads} 2> {log}"

@@ -4,7 +4,7 @@ rule theory_gnc:
         code=code("stages/theory_gnc", "theory", "report", "data"),
     output:
         json="results/theory/gnc.json",
-        figure="results/theory/gnc.png",
+        figure=report("results/theory/gnc.png", caption="../report/theory_gnc.rst", category="4. Theory", labels={"figure": "GNC in 1-D"}),
     params:
         tracked=tracked("seed", "theory_gnc"),
     # no inputs but code: started first, beside the single-threaded download, where a core would idle
@@ -13,5 +13,6 @@ rule theory_gnc:
         "logs/theory_gnc.log",
     benchmark:
         "logs/benchmarks/theory_gnc.tsv",
+    threads: 1  # small tensors: a second thread costs more than it gives
     shell:
-        "{PY} -m sgilo.stages.theory_gnc --params {PARAMS_FILE} --out results/theory 2> {log}"
+        "{PY} -m sgilo.stages.theory_gnc --params {PARAMS_FILE} --out results/theory --threads {threads} 2> {log}"

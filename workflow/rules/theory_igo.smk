@@ -7,7 +7,7 @@ rule theory_igo:
         code=code("stages/theory_igo", "theory", "report", "data", "seeding", "sde", "score_model", "latents"),
     output:
         json="results/theory/igo.json",
-        figure="results/theory/igo.png",
+        figure=report("results/theory/igo.png", caption="../report/theory_igo.rst", category="4. Theory", labels={"figure": "IGO"}),
     params:
         tracked=tracked("seed", "theory_igo", "trajectories.beta_min", "trajectories.beta_max", "trajectories.dt",
                         "trajectories.tau_fraction"),
@@ -15,6 +15,7 @@ rule theory_igo:
         "logs/theory_igo.log",
     benchmark:
         "logs/benchmarks/theory_igo.tsv",
+    threads: 1  # small tensors: a second thread costs more than it gives
     shell:
         "{PY} -m sgilo.stages.theory_igo --params {PARAMS_FILE} --latents {input.latents} --stats {input.stats}"
-        " --out results/theory 2> {log}"
+        " --out results/theory --threads {threads} 2> {log}"

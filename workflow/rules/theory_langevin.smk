@@ -4,7 +4,7 @@ rule theory_langevin:
         code=code("stages/theory_langevin", "theory", "report", "data", "seeding"),
     output:
         json="results/theory/langevin.json",
-        figure="results/theory/langevin.png",
+        figure=report("results/theory/langevin.png", caption="../report/theory_langevin.rst", category="4. Theory", labels={"figure": "Langevin on random generators"}),
     params:
         tracked=tracked("seed", "theory_langevin"),
     # no inputs but code: started first, beside the single-threaded download, where a core would idle
@@ -13,5 +13,6 @@ rule theory_langevin:
         "logs/theory_langevin.log",
     benchmark:
         "logs/benchmarks/theory_langevin.tsv",
+    threads: 1  # small tensors: a second thread costs more than it gives
     shell:
-        "{PY} -m sgilo.stages.theory_langevin --params {PARAMS_FILE} --out results/theory 2> {log}"
+        "{PY} -m sgilo.stages.theory_langevin --params {PARAMS_FILE} --out results/theory --threads {threads} 2> {log}"

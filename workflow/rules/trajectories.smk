@@ -16,8 +16,9 @@ rule trajectories_stats:
         "logs/trajectories/stats.log",
     benchmark:
         "logs/benchmarks/trajectories/stats.tsv",
+    threads: rule_threads(PARAMS.trajectories.threads)
     shell:
-        "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories --stats 2> {log}"
+        "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories --stats --threads {threads} 2> {log}"
 
 
 # One job per latent shard: a cluster simulates shards in parallel.
@@ -38,6 +39,7 @@ rule trajectories:
         "logs/trajectories/{kind}-{shard}.log",
     benchmark:
         "logs/benchmarks/trajectories/{kind}-{shard}.tsv",
+    threads: rule_threads(PARAMS.trajectories.threads)
     shell:
         "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories"
-        " {params.which} 2> {log}"
+        " {params.which} --threads {threads} 2> {log}"

@@ -21,6 +21,8 @@ log = logging.getLogger("sgilo")
 def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml, the demo profile)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (Snakemake passes the rule's; default: the stage's params key, 0 there = every core)")
     return parser
 
 
@@ -40,6 +42,7 @@ def set_threads(threads: int) -> None:
     """0 means every core this process may use."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(threads or available)
+    log.info("CPU threads: %d", torch.get_num_threads())
 
 
 def pick_device(choice: str, key: str) -> torch.device:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sgilo.ffhq import download_ffhq
-from sgilo.stages._common import log, stage_parser, start
+from sgilo.stages._common import log, set_threads, stage_parser, start
 from sgilo.synthfaces import write_synthfaces
 
 
@@ -14,6 +14,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", required=True, type=Path, help="dataset folder, e.g. data/synthfaces")
     args, params = start(parser, argv)
+    set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     config = params.download
     if config.dataset == "synthfaces":
         s = config.synthfaces

@@ -70,7 +70,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tune", action="store_true", help="choose the hyper-parameter on the validation images")
     parser.add_argument("--tuned", type=Path, help="the tuning JSON to use (evaluation)")
     parser.add_argument("--out", required=True, type=Path, help="--tune: the JSON to write; else the evaluate folder")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: evaluate.threads; 0 = all cores)")
     args, params = start(parser, argv)
     config = params.evaluate
     grid = [(entry.task, level, method) for entry in config.tasks for level in entry.levels for method in config.methods]

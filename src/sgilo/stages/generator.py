@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=Path("data/weights"), help="where official weights are downloaded")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/generator")
     args, params = start(parser, argv)
-    set_threads(params.generator.train.threads)
+    set_threads(args.threads or params.generator.train.threads)
     started = time.perf_counter()
     if params.generator.source == "train":
         if args.data is None:

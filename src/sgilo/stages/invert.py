@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.generated is not None and not 0 <= args.generated < config.generated_shards:
         parser.error(f"--generated {args.generated}: invert.generated={config.generated} in shards of {config.generated_shard_size} gives "
                      + (f"shards 0…{config.generated_shards - 1}" if config.generated_shards else "none (set invert.generated > 0)"))
-    set_threads(config.threads)
+    set_threads(args.threads or config.threads)
     everything = args.shard is None and args.generated is None and not args.summary
     if not args.summary:
         device = pick_device(config.device, "invert.device")

@@ -2,7 +2,7 @@
 
 Reads `<evaluate>/<task>/<level>/<method>.parquet` and `.safetensors` for every cell of evaluate.tasks ×
 evaluate.methods, and writes `<out>/table1.csv` (one row per cell: means over test images with report.confidence
-Student-t intervals), `<out>/paired.csv` (SGILO − each other method, image by image, with intervals),
+Student-t intervals; `table1.html`, the same as people read it, for Snakemake's report), `<out>/paired.csv` (SGILO − each other method, image by image, with intervals),
 `<out>/figures/curves_<task>.png`, `reconstructions.png` and `posterior.png` (at the first
 task's hardest level; the posterior only when sgilo is evaluated), `speed.png`, and `<out>/report.md`.
 With --score and --generator it also decodes report.fid_samples unconditional samples of the latent prior
@@ -52,13 +52,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = start(parser, argv)
     if args.score is not None and (args.generator is None or args.data is None):
         parser.error("--score needs --generator and --data")
-    set_threads(params.report.threads)
+    set_threads(args.threads or params.report.threads)
     tasks = [(task_levels.task, task_levels.levels) for task_levels in params.evaluate.tasks]
     records = report.load_records(args.evaluate, report.grid_cells(tasks, params.evaluate.methods))
     table = report.summarize(records, params.report.confidence)
     # Stand-in weights (sgilo.smoke) are named on every table and figure made with them.
     standin = load_generator(args.generator).standin if args.generator is not None else ""
     report.write_table(table, args.out / "table1.csv", standin)
+    report.write_html_table(table, args.out / "table1.html", standin)
     log.info("table1.csv: %d cells from %d records", len(table), len(records))
     paired = report.paired_differences(records, "sgilo", "mse", params.report.confidence)
     report.write_table(paired, args.out / "paired.csv", standin)

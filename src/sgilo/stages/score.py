@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint, to decode samples")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/score")
     args, params = start(parser, argv)
-    set_threads(params.score.threads)
+    set_threads(args.threads or params.score.threads)
     device = pick_device(params.score.device, "score.device")
     precision = resolve(params.score.precision, device, "score.precision")
     data = load_trajectories(params, args.trajectories)

@@ -17,7 +17,7 @@ import numpy as np
 from sgilo.config import TheoryGNCConfig
 from sgilo.io import save_json
 from sgilo.report import new_figure, save_figure
-from sgilo.stages._common import entry, log, stage_parser, start
+from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import (
     Mixture1D,
     attainment,
@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", required=True, type=Path, help="folder for gnc.json and gnc.png")
     args, params = start(parser, argv)
+    set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     result = run(params.theory_gnc)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(params.theory_gnc, result, args.out / "gnc.png")

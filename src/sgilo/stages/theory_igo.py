@@ -26,7 +26,7 @@ from sgilo.report import new_figure, save_figure
 from sgilo.score_model import dsm_loss, score_from_eps, seeded_score_vit
 from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std, training_pairs
 from sgilo.seeding import torch_generator
-from sgilo.stages._common import entry, log, stage_parser, start
+from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import energy_distance, ring_of_gaussians
 
 
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stats", required=True, type=Path, help="the trajectories stage's stats.safetensors (the latent scaling)")
     parser.add_argument("--out", required=True, type=Path, help="folder for igo.json and igo.png")
     args, params = start(parser, argv)
-    torch.set_num_threads(1)  # small tensors: a second thread costs more than it gives, and Snakemake runs jobs side by side
+    set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     scaler = LatentScaler.from_state_dict(load_safetensors(args.stats)[0])
     latents = scaler.normalize(load_safetensors(args.latents)[0]["latents"][: params.theory_igo.latents].float())
     result, scatter = run(params, latents)

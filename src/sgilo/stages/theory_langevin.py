@@ -20,7 +20,7 @@ from sgilo.config import Params, TheoryLangevinConfig
 from sgilo.io import save_json
 from sgilo.report import new_figure, save_figure
 from sgilo.seeding import numpy_generator
-from sgilo.stages._common import entry, log, stage_parser, start
+from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import ReLUInversion, expansive_widths, langevin, spurious_scale
 
 # (method, start) groups of chains, in the order their rows are stacked
@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", required=True, type=Path, help="folder for langevin.json and langevin.png")
     args, params = start(parser, argv)
+    set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     result = run(params)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(result, args.out / "langevin.png")

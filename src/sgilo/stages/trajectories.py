@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     which.add_argument("--shard", type=int, help="only write this shard")
     which.add_argument("--generated", type=int, metavar="SHARD", help="only write this shard of the generator's latents")
     args, params = start(parser, argv)
-    set_threads(params.trajectories.threads)
+    set_threads(args.threads or params.trajectories.threads)
     shards, generated = params.invert.shards, params.invert.generated_shards
     if args.shard is not None and not 0 <= args.shard < shards:
         parser.error(f"--shard {args.shard}: the invert stage wrote shards 0…{shards - 1}")
