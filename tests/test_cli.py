@@ -52,6 +52,9 @@ def test_unreadable_checkpoint_is_a_clean_error(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- reconstruct
 ILO_FAST = ("--steps", "4,3,3", "--layers", "0,1,2")
+# ILO's radii for the tiny generator at ILO_FAST's layers (sgilo.inversion.ilo_radii, the default of --radii): ILO's
+# 1000 per 515×4² and per 515×8² entries (config-f's layers 1 and 2) scaled to this generator's 19×4² and 19×8².
+ILO_DEFAULT = [None, 1000 / (515 * 16) * (19 * 16), 1000 / (515 * 64) * (19 * 64)]
 OUTPUTS = ("measurement.png", "reconstruction.png", "comparison.png", "result.safetensors", "record.json")
 
 
@@ -120,7 +123,8 @@ def test_reconstruct_ilo_inpaint_writes_everything(tiny: Path, tmp_path: Path) -
     assert record["operator"]["task"] == "inpaint" and record["operator"]["level"] == 0.5
     assert record["operator"]["mask"] == "random" and record["operator"]["shape"] == [3, 32, 32]
     assert record["steps"] == 10
-    assert [(s["layer"], s["steps"], s["radius"]) for s in record["stages"]] == [(0, 4, None), (1, 3, None), (2, 3, None)]
+    assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 4), (1, 3), (2, 3)]
+    assert [s["radius"] for s in record["stages"]] == pytest.approx(ILO_DEFAULT)  # ILO's balls, not ilo-unconstrained
     assert record["seconds"] > 0
     assert record["precision"] == "fp32"
     for key in ("psnr", "ssim", "mse", "measurement_loss"):
@@ -181,6 +185,19 @@ def test_reconstruct_precision_defaults_to_auto(tiny: Path, tmp_path: Path, monk
     assert f"csgm, 3 steps, {expected})" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("method", "extra", "expected"), [
+    ("ilo", (), "ilo schedule: layer 0 × 4 steps (w+), layer 1 × 3 steps (l1 radius 36.9), layer 2 × 3 steps (l1 radius 36.9)"),
+    ("ilo", ("--radii", "0,0,3"), "layer 1 × 3 steps (no l1 ball), layer 2 × 3 steps (l1 radius 3)"),
+    ("ilo-unconstrained", (), "layer 1 × 3 steps (no l1 ball), layer 2 × 3 steps (no l1 ball)"),
+    ("csgm", (), "csgm schedule: layer 0 × 10 steps (w+)"),
+], ids=["ilo", "ilo-radii", "ilo-unconstrained", "csgm"])
+def test_reconstruct_prints_the_schedule_it_runs(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str,
+                                                 extra: tuple[str, ...], expected: str) -> None:
+    """Before it runs, on stderr: the layers, steps and l1 radii, so a default is never silent."""
+    _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", method, *ILO_FAST, *extra)
+    assert expected in capsys.readouterr().err
+
+
 def test_reconstruct_csgm_has_no_latent(tiny: Path, tmp_path: Path) -> None:
     record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm",
                                   "--steps", "5")
@@ -190,15 +207,18 @@ def test_reconstruct_csgm_has_no_latent(tiny: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("method", "radii", "expected"), [
+    ("ilo", (), ILO_DEFAULT),
+    ("ilo-unconstrained", (), [None, None, None]),
     ("ilo-unconstrained", ("--radii", "5,5,5"), [None, None, None]),
     ("ilo", ("--radii", "5,5,5"), [5.0, 5.0, 5.0]),
     ("ilo", ("--radii", "0,0,3"), [None, None, 3.0]),
+    ("ilo", ("--radii", "0,0,0"), [None, None, None]),
 ])
 def test_reconstruct_radii(tiny: Path, tmp_path: Path, method: str, radii: tuple[str, ...], expected: list) -> None:
     record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", method,
                                   *ILO_FAST, *radii)
     assert record["method"] == method and record["steps"] == 10
-    assert [s["radius"] for s in record["stages"]] == expected
+    assert [s["radius"] for s in record["stages"]] == pytest.approx(expected)
     assert result["latent"].shape == (1, 19, 8, 8)
 
 
@@ -360,6 +380,7 @@ def test_reconstruct_sgilo_writes_samples_their_mean_and_spread(tiny: Path, tmp_
                                   "--score", str(_score_model(tiny)), "--samples", "3", "--prior-steps", "4", "--noise", "0.05")
     assert record["method"] == "sgilo" and record["chains"] == 3 and record["steps"] == 4 + 3 + 4
     assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 4), (1, 3), (2, 4)]
+    assert [s["radius"] for s in record["stages"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
     assert result["samples"].shape == (3, 3, 32, 32) and result["std"].shape == (1, 3, 32, 32)
     torch.testing.assert_close(result["reconstruction"][0], result["samples"].mean(0))
     assert float(result["std"].mean()) > 0
@@ -371,6 +392,8 @@ def test_reconstruct_gnc_and_prior_errors(tiny: Path, tmp_path: Path, capsys: py
     record, result = _reconstruct(tiny, tmp_path / "gnc", "--task", "cs", "--level", "0.2", "--method", "gnc", *ILO_FAST,
                                   "--score", str(_score_model(tiny)), "--prior-steps", "3")
     assert record["method"] == "gnc" and record["chains"] == 1 and result["samples"].shape == (1, 3, 32, 32)
+    assert [s["radius"] for s in record["stages"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
+    assert "gnc schedule: layer 0 × 4 steps (w+), layer 1 × 3 steps (l1 radius 36.9), layer 2 × 3 steps (the prior)" in capsys.readouterr().err
     assert "needs --score" in _error(capsys, _argv(tiny, tmp_path / "x", "--task", "inpaint", "--method", "sgilo"))
     assert "models layer 2" in _error(capsys, _argv(tiny, tmp_path / "y", "--task", "inpaint", "--method", "sgilo", "--steps", "2,2",
                                                     "--layers", "0,1", "--score", str(_score_model(tiny))))

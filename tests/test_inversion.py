@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
+from sgilo.config import load_params
 from sgilo.inversion import (
     Options,
     Stage,
@@ -14,6 +18,7 @@ from sgilo.inversion import (
     decode,
     encode,
     geocross,
+    ilo_radii,
     invert,
     project_l1_ball,
 )
@@ -95,6 +100,30 @@ def test_decode_of_encode_is_the_generator(generator, layer):
         c, size, _ = generator.layer_shape(layer)
         assert h.shape == (3, c + 3, size, size)
         torch.testing.assert_close(decode(generator, h, layer, w_plus), generator.synthesis(w_plus), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- ILO's radii
+def _shapes_only(**architecture) -> Generator:
+    with torch.device("meta"):  # layer shapes need no weights: config-f's would take seconds to initialise
+        return Generator(**architecture)
+
+
+@pytest.mark.parametrize("profile", sorted({REPO / "params.yaml", *REPO.glob("profiles/*/params.yaml")}), ids=lambda p: str(p.relative_to(REPO)))
+def test_ilo_radii_are_every_profiles_radii(profile: Path) -> None:
+    """`sgilo reconstruct`'s default radii and each profile's invert.stages name the same numbers: the demo's 150, 300
+    at layers 1, 2 of its 32² generator, ILO's 1000, 1000, 6000 at layers 1-3 of config-f."""
+    params = load_params(profile)
+    generator = _shapes_only(**dataclasses.asdict(params.generator.architecture))
+    stages = params.invert.stages
+    assert ilo_radii(generator, [stage.layer for stage in stages]) == [stage.radius for stage in stages]
+
+
+def test_ilo_radii_elsewhere_keep_ilos_radius_per_entry() -> None:
+    """Another generator's balls allow the deviation per entry of ILO's at the same resolution (16²'s beyond it)."""
+    small = _shapes_only(size=32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16)  # 19 channels with the skip
+    assert ilo_radii(small, [0, 1, 2, 3]) == pytest.approx([None, 1000 / 515 * 19, 1000 / 515 * 19, 6000 / 515 * 19])
+    config_f = _shapes_only(size=1024, style_dim=512, n_mlp=8, channel_multiplier=2, channel_max=512)
+    assert ilo_radii(config_f, [4, 9]) == [6000 * 4, None]  # 515×32²: four times 16²'s entries; layer 9: none (invert refuses it)
 
 
 # ---------------------------------------------------------------------------------------------- solvers

@@ -24,9 +24,9 @@ from sgilo.config import (
     to_dict,
 )
 from sgilo.data import DataError, load_user_image, save_image_grid
-from sgilo.inversion import Options, Stage
+from sgilo.inversion import Options, Stage, ilo_radii
 from sgilo.io import CheckpointError, DiskFullError, save_json, save_safetensors
-from sgilo.methods import reconstruct, total_steps
+from sgilo.methods import reconstruct, run_stages, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
@@ -79,14 +79,27 @@ def _numbers(kind: type) -> Callable[[str], list]:
 
 
 def _stages(args: argparse.Namespace, generator) -> list[Stage]:
-    """ILO's schedule from --steps/--layers/--radii; each method runs its part of it (`sgilo.methods`)."""
+    """ILO's schedule from --steps/--layers/--radii (default: ILO's radii for this generator, `ilo_radii`); each
+    method runs its part of it (`sgilo.methods`)."""
     layers = args.layers or list(range(min(len(args.steps), generator.num_blocks)))
     if len(layers) != len(args.steps):
         raise ValueError(f"--layers has {len(layers)} entries but --steps has {len(args.steps)}; give one step count per layer")
-    radii = args.radii if args.radii else [None] * len(layers)
+    radii = args.radii if args.radii else ilo_radii(generator, layers)
     if len(radii) != len(layers):
         raise ValueError(f"--radii has {len(radii)} entries for {len(layers)} layers")
     return [Stage(k, n, r or None, args.lr) for k, n, r in zip(layers, args.steps, radii)]
+
+
+def _describe(method: str, schedule: Sequence[Stage], prior_layer: int | None) -> str:
+    """The schedule a method runs, on one line: each stage's layer, steps and l1 radius."""
+    def bound(stage: Stage) -> str:
+        if stage.layer == prior_layer:
+            return "the prior"
+        if stage.layer == 0:
+            return "w+"
+        return "no l1 ball" if stage.radius is None else f"l1 radius {round(stage.radius, 1):g}"
+
+    return f"{method} schedule: " + ", ".join(f"layer {s.layer} × {s.steps} steps ({bound(s)})" for s in schedule)
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -117,6 +130,8 @@ def _reconstruct(args: argparse.Namespace) -> None:
                                noise=args.noise, t0=args.t0, hot_steps=args.hot_steps, chains=args.samples,
                                warm_start=args.warm_start)
     gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.5)
+    prior_layer = prior.layer if prior is not None else None
+    print(_describe(args.method, run_stages(args.method, stages, prior_layer, sgilo_config, gnc_config), prior_layer), file=sys.stderr)
     started = time.perf_counter()
     with tqdm(total=total_steps(args.method, stages, sgilo_config, gnc_config), desc=args.method, unit="step") as bar:
         result = reconstruct(args.method, generator, operator.physics.A, y, [seed], stages, options, prior=prior, sgilo_config=sgilo_config,
@@ -207,13 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(measurement | reconstruction | input), result.safetensors (y, reconstruction; sgilo/gnc: samples, std) and "
         "record.json (PSNR/SSIM against the input, seconds, steps, operator). sgilo also writes samples.png (the "
         "posterior samples; the reconstruction is their mean) and std.png (their per-pixel spread). Greyscale and "
-        "RGBA inputs are converted to RGB.",
+        "RGBA inputs are converted to RGB. The schedule it runs (layers, steps, l1 radii) is printed on stderr first.",
     )
     rec.add_argument("image", type=Path, help="PNG/JPEG of the generator's size (or any size with --resize)")
     rec.add_argument("--task", required=True, choices=TASKS)
     rec.add_argument("--level", type=float, default=1.0,
                      help="inpaint: fraction kept; cs: m/n; denoise: sigma on [0,1]; sr: factor; colorize/identity: ignored")
-    rec.add_argument("--method", default="ilo", choices=METHOD_NAMES)
+    rec.add_argument("--method", default="ilo", choices=METHOD_NAMES,
+                     help="ilo: ILO's schedule within its l1 balls (--radii); ilo-unconstrained: without them; csgm: layer 0 "
+                     "alone; sgilo/gnc: ILO's stages below the prior's layer as the warm start, then the prior")
     rec.add_argument("--generator", type=Path, required=True, help="any checkpoint load_generator reads")
     rec.add_argument("--out", type=Path, required=True, help="folder to write into")
     rec.add_argument("--mask", type=Path, help="inpaint: a mask PNG (white = kept); overrides --mask-kind")
@@ -224,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--steps", type=_numbers(int), default=[100, 100, 100, 50], help="steps per stage, e.g. 100,100,100,50 (csgm: the first)")
     rec.add_argument("--layers", type=_numbers(int), help="layer per stage (default 0,1,2,…)")
-    rec.add_argument("--radii", type=_numbers(float), help="l1 radius per stage (0: unconstrained; default: none)")
+    rec.add_argument("--radii", type=_numbers(float),
+                     help="l1 radius per stage (0: no ball at that stage; default: ILO's radii scaled to the generator, "
+                     "sgilo.inversion.ilo_radii); ilo-unconstrained ignores it")
     rec.add_argument("--lr", type=float, default=0.1)
     rec.add_argument("--score", type=Path, help="sgilo/gnc: the score stage's model.pt (its layer must be among --layers)")
     rec.add_argument("--samples", type=int, default=4, help="sgilo: posterior samples (chains)")

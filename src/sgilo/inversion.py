@@ -95,6 +95,36 @@ def csgm_stages(steps: int, lr: float = 0.1) -> tuple[Stage, ...]:
     return (Stage(layer=0, steps=steps, lr=lr),)
 
 
+# l1 radii by the shape (C + 3, H, W) of the representation they bound. ILO's published ones (Daras et al. 2021, their
+# code's max_radius_gen_out) at config-f's layers 1, 2, 3 (profiles/ffhq): what any other generator's are scaled from.
+ILO_RADII = {(515, 4, 4): 1000.0, (515, 8, 8): 1000.0, (515, 16, 16): 6000.0}
+# A profile's own radii where they are not ILO's scaled: the demo generator's (64 channels; params.yaml), for which
+# ILO's per entry would give 130 and 130. tests/test_inversion.py holds every profile's invert.stages to ilo_radii.
+PROFILE_RADII = {(67, 4, 4): 150.0, (67, 8, 8): 300.0}
+
+
+def ilo_radii(generator: Generator, layers: Sequence[int]) -> list[float | None]:
+    """ILO's l1 radius at each of `layers` of `generator`: `sgilo reconstruct`'s default, and the profiles' numbers.
+
+    A shape in PROFILE_RADII or ILO_RADII has its radius; any other has ILO's radius per entry at the same H×W (beyond
+    16², at 16²) times its entries, so the ball allows the same deviation per entry. Layer 0 (the w+ latent) has no
+    ball, nor has a layer the generator lacks (`invert` refuses that stage by name).
+    """
+    return [_ilo_radius(generator, layer) for layer in layers]
+
+
+def _ilo_radius(generator: Generator, layer: int) -> float | None:
+    if not 1 <= layer < generator.num_blocks:
+        return None
+    channels, height, width = generator.layer_shape(layer)
+    shape = (channels + 3, height, width)
+    if shape in PROFILE_RADII:
+        return PROFILE_RADII[shape]
+    same_size = [published for published in ILO_RADII if published[1:] == shape[1:]]
+    published = same_size[0] if same_size else max(ILO_RADII, key=math.prod)
+    return ILO_RADII[published] / math.prod(published) * math.prod(shape)  # ILO's own shapes: ILO's radius exactly
+
+
 # ------------------------------------------------------------------------------------------ projections
 def project_l1_ball(v: Tensor, radius: float | Tensor) -> Tensor:
     """Euclidean projection of each row v[i] (flattened) onto {x: ‖x‖₁ ≤ radius} (Duchi et al. 2008, Fig. 1).

@@ -45,6 +45,17 @@ def method_stages(method: str, stages: Sequence[Stage], radius_scale: float = 1.
     return list(stages)
 
 
+def run_stages(method: str, stages: Sequence[Stage], prior_layer: int | None = None, sgilo_config: SGILOConfig | None = None,
+               gnc_config: GNCConfig | None = None, radius_scale: float = 1.0) -> list[Stage]:
+    """The stages a method runs, as its Reconstruction records them: `method_stages`; SGILO and GNC: the warm start,
+    then the prior's stage at `prior_layer` (its steps and lr from the method's config)."""
+    schedule = method_stages(method, stages, radius_scale)
+    if method not in PRIOR_METHODS:
+        return schedule
+    config = (sgilo_config or SGILOConfig()) if method == "sgilo" else (gnc_config or GNCConfig())
+    return [*warm_stages(schedule, prior_layer), Stage(prior_layer, config.steps, None, config.lr)]
+
+
 def reconstruct(method: str, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
                 options: Options | None = None, *, radius_scale: float = 1.0, prior: LatentPrior | None = None,
                 sgilo_config: SGILOConfig | None = None, gnc_config: GNCConfig | None = None,
@@ -67,7 +78,7 @@ def reconstruct(method: str, generator, forward: Callable[[Tensor], Tensor], y: 
         config = sgilo_config if method == "sgilo" else gnc_config
         post = run(generator, forward, y, seeds, prior, config, schedule, options, perceptual, progress)
         return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
-                              stages=[*warm_stages(schedule, prior.layer), Stage(prior.layer, config.steps, None, config.lr)],
+                              stages=run_stages(method, stages, prior.layer, sgilo_config, gnc_config, radius_scale),
                               latent=post.latents, w_plus=post.w_plus, chains=chains, samples=(post.samples + 1) / 2, std=post.std,
                               failures=post.failures, data_term=term)
     result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
