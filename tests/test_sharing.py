@@ -1,8 +1,9 @@
 """dvc.yaml generated from the Snakefile, and outputs shared through a DVC remote (an S3 server on 127.0.0.1) without
-making Snakemake redo anything."""
+making Snakemake redo anything; DVC's plots and metrics compare two runs."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,9 +13,11 @@ import pytest
 import yaml
 from conftest import REPO, git, snakemake_in, write_params
 
-from sgilo.sharing import SharingError, sync, workflow_stages
+from sgilo.sharing import SharingError, sync, top_level_plots, workflow_stages
 
 BUCKET = "sgilo-team"
+DVC = [sys.executable, "-m", "dvc"]
+PLOTS = {"results/generator/history.csv", "results/score/history.csv", "results/plots/curves_inpaint.csv", "results/plots/speed.csv"}
 
 
 def sgilo(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -41,6 +44,68 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job(tiny_project):
     assert "results/score/model.pt" not in stages["evaluate-inpaint-0_25-csgm"].deps
     assert stages["download"].outs == ("data/synthfaces",)  # the whole data set, not just its index
     assert stages["score"].params == ("seed", "trajectories", "score")
+
+
+def test_dvc_yaml_declares_the_plots_and_metrics_once(tiny_project):
+    dvc_yaml = yaml.safe_load((tiny_project / "dvc.yaml").read_text())
+    stages = dvc_yaml["stages"]
+    plots = {path: view for stage in stages.values() for entry in stage.get("plots", []) for path, view in entry.items()}
+    metrics = {path for stage in stages.values() for path in stage.get("metrics", [])}
+    outs = {path for stage in stages.values() for path in stage.get("outs", [])}
+    assert set(plots) == PLOTS and "results/metrics.json" in stages["report"]["metrics"]
+    assert not outs & (set(plots) | metrics)  # DVC refuses an output declared twice
+    top = {name: view for entry in dvc_yaml["plots"] for name, view in entry.items()}
+    assert top["score-losses"] == {"x": "step", "y": {"results/score/history.csv": ["train_loss", "held_out_loss"]},
+                                   "title": "score model: training and held-out loss"}
+    # every view names columns the tiny run wrote, and its template exists
+    views = [(path, view["x"], [view["y"]]) for path, view in plots.items()]
+    views += [(path, view["x"], columns) for view in top.values() for path, columns in view["y"].items()]
+    for path, x, ys in views:
+        header = (tiny_project / path).read_text().splitlines()[0].split(",")
+        assert {x, *ys} <= set(header), path
+    for view in plots.values():
+        assert "template" not in view or (tiny_project / ".dvc" / "plots" / f"{view['template']}.json").is_file()
+    assert top_level_plots(["results/score/history.csv"]) == [{"score-losses": top["score-losses"]}]  # no generator trained here
+
+
+def test_dvc_plots_diff_shows_two_runs_curves(tiny_project, tmp_path):
+    """Two runs recorded in git (dvc.lock) and pushed, the second a rerun of the report with other intervals; then
+    `dvc plots diff` between the two commits in a fresh clone, which reads each revision's data from the remote."""
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_project, runs, symlinks=True)
+    subprocess.run([*DVC, "remote", "add", "--default", "--force", "scratch", str(tmp_path / "remote")], cwd=runs, check=True)
+
+    def record(message: str) -> None:  # what `sgilo push` does, less its checks (this copy lives at another path)
+        subprocess.run([*DVC, "commit", "--force", "--no-relink", "--quiet"], cwd=runs, check=True)
+        subprocess.run([*DVC, "push", "--quiet"], cwd=runs, check=True)
+        git(runs, "add", "dvc.lock", "params.yaml", ".dvc/config")
+        git(runs, "commit", "-qm", message, "--allow-empty")
+
+    record("first run")
+    write_params(runs / "params.yaml", {"report": {"confidence": 0.5}})
+    command = yaml.safe_load((runs / "dvc.yaml").read_text())["stages"]["report"]["cmd"].split()
+    subprocess.run([sys.executable, *command[1:]], cwd=runs, check=True, capture_output=True)  # the report's own command
+    record("second run")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(runs), str(clone))
+    assert not (clone / "results").exists()  # nothing pulled
+
+    diff = subprocess.run([*DVC, "plots", "diff", "HEAD~1", "HEAD", "--json"], cwd=clone, check=True, capture_output=True, text=True)
+    plots = json.loads(diff.stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert {name: plot[0]["revisions"] for name, plot in plots["data"].items()} == dict.fromkeys(
+        [*PLOTS, "generator-losses", "score-losses"], ["HEAD~1", "HEAD"])
+    points = plots["data"]["results/plots/curves_inpaint.csv"][0]["content"]["data"]["values"]
+    first, second = ({(p["metric"], p["method"], p["level"]): p for p in points if p["rev"] == rev} for rev in ("HEAD~1", "HEAD"))
+    assert first.keys() == second.keys() and len(first) == len((runs / "results/plots/curves_inpaint.csv").read_text().splitlines()) - 1
+    for key, old in first.items():  # the same means; 50% intervals narrower than 95% ones
+        new = second[key]
+        assert new["mean"] == old["mean"]
+        assert float(new["ci_high"]) - float(new["ci_low"]) < float(old["ci_high"]) - float(old["ci_low"])
+
+    diff = subprocess.run([*DVC, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json"], cwd=clone, check=True, capture_output=True, text=True)
+    psnr = json.loads(diff.stdout)["results/metrics.json"]["inpaint.0.25.sgilo.psnr"]
+    assert psnr["old"] == psnr["new"] == json.loads((runs / "results/metrics.json").read_text())["inpaint"]["0.25"]["sgilo"]["psnr"]
 
 
 def test_a_changed_workflow_makes_dvc_yaml_stale(tiny_project, tmp_path):

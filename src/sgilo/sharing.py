@@ -10,6 +10,9 @@ redo the work. Hence the split: Snakemake alone runs stages; `push` records what
 and uploads it; `pull` downloads, checks with `dvc status` that every output matches `dvc.lock`, and only then lets
 Snakemake mark the outputs as up to date (`snakemake --touch`), which also writes the metadata it uses to notice a
 later change of params or code.
+
+The loss histories and the data of the curves and speed figures are DVC plots, Table 1's means (results/metrics.json)
+and the stages' own summaries DVC metrics, so that `dvc plots diff` and `dvc metrics diff` compare two runs.
 """
 
 from __future__ import annotations
@@ -26,14 +29,59 @@ from typing import Any
 
 import yaml
 
+from sgilo.config import TASK_LEVELS
 from sgilo.io import atomic_open
 
 DVC_YAML = "dvc.yaml"
 HEADER = (
     "# Generated from the Snakefile by `sgilo dvc-sync` for {params}: do not edit (a test fails when it drifts).\n"
     "# One stage per Snakemake job. Snakemake runs them; DVC records and shares their outputs (sgilo push / pull).\n"
+    "# Compare two runs with `dvc plots diff REV` and `dvc metrics diff REV` (docs/sharing.md).\n"
 )
 METRICS = {"metrics.json", "summary.json"}
+# Plots and metrics keep DVC's default `cache: true`. DVC's docs offer `cache: false` for small files that git should
+# version instead, but git never tracks this project's outputs (.gitignore): a file both git and Snakemake write would
+# change under Snakemake at every checkout.
+# Cached, they travel through the remote with the other outputs, and `dvc plots diff REV` reads an old revision's
+# copy from the cache (or the remote) by its hash in that revision's dvc.lock.
+#
+# DVC draws every plot output on its own, besides each top-level definition, so each plot file carries the view that
+# shows it (stage-level `plots:`; templates in .dvc/plots/), and a top-level definition is added only where a view
+# needs several columns of one file: a loss history's losses together.
+LOSS_HISTORIES = {  # path: (its own view, the id and view of its losses together)
+    "results/generator/history.csv": (
+        {"x": "step", "y": "g_loss", "title": "generator: G loss", "y_label": "G loss"},
+        ("generator-losses", {"x": "step", "y": ["d_loss", "g_loss"], "title": "generator: D and G losses"})),
+    "results/score/history.csv": (
+        {"x": "step", "y": "held_out_loss", "title": "score model: held-out loss (EMA weights)", "y_label": "held-out loss"},
+        ("score-losses", {"x": "step", "y": ["train_loss", "held_out_loss"], "title": "score model: training and held-out loss"})),
+}
+CURVES = re.compile(r"results/plots/curves_(\w+)\.csv")
+SPEED = "results/plots/speed.csv"
+
+
+def plot_view(path: str) -> dict[str, str] | None:
+    """How DVC draws an output as a plot (its stage-level `plots:` entry); None for an output that is not a plot."""
+    if path in LOSS_HISTORIES:
+        return LOSS_HISTORIES[path][0]
+    if curves := CURVES.fullmatch(path):
+        task = curves.group(1)
+        level = TASK_LEVELS[task].label if task in TASK_LEVELS else "level"
+        return {"x": "level", "y": "mean", "template": "curves", "title": f"{task}: mean over test images by method",
+                "x_label": level, "y_label": "mean"}
+    if path == SPEED:
+        return {"x": "seconds_per_image", "y": "mse_mean", "template": "speed", "title": "accuracy against time",
+                "x_label": "seconds per image", "y_label": "mean MSE"}
+    return None
+
+
+def top_level_plots(outputs: Sequence[str]) -> list[dict[str, Any]]:
+    """dvc.yaml's top-level `plots:` for these outputs: each loss history's losses on one chart."""
+    plots = []
+    for path, (_, (name, view)) in LOSS_HISTORIES.items():
+        if path in outputs:  # the generator's history exists only for a generator trained here
+            plots.append({name: {**view, "y": {path: view["y"]}}})
+    return plots
 
 
 class SharingError(RuntimeError):
@@ -141,20 +189,22 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
 
 
 def dvc_yaml(stages: Sequence[DvcStage], params_file: str = "params.yaml") -> str:
-    """The text of dvc.yaml for these stages."""
+    """The text of dvc.yaml for these stages. An output is listed once: as a metric, a plot or a plain out."""
     entries = {}
     for stage in stages:
         entry: dict[str, Any] = {"cmd": stage.cmd, "deps": list(stage.deps)}
         if stage.params:
             entry["params"] = list(stage.params) if params_file == "params.yaml" else [{params_file: list(stage.params)}]
-        outs = [out for out in stage.outs if Path(out).name not in METRICS]
         metrics = [out for out in stage.outs if Path(out).name in METRICS]
-        if outs:
-            entry["outs"] = outs
-        if metrics:
-            entry["metrics"] = metrics
+        plots = [{out: view} for out in stage.outs if out not in metrics and (view := plot_view(out))]
+        outs = [out for out in stage.outs if out not in metrics and not plot_view(out)]
+        for key, value in (("outs", outs), ("metrics", metrics), ("plots", plots)):
+            if value:
+                entry[key] = value
         entries[stage.name] = entry
-    body = yaml.safe_dump({"stages": entries}, sort_keys=False, width=1000, default_flow_style=False)
+    top = top_level_plots([out for stage in stages for out in stage.outs])
+    body = yaml.safe_dump({"plots": top, "stages": entries} if top else {"stages": entries}, sort_keys=False,
+                          width=1000, default_flow_style=False)
     return HEADER.format(params=params_file) + body
 
 

@@ -24,6 +24,9 @@ rule report:
         markdown="results/report.md",
         prior_samples="results/figures/prior_samples.png",
         prior="results/prior.json",
+        metrics="results/metrics.json",
+        curve_data=expand("results/plots/curves_{task}.csv", task=REPORT_TASKS),
+        speed_data="results/plots/speed.csv",
         **REPORT_POSTERIOR,
     params:
         tracked=tracked("seed", "report", "score.sample_steps"),
