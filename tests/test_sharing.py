@@ -1,9 +1,10 @@
 """dvc.yaml generated from the Snakefile, and outputs shared through a DVC remote (an S3 server on 127.0.0.1) without
-making Snakemake redo anything; DVC's plots and metrics compare two runs."""
+making Snakemake redo anything; DVC's plots and metrics compare two runs; `sgilo push` refuses what `dvc repro` wrote."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from conftest import REPO, git, snakemake_in, write_params
 
-from sgilo.sharing import SharingError, sync, top_level_plots, workflow_stages
+from sgilo.sharing import SharingError, foreign_outputs, sync, top_level_plots, workflow_stages
 
 BUCKET = "sgilo-team"
 DVC = [sys.executable, "-m", "dvc"]
@@ -65,6 +66,7 @@ def test_dvc_yaml_declares_the_plots_and_metrics_once(tiny_project):
         assert {x, *ys} <= set(header), path
     for view in plots.values():
         assert "template" not in view or (tiny_project / ".dvc" / "plots" / f"{view['template']}.json").is_file()
+    assert "Never run `dvc repro`" in (tiny_project / "dvc.yaml").read_text()
     assert top_level_plots(["results/score/history.csv"]) == [{"score-losses": top["score-losses"]}]  # no generator trained here
 
 
@@ -106,6 +108,28 @@ def test_dvc_plots_diff_shows_two_runs_curves(tiny_project, tmp_path):
     diff = subprocess.run([*DVC, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json"], cwd=clone, check=True, capture_output=True, text=True)
     psnr = json.loads(diff.stdout)["results/metrics.json"]["inpaint.0.25.sgilo.psnr"]
     assert psnr["old"] == psnr["new"] == json.loads((runs / "results/metrics.json").read_text())["inpaint"]["0.25"]["sgilo"]["psnr"]
+
+
+def test_push_refuses_outputs_that_dvc_repro_wrote(tiny_project, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    subprocess.run([*DVC, "remote", "add", "--local", "--default", "scratch", str(tmp_path / "remote")], cwd=project, check=True)
+    assert foreign_outputs(project) == {}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # dvc.yaml's `python`
+    repro = subprocess.run([*DVC, "repro", "--single-item", "report"], cwd=project, env=env, capture_output=True, text=True)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    # Snakemake's own triggers see nothing (its input trigger fires here only because the copy moved the code's paths)
+    dry = snakemake_in(project, "-n", "--rerun-triggers", "mtime", "params", "code", target="all")
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+    report = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["report"]
+    written = {path for key in ("outs", "metrics", "plots") for entry in report[key] for path in ([entry] if isinstance(entry, str) else entry)}
+    foreign = foreign_outputs(project)
+    assert set(foreign) == {"report"} and set(foreign["report"]) == written  # every output dvc repro rewrote, no other
+    refused = sgilo(project, "push")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "results/table1.csv" in refused.stderr and "not written by Snakemake" in refused.stderr
+    assert "`dvc repro`" in refused.stderr and "--forcerun report`" in refused.stderr
+    assert not (tmp_path / "remote").exists()
 
 
 def test_a_changed_workflow_makes_dvc_yaml_stale(tiny_project, tmp_path):
@@ -165,6 +189,9 @@ def test_push_then_pull_into_a_fresh_clone_leaves_snakemake_nothing_to_do(tiny_p
     assert len(list((clone / "data/synthfaces").rglob("*.png"))) == len(list((tiny_project / "data/synthfaces").rglob("*.png")))
     dry = snakemake_in(clone, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+    # what the pull marked done (`snakemake --touch`) is recorded by Snakemake: pushing it back is no `dvc repro`
+    push = sgilo(clone, "push")
+    assert push.returncode == 0, push.stderr
 
     # the pulled clone still reruns what a change concerns, and only that
     write_params(clone / "params.yaml", {"report": {"confidence": 0.9}})
