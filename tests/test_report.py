@@ -160,6 +160,30 @@ def test_the_stage_writes_the_table_figures_and_report(workspace):
     assert "mean MSE: " in markdown and "pixel-wise correlation with |mean − truth|" in markdown
 
 
+def test_the_figures_data_and_metrics_json_are_table1s_numbers(workspace, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(report, "plot_curves", lambda curves, path: drawn.setdefault(path.stem, curves))
+    monkeypatch.setattr(report, "plot_speed", lambda speed, path: drawn.setdefault(path.stem, speed))
+    out = workspace / "dvc"
+    report_stage.main(["--params", str(workspace / "params.yaml"), "--evaluate", str(workspace / "evaluate"), "--out", str(out)])
+    table = pd.read_csv(out / "table1.csv").set_index(["task", "level", "method"])
+    for name, frame in drawn.items():  # the files hold what the figures were drawn from, not a second computation
+        pd.testing.assert_frame_equal(pd.read_csv(out / "plots" / f"{name}.csv"), frame.reset_index(drop=True))
+    curves = pd.read_csv(out / "plots" / "curves_cs.csv")
+    assert list(curves.columns) == list(report.CURVE_COLUMNS)
+    lines = [method for method in METHODS for _ in TASKS["cs"]]  # a panel per metric, a line per method
+    assert curves.groupby("metric", sort=False)["method"].apply(list).to_dict() == {"mse": lines, "ssim": lines}
+    assert set(pd.read_csv(out / "plots" / "curves_inpaint.csv")["metric"]) == {"mse", "ssim", "lpips"}  # LPIPS where measured
+    for row in curves.itertuples():
+        assert row.mean == table.loc[("cs", row.level, row.method), f"{row.metric}_mean"]
+    speed = pd.read_csv(out / "plots" / "speed.csv")
+    pd.testing.assert_frame_equal(speed, table.reset_index()[list(report.SPEED_COLUMNS)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cs"]["0.03"]["sgilo"] == {"n": IMAGES, "failed": 0, "seconds_per_image": table.loc[("cs", 0.03, "sgilo"), "seconds_per_image"],
+                                              **{m: table.loc[("cs", 0.03, "sgilo"), f"{m}_mean"] for m in ("mse", "psnr", "ssim")}}
+    assert metrics["inpaint"]["0.05"]["ilo"]["lpips"] == table.loc[("inpaint", 0.05, "ilo"), "lpips_mean"]
+
+
 def test_without_sgilo_the_posterior_figure_is_skipped(workspace, caplog):
     params = _params(workspace / "no_sgilo.yaml", ("csgm", "ilo"))
     out = workspace / "no_sgilo"

@@ -1,8 +1,10 @@
 """dvc.yaml generated from the Snakefile, and outputs shared through a DVC remote (an S3 server on 127.0.0.1) without
-making Snakemake redo anything."""
+making Snakemake redo anything; DVC's plots and metrics compare two runs; `sgilo push` refuses what `dvc repro` wrote."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,9 +14,17 @@ import pytest
 import yaml
 from conftest import REPO, git, snakemake_in, write_params
 
-from sgilo.sharing import SharingError, sync, workflow_stages
+from sgilo.sharing import (
+    SharingError,
+    foreign_outputs,
+    sync,
+    top_level_plots,
+    workflow_stages,
+)
 
 BUCKET = "sgilo-team"
+DVC = [sys.executable, "-m", "dvc"]
+PLOTS = {"results/generator/history.csv", "results/score/history.csv", "results/plots/curves_inpaint.csv", "results/plots/speed.csv"}
 
 
 def sgilo(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -43,6 +53,91 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job(tiny_project):
     score = stages["score"].params  # whole sections but their thread counts (the Snakefile's `tracked`)
     assert {"seed", "trajectories.draws", "score.epochs", "score.model"} <= set(score)
     assert not [key for key in score if key.endswith("threads")] and "score" not in score
+
+
+def test_dvc_yaml_declares_the_plots_and_metrics_once(tiny_project):
+    dvc_yaml = yaml.safe_load((tiny_project / "dvc.yaml").read_text())
+    stages = dvc_yaml["stages"]
+    plots = {path: view for stage in stages.values() for entry in stage.get("plots", []) for path, view in entry.items()}
+    metrics = {path for stage in stages.values() for path in stage.get("metrics", [])}
+    outs = {path for stage in stages.values() for path in stage.get("outs", [])}
+    assert set(plots) == PLOTS and "results/metrics.json" in stages["report"]["metrics"]
+    assert not outs & (set(plots) | metrics)  # DVC refuses an output declared twice
+    top = {name: view for entry in dvc_yaml["plots"] for name, view in entry.items()}
+    assert top["score-losses"] == {"x": "step", "y": {"results/score/history.csv": ["train_loss", "held_out_loss"]},
+                                   "title": "score model: training and held-out loss"}
+    # every view names columns the tiny run wrote, and its template exists
+    views = [(path, view["x"], [view["y"]]) for path, view in plots.items()]
+    views += [(path, view["x"], columns) for view in top.values() for path, columns in view["y"].items()]
+    for path, x, ys in views:
+        header = (tiny_project / path).read_text().splitlines()[0].split(",")
+        assert {x, *ys} <= set(header), path
+    for view in plots.values():
+        assert "template" not in view or (tiny_project / ".dvc" / "plots" / f"{view['template']}.json").is_file()
+    assert "Never run `dvc repro`" in (tiny_project / "dvc.yaml").read_text()
+    assert top_level_plots(["results/score/history.csv"]) == [{"score-losses": top["score-losses"]}]  # no generator trained here
+
+
+def test_dvc_plots_diff_shows_two_runs_curves(tiny_project, tmp_path):
+    """Two runs recorded in git (dvc.lock) and pushed, the second a rerun of the report with other intervals; then
+    `dvc plots diff` between the two commits in a fresh clone, which reads each revision's data from the remote."""
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_project, runs, symlinks=True)
+    subprocess.run([*DVC, "remote", "add", "--default", "--force", "scratch", str(tmp_path / "remote")], cwd=runs, check=True)
+
+    def record(message: str) -> None:  # what `sgilo push` does, less its checks (this copy lives at another path)
+        subprocess.run([*DVC, "commit", "--force", "--no-relink", "--quiet"], cwd=runs, check=True)
+        subprocess.run([*DVC, "push", "--quiet"], cwd=runs, check=True)
+        git(runs, "add", "dvc.lock", "params.yaml", ".dvc/config")
+        git(runs, "commit", "-qm", message, "--allow-empty")
+
+    record("first run")
+    write_params(runs / "params.yaml", {"report": {"confidence": 0.5}})
+    command = yaml.safe_load((runs / "dvc.yaml").read_text())["stages"]["report"]["cmd"].split()
+    subprocess.run([sys.executable, *command[1:]], cwd=runs, check=True, capture_output=True)  # the report's own command
+    record("second run")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(runs), str(clone))
+    assert not (clone / "results").exists()  # nothing pulled
+
+    diff = subprocess.run([*DVC, "plots", "diff", "HEAD~1", "HEAD", "--json"], cwd=clone, check=True, capture_output=True, text=True)
+    plots = json.loads(diff.stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert {name: plot[0]["revisions"] for name, plot in plots["data"].items()} == {
+        name: ["HEAD~1", "HEAD"] for name in [*PLOTS, "generator-losses", "score-losses"]}
+    points = plots["data"]["results/plots/curves_inpaint.csv"][0]["content"]["data"]["values"]
+    first, second = ({(p["metric"], p["method"], p["level"]): p for p in points if p["rev"] == rev} for rev in ("HEAD~1", "HEAD"))
+    assert first.keys() == second.keys() and len(first) == len((runs / "results/plots/curves_inpaint.csv").read_text().splitlines()) - 1
+    for key, old in first.items():  # the same means; 50% intervals narrower than 95% ones
+        new = second[key]
+        assert new["mean"] == old["mean"]
+        assert float(new["ci_high"]) - float(new["ci_low"]) < float(old["ci_high"]) - float(old["ci_low"])
+
+    diff = subprocess.run([*DVC, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json"], cwd=clone, check=True, capture_output=True, text=True)
+    psnr = json.loads(diff.stdout)["results/metrics.json"]["inpaint.0.25.sgilo.psnr"]
+    assert psnr["old"] == psnr["new"] == json.loads((runs / "results/metrics.json").read_text())["inpaint"]["0.25"]["sgilo"]["psnr"]
+
+
+def test_push_refuses_outputs_that_dvc_repro_wrote(tiny_project, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    subprocess.run([*DVC, "remote", "add", "--local", "--default", "scratch", str(tmp_path / "remote")], cwd=project, check=True)
+    assert foreign_outputs(project) == {}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # dvc.yaml's `python`
+    repro = subprocess.run([*DVC, "repro", "--single-item", "report"], cwd=project, env=env, capture_output=True, text=True, check=False)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    # Snakemake's own triggers see nothing (its input trigger fires here only because the copy moved the code's paths)
+    dry = snakemake_in(project, "-n", "--rerun-triggers", "mtime", "params", "code", target="all")
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+    report = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["report"]
+    written = {path for key in ("outs", "metrics", "plots") for entry in report[key] for path in ([entry] if isinstance(entry, str) else entry)}
+    foreign = foreign_outputs(project)
+    assert set(foreign) == {"report"} and set(foreign["report"]) == written  # every output dvc repro rewrote, no other
+    refused = sgilo(project, "push")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "results/table1.csv" in refused.stderr and "not written by Snakemake" in refused.stderr
+    assert "`dvc repro`" in refused.stderr and "--forcerun report`" in refused.stderr
+    assert not (tmp_path / "remote").exists()
 
 
 def test_a_changed_workflow_makes_dvc_yaml_stale(tiny_project, tmp_path):
@@ -103,6 +198,9 @@ def test_push_then_pull_into_a_fresh_clone_leaves_snakemake_nothing_to_do(tiny_p
     assert len(list((clone / "data/synthfaces").rglob("*.png"))) == len(list((tiny_project / "data/synthfaces").rglob("*.png")))
     dry = snakemake_in(clone, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+    # what the pull marked done (`snakemake --touch`) is recorded by Snakemake: pushing it back is no `dvc repro`
+    push = sgilo(clone, "push")
+    assert push.returncode == 0, push.stderr
 
     # the pulled clone still reruns what a change concerns, and only that
     write_params(clone / "params.yaml", {"report": {"confidence": 0.9}})

@@ -4,6 +4,9 @@ The evaluate stage writes, per cell (task, level, method), `<task>/<level>/<meth
 image: metrics, seconds, steps, tuned hyper-parameters) and `<method>.safetensors` beside it (a few images kept for
 figures). Here those become a table of means with Student-t intervals over test images, metric-against-level
 curves, image grids, an accuracy-against-time plot and `report.md`, whose sentences are computed from the numbers.
+The curves and the accuracy-against-time plot are drawn from tidy frames (`curve_data`, `speed_data`) that the report
+stage also writes as CSV, and Table 1's means are also given as nested JSON (`metrics_summary`), for DVC's
+`plots diff` and `metrics diff`.
 """
 
 from __future__ import annotations
@@ -227,40 +230,81 @@ def _at_hardest(rows: pd.DataFrame, task: str) -> pd.DataFrame:
     return rows[rows["level"] == hardest_level(task, rows["level"])]
 
 
-def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
-    """MSE, SSIM (and LPIPS where measured) against the level, one line per method with its interval as a band."""
+CURVE_METRICS = ("mse", "ssim", "lpips")  # the curves figure's panels; LPIPS only where it was measured
+CURVE_COLUMNS = ("task", "level", "method", "metric", "n", "mean", "ci_low", "ci_high")
+SPEED_COLUMNS = ("task", "level", "method", "seconds_per_image", "mse_mean", "mse_ci_low", "mse_ci_high")
+
+
+def curve_data(table: pd.DataFrame, task: str) -> pd.DataFrame:
+    """What `task`'s curves figure draws, one row per (metric, method, level), methods in table order.
+
+    Tidy (one value per row) so that one file holds every panel and every line for `dvc plots`."""
     rows = table[table["task"] == task]
-    metrics = ["mse", "ssim"] + (["lpips"] if rows["lpips_mean"].notna().any() else [])
-    fig = new_figure((4.0 * len(metrics), 3.4))
+    metrics = [m for m in CURVE_METRICS if m != "lpips" or rows["lpips_mean"].notna().any()]
     methods = list(dict.fromkeys(rows["method"]))
+    rows = rows.assign(order=rows["method"].map(methods.index)).sort_values(["order", "level"], kind="stable")
+    panels = [rows.assign(metric=m, mean=rows[f"{m}_mean"], ci_low=rows[f"{m}_ci_low"], ci_high=rows[f"{m}_ci_high"])
+              for m in metrics]
+    curves = pd.concat(panels, ignore_index=True)[list(CURVE_COLUMNS)]
+    curves.attrs["confidence"] = table.attrs.get("confidence")
+    return curves
+
+
+def speed_data(table: pd.DataFrame) -> pd.DataFrame:
+    """What the accuracy-against-time figure draws: one row per cell."""
+    speed = table[list(SPEED_COLUMNS)].reset_index(drop=True)
+    speed.attrs["confidence"] = table.attrs.get("confidence")
+    return speed
+
+
+def metrics_summary(table: pd.DataFrame) -> dict:
+    """Table 1's means as nested JSON for `dvc metrics show/diff`: task -> level -> method -> {n, failed, mse, psnr,
+    ssim, lpips, seconds_per_image}. A metric without a value (LPIPS without its weights) is left out."""
+    summary: dict = {}
+    for row in table.to_dict("records"):
+        values = {"n": int(row["n"]), "failed": int(row["failed"])}
+        values |= {m: float(row[f"{m}_mean"]) for m in METRICS if not math.isnan(row[f"{m}_mean"])}
+        values["seconds_per_image"] = float(row["seconds_per_image"])
+        summary.setdefault(row["task"], {}).setdefault(f"{row['level']:g}", {})[row["method"]] = values
+    return summary
+
+
+def plot_curves(curves: pd.DataFrame, path: Path) -> None:
+    """One task's `curve_data`: a panel per metric, the mean against the level, one line per method with its interval
+    as a band."""
+    task = curves["task"].iloc[0]
+    metrics = list(dict.fromkeys(curves["metric"]))
+    methods = list(dict.fromkeys(curves["method"]))
+    fig = new_figure((4.0 * len(metrics), 3.4))
     for index, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), index + 1)
+        panel = curves[curves["metric"] == metric]
         for method in methods:
-            line = rows[rows["method"] == method].sort_values("level")
+            line = panel[panel["method"] == method].sort_values("level")
             color = method_color(method, methods)
-            ax.plot(line["level"], line[f"{metric}_mean"], marker="o", color=color, label=method)
-            ax.fill_between(line["level"], line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], color=color, alpha=0.2,
-                            linewidth=0)
+            ax.plot(line["level"], line["mean"], marker="o", color=color, label=method)
+            ax.fill_between(line["level"], line["ci_low"], line["ci_high"], color=color, alpha=0.2, linewidth=0)
         ax.set_xscale("log")
-        levels = sorted(set(rows["level"]))
+        levels = sorted(set(panel["level"]))
         ax.set_xticks(levels, [f"{level:g}" for level in levels], minor=False)
         ax.set_xticks([], minor=True)
         ax.set_xlabel(level_label(task))
         ax.set_ylabel(metric.upper() + (" (lower is better)" if metric != "ssim" else " (higher is better)"))
         if metric == "mse":
-            _log_y(ax, rows["mse_mean"], rows["mse_ci_low"], rows["mse_ci_high"])
+            _log_y(ax, panel["mean"], panel["ci_low"], panel["ci_high"])
     fig.axes[0].legend(fontsize="small")
-    fig.suptitle(f"{task}: mean over test images, {_interval_words(table)}")
+    fig.suptitle(f"{task}: mean over test images, {_interval_words(curves)}")
     save_figure(fig, path)
 
 
-def plot_speed(table: pd.DataFrame, path: Path) -> None:
-    """Mean MSE against seconds per image, one marker per method and level, with the MSE intervals as error bars."""
+def plot_speed(speed: pd.DataFrame, path: Path) -> None:
+    """`speed_data`: mean MSE against seconds per image, one marker per method and level, with the MSE intervals as
+    error bars."""
     fig = new_figure((5.6, 4.2))
     ax = fig.add_subplot(1, 1, 1)
-    methods = list(dict.fromkeys(table["method"]))
-    markers = dict(zip(dict.fromkeys(table["task"]), "osD^vP*"))
-    for (task, method), rows in table.groupby(["task", "method"], sort=False):
+    methods = list(dict.fromkeys(speed["method"]))
+    markers = dict(zip(dict.fromkeys(speed["task"]), "osD^vP*"))
+    for (task, method), rows in speed.groupby(["task", "method"], sort=False):
         # Error bars may not reach below zero: a Student-t bound <= 0 is drawn to the bottom of the log axis.
         below = (rows["mse_mean"] - rows["mse_ci_low"]).fillna(0).clip(lower=0)
         above = (rows["mse_ci_high"] - rows["mse_mean"]).fillna(0).clip(lower=0)
@@ -272,9 +316,9 @@ def plot_speed(table: pd.DataFrame, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("seconds per image")
     ax.set_ylabel("MSE")
-    _log_y(ax, table["mse_mean"], table["mse_ci_low"], table["mse_ci_high"])
+    _log_y(ax, speed["mse_mean"], speed["mse_ci_low"], speed["mse_ci_high"])
     ax.legend(fontsize="x-small", ncol=2)
-    ax.set_title(f"accuracy against time (labels: level; bars: {_interval_words(table)})", fontsize="medium")
+    ax.set_title(f"accuracy against time (labels: level; bars: {_interval_words(speed)})", fontsize="medium")
     save_figure(fig, path)
 
 

@@ -30,6 +30,9 @@ rule report:
         prior_samples=report("results/figures/prior_samples.png", caption="../report/prior_samples.rst", category="2. Prior",
                              labels={"figure": "prior samples (FID)"}),
         prior="results/prior.json",
+        metrics="results/metrics.json",
+        curve_data=expand("results/plots/curves_{task}.csv", task=REPORT_TASKS),
+        speed_data="results/plots/speed.csv",
         **REPORT_POSTERIOR,
     params:
         tracked=tracked("seed", "report", "score.sample_steps"),

@@ -2,9 +2,12 @@
 
 Reads `<evaluate>/<task>/<level>/<method>.parquet` and `.safetensors` for every cell of evaluate.tasks ×
 evaluate.methods, and writes `<out>/table1.csv` (one row per cell: means over test images with report.confidence
-Student-t intervals; `table1.html`, the same as people read it, for Snakemake's report), `<out>/paired.csv` (SGILO − each other method, image by image, with intervals),
+Student-t intervals; `table1.html`, the same as people read it, for Snakemake's report), `<out>/metrics.json`
+(Table 1's means, task -> level -> method, for `dvc metrics`), `<out>/paired.csv` (SGILO − each other method, image by
+image, with intervals),
 `<out>/figures/curves_<task>.png`, `reconstructions.png` and `posterior.png` (at the first
-task's hardest level; the posterior only when sgilo is evaluated), `speed.png`, and `<out>/report.md`.
+task's hardest level; the posterior only when sgilo is evaluated), `speed.png`, the data the curves and speed figures
+are drawn from as `<out>/plots/curves_<task>.csv` and `<out>/plots/speed.csv` (for `dvc plots`), and `<out>/report.md`.
 With --score and --generator it also decodes report.fid_samples unconditional samples of the latent prior
 (`prior_samples.png`) and, when pytorch-fid's Inception weights are on disk, their FID against as many training
 images (`<out>/prior.json`; without the weights FID is reported missing, with the reason). With --theory, each theory
@@ -60,10 +63,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     standin = load_generator(args.generator).standin if args.generator is not None else ""
     report.write_table(table, args.out / "table1.csv", standin)
     report.write_html_table(table, args.out / "table1.html", standin)
+    save_json(report.metrics_summary(table), args.out / "metrics.json")
     log.info("table1.csv: %d cells from %d records", len(table), len(records))
     paired = report.paired_differences(records, "sgilo", "mse", params.report.confidence)
     report.write_table(paired, args.out / "paired.csv", standin)
-    figures, notes = draw_figures(params, table, args.evaluate, args.out / "figures")
+    figures, notes, plot_data = draw_figures(params, table, args.evaluate, args.out / "figures")
+    for name, frame in plot_data.items():
+        report.write_table(frame, args.out / "plots" / f"{name}.csv", standin)
     if args.score is not None:
         figures["prior_samples"], notes["prior_samples"] = prior_section(params, args, args.out)
     for path in figures.values():
@@ -85,29 +91,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("wrote %s with %d figures", args.out / "report.md", len(figures))
 
 
-def draw_figures(params: Params, table: pd.DataFrame, evaluate: Path, folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Every figure in `folder`; returns {key: path} and {key: a sentence computed from the numbers}."""
+def draw_figures(params: Params, table: pd.DataFrame, evaluate: Path,
+                 folder: Path) -> tuple[dict[str, Path], dict[str, str], dict[str, pd.DataFrame]]:
+    """Every figure in `folder`; returns {key: path}, {key: a sentence computed from the numbers} and, for the curves
+    and speed figures, {key: the frame the figure was drawn from}."""
     paths = {f"curves_{t.task}": folder / f"curves_{t.task}.png" for t in params.evaluate.tasks}
     notes = {}
+    data = {f"curves_{t.task}": report.curve_data(table, t.task) for t in params.evaluate.tasks}
     for t in params.evaluate.tasks:
-        report.plot_curves(table, t.task, paths[f"curves_{t.task}"])
+        report.plot_curves(data[f"curves_{t.task}"], paths[f"curves_{t.task}"])
         notes[f"curves_{t.task}"] = report.describe_curves(table, t.task)
     # The image figures show one cell level: the first task's hardest, where the methods differ most.
     first = params.evaluate.tasks[0]
-    data = report.load_figure_data(evaluate, first.task, hardest_level(first.task, first.levels), params.evaluate.methods)
+    images = report.load_figure_data(evaluate, first.task, hardest_level(first.task, first.levels), params.evaluate.methods)
     paths["reconstructions"] = folder / "reconstructions.png"
-    report.plot_reconstructions(data, paths["reconstructions"])
-    notes["reconstructions"] = report.describe_reconstructions(data)
+    report.plot_reconstructions(images, paths["reconstructions"])
+    notes["reconstructions"] = report.describe_reconstructions(images)
     if "sgilo" in params.evaluate.methods:
         paths["posterior"] = folder / "posterior.png"
-        report.plot_posterior(data, paths["posterior"])
-        notes["posterior"] = report.describe_posterior(data)
+        report.plot_posterior(images, paths["posterior"])
+        notes["posterior"] = report.describe_posterior(images)
     else:
         log.info("posterior.png skipped: sgilo is not among evaluate.methods")
-    paths["speed"] = folder / "speed.png"
-    report.plot_speed(table, paths["speed"])
+    paths["speed"], data["speed"] = folder / "speed.png", report.speed_data(table)
+    report.plot_speed(data["speed"], paths["speed"])
     notes["speed"] = report.describe_speed(table)
-    return paths, notes
+    return paths, notes, data
 
 
 FIGURE_SAMPLES = 16  # prior samples drawn for the figure alone (no FID)
