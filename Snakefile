@@ -46,10 +46,9 @@ def tracked(*keys, without=()):
     """The params values a rule's results depend on, by dotted key ("invert", "evaluate.tune.validation"): Snakemake
     reruns the rule when one changes, and `sgilo dvc-sync` lists the same keys as the DVC stage's params. `without`:
     keys inside those that the rule does not read; their section is then tracked key by key, the rest of it.
-    Thread counts are never tracked: they change how float sums are split, so bits differ, but not the results
-    (benchmarks/determinism.py, docs/reliability.md: threads 2 against 1 on the tiny profile, 30 of 90 outputs differ
-    in their last bits from the generator on, and Table 1's means move by under 0.005 of their intervals' half-width),
-    as another CPU model does; a changed count reruns nothing."""
+    Thread counts are never tracked: they change how float sums are split, so last bits differ, but not the results,
+    as another CPU model does (benchmarks/determinism.py measures it; docs/reliability.md, "Determinism"); a changed
+    count reruns nothing."""
     values = to_dict(PARAMS)
     skip = {*without, *THREAD_KEYS}
 
