@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: comma-separated option parsing and a one-line machine description."""
+"""What the benchmark scripts share: comma-separated option parsing, a one-line machine description, and `--smoke`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,22 @@ def names_from(allowed: Sequence[str]) -> Callable[[str], list[str]]:
         return names
 
     return parse
+
+
+def add_smoke(parser: argparse.ArgumentParser) -> None:
+    """`--smoke`: the script's own code path at toy sizes, so that CI starts every script (tests/test_benchmarks.py)."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy sizes and counts, which override those options and are printed first: checks that the script runs")
+
+
+def smoke_run(args: argparse.Namespace, **toy: object) -> None:
+    """With --smoke, set the toy values on `args` and say that the run's numbers mean nothing."""
+    if not args.smoke:
+        return
+    for name, value in toy.items():
+        setattr(args, name, value)
+    shown = ", ".join(f"{name} {','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}" for name, value in toy.items())
+    print(f"SMOKE RUN ({shown}): checks that the script runs; its numbers mean nothing\n", flush=True)
 
 
 def machine(device: torch.device) -> str:

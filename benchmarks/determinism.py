@@ -11,8 +11,10 @@ failure, and its row says how many outputs differ bitwise and how far Table 1's 
 confidence interval's half-width (thread counts are not tracked params: Snakefile, `tracked`).
 
     python benchmarks/determinism.py                  # ≈ 8 minutes on 2 cores
+    python benchmarks/determinism.py --smoke          # every run builds the download stage only: checks that it runs
 
-Prints one row per compared run; results go to docs/reliability.md.
+Prints one row per compared run; results go to docs/reliability.md. The smoke run makes the same four runs and
+comparisons with `snakemake download` in place of `all`, so it has no Table 1 to compare ("–").
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from _common import add_smoke, smoke_run
 from kill_anywhere import (  # sibling script: the one output comparison
     REPO,
+    SMOKE_TARGETS,
     outputs,
     project_env,
     same,
@@ -51,10 +55,10 @@ def set_threads(params: Path, threads: int) -> None:
     params.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def run(root: Path, cores: int, threads: int) -> float:
+def run(root: Path, cores: int, threads: int, targets: list[str]) -> float:
     set_threads(root / "params.yaml", threads)
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "all", "--quiet"], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), *targets, "--quiet"], cwd=root,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=project_env(root), check=False)
     if done.returncode != 0:
         sys.exit(f"snakemake --cores {cores} in {root} failed:\n{done.stderr[-3000:]}")
@@ -65,11 +69,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="every stage's threads key (0: the cores Snakemake gives a job)")
     parser.add_argument("--other-threads", type=int, default=2, help="the threads of the last run, compared without failing")
+    parser.set_defaults(targets=["all"])
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, targets=SMOKE_TARGETS)
+    table = Path("results/table1.csv")
     with tempfile.TemporaryDirectory(prefix="sgilo-determinism-") as tmp:
         pristine = copy_project(Path(tmp) / "pristine")  # one snapshot of the code for every run
         reference = shutil.copytree(pristine, Path(tmp) / "reference")
-        seconds = run(reference, 2, args.threads)
+        seconds = run(reference, 2, args.threads, args.targets)
         expected = [p.relative_to(reference) for p in outputs(reference)]
         print(f"reference (--cores 2, threads {args.threads}): {seconds:.0f} s, {len(expected)} outputs compared; "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}")
@@ -78,21 +86,19 @@ def main() -> None:
         failures = 0
         for name, cores in (("again, --cores 2", 2), ("--cores 1", 1)):
             root = shutil.copytree(pristine, Path(tmp) / name.replace(" ", "").replace(",", "-"))
-            seconds = run(root, cores, args.threads)
+            seconds = run(root, cores, args.threads, args.targets)
             produced = [p.relative_to(root) for p in outputs(root)]
             differing = sorted(set(produced) ^ set(expected)) + [p for p in expected if (root / p).exists() and not same(reference / p, root / p)]
-            table = Path("results/table1.csv")
-            table_same = same(reference / table, root / table)
-            failures += bool(differing) or not table_same
+            table_same = same(reference / table, root / table) if table in expected else None  # None: not built (--smoke)
+            failures += bool(differing) or table_same is False
             if differing:
                 print(f"{name}: differs or missing: {[str(p) for p in differing]}", file=sys.stderr)
-            print(f"| {name} | {seconds:.0f} | {len(expected)} | {len(differing)} | {table_same} |", flush=True)
+            print(f"| {name} | {seconds:.0f} | {len(expected)} | {len(differing)} | {'–' if table_same is None else table_same} |", flush=True)
         root = shutil.copytree(pristine, Path(tmp) / "other-threads")
-        seconds = run(root, 2, args.other_threads)
+        seconds = run(root, 2, args.other_threads, args.targets)
         differing = [p for p in expected if not same(reference / p, root / p)]
-        drift = table_drift(reference / "results/table1.csv", root / "results/table1.csv")
-        print(f"| threads {args.other_threads}, --cores 2 (not a failure) | {seconds:.0f} | {len(expected)} | {len(differing)} | "
-              f"means moved ≤ {drift:.1e} of their interval's half-width |", flush=True)
+        drift = f"means moved ≤ {table_drift(reference / table, root / table):.1e} of their interval's half-width" if table in expected else "–"
+        print(f"| threads {args.other_threads}, --cores 2 (not a failure) | {seconds:.0f} | {len(expected)} | {len(differing)} | {drift} |", flush=True)
         sys.exit(1 if failures else 0)
 
 

@@ -6,6 +6,7 @@ is the figure that decides inversion throughput. Weights are random (speed does 
     python benchmarks/generator.py                                   # GPU if present: 1024² config-f
     python benchmarks/generator.py --device cpu --size 256 --batch 1 8 32
     python benchmarks/generator.py --device cpu --size 1024 --batch 1 --repeats 1
+    python benchmarks/generator.py --smoke                           # 16², batch 1, fp32, 1 repeat: checks that it runs
 
 Prints a Markdown table: copy it into docs/benchmarks.md with the machine and the command.
 """
@@ -17,7 +18,7 @@ import math
 import time
 
 import torch
-from _common import machine
+from _common import add_smoke, machine, smoke_run
 
 from sgilo.precision import autocast
 from sgilo.stylegan2 import Generator
@@ -66,7 +67,9 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, size=16, batch=[1], dtype=["fp32"], repeats=1, warmup=0)  # bf16 left out: minutes without native bf16
 
     device = torch.device(args.device)
     generator = Generator(args.size).to(device).eval().requires_grad_(False)

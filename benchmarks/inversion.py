@@ -9,6 +9,7 @@ at a time in fp32: the baseline a batched GPU inversion should beat by ≥ 20×)
     python benchmarks/inversion.py                                    # GPU: config-f 1024², fp32/tf32/bf16
     python benchmarks/inversion.py --device cpu                       # the demo profile's 32² generator
     python benchmarks/inversion.py --config config-f --batches 1 --steps 1 --layers 0,1
+    python benchmarks/inversion.py --smoke                            # demo 32², batches 1 and 2, 1 step: checks that it runs
 
 Batch b inverts images 0 … b−1 (seeds 0 … b−1), so batch 1's quality is one image's and the others a mean.
 Prints a Markdown table: copy it into docs/benchmarks.md with the machine and the command.
@@ -23,7 +24,7 @@ import resource
 import time
 
 import torch
-from _common import ints, machine, names_from
+from _common import add_smoke, ints, machine, names_from, smoke_run
 
 from sgilo.inversion import Options, Stage, invert
 from sgilo.operators import OperatorSpec, build_operator
@@ -123,7 +124,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--radius", type=float, default=0.05, help="l1 radius per entry of a layer's representation")
     parser.add_argument("--warmup", type=int, default=2, help="steps per stage of an untimed run before each timed one")
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, config="demo", batches=[1, 2], precisions=["fp32"], steps=1, layers=[0, 1], warmup=1)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"

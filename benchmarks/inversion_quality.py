@@ -7,22 +7,30 @@ Two checks from the inversion issue:
 
     python benchmarks/inversion_quality.py                      # after `make table` (needs the demo generator)
     python benchmarks/inversion_quality.py --images 8 --steps 150   # quicker
+    python benchmarks/inversion_quality.py --smoke                  # toy generator, 2 faces, 3 steps, 1 level per task
+
+The smoke run needs no finished pipeline: it writes a random 32² generator and two synthfaces test images to a
+temporary folder and reads them as `--generator` and `--data`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from _common import add_smoke, smoke_run
 
 from sgilo.data import load_images, read_index
 from sgilo.inversion import Stage, invert
 from sgilo.metrics import image_metrics
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.seeding import item_seed, torch_generator
-from sgilo.stylegan2 import load_generator
+from sgilo.stylegan2 import Generator, load_generator, save_generator
+from sgilo.synthfaces import write_synthfaces
 
 LEVELS = {"inpaint": (0.05, 0.1, 0.25, 0.5), "cs": (0.01, 0.03, 0.1, 0.3)}
 
@@ -48,6 +56,16 @@ def mean_ci(values: torch.Tensor) -> str:
     return f"{float(values.mean()):.2f} ± {half:.2f}"
 
 
+def smoke_inputs(folder: Path, images: int) -> tuple[str, str]:
+    """A random toy generator and `images` rendered test faces at 32², in place of a finished pipeline's."""
+    torch.manual_seed(0)
+    generator = Generator(size=32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16)
+    generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
+    save_generator(generator, folder / "generator.pt")
+    write_synthfaces(folder / "synthfaces", seed=0, n_train=0, n_test=images, resolution=32, progress=False)
+    return str(folder / "generator.pt"), str(folder / "synthfaces")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", default="results/generator/generator.pt")
@@ -56,7 +74,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="total steps per method")
     parser.add_argument("--radii", default="100,200", help="ILO l1 radii at layers 1 and 2")
     parser.add_argument("--threads", type=int, default=0)
+    parser.set_defaults(levels=LEVELS)
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, images=2, steps=3, levels={"inpaint": (0.5,), "cs": (0.01,)})
+    with tempfile.TemporaryDirectory(prefix="sgilo-quality-") as folder:
+        if args.smoke:
+            args.generator, args.data = smoke_inputs(Path(folder), args.images)
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = load_generator(args.generator)
@@ -79,7 +107,7 @@ def main() -> None:
     truth = (load_images(args.data, "test", generator.size, test_ids) + 1) / 2
     print("| task | level | method | PSNR (dB) | SSIM | seconds |")
     print("|---|---|---|---|---|---|")
-    for task, levels in LEVELS.items():
+    for task, levels in args.levels.items():
         for level in levels:
             for method, stages in plans.items():
                 seeds = [item_seed(0, "quality", task, i) for i in test_ids]  # same operator for every method

@@ -14,7 +14,11 @@ jobs rerun once uninterrupted (timed from their start), then per trial killed tw
 
     python benchmarks/kill_anywhere.py --trials 6          # ≈ 8 minutes on 2 cores
     python benchmarks/kill_anywhere.py --per-stage --trials 2    # ≈ 20 minutes on 2 cores
+    python benchmarks/kill_anywhere.py --smoke                   # 1 trial, the download stage only: checks that it runs
+    python benchmarks/kill_anywhere.py --smoke --per-stage       # the download stage, killed twice in 1 trial
 
+The smoke run builds `snakemake download` in place of `all` (with --per-stage: kills the download stage only); its
+kills may come before the stage's job or after it.
 Each run copies the project once and runs every copy on that snapshot's code (PYTHONPATH), so editing the checkout
 meanwhile changes nothing. Prints one row per trial (per stage); results go to docs/reliability.md.
 """
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import add_smoke, smoke_run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -47,6 +52,7 @@ from sgilo.io import load_safetensors
 
 # Wall-clock fields and the generator's resume provenance (resumed_from_step): the only ones allowed to differ.
 TIMING = ("seconds", "per_s", "resumed")
+SMOKE_TARGETS = ["download"]  # --smoke's (here and in determinism.py): the first rule, seconds on the tiny profile
 
 
 def project_env(root: Path) -> dict[str, str]:
@@ -219,12 +225,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-stage", action="store_true", help="kill each stage on its own, twice per trial")
     parser.add_argument("--stages", nargs="*", help="with --per-stage: only these stages (default: all)")
+    parser.set_defaults(targets=["all"])
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, trials=1, targets=SMOKE_TARGETS)
     with tempfile.TemporaryDirectory(prefix="sgilo-kill-") as tmp:
         pristine = copy_project(Path(tmp) / "pristine")  # one snapshot of the code for every run
         reference = shutil.copytree(pristine, Path(tmp) / "reference")
         start = time.monotonic()
-        if snakemake(reference).wait() != 0:
+        if snakemake(reference, targets=args.targets).wait() != 0:
             sys.exit("the uninterrupted reference run failed")
         duration = time.monotonic() - start
         expected = [p.relative_to(reference) for p in outputs(reference)]
@@ -237,9 +246,9 @@ def main() -> None:
         for trial in range(args.trials):
             root = shutil.copytree(pristine, Path(tmp) / f"trial-{trial}")
             delay = random.Random(f"{args.seed}/{trial}").uniform(0.5, duration)
-            interrupted, killed = kill_at(root, delay, ["all"])
+            interrupted, killed = kill_at(root, delay, args.targets)
             stage_kills.update({stage_of(p) for p in interrupted})
-            rerun = snakemake(root, "--rerun-incomplete", log=root.parent / f"rerun-{trial}.log").wait()
+            rerun = snakemake(root, "--rerun-incomplete", log=root.parent / f"rerun-{trial}.log", targets=args.targets).wait()
             if rerun != 0:
                 print((root.parent / f"rerun-{trial}.log").read_text()[-3000:], file=sys.stderr)
             differing, left = differences(reference, root, expected), leftovers(root)

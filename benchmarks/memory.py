@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from _common import machine
+from _common import add_smoke, machine, smoke_run
 
 from sgilo.io import save_safetensors, shard_file
 from sgilo.stylegan2 import Generator, save_generator
@@ -84,9 +84,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=4, help="N: the smaller run's invert shards (the larger has 4N)")
     parser.add_argument("--per-shard", type=int, default=128, help="latents per shard")
-    parser.add_argument("--smoke", action="store_true", help="N = 1 shard of 8 latents")
+    add_smoke(parser)
     args = parser.parse_args()
-    shards, per_shard = (1, 8) if args.smoke else (args.shards, args.per_shard)
+    smoke_run(args, shards=1, per_shard=8)
+    shards, per_shard = args.shards, args.per_shard
     torch.manual_seed(0)
     generator = Generator(**ARCHITECTURE)
     generator.fit_gaussian(1000, torch.Generator().manual_seed(0))

@@ -7,7 +7,8 @@ random weights (speed does not depend on them); the score model's scaling is the
 
     python benchmarks/posterior.py                                     # GPU: config-f 1024², paper-size ScoreViT, layer 3
     python benchmarks/posterior.py --device cpu --config demo          # the demo profile's generator and score model
-    python benchmarks/posterior.py --device cpu --config demo --steps 5,5,5 --prior-steps 5 --chains 2
+    python benchmarks/posterior.py --device cpu --config demo --steps 5,5 --prior-steps 5 --chains 2
+    python benchmarks/posterior.py --smoke                             # demo, 1 image, 1 step per stage, chains 1 and 2
 
 Defaults on CUDA: steps 300,300,300 (ILO's first three stages, the warm start) + 300 SGLD steps at layer 3 (the
 paper: "SGLD ~3 × 300 steps"), chains 1,4, precisions fp32,bf16; the goal is ≤ 20 s per image at 4 chains.
@@ -22,7 +23,7 @@ import resource
 import time
 
 import torch
-from _common import ints, machine, names_from
+from _common import add_smoke, ints, machine, names_from, smoke_run
 
 from sgilo.config import SGILOConfig
 from sgilo.inversion import Options, Stage
@@ -98,7 +99,9 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=300, help="SGLD steps at layer k")
     parser.add_argument("--warm-starts", type=names_from(["per_chain", "shared"]), default=["per_chain", "shared"],
                         help="comma-separated: an ILO warm start per chain, or one shared by the chains")
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, config="demo", images=1, chains=[1, 2], precisions=["fp32"], steps=[1, 1], prior_steps=1)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     config = args.config or ("paper" if device.type == "cuda" else "demo")
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])

@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from _common import machine
+from _common import add_smoke, machine, smoke_run
 
 from sgilo.precision import native_bf16, resolve, timed
 
@@ -54,19 +54,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat")
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, repeats=1)  # and kernels() takes its small shapes
     device = torch.device(args.device)
-    repeats = 1 if args.smoke else args.repeats
     print(f"{machine(device)}; native bf16: {native_bf16(device)}, so precision auto → {resolve('auto', device)}; torch {torch.__version__}\n")
     print("| kernel | fp32 ms | fp32 GFLOP/s | bf16 autocast ms | bf16 GFLOP/s | bf16 / fp32 time |")
     print("|---|---|---|---|---|---|")
     for name, (call, flops, with_bf16) in kernels(device, args.smoke).items():
-        fp32 = median_seconds(call, "fp32", device, repeats)
+        fp32 = median_seconds(call, "fp32", device, args.repeats)
         if not with_bf16:
             print(f"| {name} | {fp32 * 1e3:.2f} | {flops / fp32 / 1e9:.1f} | – | – | – |", flush=True)
             continue
-        bf16 = median_seconds(call, "bf16", device, repeats)
+        bf16 = median_seconds(call, "bf16", device, args.repeats)
         print(f"| {name} | {fp32 * 1e3:.2f} | {flops / fp32 / 1e9:.1f} | {bf16 * 1e3:.2f} | {flops / bf16 / 1e9:.1f} | {bf16 / fp32:.2f}× |",
               flush=True)
 

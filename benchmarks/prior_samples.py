@@ -10,40 +10,79 @@ each reference, so a reference's second set gives the floor; writes a figure wit
     python benchmarks/prior_samples.py --models results/score/model.pt /tmp/old/model.pt \\
         --names "with generated latents" "inversions only" --figure docs/demo-prior-samples.png
 
+    python benchmarks/prior_samples.py --smoke     # an untrained toy prior, a random toy generator: checks that it runs
+
 The generator and the invert folder default to a finished pipeline's (results/); every model must have been
-trained on that generator's latents.
+trained on that generator's latents. The smoke run needs none: it writes a random 32² generator, 8 of its own
+layer-2 latents as the "inverted" shard and an untrained score model to a temporary folder, and draws 4 samples of
+3 steps per set.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import machine
+from _common import add_smoke, machine, smoke_run
 
 from sgilo.data import save_image_grid
 from sgilo.gan import sliced_wasserstein
 from sgilo.inversion import generator_latents
-from sgilo.io import load_safetensors
+from sgilo.io import load_safetensors, save_safetensors, shard_file
+from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
+from sgilo.score_model import ScoreViT
+from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
-from sgilo.stylegan2 import load_generator
+from sgilo.stylegan2 import Generator, load_generator, save_generator
+
+SMOKE_LAYER = 2
+
+
+def smoke_inputs(folder: Path) -> tuple[Path, Path, Path]:
+    """A random toy generator, 8 of its own layer-2 latents as the invert stage's shard, and an untrained score model."""
+    torch.manual_seed(0)
+    generator = Generator(size=32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16)
+    save_generator(generator, folder / "generator.pt")
+    with torch.no_grad():
+        latents, _ = generator_latents(generator, SMOKE_LAYER, torch.randn(8, generator.style_dim))
+    save_safetensors({"ids": torch.arange(8), "latents": latents}, shard_file(folder / "invert", 0))
+    channels = latents.shape[1]
+    model = ScoreViT(tuple(latents.shape[1:]), width=16, depth=1, heads=1, mlp=32, skip_data_std=0.2).eval()
+    sde_config = {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}
+    prior = LatentPrior(model, LatentScaler(-torch.ones(channels), torch.ones(channels)), build_sde(**sde_config), sde_config,
+                        SMOKE_LAYER, torch.zeros(1, generator.num_ws, generator.style_dim))
+    prior.save(folder / "model.pt")
+    return folder / "generator.pt", folder / "invert", folder / "model.pt"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", type=Path, default=Path("results/generator/generator.pt"))
     parser.add_argument("--invert", type=Path, default=Path("results/invert"), help="the invert stage's folder")
-    parser.add_argument("--models", type=Path, nargs="+", required=True, help="score stage model.pt files to compare")
+    parser.add_argument("--models", type=Path, nargs="+", help="score stage model.pt files to compare (required but with --smoke)")
     parser.add_argument("--names", nargs="+", help="one label per model (default: the paths)")
     parser.add_argument("--samples", type=int, default=256, help="images per set (the inverted latents must number twice this)")
     parser.add_argument("--steps", type=int, default=200, help="reverse-SDE steps (the demo's score.sample_steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shown", type=int, default=12, help="images per row of the figure")
     parser.add_argument("--figure", type=Path, help="write the figure here (PNG)")
+    add_smoke(parser)
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sgilo-prior-samples-") as folder:
+        if args.smoke:
+            generator, invert, model = smoke_inputs(Path(folder))
+            smoke_run(args, generator=generator, invert=invert, models=[model], names=["untrained toy prior"], samples=4, steps=3,
+                      shown=2, figure=Path(folder) / "prior.png")
+        compare(parser, args)
+
+
+def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.models:
+        parser.error("give --models (or --smoke)")
     names = args.names or [str(m) for m in args.models]
     if len(names) != len(args.models):
         parser.error("--names needs one label per model")

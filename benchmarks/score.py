@@ -12,10 +12,12 @@ bf16 is `torch.autocast` around the model only: the sampler's arithmetic stays i
     python benchmarks/score.py                                        # GPU: the FFHQ profile's model (paper size)
     python benchmarks/score.py --device cpu                           # the demo profile's model
     python benchmarks/score.py --config paper --batches 2 --steps 1 --sample-batch 2 --sample-steps 2
+    python benchmarks/score.py --smoke                                # toy model, batch 2, 1 step, 2 SDE steps, the ODE
 
 Configs: `demo` is params.yaml's model on its layer-2 latent (67, 8, 8); `paper` is the SGILO paper's size on
-the FFHQ profile's layer-3 latent of config-f (512 features + 3 skip channels at 16², ≈72M parameters). The
-probability-flow ODE runs for `demo` only unless `--ode` is given (its CPU round trips dominate on a GPU).
+the FFHQ profile's layer-3 latent of config-f (512 features + 3 skip channels at 16², ≈72M parameters); `toy` is the
+smoke run's. The probability-flow ODE runs for `demo` only unless `--ode` is given (its CPU round trips dominate on a
+GPU; the smoke run gives it).
 Prints two Markdown tables: copy them into docs/benchmarks.md with the machine and the command.
 """
 
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _common import ints, machine, names_from
+from _common import add_smoke, ints, machine, names_from, smoke_run
 from torch import Tensor
 
 from sgilo.precision import autocast
@@ -39,6 +41,7 @@ SKIP_DATA_STD = 0.2
 CONFIGS = {
     "demo": {"shape": (67, 8, 8), "width": 128, "depth": 4, "heads": 4, "mlp": 256},  # params.yaml's, layer 2 of 32²
     "paper": {"shape": (515, 16, 16), "width": 1024, "depth": 8, "heads": 1, "mlp": 4096},  # FFHQ profile, layer 3
+    "toy": {"shape": (7, 4, 4), "width": 16, "depth": 1, "heads": 1, "mlp": 32},  # --smoke's: the code path, in seconds
 }
 
 
@@ -149,7 +152,9 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, help="reverse-SDE steps; default 100 on CPU, 500 on CUDA")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 (default) keeps torch's choice")
     parser.add_argument("--ode", action="store_true", help="also time the probability-flow ODE for the paper config")
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke_run(args, config="toy", batches=[2], precisions=["fp32"], steps=1, warmup=1, sample_batch=2, sample_steps=2, ode=True)
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # with other jobs on the cores, fewer threads than cores avoids OpenMP stalls

@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from stylegan_helpers import CONFIGS, TRUNCATION_PSI, seeded_inputs, summarize_image
+from stylegan_helpers import (
+    CONFIGS,
+    INPUT_SEED,
+    fixture_outputs,
+    reference_views,
+    seeded_inputs,
+    seeded_weights,
+)
 
 from sgilo.io import CheckpointError
-from sgilo.smoke import rosinality_to_nvidia, seeded_state_dict, write_nvidia_pickle
+from sgilo.smoke import rosinality_to_nvidia, write_nvidia_pickle
 from sgilo.stylegan2 import Discriminator, Generator, load_generator, save_generator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stylegan2_reference.safetensors"
@@ -23,37 +30,23 @@ def reference() -> dict[str, torch.Tensor]:
     return load_file(FIXTURE)
 
 
-def _weights(name: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    template = Generator(**CONFIGS[name]).state_dict()
-    latent_avg = 0.1 * torch.randn(CONFIGS[name]["style_dim"], generator=torch.Generator().manual_seed(3))
-    return seeded_state_dict(template, seed=1), latent_avg
-
-
 def _write_rosinality(path: Path, name: str) -> Path:
-    state, latent_avg = _weights(name)
+    state, latent_avg = seeded_weights(name)
     torch.save({"g_ema": state, "latent_avg": latent_avg}, path)
     return path
 
 
 def _write_nvidia(path: Path, name: str) -> Path:
-    state, latent_avg = _weights(name)
+    state, latent_avg = seeded_weights(name)
     write_nvidia_pickle(path, rosinality_to_nvidia(state, latent_avg, CONFIGS[name]["size"]))
     return path
 
 
 def _assert_matches_reference(generator: Generator, name: str, reference: dict[str, torch.Tensor]) -> None:
-    z, w_plus, noise = seeded_inputs(generator, seed=2)
-    with torch.no_grad():
-        outputs = {
-            "w": generator.mapping(z),
-            "image": generator.synthesis(w_plus, noise),
-            "image_trunc": generator.synthesis(generator.mapping(z, TRUNCATION_PSI), noise),
-        }
-    for tag, value in outputs.items():
-        views = {tag: value} if tag == "w" or generator.size <= 64 else {f"{tag}.{k}": v for k, v in summarize_image(value).items()}
-        for key, view in views.items():
-            error = (view - reference[f"{name}.{key}"]).abs().max().item()
-            assert error <= TOLERANCE, f"{name}.{key}: max abs error {error:.2e} > {TOLERANCE}"
+    outputs = fixture_outputs(generator, *seeded_inputs(generator, seed=INPUT_SEED))
+    for key, view in reference_views(name, outputs).items():
+        error = (view - reference[key]).abs().max().item()
+        assert error <= TOLERANCE, f"{key}: max abs error {error:.2e} > {TOLERANCE}"
 
 
 @pytest.mark.parametrize("name", ["s32", "s64", "config_f"])
@@ -156,7 +149,7 @@ def test_truncated_nvidia_pickle_is_named(tmp_path):
 
 
 def test_missing_key_is_refused(tmp_path):
-    state, latent_avg = _weights("s32")
+    state, latent_avg = seeded_weights("s32")
     del state["convs.1.noise.weight"]
     torch.save({"g_ema": state, "latent_avg": latent_avg}, tmp_path / "g.pt")
     with pytest.raises(CheckpointError, match="convs.1.noise.weight"):
