@@ -377,7 +377,7 @@ def _score_model(tiny: Path) -> Path:
 def test_reconstruct_sgilo_writes_samples_their_mean_and_spread(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     record, result = _reconstruct(tiny, out, "--task", "inpaint", "--level", "0.3", "--method", "sgilo", *ILO_FAST,
-                                  "--score", str(_score_model(tiny)), "--samples", "3", "--prior-steps", "4", "--noise", "0.05")
+                                  "--score", str(_score_model(tiny)), "--samples", "3", "--prior-steps", "4", "--temperature", "1.0")
     assert record["method"] == "sgilo" and record["chains"] == 3 and record["steps"] == 4 + 3 + 4
     assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 4), (1, 3), (2, 4)]
     assert [s["radius"] for s in record["stages"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
 
+from sgilo.config import ConfigError, load_params
 from sgilo.io import load_torch
 from sgilo.score_model import ScoreViT
 from sgilo.stages import score as score_stage
@@ -99,13 +100,13 @@ def test_generated_latents_join_the_training_set_only(cached):
     assert runs["with"]["held_out_samples"] == runs["without"]["held_out_samples"]
 
 
-def test_igo_head_trains_and_logs_both_losses(cached):
-    params = _params(cached, "igo", {"igo": True, "igo_alpha": 0.5})
-    out = cached / "igo"
-    run_stage("score", *_argv(cached, params, out), cwd=cached)
-    rows = list(csv.DictReader((out / "history.csv").open()))
-    assert all(float(r["train_loss_tau"]) > 0 for r in rows[1:])
-    assert load_torch(out / "model.pt")["config"]["igo"] is True
+@pytest.mark.parametrize("section, key, fix", [("score", "igo", "theory_igo stage"), ("score", "igo_alpha", "theory_igo.alphas"),
+                                               ("evaluate", "noise", "T = 0.25")])
+def test_retired_keys_name_what_replaced_them(tmp_path, section, key, fix):
+    overrides = {section: {key: 0.5}} if section == "score" else {"evaluate": {"sgilo": {key: 0.01}}}
+    params = write_params(tmp_path / "params.yaml", overrides)
+    with pytest.raises(ConfigError, match=f"no longer a key: .*{fix}"):
+        load_params(params)
 
 
 def test_changed_params_do_not_resume_a_stale_state(cached):

@@ -126,9 +126,12 @@ def _reconstruct(args: argparse.Namespace) -> None:
     perceptual = lpips_distance("vgg", device) if args.perceptual > 0 else None
     args.precision = resolve(args.precision, device, "--precision")
     options = Options(geocross=args.geocross, perceptual=args.perceptual, optimize_noise=args.optimize_noise, precision=args.precision)
+    measurement_std = args.noise_std if args.measurement_std is None else args.measurement_std
+    if args.method == "sgilo" and args.data_step == "langevin" and measurement_std <= 0:
+        raise ValueError("--data-step langevin samples a Gaussian likelihood: give its std with --measurement-std (or --noise-std)")
     sgilo_config = SGILOConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.1,
-                               noise=args.noise, t0=args.t0, hot_steps=args.hot_steps, chains=args.samples,
-                               warm_start=args.warm_start)
+                               temperature=args.temperature, t0=args.t0, hot_steps=args.hot_steps, data_step=args.data_step,
+                               measurement_std=measurement_std, chains=args.samples, warm_start=args.warm_start)
     gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.5)
     prior_layer = prior.layer if prior is not None else None
     print(_describe(args.method, run_stages(args.method, stages, prior_layer, sgilo_config, gnc_config), prior_layer), file=sys.stderr)
@@ -250,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--prior-steps", type=int, default=100, help="sgilo/gnc: steps at the prior's layer (replacing ILO's there)")
     rec.add_argument("--prior-lr", type=float, default=0.05, help="sgilo/gnc: Adam step on the data term at the prior's layer")
     rec.add_argument("--weight", type=float, help="sgilo/gnc: the prior's weight λ (default 0.1 for sgilo, 0.5 for gnc)")
-    rec.add_argument("--noise", type=float, default=0.01, help="sgilo: Langevin noise per step (scaled-latent units)")
+    rec.add_argument("--temperature", type=float, default=0.25,
+                     help="sgilo: T of the Langevin noise sqrt(2ηT), η = weight·(σ/a)²(t0) (0.25: noise 0.01 at weight 0.1, t0 0.01)")
+    rec.add_argument("--data-step", default="adam", choices=("adam", "langevin"),
+                     help="sgilo: Adam on the measurement loss (the paper), or a Langevin step on the Gaussian likelihood of std "
+                     "--measurement-std: then the chains sample the posterior at temperature T (with --hot-steps 0)")
+    rec.add_argument("--measurement-std", type=float, help="sgilo langevin: σ_y of the likelihood (default: --noise-std)")
     rec.add_argument("--t0", type=float, default=0.01, help="sgilo: hot-start time")
     rec.add_argument("--hot-steps", type=int, default=5, help="sgilo: reverse-SDE steps per hot start (0: one Tweedie step)")
     rec.add_argument("--warm-start", default="per_chain", choices=("per_chain", "shared"),

@@ -185,8 +185,6 @@ class ScoreConfig:
     """Denoising score matching on the cached trajectories (AdamW, warm-up, clipping, EMA)."""
 
     model: ScoreModelConfig = ScoreModelConfig()
-    igo: bool = False  # also train the intermediate generator on x_τ: α·L(x_t) + (1−α)·R(x_τ)
-    igo_alpha: float = field(default=0.5, metadata=_rng(0.0, 1.0))
     epochs: int = field(default=20, metadata=_rng(1))
     batch_size: int = field(default=128, metadata=_rng(1))
     lr: float = field(default=3e-4, metadata=_rng(0.0))
@@ -244,18 +242,31 @@ class TaskLevelsConfig:
 
 @dataclass(frozen=True)
 class SGILOConfig:
-    """SGLD at the prior's layer: an Adam step on the data term, then z ← z + λ·(hot start − z) + noise·ξ."""
+    """Langevin dynamics at the prior's layer, in the score model's scaled coordinates u (`sgilo.posterior`).
+
+    Each step is one move of step size η = weight·s², s = σ(t0)/a(t0), on the prior smoothed to t0, with the noise that
+    SGLD gives that step at `temperature` T: u ← u + weight·(target(u) − u) + sqrt(2ηT)·ξ (target: the hot start, or
+    Tweedie's denoiser, for which weight·(D(u) − u) = η·∇log p_t0(u)). The data term is the paper's Adam step at `lr`
+    (data_step adam), or the same Langevin step on the Gaussian log-likelihood of std `measurement_std` (langevin): then,
+    with hot_steps 0, the chains sample the tempered posterior [p(y | u)·p_t0(u)]^(1/T).
+    """
 
     steps: int = field(default=60, metadata=_rng(1))  # replaces ILO's last stage (the earlier stages are the warm start)
-    lr: float = field(default=0.05, metadata=_rng(0.0))  # Adam on the measurement loss (constant: a sampler)
-    weight: float = field(default=0.1, metadata=_rng(0.0))  # λ, the prior's pull (SGILO code: temperature 0.1)
-    noise: float = field(default=0.01, metadata=_rng(0.0))  # Langevin noise per step, in scaled-latent units
+    lr: float = field(default=0.05, metadata=_rng(0.0))  # adam: its lr on the measurement loss (constant: a sampler)
+    weight: float = field(default=0.1, metadata=_rng(0.0))  # λ: the step η = λ·s² (the SGILO code's "temperature" 0.1)
+    temperature: float = field(default=1.0, metadata=_rng(0.0))  # T of the Langevin noise sqrt(2ηT); 0: no noise
     t0: float = field(default=0.01, metadata=_rng(1e-3, 1.0))  # hot start: perturb to t0 along the forward SDE …
     hot_steps: int = field(default=5, metadata=_rng(0))  # … and run this many reverse-SDE steps back (0: one Tweedie step)
+    data_step: Literal["adam", "langevin"] = "adam"
+    measurement_std: float = field(default=0.0, metadata=_rng(0.0))  # langevin: σ_y of the likelihood (> 0 needed)
     chains: int = field(default=4, metadata=_rng(1))  # posterior samples per measurement, in one batch
     # per_chain: every chain runs its own ILO warm start from its own seed (dispersed starts, as multi-chain MCMC
     # wants: chains can land in different modes); shared: one warm start per measurement, chains branch at layer k.
     warm_start: Literal["per_chain", "shared"] = "per_chain"
+
+    def __post_init__(self) -> None:
+        if self.data_step == "langevin" and self.measurement_std <= 0:
+            raise ValueError("sgilo data_step langevin needs measurement_std > 0: the σ_y of the likelihood it samples")
 
 
 @dataclass(frozen=True)
@@ -533,6 +544,16 @@ def _check_across_sections(params: Params, source: str) -> None:
         raise ConfigError(f"{source}: theory_igo: times must lie in (0, 1] and alphas in [0, 1], at least one of each")
 
 
+# Keys that profiles used to have, with what replaced them: an old profile fails with the fix, not a bare "unknown key".
+RETIRED = {
+    "evaluate.sgilo.noise": "the Langevin noise follows from the step and evaluate.sgilo.temperature T, "
+                            "noise = σ(t0)/a(t0)·sqrt(2·weight·T); the old noise 0.01 at weight 0.1 and t0 0.01 is T = 0.25",
+    "score.igo": "the score stage no longer trains IGO's intermediate generator (sampling and reconstruction never used it); "
+                 "IGO's α is measured by the theory_igo stage (docs/theory.md)",
+    "score.igo_alpha": "see score.igo: IGO's α is measured by the theory_igo stage (theory_igo.alphas)",
+}
+
+
 def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -> Any:
     """Build dataclass `cls` from plain data, rejecting unknown keys, wrong types and out-of-range values."""
     where = prefix.rstrip(".") or "top level"
@@ -541,12 +562,18 @@ def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, raw)) - set(known))
+    for key in unknown:
+        if prefix + key in RETIRED:
+            raise ConfigError(f"{source}: {prefix}{key} is no longer a key: {RETIRED[prefix + key]}")
     if unknown:
         raise ConfigError(
             f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys under {where}: {', '.join(sorted(known))}"
         )
     values = {name: _convert(hints[name], raw[name], f, source, prefix + name) for name, f in known.items() if name in raw}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a rule between the section's own keys (its __post_init__)
+        raise ConfigError(f"{source}: {where}: {exc}") from exc
 
 
 def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:

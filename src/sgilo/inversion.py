@@ -59,11 +59,15 @@ class Options:
 
 class LatentStep(Protocol):
     """A move of the layer-`layer` representation after each data step, in place of ILO's l1 projection
-    (SGILO's Langevin step, the GNC flow's denoising step); the stage at that layer runs at a constant lr."""
+    (SGILO's Langevin step, the GNC flow's denoising step); the stage at that layer runs at a constant lr.
+
+    With `takes_data_gradient`, Adam leaves the representation alone and the step makes the data move itself: it gets
+    `grad`, the gradient of the batch's summed loss with respect to h (image i's own loss for row i)."""
 
     layer: int
+    takes_data_gradient: bool
 
-    def __call__(self, h: Tensor, step: int, steps: int) -> Tensor: ...
+    def __call__(self, h: Tensor, step: int, steps: int, grad: Tensor | None = None) -> Tensor: ...
 
 
 @dataclass
@@ -366,10 +370,12 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
     noise_active = [n.requires_grad_(True) for n in state.noise[noise_from:]] if state.noise is not None else []
     variables += noise_active
     centre = None
+    own_data_step = latent_step is not None and latent_step.takes_data_gradient
     if stage.layer > 0:
         centre = state.h.clone()
         state.h.requires_grad_(True)
-        variables.append(state.h)
+        if not own_data_step:
+            variables.append(state.h)
     spheres = [(v, _row_norms(v)) for v in [z_active, *noise_active]] if options.sphere else []
     optimizer = torch.optim.Adam(variables, lr=stage.lr)
     for step in range(stage.steps):
@@ -388,6 +394,8 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
         state.record(data.detach())
         history.append(float(_finite_mean(data.detach())))
         optimizer.zero_grad(set_to_none=True)
+        if state.h is not None:
+            state.h.grad = None
         loss.sum().backward()
         optimizer.step()
         with torch.no_grad():
@@ -397,7 +405,8 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
                 state.h.copy_(centre + project_l1_ball(state.h - centre, stage.radius))
             if latent_step is not None:
                 with autocast(options.precision, y.device):  # the score model runs at the generator's precision
-                    state.h.copy_(latent_step(state.h.detach(), step, stage.steps))
+                    grad = state.h.grad if own_data_step else None
+                    state.h.copy_(latent_step(state.h.detach(), step, stage.steps, grad))
                 state.flag(state.h, f"non-finite latent after the prior's step {step + 1} at layer {stage.layer}")
         if progress is not None:
             progress(1)

@@ -55,6 +55,10 @@ class LatentScaler:
         low, span = self._view(x)
         return (x + 1) / 2 * span + low
 
+    def jacobian(self, x: Tensor) -> Tensor:
+        """d denormalize(u)/du per channel, shaped to broadcast against x: turns ∇_h into ∇_u (∇_u = ∇_h · this)."""
+        return self._view(x)[1] / 2
+
     def state_dict(self) -> dict[str, Tensor]:
         return {"minimum": self.minimum.contiguous(), "maximum": self.maximum.contiguous()}
 

@@ -4,9 +4,14 @@ Both run ILO's schedule up to the prior's layer k as a warm start, then replace 
 score model (`sgilo.inversion.LatentStep`): after every Adam step on the measurement loss, the representation h
 is moved in the score model's scaled coordinates u = scale(h):
 
-- SGILO (Daras et al. 2022): u ← u + λ·(hot(u) − u) + ν·ξ, where hot(u) perturbs u to a small t0 along the
-  forward SDE and runs the reverse SDE back (the SGILO code's "hot sampler"; with hot_steps 0, one Tweedie
-  denoising step at t0 instead). Several chains per measurement give posterior samples, their mean and spread.
+- SGILO (Daras et al. 2022): u ← u + λ·(hot(u) − u) + sqrt(2ηT)·ξ, where hot(u) perturbs u to a small t0 along
+  the forward SDE and runs the reverse SDE back (the SGILO code's "hot sampler"; with hot_steps 0, one Tweedie
+  denoising step at t0 instead, and λ·(D(u) − u) = η·∇log p_t0(u) with η = λ·(σ/a)²(t0)): a Langevin step of size η
+  on the prior smoothed to t0, with SGLD's noise for temperature T. With the paper's Adam data step the chains are
+  its heuristic sampler; with the langevin data step (η·∇log p(y | u), Gaussian likelihood) and hot_steps 0 they are
+  unadjusted Langevin on [p(y | u)·p_t0(u)]^(1/T), the posterior at T = 1 up to the O(η) bias of the discretisation
+  (tests/test_posterior.py checks both against the closed form on a linear-Gaussian model). Several chains per
+  measurement give posterior samples, their mean and spread.
 - GNC flow (Kobler & Pock 2023): u ← u + λ·(D(u, σ_i) − u) with Tweedie's denoiser D(u, σ) = u + σ²∇log p_σ(u)
   at a smoothing σ_i annealed from large (a convex energy) to small; deterministic, one chain.
 
@@ -131,17 +136,35 @@ def _vp_coefficients(prior: LatentPrior, t: Tensor, like: Tensor) -> tuple[Tenso
 
 
 class SGLDStep:
-    """SGILO's Langevin move at the prior's layer (see the module notes)."""
+    """SGILO's Langevin move at the prior's layer (see the module notes).
 
-    def __init__(self, prior: LatentPrior, config: SGILOConfig, seeds: Sequence[int]) -> None:
-        self.layer, self.prior, self.config = prior.layer, prior, config
+    In the score model's coordinates u, with η = weight·s² and s = σ(t0)/a(t0) (`step_size`):
+        u ← u + weight·(target(u) − u) [+ η·∇_u log p(y | u)] + sqrt(2ηT)·ξ
+    where target is the hot start, or Tweedie's denoiser (hot_steps 0), for which weight·(D(u) − u) = η·∇log p_t0(u);
+    the bracket is the langevin data step, log p(y | u) = −‖A(G(u)) − y‖²/(2σ_y²) (σ_y: measurement_std).
+    """
+
+    def __init__(self, prior: LatentPrior, config: SGILOConfig, seeds: Sequence[int], entries: int = 1) -> None:
+        """`entries`: the number of values in one measurement, which turns its mean squared error into a log-likelihood."""
+        self.layer, self.prior, self.config, self.entries = prior.layer, prior, config, entries
         self.noise = _ChainNoise(seeds, "sgld")
+        self.takes_data_gradient = config.data_step == "langevin"
+        self.step_size = config.weight * smoothing_std(prior, config.t0) ** 2
+        self.noise_std = math.sqrt(2 * self.step_size * config.temperature)
 
-    def __call__(self, h: Tensor, step: int, steps: int) -> Tensor:
+    def __call__(self, h: Tensor, step: int, steps: int, grad: Tensor | None = None) -> Tensor:
         config, prior = self.config, self.prior
         u = prior.scaler.normalize(h.float())
         target = self._hot(u) if config.hot_steps > 0 else self._tweedie(u)
-        u = u + config.weight * (target - u) + config.noise * self.noise(u)
+        move = config.weight * (target - u)
+        if self.takes_data_gradient:
+            if grad is None:
+                raise ValueError("the langevin data step needs the data term's gradient at h")
+            # grad is ∇_h of each image's mean squared error; the log-likelihood is −entries/(2σ_y²) times it, and
+            # h = denormalize(u) per channel, so ∇_u = ∇_h · dh/du.
+            nll_grad = grad.float() * prior.scaler.jacobian(u) * (self.entries / (2 * config.measurement_std**2))
+            move = move - self.step_size * nll_grad
+        u = u + move + self.noise_std * self.noise(u)
         return prior.scaler.denormalize(u).to(h.dtype)
 
     def _hot(self, u: Tensor) -> Tensor:
@@ -164,6 +187,8 @@ class SGLDStep:
 class GNCStep:
     """The GNC flow's move: toward Tweedie's denoiser at a smoothing level annealed over the stage."""
 
+    takes_data_gradient = False  # Adam makes the data move; this step only denoises
+
     def __init__(self, prior: LatentPrior, config: GNCConfig) -> None:
         self.layer, self.prior, self.config = prior.layer, prior, config
 
@@ -173,11 +198,17 @@ class GNCStep:
         fraction = step / max(1, steps - 1)
         return c.t_max * (c.t_min / c.t_max) ** fraction
 
-    def __call__(self, h: Tensor, step: int, steps: int) -> Tensor:
+    def __call__(self, h: Tensor, step: int, steps: int, grad: Tensor | None = None) -> Tensor:
         prior = self.prior
         u = prior.scaler.normalize(h.float())
         u = u + self.config.weight * (_denoise(prior, u, self.time(step, steps)) - u)
         return prior.scaler.denormalize(u).to(h.dtype)
+
+
+def smoothing_std(prior: LatentPrior, t: float) -> float:
+    """s = σ(t)/a(t): x_t/a(t) is the data smoothed by N(0, s²), so Tweedie's D(u) − u = s²·∇log p_t(u)."""
+    a, std = _vp_coefficients(prior, torch.tensor([float(t)]), torch.zeros(1))
+    return float(std.reshape(-1)[0] / a.reshape(-1)[0])
 
 
 def _denoise(prior: LatentPrior, u: Tensor, t: float) -> Tensor:
@@ -194,7 +225,7 @@ class Posterior:
 
     samples: Tensor  # (B, chains, 3, size, size) in [-1, 1]
     mean: Tensor  # (B, 3, size, size): the average of the samples (the MMSE estimate)
-    std: Tensor  # (B, 3, size, size): per-pixel standard deviation over chains, on the [0, 1] scale
+    std: Tensor  # (B, 3, size, size): per-pixel standard deviation over chains (n − 1), on the [0, 1] scale
     latents: Tensor  # (B, chains, C + 3, H, W) at the prior's layer
     w_plus: Tensor  # (B, chains, num_ws, style_dim)
     loss: Tensor  # (B, chains) measurement MSE of each sample
@@ -246,7 +277,7 @@ def sgilo(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, 
     else:
         start = invert(generator, forward_, y_, seeds_, warm_stages(stages, prior.layer), options, perceptual, progress)
     result = invert(generator, forward_, y_, seeds_, [Stage(prior.layer, config.steps, None, config.lr)], replace(options, keep="last"),
-                    perceptual, progress, latent_step=SGLDStep(prior, config, seeds_), init=start)
+                    perceptual, progress, latent_step=SGLDStep(prior, config, seeds_, entries=y[0].numel()), init=start)
     return _posterior(result, len(seeds), chains)
 
 
@@ -264,7 +295,8 @@ def gnc(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, se
 def _posterior(result: Result, count: int, chains: int) -> Posterior:
     samples = result.image.clamp(-1, 1).reshape(count, chains, *result.image.shape[1:])
     samples01 = (samples + 1) / 2
-    std = samples01.std(1, unbiased=False) if chains > 1 else torch.zeros_like(samples01[:, 0])
+    # Bessel's correction: a few chains' spread without it is (chains − 1)/chains of the posterior variance on average.
+    std = samples01.std(1, correction=1) if chains > 1 else torch.zeros_like(samples01[:, 0])
     return Posterior(samples=samples, mean=samples.mean(1), std=std,
                      latents=result.latent.reshape(count, chains, *result.latent.shape[1:]),
                      w_plus=result.w_plus.reshape(count, chains, *result.w_plus.shape[1:]),

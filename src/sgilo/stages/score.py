@@ -50,7 +50,7 @@ from sgilo.stages._common import (
 )
 from sgilo.stylegan2 import load_generator
 
-HISTORY_FIELDS = ("epoch", "step", "train_loss", "held_out_loss", "train_loss_tau")
+HISTORY_FIELDS = ("epoch", "step", "train_loss", "held_out_loss")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -97,7 +97,7 @@ def read_batch(store: ShardRows, rows: torch.Tensor, keys: Sequence[str]) -> dic
 def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> ScoreViT:
     """Initialised from the params' seed alone, leaving the global RNG as it was."""
     traj = params.trajectories
-    return seeded_score_vit(shape, to_dict(params.score.model), params.seed, data_std, igo=params.score.igo,
+    return seeded_score_vit(shape, to_dict(params.score.model), params.seed, data_std,
                             beta_min=traj.beta_min, beta_max=traj.beta_max)
 
 
@@ -119,22 +119,21 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
             first_epoch, step, history = state["epoch"], state["step"], state["history"]
             log.info("resuming after epoch %d", first_epoch)
     count = len(data["train"])
-    keys = ("t", "x_t", "eps", "tau", "x_tau", "eps_tau") if config.igo else ("t", "x_t", "eps")
+    keys = ("t", "x_t", "eps")
     steps_per_epoch = math.ceil(count / config.batch_size)
     started = time.perf_counter()
     if not history:
-        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "held_out_loss": held_out_loss(params, ema, data, device), "train_loss_tau": float("nan")})
+        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "held_out_loss": held_out_loss(params, ema, data, device)})
     for epoch in range(first_epoch, config.epochs):
         order = torch.randperm(count, generator=torch_generator(params.seed, "score", "epoch", epoch))
-        losses, losses_tau = [], []
+        losses = []
         for batch in tqdm(order.split(config.batch_size), desc=f"score epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, mininterval=5.0):
             rows = read_batch(data["store"], data["train"][batch], keys)
             logs = _step(params, model, ema, optimizer, {k: v.to(device) for k, v in rows.items()}, step, device, precision)
             losses.append(logs["loss_t"])
-            losses_tau.append(logs.get("loss_tau", float("nan")))
             step += 1
         history.append({"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / len(losses),
-                        "held_out_loss": held_out_loss(params, ema, data, device), "train_loss_tau": sum(losses_tau) / len(losses_tau)})
+                        "held_out_loss": held_out_loss(params, ema, data, device)})
         log.info("epoch %d: train %.4f, held-out %.4f", epoch + 1, history[-1]["train_loss"], history[-1]["held_out_loss"])
         if epoch + 1 < config.epochs:
             save_torch({"fingerprint": key, "epoch": epoch + 1, "step": step, "history": history, "model": model.state_dict(),
@@ -147,9 +146,8 @@ def _step(params: Params, model, ema, optimizer, batch: dict[str, torch.Tensor],
     config = params.score
     for group in optimizer.param_groups:
         group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-    intermediate = (batch["x_tau"], batch["tau"], batch["eps_tau"]) if config.igo else None
     with autocast(precision, device):
-        loss, logs = dsm_loss(model, batch["x_t"], batch["t"], batch["eps"], intermediate=intermediate, alpha=config.igo_alpha if config.igo else 1.0)
+        loss, logs = dsm_loss(model, batch["x_t"], batch["t"], batch["eps"])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
