@@ -38,8 +38,8 @@ DATA = f"data/{DATASET}"
 
 
 def code(*modules):
-    """Source files of the given sgilo modules (config, io and allocator are shared by every stage)."""
-    return [str(SRC / f"{m}.py") for m in ("config", "io", "allocator", "stages/_common", *modules)]
+    """Source files of the given sgilo modules (config with its method_table, io and allocator are shared by every stage)."""
+    return [str(SRC / f"{m}.py") for m in ("config", "method_table", "io", "allocator", "stages/_common", *modules)]
 
 
 def tracked(*keys, without=()):

@@ -210,3 +210,41 @@ def test_report_turns_the_cells_into_table_figures_and_prior_samples(workspace, 
     markdown = (out / "report.md").read_text()
     assert "prior_samples.png" in markdown and "FID missing" in markdown and "trained on 12 training images" in markdown
     assert "sgilo − other" in markdown and len(pd.read_csv(out / "paired.csv")) == 4
+
+
+def test_a_new_method_is_a_table_row_and_one_class(workspace, tmp_path, monkeypatch, capsys):
+    """Registering a sixth method (ILO at half the lr, tuning ILO's radius scale) takes a row of sgilo.method_table and
+    a class in sgilo.methods: the params accept it, the tune and evaluate steps run it, the report colours it."""
+    import yaml
+
+    from sgilo import method_table, methods, report
+    from sgilo.inversion import Stage
+
+    class HalfLR(methods.ILO):
+        name = "ilo-half-lr"
+
+        def schedule(self, stages: list[Stage]) -> list[Stage]:
+            return [Stage(s.layer, s.steps, s.radius, s.lr / 2) for s in super().schedule(stages)]
+
+    monkeypatch.setitem(method_table.METHODS, "ilo-half-lr", method_table.MethodSpec(
+        "ilo-half-lr", "ILO at half its lr", "tab:olive", tuned="radius_scale", candidates="ilo_radius_scale"))
+    monkeypatch.setitem(methods.METHOD_CLASSES, "ilo-half-lr", HalfLR)
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    raw["evaluate"]["methods"] = ["ilo", "ilo-half-lr"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    argv = ["--params", str(params), *_argv(workspace, "ilo-half-lr")[2:]]
+    tuned = tmp_path / "tune.json"
+    evaluate_stage.main([*argv, "--tune", "--out", str(tuned)])
+    evaluate_stage.main([*argv, "--tuned", str(tuned), "--out", str(tmp_path / "evaluate")])
+    records = pd.read_parquet(tmp_path / "evaluate" / "inpaint" / "0.25" / "ilo-half-lr.parquet")
+    assert records["method"].eq("ilo-half-lr").all() and len(records) == 3
+    assert json.loads(tuned.read_text())["key"] == "radius_scale"
+    ilo = methods.method_stages("ilo", [Stage(0, 4, None, 0.1)])
+    assert methods.method_stages("ilo-half-lr", [Stage(0, 4, None, 0.1)]) == [Stage(0, 4, None, 0.05)] != ilo
+    assert report.method_color("ilo-half-lr") == "tab:olive"
+    raw["evaluate"]["methods"] = ["ilo", "toy"]
+    params.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit):
+        evaluate_stage.main([*argv, "--tune", "--out", str(tuned)])
+    assert "evaluate.methods: unknown method 'toy'" in capsys.readouterr().err

@@ -15,8 +15,6 @@ from tqdm import tqdm
 
 from sgilo.allocator import retain_freed_memory
 from sgilo.config import (
-    METHOD_NAMES,
-    PRIOR_METHODS,
     ConfigError,
     GNCConfig,
     SGILOConfig,
@@ -26,6 +24,7 @@ from sgilo.config import (
 from sgilo.data import DataError, load_user_image, save_image_grid
 from sgilo.inversion import Options, Stage, ilo_radii
 from sgilo.io import CheckpointError, DiskFullError, save_json, save_safetensors
+from sgilo.method_table import METHODS, method_names
 from sgilo.methods import reconstruct, run_stages, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
@@ -102,18 +101,23 @@ def _describe(method: str, schedule: Sequence[Stage], prior_layer: int | None) -
     return f"{method} schedule: " + ", ".join(f"layer {s.layer} × {s.steps} steps ({bound(s)})" for s in schedule)
 
 
+def _weight(args: argparse.Namespace, method: str) -> float:
+    """--weight, else the method's own default (`sgilo.method_table`)."""
+    return args.weight if args.weight is not None else METHODS[method].cli_weight
+
+
 def _reconstruct(args: argparse.Namespace) -> None:
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder to write into")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible; use --device auto or cpu")
-    if args.method in PRIOR_METHODS and args.score is None:
+    if METHODS[args.method].uses_prior and args.score is None:
         raise ValueError(f"--method {args.method} needs --score (a score stage's model.pt)")
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = load_generator(args.generator).to(device)
-    prior = LatentPrior.load(args.score, device) if args.method in PRIOR_METHODS else None
+    prior = LatentPrior.load(args.score, device) if METHODS[args.method].uses_prior else None
     truth = load_user_image(args.image, generator.size, resize=args.resize).to(device)
     spec = OperatorSpec(args.task, args.level, noise_std=args.noise_std, mask="file" if args.mask else args.mask_kind,
                         mask_path=str(args.mask) if args.mask else None, sr_filter=args.sr_filter, cs_kind=args.cs_kind)
@@ -129,10 +133,10 @@ def _reconstruct(args: argparse.Namespace) -> None:
     measurement_std = args.noise_std if args.measurement_std is None else args.measurement_std
     if args.method == "sgilo" and args.data_step == "langevin" and measurement_std <= 0:
         raise ValueError("--data-step langevin samples a Gaussian likelihood: give its std with --measurement-std (or --noise-std)")
-    sgilo_config = SGILOConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.1,
+    sgilo_config = SGILOConfig(steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "sgilo"),
                                temperature=args.temperature, t0=args.t0, hot_steps=args.hot_steps, data_step=args.data_step,
                                measurement_std=measurement_std, chains=args.samples, warm_start=args.warm_start)
-    gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=args.weight if args.weight is not None else 0.5)
+    gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "gnc"))
     prior_layer = prior.layer if prior is not None else None
     print(_describe(args.method, run_stages(args.method, stages, prior_layer, sgilo_config, gnc_config), prior_layer), file=sys.stderr)
     started = time.perf_counter()
@@ -231,9 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--task", required=True, choices=TASKS)
     rec.add_argument("--level", type=float, default=1.0,
                      help="inpaint: fraction kept; cs: m/n; denoise: sigma on [0,1]; sr: factor; colorize/identity: ignored")
-    rec.add_argument("--method", default="ilo", choices=METHOD_NAMES,
-                     help="ilo: ILO's schedule within its l1 balls (--radii); ilo-unconstrained: without them; csgm: layer 0 "
-                     "alone; sgilo/gnc: ILO's stages below the prior's layer as the warm start, then the prior")
+    rec.add_argument("--method", default="ilo", choices=method_names(),
+                     help="; ".join(f"{name}: {row.summary}" for name, row in METHODS.items()))
     rec.add_argument("--generator", type=Path, required=True, help="any checkpoint load_generator reads")
     rec.add_argument("--out", type=Path, required=True, help="folder to write into")
     rec.add_argument("--mask", type=Path, help="inpaint: a mask PNG (white = kept); overrides --mask-kind")
@@ -252,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--samples", type=int, default=4, help="sgilo: posterior samples (chains)")
     rec.add_argument("--prior-steps", type=int, default=100, help="sgilo/gnc: steps at the prior's layer (replacing ILO's there)")
     rec.add_argument("--prior-lr", type=float, default=0.05, help="sgilo/gnc: Adam step on the data term at the prior's layer")
-    rec.add_argument("--weight", type=float, help="sgilo/gnc: the prior's weight λ (default 0.1 for sgilo, 0.5 for gnc)")
+    rec.add_argument("--weight", type=float, help="sgilo/gnc: the prior's weight λ (default: " + ", ".join(
+        f"{row.cli_weight:g} for {name}" for name, row in METHODS.items() if row.cli_weight is not None) + ")")
     rec.add_argument("--temperature", type=float, default=0.25,
                      help="sgilo: T of the Langevin noise sqrt(2ηT), η = weight·(σ/a)²(t0) (0.25: noise 0.01 at weight 0.1, t0 0.01)")
     rec.add_argument("--data-step", default="adam", choices=("adam", "langevin"),

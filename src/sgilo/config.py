@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
+from sgilo.method_table import METHODS, method_names, prior_methods
+
 
 class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file, the key and the fix."""
@@ -200,10 +202,6 @@ class ScoreConfig:
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
-METHOD_NAMES = ("csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc")
-PRIOR_METHODS = ("sgilo", "gnc")  # need the score model; keep their chains' samples and per-pixel std
-# The hyper-parameter each method tunes on the validation images, and the evaluate.tune field of its candidates.
-TUNED = {"ilo": ("radius_scale", "ilo_radius_scale"), "sgilo": ("weight", "sgilo_weight"), "gnc": ("weight", "gnc_weight")}
 
 
 @dataclass(frozen=True)
@@ -295,7 +293,7 @@ class EvaluateConfig:
     """Tasks × levels × methods on held-out test images. ILO's schedule (and SGILO/GNC's warm start) is invert.stages."""
 
     tasks: tuple[TaskLevelsConfig, ...] = (TaskLevelsConfig("inpaint", (0.05, 0.1, 0.25)), TaskLevelsConfig("cs", (0.01, 0.03, 0.1)))
-    methods: tuple[Literal["csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"], ...] = METHOD_NAMES
+    methods: tuple[str, ...] = field(default_factory=method_names)  # rows of sgilo.method_table
     images: int = field(default=8, metadata=_rng(1))  # test images, after the validation ones
     noise_std: float = field(default=0.0, metadata=_rng(0.0))  # extra Gaussian measurement noise, every task
     mask: Literal["random", "center", "box"] = "random"
@@ -509,9 +507,16 @@ def _check_across_sections(params: Params, source: str) -> None:
             if bad:
                 raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: sr levels are integer downsampling factors >= 1 that divide "
                                   f"generator.architecture.size ({size}); {bad} do not")
-    prior_methods = [m for m in evaluate.methods if m in PRIOR_METHODS]
-    if prior_methods and params.trajectories.sde not in CLOSED_FORM_SDES:
-        raise ConfigError(f"{source}: trajectories.sde is {params.trajectories.sde!r}, but evaluate.methods has {', '.join(prior_methods)}, "
+    unknown = [m for m in evaluate.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"{source}: evaluate.methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+    for method in evaluate.methods:
+        candidates = METHODS[method].candidates
+        if candidates is not None and not hasattr(evaluate.tune, candidates):
+            raise ConfigError(f"{source}: evaluate.methods: {method} tunes from evaluate.tune.{candidates}, which the params lack")
+    with_prior = [m for m in evaluate.methods if m in prior_methods()]
+    if with_prior and params.trajectories.sde not in CLOSED_FORM_SDES:
+        raise ConfigError(f"{source}: trajectories.sde is {params.trajectories.sde!r}, but evaluate.methods has {', '.join(with_prior)}, "
                           f"which need an SDE with a closed-form marginal ({', '.join(CLOSED_FORM_SDES)}); set trajectories.sde to vp "
                           "or drop those methods (the non-affine drifts are for the IGO theory experiments)")
     tasks = [entry.task for entry in evaluate.tasks]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from torch import Tensor
 
-from sgilo.config import METHOD_NAMES, PRIOR_METHODS, GNCConfig, SGILOConfig
+from sgilo.config import GNCConfig, SGILOConfig
 from sgilo.inversion import Options, Perceptual, Stage, image_shaped, invert
-from sgilo.posterior import LatentPrior, gnc, sgilo, warm_stages
+from sgilo.method_table import spec
+from sgilo.posterior import LatentPrior, Posterior, gnc, sgilo, warm_stages
 
 
 @dataclass
@@ -32,65 +34,168 @@ class Reconstruction:
     data_term: str = "mse"  # what the optimisation fitted y with: "mse", or "mse + w·LPIPS" (image-shaped measurements)
 
 
-def method_stages(method: str, stages: Sequence[Stage], radius_scale: float = 1.0) -> list[Stage]:
-    """The schedule a method runs, from ILO's (invert.stages); SGILO and GNC take its warm start from it."""
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
-    if method == "csgm":
+@dataclass
+class Setting:
+    """What a method may read besides ILO's schedule: its tuned value and the prior methods' configs."""
+
+    radius_scale: float = 1.0
+    sgilo: SGILOConfig = field(default_factory=SGILOConfig)
+    gnc: GNCConfig = field(default_factory=GNCConfig)
+
+
+class Method:
+    """One row of `sgilo.method_table`: the schedule it runs from ILO's, and how it reconstructs a batch."""
+
+    name: ClassVar[str]
+
+    def __init__(self, setting: Setting | None = None) -> None:
+        self.setting = setting or Setting()
+
+    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
+        """The stages this method optimises (SGILO, GNC: the warm start part of it comes from here)."""
+        return list(stages)
+
+    def run_stages(self, stages: Sequence[Stage], prior_layer: int | None) -> list[Stage]:
+        """The stages as its Reconstruction records them."""
+        return self.schedule(stages)
+
+    def steps(self, stages: Sequence[Stage]) -> int:
+        """Optimisation steps per chain, for progress bars."""
+        return sum(stage.steps for stage in self.schedule(stages))
+
+    def reconstruct(self, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
+                    options: Options, prior: LatentPrior | None, perceptual: Perceptual | None, progress, term: str) -> Reconstruction:
+        schedule = self.schedule(stages)
+        result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
+        return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, stages=schedule,
+                              latent=result.latent, w_plus=result.w_plus, failures=result.failures, data_term=term)
+
+
+class CSGM(Method):
+    name = "csgm"
+
+    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
         return [Stage(0, sum(stage.steps for stage in stages), None, stages[0].lr)]
-    if method == "ilo-unconstrained":
+
+
+class ILO(Method):
+    name = "ilo"
+
+    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
+        scale = self.setting.radius_scale
+        return [replace(stage, radius=None if stage.radius is None else stage.radius * scale) for stage in stages]
+
+
+class ILOUnconstrained(Method):
+    name = "ilo-unconstrained"
+
+    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
         return [replace(stage, radius=None) for stage in stages]
-    if method == "ilo":
-        return [replace(stage, radius=None if stage.radius is None else stage.radius * radius_scale) for stage in stages]
-    return list(stages)
 
 
-def run_stages(method: str, stages: Sequence[Stage], prior_layer: int | None = None, sgilo_config: SGILOConfig | None = None,
+class PriorMethod(Method):
+    """ILO's schedule up to the prior's layer as the warm start, then `steps` steps of a move with the prior there."""
+
+    def config(self) -> SGILOConfig | GNCConfig:
+        raise NotImplementedError
+
+    def chains(self) -> int:
+        return 1
+
+    def run_stages(self, stages: Sequence[Stage], prior_layer: int | None) -> list[Stage]:
+        config = self.config()
+        return [*warm_stages(self.schedule(stages), prior_layer), Stage(prior_layer, config.steps, None, config.lr)]
+
+    def steps(self, stages: Sequence[Stage]) -> int:
+        schedule = self.schedule(stages)
+        layer = schedule[-1].layer
+        return sum(stage.steps for stage in schedule if stage.layer < layer) + self.config().steps
+
+    def sample(self, generator, forward, y, seeds, prior, stages, options, perceptual, progress) -> Posterior:
+        raise NotImplementedError
+
+    def reconstruct(self, generator, forward, y, seeds, stages, options, prior, perceptual, progress, term) -> Reconstruction:
+        if prior is None:
+            raise ValueError(f"method {self.name} needs a score model (the score stage's model.pt)")
+        post = self.sample(generator, forward, y, seeds, prior, self.schedule(stages), options, perceptual, progress)
+        return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
+                              stages=self.run_stages(stages, prior.layer), latent=post.latents, w_plus=post.w_plus,
+                              chains=self.chains(), samples=(post.samples + 1) / 2, std=post.std, failures=post.failures, data_term=term)
+
+
+class SGILO(PriorMethod):
+    name = "sgilo"
+
+    def config(self) -> SGILOConfig:
+        return self.setting.sgilo
+
+    def chains(self) -> int:
+        return self.setting.sgilo.chains
+
+    def sample(self, generator, forward, y, seeds, prior, stages, options, perceptual, progress) -> Posterior:
+        return sgilo(generator, forward, y, seeds, prior, self.setting.sgilo, stages, options, perceptual, progress)
+
+
+class GNC(PriorMethod):
+    name = "gnc"
+
+    def config(self) -> GNCConfig:
+        return self.setting.gnc
+
+    def sample(self, generator, forward, y, seeds, prior, stages, options, perceptual, progress) -> Posterior:
+        return gnc(generator, forward, y, seeds, prior, self.setting.gnc, stages, options, perceptual, progress)
+
+
+METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (CSGM, ILO, ILOUnconstrained, SGILO, GNC)}
+
+
+def method(name: str, setting: Setting | None = None) -> Method:
+    """The method of `sgilo.method_table`'s row `name`, with its setting."""
+    spec(name)  # an unknown name: the table's message
+    if name not in METHOD_CLASSES:
+        raise ValueError(f"method {name!r} is in sgilo.method_table but has no class in sgilo.methods.METHOD_CLASSES")
+    return METHOD_CLASSES[name](setting)
+
+
+def with_tuned(setting: Setting, name: str, key: str, value: float) -> Setting:
+    """`setting` with method `name`'s tuned hyper-parameter (`method_table`'s `tuned`, which `key` must be) at `value`."""
+    if key != spec(name).tuned:
+        raise ValueError(f"method {name} tunes {spec(name).tuned or 'nothing'}, not {key}")
+    if hasattr(setting, key):
+        return replace(setting, **{key: value})
+    return replace(setting, **{name: replace(getattr(setting, name), **{key: value})})
+
+
+def method_stages(name: str, stages: Sequence[Stage], radius_scale: float = 1.0) -> list[Stage]:
+    """The schedule a method runs, from ILO's (invert.stages); SGILO and GNC take its warm start from it."""
+    return method(name, Setting(radius_scale=radius_scale)).schedule(stages)
+
+
+def run_stages(name: str, stages: Sequence[Stage], prior_layer: int | None = None, sgilo_config: SGILOConfig | None = None,
                gnc_config: GNCConfig | None = None, radius_scale: float = 1.0) -> list[Stage]:
     """The stages a method runs, as its Reconstruction records them: `method_stages`; SGILO and GNC: the warm start,
     then the prior's stage at `prior_layer` (its steps and lr from the method's config)."""
-    schedule = method_stages(method, stages, radius_scale)
-    if method not in PRIOR_METHODS:
-        return schedule
-    config = (sgilo_config or SGILOConfig()) if method == "sgilo" else (gnc_config or GNCConfig())
-    return [*warm_stages(schedule, prior_layer), Stage(prior_layer, config.steps, None, config.lr)]
+    setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
+    return method(name, setting).run_stages(stages, prior_layer)
 
 
-def reconstruct(method: str, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
+def reconstruct(name: str, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
                 options: Options | None = None, *, radius_scale: float = 1.0, prior: LatentPrior | None = None,
                 sgilo_config: SGILOConfig | None = None, gnc_config: GNCConfig | None = None,
                 perceptual: Perceptual | None = None, progress: Callable[[int], None] | None = None) -> Reconstruction:
     """Reconstruct a batch of measurements y = forward(x) (any operator on B images in [0, 1], e.g. a
     `build_operator(…).physics.A`); seeds[i] seeds image i's optimisation. SGILO and GNC need the prior (a score
     stage's model.pt, `LatentPrior.load`)."""
-    options, sgilo_config, gnc_config = options or Options(), sgilo_config or SGILOConfig(), gnc_config or GNCConfig()
+    options = options or Options()
     if options.perceptual > 0 and not image_shaped(y):
         # As in ILO's code, LPIPS compares images: a measurement that is not one (cs, colorize) is fitted by its MSE
         # alone, so one perceptual weight serves a profile's every task.
         options = replace(options, perceptual=0.0)
     term = f"mse + {options.perceptual:g}·LPIPS" if options.perceptual > 0 else "mse"
-    schedule = method_stages(method, stages, radius_scale)
-    if method in PRIOR_METHODS:
-        if prior is None:
-            raise ValueError(f"method {method} needs a score model (the score stage's model.pt)")
-        chains = sgilo_config.chains if method == "sgilo" else 1
-        run = sgilo if method == "sgilo" else gnc
-        config = sgilo_config if method == "sgilo" else gnc_config
-        post = run(generator, forward, y, seeds, prior, config, schedule, options, perceptual, progress)
-        return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
-                              stages=run_stages(method, stages, prior.layer, sgilo_config, gnc_config, radius_scale),
-                              latent=post.latents, w_plus=post.w_plus, chains=chains, samples=(post.samples + 1) / 2, std=post.std,
-                              failures=post.failures, data_term=term)
-    result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
-    return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, stages=schedule,
-                          latent=result.latent, w_plus=result.w_plus, failures=result.failures, data_term=term)
+    setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
+    return method(name, setting).reconstruct(generator, forward, y, seeds, stages, options, prior, perceptual, progress, term)
 
 
-def total_steps(method: str, stages: Sequence[Stage], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:
+def total_steps(name: str, stages: Sequence[Stage], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:
     """Optimisation steps per chain, for progress bars."""
-    schedule = method_stages(method, stages)
-    if method in PRIOR_METHODS:
-        layer = schedule[-1].layer
-        extra = sgilo_config.steps if method == "sgilo" else gnc_config.steps
-        return sum(stage.steps for stage in schedule if stage.layer < layer) + extra
-    return sum(stage.steps for stage in schedule)
+    return method(name, Setting(1.0, sgilo_config, gnc_config)).steps(stages)

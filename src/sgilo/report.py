@@ -24,7 +24,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sgilo.config import PRIOR_METHODS, TASK_LEVELS, hardest_level
+from sgilo.config import TASK_LEVELS, hardest_level
+from sgilo.method_table import METHODS
 from sgilo.data import DataError
 from sgilo.io import (
     CheckpointError,
@@ -41,9 +42,7 @@ RECORD_COLUMNS = ("image_id", "seed", "task", "level", "method", *METRICS, "lpip
 TABLE_COLUMNS = ("task", "level", "method", "n", "failed",
                  *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")),
                  "seconds_per_image", "steps", "lpips_note")
-# Fixed colours so a method looks the same in every figure, whichever subset of methods a profile runs.
-METHOD_COLORS = {"csgm": "tab:gray", "ilo": "tab:blue", "ilo-unconstrained": "tab:cyan", "sgilo": "tab:red",
-                 "gnc": "tab:green"}
+# Methods outside sgilo.method_table (whose colours are fixed) take these in turn.
 _OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:orange")
 _RERUN = "run the evaluate stage to write it"
 
@@ -206,7 +205,7 @@ def _read_images(path: Path, method: str) -> dict[str, torch.Tensor]:
         tensors, _ = load_safetensors(path)
     except CheckpointError as exc:
         raise DataError(str(exc)) from exc
-    needed = ("ids", "truth", "measurement", "reconstruction", *(("samples", "std") if method in PRIOR_METHODS else ()))
+    needed = ("ids", "truth", "measurement", "reconstruction", *(("samples", "std") if method in METHODS and METHODS[method].uses_prior else ()))
     missing = [key for key in needed if key not in tensors]
     if missing:
         raise DataError(f"{path}: missing tensor(s) {', '.join(missing)}; delete it and {_RERUN}")
@@ -215,9 +214,9 @@ def _read_images(path: Path, method: str) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------ figures
 def method_color(method: str, methods: Sequence[str] = ()) -> str:
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    others = [m for m in methods if m not in METHOD_COLORS]
+    if method in METHODS:
+        return METHODS[method].color
+    others = [m for m in methods if m not in METHODS]
     return _OTHER_COLORS[(others.index(method) if method in others else 0) % len(_OTHER_COLORS)]
 
 

@@ -25,7 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from sgilo.config import PRIOR_METHODS, TUNED, Params
+from sgilo.config import Params
+from sgilo.method_table import METHODS
 
 GIB = 2**30
 
@@ -235,7 +236,7 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
 
         uses_lpips = perceptual and task in image_tasks
         schedule = method_stages(method, invert.stages)
-        if method not in PRIOR_METHODS:
+        if not METHODS[method].uses_prior:
             return ilo(schedule, uses_lpips, evaluate.batch_size)
         chains = evaluate.sgilo.chains if method == "sgilo" else 1
         config = evaluate.sgilo if method == "sgilo" else evaluate.gnc
@@ -244,21 +245,21 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
         prior_calls = config.steps * (max(1, evaluate.sgilo.hot_steps) if method == "sgilo" else 1)
         return chains * (warm_flop + last_flop + prior_calls * vit_fwd), max(warm_act, last_act)
 
-    tune_jobs = [cell for cell in cells if cell[2] in TUNED]
+    tune_jobs = [cell for cell in cells if METHODS[cell[2]].tuned]
     tune_flop = eval_flop = 0.0
     peak = 0.0
     for task, _, method in cells:
         flop, act = per_image(task, method)
         eval_flop += flop * evaluate.images
         peak = max(peak, act)
-        if method in TUNED:
-            tune_flop += flop * evaluate.tune.validation * len(getattr(evaluate.tune, TUNED[method][1]))
-    prior_weights = train.weights if any(m in PRIOR_METHODS for m in evaluate.methods) else 0.0
+        if METHODS[method].tuned:
+            tune_flop += flop * evaluate.tune.validation * len(getattr(evaluate.tune, METHODS[method].candidates))
+    prior_weights = train.weights if any(METHODS[m].uses_prior for m in evaluate.methods) else 0.0
     cell_weights = gen_weights + lpips_weights + prior_weights
     # Each cell keeps figure_images float32 images: truth, measurement, reconstruction, and for sgilo/gnc the
     # chains' samples and their spread.
     kept = min(evaluate.figure_images, evaluate.images) * 3 * size**2 * 4
-    figure_bytes = sum(kept * (3 + ((evaluate.sgilo.chains if m == "sgilo" else 1) + 1 if m in PRIOR_METHODS else 0)) for _, _, m in cells)
+    figure_bytes = sum(kept * (3 + ((evaluate.sgilo.chains if m == "sgilo" else 1) + 1 if METHODS[m].uses_prior else 0)) for _, _, m in cells)
     rows.append(estimate_row("tune", len(tune_jobs), tune_flop, 0.0, f"{len(tune_jobs)} cells", cell_weights, peak))
     rows.append(estimate_row("evaluate", len(cells), eval_flop, figure_bytes, f"{len(cells)} cells × {evaluate.images} images", cell_weights, peak))
     report_flop = params.report.fid_samples * (params.score.sample_steps * vit_fwd + generator_step(arch, invert.layer).flop / 3)

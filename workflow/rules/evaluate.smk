@@ -1,6 +1,6 @@
 # One tune job and one evaluate job per (task, level, method) cell: they run in parallel, and a changed
 # setting reruns only the cells it concerns (each cell's params hold only what that cell reads).
-from sgilo.config import METHOD_NAMES, PRIOR_METHODS, TUNED
+from sgilo.method_table import METHODS, method_names, tuned_methods
 
 EVALUATE = PARAMS.evaluate
 EVAL_CELLS = [f"{entry.task}/{level:g}/{method}" for entry in EVALUATE.tasks for level in entry.levels for method in EVALUATE.methods]
@@ -11,7 +11,7 @@ EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "precis
 wildcard_constraints:
     task="[a-z]+",
     level="[0-9.e+-]+",
-    method="|".join(METHOD_NAMES),
+    method="|".join(method_names()),
 
 
 def cell_params(wildcards, tuning=False):
@@ -20,33 +20,34 @@ def cell_params(wildcards, tuning=False):
             "evaluate.tune.validation", *(f"invert.{key}" for key in ("stages", "geocross", "perceptual", "optimize_noise"))]
     if not tuning:
         keys += ["evaluate.images", "evaluate.figure_images"]
-    if wildcards.method in PRIOR_METHODS:
+    row = METHODS[wildcards.method]
+    if row.uses_prior:
         keys.append(f"evaluate.{wildcards.method}")
-    if wildcards.method in TUNED:
-        keys.append(f"evaluate.tune.{TUNED[wildcards.method][1]}")
+    if row.tuned:
+        keys.append(f"evaluate.tune.{row.candidates}")
     return tracked(*keys)
 
 
 def tuned_input(wildcards):
     """Only methods with a hyper-parameter to choose have a tune job; the others run their defaults."""
-    return [f"results/tune/{wildcards.task}/{wildcards.level}/{wildcards.method}.json"] if wildcards.method in TUNED else []
+    return [f"results/tune/{wildcards.task}/{wildcards.level}/{wildcards.method}.json"] if METHODS[wildcards.method].tuned else []
 
 
 def tuned_flag(wildcards):
-    return f"--tuned {tuned_input(wildcards)[0]}" if wildcards.method in TUNED else ""
+    return f"--tuned {tuned_input(wildcards)[0]}" if METHODS[wildcards.method].tuned else ""
 
 
 def prior_input(wildcards):
-    return [rules.score.output.model] if wildcards.method in PRIOR_METHODS else []
+    return [rules.score.output.model] if METHODS[wildcards.method].uses_prior else []
 
 
 def score_flag(wildcards):
-    return f"--score {rules.score.output.model}" if wildcards.method in PRIOR_METHODS else ""
+    return f"--score {rules.score.output.model}" if METHODS[wildcards.method].uses_prior else ""
 
 
 rule tune:
     wildcard_constraints:
-        method="|".join(TUNED),
+        method="|".join(tuned_methods()),
     input:
         index=rules.download.output.index,
         generator=rules.generator.output.generator,

@@ -19,7 +19,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from sgilo.config import PRIOR_METHODS, TUNED, Params, to_dict
+from sgilo.config import Params, to_dict
 from sgilo.data import DataError, load_images, read_index
 from sgilo.inversion import Options, Stage
 from sgilo.io import (
@@ -40,7 +39,8 @@ from sgilo.io import (
     save_safetensors,
     save_torch,
 )
-from sgilo.methods import Reconstruction, reconstruct, total_steps
+from sgilo.method_table import prior_methods, spec
+from sgilo.methods import Reconstruction, Setting, reconstruct, total_steps, with_tuned
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import Operator, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
@@ -75,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     grid = [(entry.task, level, method) for entry in config.tasks for level in entry.levels for method in config.methods]
     if (args.task, args.level, args.method) not in grid:
         parser.error(f"{args.task} at {args.level:g} with {args.method} is not in evaluate.tasks × evaluate.methods of {args.params}")
-    if not args.tune and args.tuned is None and args.method in TUNED:
-        parser.error(f"method {args.method} tunes {TUNED[args.method][0]}: give --tuned (the tune step's JSON) or --tune")
-    if args.method in PRIOR_METHODS and args.score is None:
-        parser.error(f"--score: methods {', '.join(PRIOR_METHODS)} need the score stage's model.pt")
+    if not args.tune and args.tuned is None and spec(args.method).tuned:
+        parser.error(f"method {args.method} tunes {spec(args.method).tuned}: give --tuned (the tune step's JSON) or --tune")
+    if spec(args.method).uses_prior and args.score is None:
+        parser.error(f"--score: methods {', '.join(prior_methods())} need the score stage's model.pt")
     set_threads(args.threads or config.threads)
     device = pick_device(config.device, "evaluate.device")
     try:
@@ -102,7 +102,7 @@ class Runner:
         self.spec = OperatorSpec(self.task, self.level, noise_std=config.noise_std, mask=config.mask, sr_filter=config.sr_filter,
                                  cs_kind=config.cs_kind)
         self.generator: Generator = load_generator(args.generator).to(device)
-        self.prior = LatentPrior.load(args.score, device) if self.method in PRIOR_METHODS else None
+        self.prior = LatentPrior.load(args.score, device) if spec(self.method).uses_prior else None
         if self.prior is not None and self.prior.layer != params.invert.layer:
             raise SystemExit(f"error: {args.score} models layer {self.prior.layer}, but invert.layer is {params.invert.layer}; rerun the score stage")
         invert = params.invert
@@ -131,12 +131,13 @@ class Runner:
         seeds = [self.seed(i) for i in ids]
         operator = build_operator(self.spec, tuple(truth.shape[1:]), seeds, self.device)
         y = operator.measure(truth)
-        sgilo_config = replace(config.sgilo, **hyper) if self.method == "sgilo" else config.sgilo
-        gnc_config = replace(config.gnc, **hyper) if self.method == "gnc" else config.gnc
+        setting = Setting(1.0, config.sgilo, config.gnc)
+        for key, value in hyper.items():
+            setting = with_tuned(setting, self.method, key, value)
         started = time.perf_counter()
         result = reconstruct(self.method, self.generator, operator.physics.A, y, seeds, self.stages, self.options,
-                             radius_scale=hyper.get("radius_scale", 1.0), prior=self.prior, sgilo_config=sgilo_config,
-                             gnc_config=gnc_config, perceptual=self.perceptual, progress=progress)
+                             radius_scale=setting.radius_scale, prior=self.prior, sgilo_config=setting.sgilo,
+                             gnc_config=setting.gnc, perceptual=self.perceptual, progress=progress)
         return truth, operator, y, result, time.perf_counter() - started
 
     def batches(self, ids: Sequence[int]) -> list[list[int]]:
@@ -148,7 +149,7 @@ def _resume_key(runner: Runner, ids: Sequence[int], **extra) -> str:
     """What a partial tune or evaluate job must match to be resumed: params, the resolved precision, the images, the
     bytes of the generator (and prior), and `extra` (evaluate: the hyper-parameters)."""
     params = runner.params
-    inputs = [runner.args.generator, *([runner.args.score] if runner.method in PRIOR_METHODS else [])]
+    inputs = [runner.args.generator, *([runner.args.score] if spec(runner.method).uses_prior else [])]
     return fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate), **extra,
                         "precision": runner.precision, "ids": list(ids)}, *inputs)
 
@@ -167,11 +168,11 @@ def tune(runner: Runner, out: Path) -> None:
     """Each candidate on the validation images, lowest MSE wins. Every finished (candidate, batch) is checkpointed
     to `<out's folder>/partial/<out's name>.pt`, so a killed job resumes where it stopped, with the same choice."""
     method = runner.method
-    if method not in TUNED:
+    if spec(method).tuned is None:
         save_json({"task": runner.task, "level": runner.level, "method": method, "key": None, "candidates": [], "chosen": {},
                    "precision": runner.precision}, out)
         return
-    key, field_name = TUNED[method]
+    key, field_name = spec(method).tuned, spec(method).candidates
     candidates = getattr(runner.params.evaluate.tune, field_name)
     ids = runner.validation_ids
     work = [(value, batch) for value in candidates for batch in runner.batches(ids)]
