@@ -112,6 +112,36 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
     assert result.returncode != 0 and "generator.architecture" in result.stderr
 
 
+def test_training_on_a_trivial_set_brings_the_samples_near_it(tmp_path):
+    """400 steps of the stage's training loop on flat grey images, 8² (about 7 s): the sliced Wasserstein distance of
+    the EMA generator's samples to the images falls well below the same seeded generator's before training.
+    Measured: 0.403 before, 0.088 after (0.22×) at 400 steps; 0.32× at 300, 0.52× at 200."""
+    from sgilo.config import load_params
+    from sgilo.gan import GANTrainer, sliced_wasserstein
+    from sgilo.stages.generator import train
+
+    architecture = {"size": 8, "style_dim": 16, "n_mlp": 1, "channel_multiplier": 1, "channel_max": 8}
+    overrides = {"generator": {"architecture": architecture,
+                               "train": {"steps": 400, "batch_size": 8, "checkpoint_every": 1000, "disc_channel_max": 8,
+                                         "ema_half_life_images": 100}},
+                 "invert": {"layer": 1, "stages": [{"layer": 0, "steps": 1}, {"layer": 1, "steps": 1}]}}
+    params = load_params(write_params(tmp_path / "params.yaml", overrides))
+    levels = torch.rand(64, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    real = levels.expand(64, 3, 8, 8).contiguous()  # each image one grey level, uniform in [-1, 1]
+    untrained = GANTrainer(params.generator.architecture, params.generator.train, params.seed).g_ema
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest and computes the same everywhere
+    try:
+        trained, _ = train(params, real, "trivial", tmp_path / "generator")
+    finally:
+        torch.set_num_threads(threads)
+    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = sliced_wasserstein(untrained(z).clamp(-1, 1), real)
+        after = sliced_wasserstein(trained(z).clamp(-1, 1), real)
+    assert after < 0.5 * before, f"sliced Wasserstein {after:.3f} after training, {before:.3f} before"
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_training_step_is_finite_and_bf16_really_autocasts(precision, monkeypatch):
     from sgilo.config import ArchitectureConfig, TrainConfig

@@ -12,6 +12,7 @@ import pytest
 from conftest import run_stage, write_params
 
 from sgilo.config import ConfigError, load_params
+from sgilo.stages.theory_langevin import problem_for
 from sgilo.theory import ReLUInversion, expansive_widths, langevin, spurious_scale
 
 
@@ -88,7 +89,58 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     assert [(m["depth"], m["latent"]) for m in result["mixing"]] == [(2, 2), (2, 3)]
     assert set(result["mixing"][0]["groups"]) == {"gd/random", "gd_flip/random", "sgld/random", "gd/spurious", "sgld/spurious"}
     assert len(result["spread"]["measured"]) == 2 and set(result["checks"]) and isinstance(result["claim_holds"], bool)
+    loaded = load_params(params)
+    config = loaded.theory_langevin
+    # The verdict's numbers, recomputed here: the problem's sizes, ρ_2 = 1/π in closed form, and the Hessian at z* from
+    # second differences of the loss through this test's own forward pass (not ReLUInversion.hessian_at_truth).
+    for m in result["mixing"]:
+        k = m["latent"]
+        assert m["widths"] == [k, math.ceil(config.expansion * k), math.ceil(config.expansion * math.ceil(config.expansion * k))]
+        assert m["measurements"] == math.ceil(config.measurements_per_latent * k) and m["beta"] == config.beta_per_latent * k
+        assert m["rho"] == pytest.approx(1 / math.pi)  # Huang et al.'s ρ_2
+        eigenvalues = np.linalg.eigvalsh(_hessian_by_differences(problem_for(config, loaded.seed, m["depth"], k, "mixing")))
+        assert m["hessian_eigenvalues"] == pytest.approx([eigenvalues.min(), eigenvalues.max()], rel=1e-4)
+    spread = result["spread"]
+    betas = np.array(config.spread_betas_per_latent) * spread["latent"]
+    hessian = _hessian_by_differences(problem_for(config, loaded.seed, spread["depth"], spread["latent"], "spread"))
+    assert spread["betas"] == pytest.approx(betas)
+    assert spread["predicted"] == pytest.approx(np.sqrt(np.trace(np.linalg.inv(hessian)) / betas), rel=1e-4)  # Laplace
+    log_betas, log_measured = np.log(betas), np.log(spread["measured"])
+    slope = np.cov(log_betas, log_measured)[0, 1] / np.var(log_betas, ddof=1)  # least squares, by hand
+    assert spread["slope"] == pytest.approx(slope)
+    growth = {}
+    for depth in sorted({m["depth"] for m in result["mixing"]}):
+        runs = [m for m in result["mixing"] if m["depth"] == depth]
+        times = [m["groups"]["sgld/random"]["median_hitting_time"] for m in runs]
+        growth[str(depth)] = {"latents": [m["latent"] for m in runs], "hitting_times": times, "finite": None not in times}
+        assert {key: result["growth"][str(depth)][key] for key in growth[str(depth)]} == growth[str(depth)]
+    # ... and the verdict follows from them by the stated rule
+    ratio = spread["measured"][-1] / spread["predicted"][-1]
+    sgld_reaches = min(m["groups"][f"sgld/{start}"]["reached"] for m in result["mixing"] for start in ("random", "spurious"))
+    checks = {
+        "sgld_reaches_truth_from_every_start": sgld_reaches >= 0.9,
+        "hitting_time_finite_for_every_k": all(g["finite"] for g in growth.values()),
+        "spread_scales_as_beta_to_minus_half": abs(slope + 0.5) <= 0.1,
+        "spread_matches_laplace_at_largest_beta": 0.8 <= ratio <= 1.25,
+    }
+    assert result["checks"] == checks and result["claim_holds"] == all(checks.values())
+    assert f"{ratio:.2f}× the Laplace prediction" in result["note"] and f"β^{slope:.2f}" in result["note"]
     assert result["note"].endswith(".") and ("Agrees" in result["note"]) == result["claim_holds"]
+    assert all((name in result["note"]) != ok for name, ok in checks.items())  # the failed checks are named
+
+
+def _hessian_by_differences(problem: ReLUInversion, step: float = 1e-4) -> np.ndarray:
+    """∇²f at z* from central second differences of f(z) = 2^(d−1) ‖A ReLU(W_d ⋯ ReLU(W_1 z)) − y‖², computed here; f is
+    quadratic near z* (the ReLU pattern is fixed there), so the differences are exact up to rounding."""
+    def loss(z: np.ndarray) -> float:
+        for weight in problem.weights:
+            z = np.maximum(weight @ z, 0.0)
+        return 2.0 ** (len(problem.weights) - 1) * float(np.sum(np.square(problem.sensing @ z - problem.y)))
+
+    k, eye = len(problem.z_star), np.eye(len(problem.z_star)) * step
+    at = problem.z_star
+    return np.array([[(loss(at + eye[i] + eye[j]) - loss(at + eye[i] - eye[j]) - loss(at - eye[i] + eye[j]) + loss(at - eye[i] - eye[j]))
+                      / (4 * step**2) for j in range(k)] for i in range(k)])
 
 
 def test_bad_langevin_params_name_the_key(tmp_path):
