@@ -141,7 +141,9 @@ class SGLDStep:
     In the score model's coordinates u, with η = weight·s² and s = σ(t0)/a(t0) (`step_size`):
         u ← u + weight·(target(u) − u) [+ η·∇_u log p(y | u)] + sqrt(2ηT)·ξ
     where target is the hot start, or Tweedie's denoiser (hot_steps 0), for which weight·(D(u) − u) = η·∇log p_t0(u);
-    the bracket is the langevin data step, log p(y | u) = −‖A(G(u)) − y‖²/(2σ_y²) (σ_y: measurement_std).
+    the bracket is the langevin data step, log p(y | u) = −‖A(G(u)) − y‖²/(2σ_y²) (σ_y: measurement_std). With a
+    perceptual weight w in the data term, its energy is entries/(2σ_y²)·(MSE + w·LPIPS): a Gibbs posterior, not a
+    Gaussian likelihood's.
     """
 
     def __init__(self, prior: LatentPrior, config: SGILOConfig, seeds: Sequence[int], entries: int = 1) -> None:
