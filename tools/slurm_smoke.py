@@ -286,7 +286,9 @@ def cluster_run(cluster: LocalCluster, tmp: Path, reference: Path, expected: lis
     rc = wait(snakemake(root, env, "--workflow-profile", str(profile), TARGET, log=log))
     canceller.done.set()
     text = log.read_text()
-    print("\n".join("   | " + line for line in text.splitlines() if re.search(r"SLURM jobid|SLURM-job|Trying to restart|Error in rule|steps \(", line))[-4000:])
+    shown = [line for line in text.splitlines() if re.search(r"SLURM-job|Trying to restart|Error in rule|steps \(100%\)", line)]
+    submitted = sum("has been submitted with SLURM jobid" in line for line in text.splitlines())
+    print("\n".join(f"   | {line}" for line in [f"({submitted} jobs submitted)", *shown]), flush=True)
     if rc:
         return root, problems + [f"snakemake with the SLURM executor exited {rc}:\n{text[-3000:]}"]
     problems += [f"the {name} job was never cancelled (it finished before its checkpoint was seen)" for name in FAULTS if name not in canceller.cancelled]
@@ -353,8 +355,9 @@ def plan_check(tmp: Path) -> list[str]:
     """sbatch --test-only for every job of the FFHQ plan against DESCRIBED, and one request that must be refused."""
     with LocalCluster(tmp / "described", DESCRIBED["nodes"], DESCRIBED["partitions"], name="described", controller_only=True) as described:
         env = described.env()
-        print(f"   described cluster: {', '.join(f'{n.name} ({n.cpus} CPUs, {n.memory_mb} MB, {n.gpus} GPUs)' for n in DESCRIBED['nodes'][::4])}, ...; "
-              f"partitions {DESCRIBED['partitions']}", flush=True)
+        for partition, names in DESCRIBED["partitions"].items():
+            node = next(n for n in DESCRIBED["nodes"] if n.name == names[0])
+            print(f"   described partition {partition}: {len(names)} nodes of {node.cpus} CPUs, {node.memory_mb} MB, {node.gpus} GPUs", flush=True)
         jobs, problems = plan(env, tmp / "plan")
         if not jobs:
             return problems
