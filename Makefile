@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TARGET ?= results/table1.csv   # the main job; `make table TARGET=all` also builds every other stage output
 
-.PHONY: table test smoke-ffhq setup clean-results
+.PHONY: table test smoke-ffhq smoke-slurm setup clean-results
 
 ## make table: set up .venv, then run the main job on the demo profile (params.yaml) through Snakemake.
 table: setup
@@ -18,6 +18,12 @@ test: setup
 ## inputs served from 127.0.0.1 (sgilo.smoke); writes smoke-ffhq/, checks Table 1 and prints each rule's time and RSS.
 smoke-ffhq: setup
 	$(BIN)/python -m sgilo.smoke --params profiles/ffhq-smoke/params.yaml --workdir smoke-ffhq
+
+## make smoke-slurm: as root on Debian (installs slurm-wlm, slurmdbd, munge and mariadb-server when missing), a one-node
+## SLURM cluster on 127.0.0.1 runs the tiny profile through Snakemake's SLURM executor with two jobs cancelled, compares
+## it with a local run, and checks the FFHQ plan's jobs with sbatch --test-only; stops every daemon (docs/slurm.md).
+smoke-slurm: setup
+	$(BIN)/python tools/slurm_smoke.py
 
 setup: $(VENV)/.installed
 

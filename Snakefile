@@ -107,3 +107,10 @@ rule all:
         rules.invert_summary.output,
         rules.score.output,
         rules.report.output,
+
+
+# A cluster job that SLURM ended for its memory or time: name the rule and the resource to raise (sgilo.cluster).
+onerror:
+    from sgilo.cluster import print_resource_hints
+
+    print_resource_hints(log)

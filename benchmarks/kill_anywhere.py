@@ -6,7 +6,8 @@ is killed with SIGKILL at a random moment of the run (seeded per trial), the job
 Snakemake's incomplete-output markers, and, as a user recovers, `snakemake --unlock` (the killed run's lock stays)
 and `snakemake --cores 2 all --rerun-incomplete` run to the end. Every output is then compared with the reference:
 tensors (safetensors, torch checkpoints) and tables exactly, with the wall-clock fields (seconds, images per second)
-and the generator's resumed_from_step left out; plots and report.md are built from those and not compared.
+and the generator's resumed_from_step left out; plots, report.md and table1.html are built from those
+and not compared.
 
 --per-stage kills each stage on its own: in a copy of the finished reference, the stage's outputs are deleted and its
 jobs rerun once uninterrupted (timed from their start), then per trial killed twice, at random points of its jobs' run
@@ -92,9 +93,10 @@ def stage_of(path: str) -> str:
 
 
 def outputs(root: Path) -> list[Path]:
-    """Every data file and every result but the plots and report.md (drawn from the compared numbers)."""
+    """Every data file and every result but the plots, report.md and table1.html (drawn from the compared numbers;
+    the HTML table also shows seconds per image, a wall-clock field)."""
     found = [p for folder in ("data", "results") for p in (root / folder).rglob("*") if p.is_file()]
-    return sorted(p for p in found if "resume" not in p.parts and not (p.parts[len(root.parts)] == "results" and p.suffix in (".png", ".md")))
+    return sorted(p for p in found if "resume" not in p.parts and not (p.parts[len(root.parts)] == "results" and p.suffix in (".png", ".md", ".html")))
 
 
 def _strip(value):
@@ -237,7 +239,7 @@ def main() -> None:
             sys.exit("the uninterrupted reference run failed")
         duration = time.monotonic() - start
         expected = [p.relative_to(reference) for p in outputs(reference)]
-        print(f"reference: {duration:.0f} s, {len(expected)} outputs compared (plots and report.md are derived)")
+        print(f"reference: {duration:.0f} s, {len(expected)} outputs compared (plots, report.md and table1.html are derived)")
         if args.per_stage:
             sys.exit(1 if per_stage(args, Path(tmp), pristine, reference, expected) else 0)
         print("| trial | killed at | interrupted outputs | rerun | outputs identical | partial files left |")
