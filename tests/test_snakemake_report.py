@@ -56,6 +56,8 @@ def test_the_report_shows_every_figure_with_its_caption_in_chromium(tiny_project
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # Playwright's 30 s default was exceeded once for a figure to appear while another job loaded both cores.
+        page.set_default_timeout(120_000)
         page.goto(report.as_uri())
         results = page.evaluate("Object.fromEntries(Object.entries(results).map(([k, v]) => [k, [v.caption, v.mime_type, v.labels.figure]]))")
         categories = page.evaluate("categories")
