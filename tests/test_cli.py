@@ -313,6 +313,7 @@ def test_reconstruct_rejects_a_text_file_named_png(tiny: Path, tmp_path: Path) -
     (("--steps", "3,3", "--layers", "0,9"), "stage layer 9"),
     (("--level", "3", "--task", "sr"), "must divide"),
     (("--level", "1.5"), "must be in (0, 1]"),
+    (("--data-step", "langevin"), "data_step langevin needs measurement_std > 0"),  # SGILOConfig's own check
 ])
 def test_reconstruct_bad_options(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...],
                                  message: str) -> None:

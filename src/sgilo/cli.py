@@ -131,8 +131,6 @@ def _reconstruct(args: argparse.Namespace) -> None:
     args.precision = resolve(args.precision, device, "--precision")
     options = Options(geocross=args.geocross, perceptual=args.perceptual, optimize_noise=args.optimize_noise, precision=args.precision)
     measurement_std = args.noise_std if args.measurement_std is None else args.measurement_std
-    if args.method == "sgilo" and args.data_step == "langevin" and measurement_std <= 0:
-        raise ValueError("--data-step langevin samples a Gaussian likelihood: give its std with --measurement-std (or --noise-std)")
     sgilo_config = SGILOConfig(steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "sgilo"),
                                temperature=args.temperature, t0=args.t0, hot_steps=args.hot_steps, data_step=args.data_step,
                                measurement_std=measurement_std, chains=args.samples, warm_start=args.warm_start)
