@@ -9,6 +9,7 @@ import sys
 from functools import reduce
 from pathlib import Path
 
+from sgilo import code_graph
 from sgilo.config import ConfigError, layered_params, to_dict, write_layered
 
 # Snakemake's configuration, validated by sgilo.config: params.yaml is the default config file; `--configfile FILE`
@@ -37,9 +38,10 @@ DATASET = PARAMS.download.dataset
 DATA = f"data/{DATASET}"
 
 
-def code(*modules):
-    """Source files of the given sgilo modules (config with its method_table, io and allocator are shared by every stage)."""
-    return [str(SRC / f"{m}.py") for m in ("config", "method_table", "io", "allocator", "stages/_common", *modules)]
+def code(stage):
+    """The source files stage `stage` runs (sgilo.code_graph: its module and every sgilo module it imports,
+    transitively): a rule's code inputs, so editing any of them reruns the rule, and nothing else does."""
+    return [str(path) for path in code_graph.sources(f"sgilo.stages.{stage}", SRC.parent)]
 
 
 def tracked(*keys, without=()):

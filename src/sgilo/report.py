@@ -21,16 +21,15 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sgilo.config import TASK_LEVELS, hardest_level
 from sgilo.method_table import METHODS
 from sgilo.data import DataError
+from sgilo.figures import new_figure, save_figure
 from sgilo.io import (
     CheckpointError,
     atomic_open,
-    atomic_path,
     cell_path,
     load_safetensors,
 )
@@ -368,18 +367,6 @@ def plot_posterior(data: FigureData, path: Path, method: str = "sgilo", max_samp
     fig.suptitle(f"{method} posterior: {data.task}, {level_label(data.task)} = {data.level:g}, "
                  f"{tensors['samples'].shape[1]} chains")
     save_figure(fig, path)
-
-
-def new_figure(size: tuple[float, float]) -> Figure:
-    # A bare Figure on the Agg canvas: no pyplot state, no backend switch for whoever imports this module.
-    fig = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
 
 
 def _image_axes(fig: Figure, rows: int, columns: int, row: int, col: int, image: torch.Tensor):

@@ -1,6 +1,6 @@
 rule download:
     input:
-        code=code("stages/download", "synthfaces", "ffhq", "fetch", "data"),
+        code=code("download"),
     output:
         index=f"{DATA}/index.csv",
     params:

@@ -4,8 +4,6 @@ from sgilo.method_table import METHODS, method_names, tuned_methods
 
 EVALUATE = PARAMS.evaluate
 EVAL_CELLS = [f"{entry.task}/{level:g}/{method}" for entry in EVALUATE.tasks for level in entry.levels for method in EVALUATE.methods]
-EVAL_CODE = code("stages/evaluate", "methods", "posterior", "inversion", "precision", "operators", "metrics", "score_model", "sde", "nvidia_pickle",
-                 "latents", "stylegan2", "seeding", "data")
 
 
 wildcard_constraints:
@@ -52,7 +50,7 @@ rule tune:
         index=rules.download.output.index,
         generator=rules.generator.output.generator,
         prior=prior_input,
-        code=EVAL_CODE,
+        code=code("evaluate"),
     output:
         "results/tune/{task}/{level}/{method}.json",
     params:
@@ -77,7 +75,7 @@ rule evaluate:
         index=rules.download.output.index,
         generator=rules.generator.output.generator,
         prior=prior_input,
-        code=EVAL_CODE,
+        code=code("evaluate"),
     output:
         records="results/evaluate/{task}/{level}/{method}.parquet",
         figures="results/evaluate/{task}/{level}/{method}.safetensors",

@@ -1,7 +1,7 @@
 rule generator:
     input:
         index=rules.download.output.index,
-        code=code("stages/generator", "stylegan2", "nvidia_pickle", "gan", "precision", "seeding", "data", "fetch"),
+        code=code("generator"),
     output:
         generator="results/generator/generator.pt",
         samples=report("results/generator/samples.png", caption="../report/generator_samples.rst", category="1. Generator",

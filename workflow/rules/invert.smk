@@ -2,7 +2,6 @@ INVERT_SHARDS = [f"{i:05d}" for i in range(PARAMS.invert.shards)]
 GENERATED_SHARDS = [f"{i:05d}" for i in range(PARAMS.invert.generated_shards)]
 # The ILO rules do not read the generated latents' keys: a new count redraws those, it does not invert again.
 INVERT_TRACKED = tracked("seed", "invert", without=("invert.generated", "invert.generated_shard_size"))
-INVERT_CODE = code("stages/invert", "inversion", "precision", "stylegan2", "nvidia_pickle", "metrics", "seeding", "data")
 
 
 # One job per shard, so a cluster (or `--cores N`) inverts shards in parallel and a changed shard count or
@@ -11,7 +10,7 @@ rule invert:
     input:
         index=rules.download.output.index,
         generator=rules.generator.output.generator,
-        code=INVERT_CODE,
+        code=code("invert"),
     output:
         "results/invert/shards/shard-{shard}.safetensors",
     params:
@@ -36,7 +35,7 @@ rule invert:
 rule invert_generated:
     input:
         generator=rules.generator.output.generator,
-        code=INVERT_CODE,
+        code=code("invert"),
     output:
         "results/invert/generated/shard-{shard}.safetensors",
     params:
@@ -57,7 +56,7 @@ rule invert_generated:
 rule invert_summary:
     input:
         shards=expand("results/invert/shards/shard-{shard}.safetensors", shard=INVERT_SHARDS),
-        code=INVERT_CODE,
+        code=code("invert"),
     output:
         "results/invert/summary.json",
     params:

@@ -15,8 +15,7 @@ rule report:
         index=rules.download.output.index,
         invert_summary=rules.invert_summary.output,
         theory=[rules.theory_gnc.output.json, rules.theory_langevin.output.json, rules.theory_igo.output.json],
-        code=code("stages/report", "report", "data", "metrics", "posterior", "score_model", "sde", "latents", "inversion", "precision",
-                  "stylegan2", "nvidia_pickle", "seeding"),
+        code=code("report"),
     output:
         table=report("results/table1.csv", caption="../report/table1.rst", category="3. Results", labels={"figure": "Table 1 (CSV)"}),
         table_html=report("results/table1.html", caption="../report/table1.rst", category="3. Results", labels={"figure": "Table 1"}),

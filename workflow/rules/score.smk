@@ -4,7 +4,7 @@ rule score:
         stats=rules.trajectories_stats.output,
         invert=rules.invert_summary.input.shards,
         generator=rules.generator.output.generator,
-        code=code("stages/score", "report", "score_model", "posterior", "sde", "latents", "inversion", "precision", "stylegan2", "nvidia_pickle", "seeding", "data"),
+        code=code("score"),
     output:
         model="results/score/model.pt",
         samples=report("results/score/samples.png", caption="../report/score_samples.rst", category="2. Prior",

@@ -1,7 +1,7 @@
 # Kobler & Pock's Fig. 1 in 1-D: no data, no generator; its figure goes into results/report.md.
 rule theory_gnc:
     input:
-        code=code("stages/theory_gnc", "theory", "report", "data"),
+        code=code("theory_gnc"),
     output:
         json="results/theory/gnc.json",
         figure=report("results/theory/gnc.png", caption="../report/theory_gnc.rst", category="4. Theory", labels={"figure": "GNC in 1-D"}),

@@ -4,7 +4,7 @@ rule theory_igo:
     input:
         latents="results/invert/shards/shard-00000.safetensors",
         stats=rules.trajectories_stats.output,
-        code=code("stages/theory_igo", "theory", "report", "data", "seeding", "sde", "score_model", "latents"),
+        code=code("theory_igo"),
     output:
         json="results/theory/igo.json",
         figure=report("results/theory/igo.png", caption="../report/theory_igo.rst", category="4. Theory", labels={"figure": "IGO"}),

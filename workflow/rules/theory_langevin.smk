@@ -1,7 +1,7 @@
 # The SGILO paper's Theorem 3.1 on random-weight ReLU generators: no data, no trained model.
 rule theory_langevin:
     input:
-        code=code("stages/theory_langevin", "theory", "report", "data", "seeding"),
+        code=code("theory_langevin"),
     output:
         json="results/theory/langevin.json",
         figure=report("results/theory/langevin.png", caption="../report/theory_langevin.rst", category="4. Theory", labels={"figure": "Langevin on random generators"}),

@@ -1,4 +1,3 @@
-TRAJECTORIES_CODE = code("stages/trajectories", "sde", "latents", "seeding", "data")
 # What the score model trains on: the inverted latents ("shards") and those drawn from the generator ("generated").
 LATENT_SHARDS = [f"shards/shard-{i}" for i in INVERT_SHARDS] + [f"generated/shard-{i}" for i in GENERATED_SHARDS]
 
@@ -6,7 +5,7 @@ LATENT_SHARDS = [f"shards/shard-{i}" for i in INVERT_SHARDS] + [f"generated/shar
 rule trajectories_stats:
     input:
         shards=expand("results/invert/{shard}.safetensors", shard=LATENT_SHARDS),
-        code=TRAJECTORIES_CODE,
+        code=code("trajectories"),
     output:
         "results/trajectories/stats.safetensors",
     params:
@@ -26,7 +25,7 @@ rule trajectories:
     input:
         shard="results/invert/{kind}/shard-{shard}.safetensors",
         stats=rules.trajectories_stats.output,
-        code=TRAJECTORIES_CODE,
+        code=code("trajectories"),
     output:
         "results/trajectories/{kind}/shard-{shard}.safetensors",
     wildcard_constraints:

@@ -36,7 +36,7 @@ from sgilo.io import (
 from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
 from sgilo.precision import autocast, resolve
-from sgilo.report import new_figure, save_figure
+from sgilo.figures import new_figure, save_figure
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, seeded_score_vit
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator

@@ -16,7 +16,7 @@ import numpy as np
 
 from sgilo.config import TheoryGNCConfig
 from sgilo.io import save_json
-from sgilo.report import new_figure, save_figure
+from sgilo.figures import new_figure, save_figure
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import (
     Mixture1D,

@@ -18,7 +18,7 @@ import numpy as np
 
 from sgilo.config import Params, TheoryLangevinConfig
 from sgilo.io import save_json
-from sgilo.report import new_figure, save_figure
+from sgilo.figures import new_figure, save_figure
 from sgilo.seeding import numpy_generator
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import ReLUInversion, expansive_widths, langevin, spurious_scale
