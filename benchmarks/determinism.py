@@ -10,7 +10,7 @@ exactly; wall-clock fields left out). `--threads N` sets every stage's `threads`
 failure, and its row says how many outputs differ bitwise and how far Table 1's means moved, as a fraction of their
 confidence interval's half-width (thread counts are not tracked params: Snakefile, `tracked`).
 
-    python benchmarks/determinism.py                  # ≈ 8 minutes on 2 cores
+    python benchmarks/determinism.py                  # the runs and their times: docs/reliability.md
     python benchmarks/determinism.py --smoke          # every run builds the download stage only: checks that it runs
 
 Prints one row per compared run; results go to docs/reliability.md. The smoke run makes the same four runs and

@@ -13,8 +13,8 @@ and not compared.
 jobs rerun once uninterrupted (timed from their start), then per trial killed twice, at random points of its jobs' run
 (the second kill hits the run that resumed after the first), and finished; again every output is compared.
 
-    python benchmarks/kill_anywhere.py --trials 6          # ≈ 8 minutes on 2 cores
-    python benchmarks/kill_anywhere.py --per-stage --trials 2    # ≈ 20 minutes on 2 cores
+    python benchmarks/kill_anywhere.py --trials 6          # the runs and their times: docs/reliability.md
+    python benchmarks/kill_anywhere.py --per-stage --trials 2    # each stage killed twice per trial (docs/reliability.md)
     python benchmarks/kill_anywhere.py --smoke                   # 1 trial, the download stage only: checks that it runs
     python benchmarks/kill_anywhere.py --smoke --per-stage       # the download stage, killed twice in 1 trial
 

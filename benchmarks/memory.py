@@ -5,7 +5,7 @@ random 32² generator whose layer 3 has that shape, then runs, as Snakemake does
 one trajectory shard per invert shard, and `sgilo.stages.score` (a small ViT, one epoch, two samples), each as its
 own process; each one's peak RSS comes from `wait4`. Prints one row per stage: RSS at N, at 4N, and their ratio.
 
-    python benchmarks/memory.py                 # N = 4 shards of 128 latents (66 MB each); about 3 minutes
+    python benchmarks/memory.py                 # N = 4 shards of 128 latents; results: docs/benchmarks.md
     python benchmarks/memory.py --smoke         # N = 1 shard of 8 latents: checks that the script runs
 """
 

@@ -105,7 +105,10 @@ def test_lpips_compares_large_images_at_256_as_ilo_does(tmp_path, monkeypatch):
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), lpips_backbone_path("alex"))
     x, y = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(1)), torch.rand(2, 3, 512, 512)
-    shrink = lambda image: torch.nn.functional.interpolate(image, size=LPIPS_SIZE, mode="bicubic", antialias=True)
+
+    def shrink(image):
+        return torch.nn.functional.interpolate(image, size=LPIPS_SIZE, mode="bicubic", antialias=True)
+
     full = lpips_distance("alex", size=None)
     assert torch.allclose(lpips_distance("alex")(x, y), full(shrink(x), shrink(y)), atol=1e-6)
     assert not torch.allclose(lpips_distance("alex")(x, y), full(x, y), atol=1e-3)

@@ -305,7 +305,7 @@ class LocalCluster:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and self._ok(["squeue", "-h", "-o", "%i"]) and self._run(["squeue", "-h", "-o", "%i"]).strip():
                 time.sleep(0.5)
-        for name, process in reversed(list(self.processes.items())):
+        for process in reversed(list(self.processes.values())):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
