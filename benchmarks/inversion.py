@@ -1,6 +1,6 @@
 """ILO inversion throughput: image·steps/s by batch size and precision, with the quality each run reached.
 
-Runs `sgilo.inversion.invert` end to end (all ILO stages, l1-ball projections, best-iterate bookkeeping) on a
+Runs `sgilo.inversion.invert` end to end (all ILO phases, l1-ball projections, best-iterate bookkeeping) on a
 StyleGAN2 with random weights, inverting the generator's own samples through 50% random-pixel inpainting.
 Every row reports the final measurement loss and the PSNR against the true images, so "equal reconstruction
 quality" across precisions and batch sizes can be checked, and its speed-up over batch 1 in fp32 (one image
@@ -26,7 +26,7 @@ import time
 import torch
 from _common import add_smoke, ints, machine, names_from, smoke_run
 
-from sgilo.inversion import Options, Stage, invert
+from sgilo.inversion import LayerPhase, Options, invert
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.stylegan2 import Generator
 
@@ -66,23 +66,23 @@ def targets(generator: Generator, batch: int, device: torch.device) -> torch.Ten
     return ((image.clamp(-1, 1) + 1) / 2).float()
 
 
-def measure(generator: Generator, batch: int, precision: str, stages: tuple[Stage, ...], warmup: int, device: torch.device) -> dict[str, float]:
+def measure(generator: Generator, batch: int, precision: str, phases: tuple[LayerPhase, ...], warmup: int, device: torch.device) -> dict[str, float]:
     seeds = list(range(batch))
     x = targets(generator, batch, device)
     forward = build_operator(OperatorSpec("inpaint", 0.5), tuple(x.shape[1:]), seeds, device).physics.A
     y = forward(x)
     options = Options(precision=precision)
     if warmup > 0:
-        invert(generator, forward, y, seeds, tuple(Stage(s.layer, warmup, s.radius, s.lr) for s in stages), options)
+        invert(generator, forward, y, seeds, tuple(LayerPhase(s.layer, warmup, s.radius, s.lr) for s in phases), options)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result = invert(generator, forward, y, seeds, stages, options)
+    result = invert(generator, forward, y, seeds, phases, options)
     _sync(device)
     seconds = time.perf_counter() - start
     mse = ((result.image.clamp(-1, 1) + 1) / 2 - x).square().flatten(1).mean(1)
-    steps = sum(s.steps for s in stages)
+    steps = sum(s.steps for s in phases)
     return {
         "image_steps_per_s": batch * steps / seconds,
         "s_per_image": seconds / batch,
@@ -119,11 +119,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batches", type=ints, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
     parser.add_argument("--precisions", type=names_from(list(EXPLICIT)), help="comma-separated, of fp32,tf32,bf16; default fp32 on CPU, all three on CUDA")
-    parser.add_argument("--steps", type=int, help="steps per ILO stage; default 10 on CPU, 20 on CUDA")
-    parser.add_argument("--layers", type=ints, help="ILO stage layers; default 0,1,2 (demo), 0,1,2,3 (config-f)")
+    parser.add_argument("--steps", type=int, help="steps per ILO phase; default 10 on CPU, 20 on CUDA")
+    parser.add_argument("--layers", type=ints, help="ILO phase layers; default 0,1,2 (demo), 0,1,2,3 (config-f)")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--radius", type=float, default=0.05, help="l1 radius per entry of a layer's representation")
-    parser.add_argument("--warmup", type=int, default=2, help="steps per stage of an untimed run before each timed one")
+    parser.add_argument("--warmup", type=int, default=2, help="steps per phase of an untimed run before each timed one")
     add_smoke(parser)
     args = parser.parse_args()
     smoke_run(args, config="demo", batches=[1, 2], precisions=["fp32"], steps=1, layers=[0, 1], warmup=1)
@@ -136,12 +136,12 @@ def main() -> None:
     layers = args.layers if args.layers is not None else DEFAULT_LAYERS[config]
 
     generator = build_generator(config, device)
-    stages = tuple(Stage(layer, steps, radius_for(generator, layer, args.radius), args.lr) for layer in layers)
+    phases = tuple(LayerPhase(layer, steps, radius_for(generator, layer, args.radius), args.lr) for layer in layers)
     size = generator.size
-    total = steps * len(stages)
-    schedule = ", ".join(f"layer {s.layer}" + ("" if s.radius is None else f" (l1 ≤ {s.radius:.0f})") for s in stages)
+    total = steps * len(phases)
+    schedule = ", ".join(f"layer {s.layer}" + ("" if s.radius is None else f" (l1 ≤ {s.radius:.0f})") for s in phases)
     print(f"ILO inversion, StyleGAN2 {config} {size}² (random weights), 50% random-pixel inpainting, torch {torch.__version__}, {machine(device)}")
-    print(f"stages: {schedule}; {steps} steps each ({total} in all), lr {args.lr}; warm-up run of {args.warmup} steps/stage excluded")
+    print(f"phases: {schedule}; {steps} steps each ({total} in all), lr {args.lr}; warm-up run of {args.warmup} steps/phase excluded")
     memory = "peak GPU GiB" if cuda else "peak RSS GiB (process)"
     print("speed-up: image·steps/s over batch 1 fp32; PSNR of the reconstruction against the true image (dB)\n")
     print(f"| device | config | batch | precision | image·steps/s | s/image | {memory} | loss | PSNR | speed-up |")
@@ -156,7 +156,7 @@ def main() -> None:
     for batch, precision in runs:
         row = f"| {device.type} | {config} | {batch} | {precision} |"
         try:
-            r = measure(generator, batch, precision, stages, args.warmup, device)
+            r = measure(generator, batch, precision, phases, args.warmup, device)
         except torch.cuda.OutOfMemoryError:
             r = None  # freed below, once the exception no longer holds the failed run's tensors
         _free(device)

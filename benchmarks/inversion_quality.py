@@ -25,7 +25,7 @@ import torch
 from _common import add_smoke, smoke_run
 
 from sgilo.data import load_images, read_index
-from sgilo.inversion import Stage, invert
+from sgilo.inversion import LayerPhase, invert
 from sgilo.metrics import image_metrics
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.seeding import item_seed, torch_generator
@@ -35,19 +35,19 @@ from sgilo.synthfaces import write_synthfaces
 LEVELS = {"inpaint": (0.05, 0.1, 0.25, 0.5), "cs": (0.01, 0.03, 0.1, 0.3)}
 
 
-def schedules(steps: int, radii: list[float]) -> dict[str, list[Stage]]:
+def schedules(steps: int, radii: list[float]) -> dict[str, list[LayerPhase]]:
     """Equal budgets: CSGM spends all steps on w+; ILO splits them over layers 0, 1, 2."""
     share = [steps // 3, steps // 3, steps - 2 * (steps // 3)]
     return {
-        "csgm": [Stage(0, steps)],
-        "ilo": [Stage(0, share[0]), Stage(1, share[1], radius=radii[0]), Stage(2, share[2], radius=radii[1])],
-        "ilo-unconstrained": [Stage(k, n) for k, n in enumerate(share)],
+        "csgm": [LayerPhase(0, steps)],
+        "ilo": [LayerPhase(0, share[0]), LayerPhase(1, share[1], radius=radii[0]), LayerPhase(2, share[2], radius=radii[1])],
+        "ilo-unconstrained": [LayerPhase(k, n) for k, n in enumerate(share)],
     }
 
 
-def reconstruct(generator, truth01: torch.Tensor, spec: OperatorSpec, stages: list[Stage], seeds: list[int]) -> dict[str, torch.Tensor]:
+def reconstruct(generator, truth01: torch.Tensor, spec: OperatorSpec, phases: list[LayerPhase], seeds: list[int]) -> dict[str, torch.Tensor]:
     operator = build_operator(spec, tuple(truth01.shape[1:]), seeds)
-    result = invert(generator, operator.physics.A, operator.measure(truth01), seeds, stages)
+    result = invert(generator, operator.physics.A, operator.measure(truth01), seeds, phases)
     return image_metrics((result.image.clamp(-1, 1) + 1) / 2, truth01)
 
 
@@ -109,10 +109,10 @@ def measure(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|")
     for task, levels in args.levels.items():
         for level in levels:
-            for method, stages in plans.items():
+            for method, phases in plans.items():
                 seeds = [item_seed(0, "quality", task, i) for i in test_ids]  # same operator for every method
                 started = time.perf_counter()
-                quality = reconstruct(generator, truth, OperatorSpec(task, level), stages, seeds)
+                quality = reconstruct(generator, truth, OperatorSpec(task, level), phases, seeds)
                 seconds = time.perf_counter() - started
                 print(f"| {task} | {level} | {method} | {mean_ci(quality['psnr'])} | {mean_ci(quality['ssim'])} | {seconds:.0f} |", flush=True)
 

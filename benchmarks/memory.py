@@ -34,7 +34,7 @@ def params(shards: int, per_shard: int) -> dict:
     return {
         "seed": 0,
         "generator": {"architecture": ARCHITECTURE},
-        "invert": {"layer": LAYER, "stages": [{"layer": k, "steps": 1} for k in range(LAYER + 1)], "images": shards * per_shard,
+        "invert": {"layer": LAYER, "phases": [{"layer": k, "steps": 1} for k in range(LAYER + 1)], "images": shards * per_shard,
                    "shard_size": per_shard, "device": "cpu", "precision": "fp32", "threads": 1},
         "trajectories": {"draws": 1, "held_out": 0.1, "dtype": "bfloat16", "threads": 1},
         "score": {"model": {"width": 32, "depth": 1, "heads": 1, "mlp": 64}, "epochs": 1, "batch_size": 16, "warmup_steps": 1,

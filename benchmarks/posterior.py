@@ -1,16 +1,16 @@
 """SGILO speed: seconds per image (all its chains) by chains and precision, at the paper's step counts.
 
 One row reconstructs `--images` measurements (50 % random inpainting of the generator's own samples) with
-`sgilo.posterior.sgilo`: ILO's warm start (layers 0 … k−1) and then `--prior-steps` Langevin steps at layer k
+`sgilo.posterior.score_guided_ilo`: ILO's warm start (layers 0 … k−1) and then `--prior-steps` Langevin steps at layer k
 with the hot-start prior move, all chains of all images in one batch. The generator and the score model have
 random weights (speed does not depend on them); the score model's scaling is the identity.
 
     python benchmarks/posterior.py                                     # GPU: config-f 1024², paper-size ScoreViT, layer 3
     python benchmarks/posterior.py --device cpu --config demo          # the demo profile's generator and score model
     python benchmarks/posterior.py --device cpu --config demo --steps 5,5 --prior-steps 5 --chains 2
-    python benchmarks/posterior.py --smoke                             # demo, 1 image, 1 step per stage, chains 1 and 2
+    python benchmarks/posterior.py --smoke                             # demo, 1 image, 1 step per phase, chains 1 and 2
 
-Defaults on CUDA: steps 300,300,300 (ILO's first three stages, the warm start) + 300 SGLD steps at layer 3 (the
+Defaults on CUDA: steps 300,300,300 (ILO's first three phases, the warm start) + 300 SGLD steps at layer 3 (the
 paper: "SGLD ~3 × 300 steps"), chains 1,4, precisions fp32,bf16; the goal is ≤ 20 s per image at 4 chains.
 Prints a Markdown table: copy it into docs/benchmarks.md with the machine and the command.
 """
@@ -26,10 +26,10 @@ import torch
 from _common import add_smoke, ints, machine, names_from, smoke_run
 
 from sgilo.config import SGILOConfig
-from sgilo.inversion import Options, Stage
+from sgilo.inversion import LayerPhase, Options
 from sgilo.latents import LatentScaler
 from sgilo.operators import OperatorSpec, build_operator
-from sgilo.posterior import LatentPrior, sgilo
+from sgilo.posterior import LatentPrior, score_guided_ilo
 from sgilo.score_model import ScoreViT, count_parameters
 from sgilo.sde import build_sde
 from sgilo.stylegan2 import Generator
@@ -71,16 +71,16 @@ def measure(generator: Generator, prior: LatentPrior, images: int, chains: int, 
     seeds = list(range(images))
     y = build_operator(spec, tuple(truth.shape[1:]), seeds, device).measure(truth)
     operator = build_operator(spec, tuple(truth.shape[1:]), seeds, device)
-    stages = [Stage(layer, n, None) for layer, n in enumerate(steps)]
+    phases = [LayerPhase(layer, n, None) for layer, n in enumerate(steps)]
     config = SGILOConfig(steps=prior_steps, chains=chains, warm_start=warm_start)
     options = Options(precision=precision)
-    warm = [Stage(layer, 1, None) for layer in range(len(steps))]
-    sgilo(generator, operator.physics.A, y, seeds, prior, SGILOConfig(steps=1, chains=chains), warm, options)  # warm-up
+    warm = [LayerPhase(layer, 1, None) for layer in range(len(steps))]
+    score_guided_ilo(generator, operator.physics.A, y, seeds, prior, SGILOConfig(steps=1, chains=chains), warm, options)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    post = sgilo(generator, operator.physics.A, y, seeds, prior, config, stages, options)
+    post = score_guided_ilo(generator, operator.physics.A, y, seeds, prior, config, phases, options)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started

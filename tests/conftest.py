@@ -32,7 +32,7 @@ TINY = {
     },
     "invert": {
         "layer": 2,
-        "stages": [{"layer": 0, "steps": 3}, {"layer": 1, "steps": 2, "radius": 50.0}, {"layer": 2, "steps": 2, "radius": 100.0}],
+        "phases": [{"layer": 0, "steps": 3}, {"layer": 1, "steps": 2, "radius": 50.0}, {"layer": 2, "steps": 2, "radius": 100.0}],
         "images": 12, "generated": 4, "generated_shard_size": 4, "shard_size": 8, "batch_size": 3, "precision": "fp32", "device": "cpu", "threads": 1,
     },
     "trajectories": {"draws": 2, "held_out": 0.25, "threads": 1},

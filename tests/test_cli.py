@@ -127,8 +127,8 @@ def test_reconstruct_ilo_inpaint_writes_everything(tiny: Path, tmp_path: Path) -
     assert record["operator"]["task"] == "inpaint" and record["operator"]["level"] == 0.5
     assert record["operator"]["mask"] == "random" and record["operator"]["shape"] == [3, 32, 32]
     assert record["steps"] == 200
-    assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 100), (1, 50), (2, 50)]
-    assert [s["radius"] for s in record["stages"]] == pytest.approx(ILO_DEFAULT)  # ILO's balls, not ilo-unconstrained
+    assert [(s["layer"], s["steps"]) for s in record["phases"]] == [(0, 100), (1, 50), (2, 50)]
+    assert [s["radius"] for s in record["phases"]] == pytest.approx(ILO_DEFAULT)  # ILO's balls, not ilo-unconstrained
     assert record["seconds"] > 0
     assert record["precision"] == "fp32"
     for key in ("psnr", "ssim", "mse", "measurement_loss"):
@@ -209,7 +209,7 @@ def test_reconstruct_csgm_has_no_latent(tiny: Path, tmp_path: Path) -> None:
     record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm",
                                   "--steps", "5")
     assert record["method"] == "csgm" and record["steps"] == 5
-    assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 5)]
+    assert [(s["layer"], s["steps"]) for s in record["phases"]] == [(0, 5)]
     assert set(result) == {"y", "reconstruction", "w_plus"}
 
 
@@ -225,7 +225,7 @@ def test_reconstruct_radii(tiny: Path, tmp_path: Path, method: str, radii: tuple
     record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", method,
                                   *ILO_FAST, *radii)
     assert record["method"] == method and record["steps"] == 10
-    assert [s["radius"] for s in record["stages"]] == pytest.approx(expected)
+    assert [s["radius"] for s in record["phases"]] == pytest.approx(expected)
     assert result["latent"].shape == (1, 19, 8, 8)
 
 
@@ -310,7 +310,7 @@ def test_reconstruct_rejects_a_text_file_named_png(tiny: Path, tmp_path: Path) -
 @pytest.mark.parametrize(("extra", "message"), [
     (("--layers", "0,1", "--steps", "3,3,3"), "--layers has 2 entries but --steps has 3"),
     (("--steps", "3,3", "--layers", "0,1", "--radii", "5"), "--radii has 1 entries"),
-    (("--steps", "3,3", "--layers", "0,9"), "stage layer 9"),
+    (("--steps", "3,3", "--layers", "0,9"), "phase layer 9"),
     (("--level", "3", "--task", "sr"), "must divide"),
     (("--level", "1.5"), "must be in (0, 1]"),
     (("--data-step", "langevin"), "data_step langevin needs measurement_std > 0"),  # SGILOConfig's own check
@@ -387,8 +387,8 @@ def test_reconstruct_sgilo_writes_samples_their_mean_and_spread(tiny: Path, tmp_
     record, result = _reconstruct(tiny, out, "--task", "inpaint", "--level", "0.3", "--method", "sgilo", *ILO_FAST,
                                   "--score", str(_score_model(tiny)), "--samples", "3", "--prior-steps", "4", "--temperature", "1.0")
     assert record["method"] == "sgilo" and record["chains"] == 3 and record["steps"] == 4 + 3 + 4
-    assert [(s["layer"], s["steps"]) for s in record["stages"]] == [(0, 4), (1, 3), (2, 4)]
-    assert [s["radius"] for s in record["stages"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
+    assert [(s["layer"], s["steps"]) for s in record["phases"]] == [(0, 4), (1, 3), (2, 4)]
+    assert [s["radius"] for s in record["phases"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
     assert result["samples"].shape == (3, 3, 32, 32) and result["std"].shape == (1, 3, 32, 32)
     torch.testing.assert_close(result["reconstruction"][0], result["samples"].mean(0))
     assert float(result["std"].mean()) > 0
@@ -400,7 +400,7 @@ def test_reconstruct_gnc_and_prior_errors(tiny: Path, tmp_path: Path, capsys: py
     record, result = _reconstruct(tiny, tmp_path / "gnc", "--task", "cs", "--level", "0.2", "--method", "gnc", *ILO_FAST,
                                   "--score", str(_score_model(tiny)), "--prior-steps", "3")
     assert record["method"] == "gnc" and record["chains"] == 1 and result["samples"].shape == (1, 3, 32, 32)
-    assert [s["radius"] for s in record["stages"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
+    assert [s["radius"] for s in record["phases"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
     assert "gnc schedule: layer 0 × 4 steps (w+), layer 1 × 3 steps (l1 radius 36.9), layer 2 × 3 steps (the prior)" in capsys.readouterr().err
     assert "needs --score" in _error(capsys, _argv(tiny, tmp_path / "x", "--task", "inpaint", "--method", "sgilo"))
     assert "models layer 2" in _error(capsys, _argv(tiny, tmp_path / "y", "--task", "inpaint", "--method", "sgilo", "--steps", "2,2",
@@ -417,11 +417,11 @@ def test_a_reconstruction_gone_non_finite_is_a_clean_error_and_writes_nothing(ti
 
     def diverging(*args, **kwargs):
         result = real(*args, **kwargs)
-        result.failures = ["non-finite loss at step 3 of the layer-1 stage"]
+        result.failures = ["non-finite loss at step 3 of the layer-1 phase"]
         return result
 
     monkeypatch.setattr(sgilo.cli, "reconstruct", diverging)
     out = tmp_path / "out"
     err = _error(capsys, _argv(tiny, out, "--task", "inpaint", "--method", "ilo", *ILO_FAST))
-    assert "image.png failed (non-finite loss at step 3 of the layer-1 stage); nothing was written" in err and "--lr" in err
+    assert "image.png failed (non-finite loss at step 3 of the layer-1 phase); nothing was written" in err and "--lr" in err
     assert not out.exists() or not any(out.iterdir())

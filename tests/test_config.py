@@ -75,6 +75,18 @@ def test_bad_values_name_file_and_key(tmp_path, overrides, key, expected):
     assert str(path) in message and key in message and expected in message
 
 
+def test_an_old_profile_with_invert_stages_is_told_the_new_key(tmp_path):
+    """invert.stages (ILO's layer schedule) became invert.phases: the demo profile as it was fails with the rename."""
+    text = (REPO / "params.yaml").read_text()
+    assert text.count("\n  phases:") == 1
+    path = tmp_path / "old.yaml"
+    path.write_text(text.replace("\n  phases:", "\n  stages:"))
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    message = str(error.value)
+    assert str(path) in message and "invert.stages is no longer a key" in message and "invert.phases" in message
+
+
 def test_valid_task_levels_and_a_drift_without_prior_methods_load(tmp_path):
     path = write_params(tmp_path / "ok.yaml", {
         "trajectories": {"sde": "catmap"},  # no prior method evaluates with it: allowed (the IGO experiments use it)
@@ -138,7 +150,7 @@ SMOKE_SOURCES = {"download.ffhq.metadata_url", "download.ffhq.metadata_size", "d
 SMOKE_MACHINE = {"download.ffhq.workers", "download.ffhq.retries", "download.ffhq.timeout_s",
                  *(f"{section}.{key}" for section in ("invert", "score", "evaluate") for key in ("precision", "device")), "report.device"}
 SMOKE_COUNTS = {"download.ffhq.index_start", "download.ffhq.index_stop", "generator.latent_avg_samples", "generator.grid_rows",
-                *(f"invert.stages[{i}].steps" for i in range(4)), "invert.images", "invert.shard_size", "invert.batch_size",
+                *(f"invert.phases[{i}].steps" for i in range(4)), "invert.images", "invert.shard_size", "invert.batch_size",
                 "trajectories.draws", "score.epochs", "score.batch_size", "score.warmup_steps", "score.samples", "score.sample_steps",
                 "evaluate.images", "evaluate.batch_size", "evaluate.sgilo.steps", "evaluate.sgilo.chains", "evaluate.gnc.steps",
                 "evaluate.tune.validation", "evaluate.figure_images", "report.fid_samples"}

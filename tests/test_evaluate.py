@@ -85,7 +85,7 @@ def test_ilo_recovers_test_images_the_generator_made(workspace, tmp_path):
     optimising against another seed's mask 6 dB."""
     data = _generated_test_images(workspace / "generator.pt", tmp_path / "generated", count=4)  # 1 validation + 3 test
     long_schedule = [{"layer": 0, "steps": 100}, {"layer": 1, "steps": 50, "radius": 50.0}, {"layer": 2, "steps": 50, "radius": 100.0}]
-    params = write_params(tmp_path / "params.yaml", {"invert": {"stages": long_schedule}})
+    params = write_params(tmp_path / "params.yaml", {"invert": {"phases": long_schedule}})
     (tmp_path / "tuned.json").write_text(json.dumps({"chosen": {"radius_scale": 1.0}}))
     argv = _argv(workspace, "ilo", "--tuned", str(tmp_path / "tuned.json"), "--out", str(tmp_path / "evaluate"))
     argv[argv.index("--params") + 1], argv[argv.index("--data") + 1] = str(params), str(data)
@@ -187,7 +187,7 @@ def test_an_image_going_non_finite_gets_a_failed_record_and_the_cell_goes_on(wor
     poisoned = pd.read_parquet(out / "poisoned" / "inpaint" / "0.25" / "csgm.parquet")
     assert poisoned["image_id"].tolist() == [49, 50, 51]
     failed = poisoned.set_index("image_id").loc[50]
-    assert failed["failure"] == "non-finite loss at step 1 of the layer-0 stage"
+    assert failed["failure"] == "non-finite loss at step 1 of the layer-0 phase"
     assert all(math.isnan(failed[m]) for m in ("mse", "psnr", "ssim", "measurement_loss"))
     # Image 50 shares its batch with 49: both other records are those of the clean run.
     pd.testing.assert_frame_equal(poisoned[poisoned["image_id"] != 50].drop(columns="seconds").reset_index(drop=True),
@@ -253,13 +253,13 @@ def test_a_new_method_is_a_table_row_and_one_class(workspace, tmp_path, monkeypa
     import yaml
 
     from sgilo import method_table, methods, report
-    from sgilo.inversion import Stage
+    from sgilo.inversion import LayerPhase
 
     class HalfLR(methods.ILO):
         name = "ilo-half-lr"
 
-        def schedule(self, stages: list[Stage]) -> list[Stage]:
-            return [Stage(s.layer, s.steps, s.radius, s.lr / 2) for s in super().schedule(stages)]
+        def schedule(self, phases: list[LayerPhase]) -> list[LayerPhase]:
+            return [LayerPhase(s.layer, s.steps, s.radius, s.lr / 2) for s in super().schedule(phases)]
 
     monkeypatch.setitem(method_table.METHODS, "ilo-half-lr", method_table.MethodSpec(
         "ilo-half-lr", "ILO at half its lr", "tab:olive", tuned="radius_scale", candidates="ilo_radius_scale"))
@@ -275,8 +275,8 @@ def test_a_new_method_is_a_table_row_and_one_class(workspace, tmp_path, monkeypa
     records = pd.read_parquet(tmp_path / "evaluate" / "inpaint" / "0.25" / "ilo-half-lr.parquet")
     assert records["method"].eq("ilo-half-lr").all() and len(records) == 3
     assert json.loads(tuned.read_text())["key"] == "radius_scale"
-    ilo = methods.method_stages("ilo", [Stage(0, 4, None, 0.1)])
-    assert methods.method_stages("ilo-half-lr", [Stage(0, 4, None, 0.1)]) == [Stage(0, 4, None, 0.05)] != ilo
+    ilo = methods.method_phases("ilo", [LayerPhase(0, 4, None, 0.1)])
+    assert methods.method_phases("ilo-half-lr", [LayerPhase(0, 4, None, 0.1)]) == [LayerPhase(0, 4, None, 0.05)] != ilo
     assert report.method_color("ilo-half-lr") == "tab:olive"
     raw["evaluate"]["methods"] = ["ilo", "toy"]
     params.write_text(yaml.safe_dump(raw))

@@ -124,7 +124,7 @@ def test_training_on_a_trivial_set_brings_the_samples_near_it(tmp_path):
     overrides = {"generator": {"architecture": architecture,
                                "train": {"steps": 400, "batch_size": 8, "checkpoint_every": 1000, "disc_channel_max": 8,
                                          "ema_half_life_images": 100}},
-                 "invert": {"layer": 1, "stages": [{"layer": 0, "steps": 1}, {"layer": 1, "steps": 1}]}}
+                 "invert": {"layer": 1, "phases": [{"layer": 0, "steps": 1}, {"layer": 1, "steps": 1}]}}
     params = load_params(write_params(tmp_path / "params.yaml", overrides))
     levels = torch.rand(64, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
     real = levels.expand(64, 3, 8, 8).contiguous()  # each image one grey level, uniform in [-1, 1]

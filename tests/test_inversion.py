@@ -12,9 +12,9 @@ from conftest import REPO
 
 from sgilo.config import load_params
 from sgilo.inversion import (
+    LayerPhase,
     Options,
-    Stage,
-    csgm_stages,
+    csgm_phases,
     decode,
     encode,
     geocross,
@@ -110,12 +110,12 @@ def _shapes_only(**architecture) -> Generator:
 
 @pytest.mark.parametrize("profile", sorted({REPO / "params.yaml", *REPO.glob("profiles/*/params.yaml")}), ids=lambda p: str(p.relative_to(REPO)))
 def test_ilo_radii_are_every_profiles_radii(profile: Path) -> None:
-    """`sgilo reconstruct`'s default radii and each profile's invert.stages name the same numbers: the demo's 150, 300
+    """`sgilo reconstruct`'s default radii and each profile's invert.phases name the same numbers: the demo's 150, 300
     at layers 1, 2 of its 32² generator, ILO's 1000, 1000, 6000 at layers 1-3 of config-f."""
     params = load_params(profile)
     generator = _shapes_only(**dataclasses.asdict(params.generator.architecture))
-    stages = params.invert.stages
-    assert ilo_radii(generator, [stage.layer for stage in stages]) == [stage.radius for stage in stages]
+    phases = params.invert.phases
+    assert ilo_radii(generator, [phase.layer for phase in phases]) == [phase.radius for phase in phases]
 
 
 def test_ilo_radii_elsewhere_keep_ilos_radius_per_entry() -> None:
@@ -127,7 +127,7 @@ def test_ilo_radii_elsewhere_keep_ilos_radius_per_entry() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- solvers
-ILO = (Stage(0, 4), Stage(1, 3, radius=30.0), Stage(2, 3, radius=60.0))
+ILO = (LayerPhase(0, 4), LayerPhase(1, 3, radius=30.0), LayerPhase(2, 3, radius=60.0))
 
 
 def test_batch_of_eight_equals_eight_batches_of_one(generator):
@@ -148,7 +148,7 @@ def test_ilo_fits_measurements_and_keeps_the_best_iterate(generator):
     seeds = [1, 2, 3, 4]
     operator = build_operator(OperatorSpec("inpaint", 0.5), (3, 16, 16), seeds)
     y = operator.measure(x)
-    result = invert(generator, operator.physics.A, y, seeds, (Stage(0, 30), Stage(1, 30), Stage(2, 30)))
+    result = invert(generator, operator.physics.A, y, seeds, (LayerPhase(0, 30), LayerPhase(1, 30), LayerPhase(2, 30)))
     assert result.layer == 2 and result.steps == 90 and len(result.history) == 90
     assert result.loss.shape == (4,)
     assert float(result.loss.max()) < result.history[0] / 5
@@ -161,10 +161,10 @@ def test_ilo_fits_measurements_and_keeps_the_best_iterate(generator):
 def test_l1_radius_bounds_the_deviation_from_the_previous_layer(generator):
     x = _targets(generator, 2, seed=7)
     seeds = [5, 6]
-    start = invert(generator, lambda v: v, x, seeds, (Stage(0, 0), Stage(1, 0)))
+    start = invert(generator, lambda v: v, x, seeds, (LayerPhase(0, 0), LayerPhase(1, 0)))
     radius = 3.0
-    constrained = invert(generator, lambda v: v, x, seeds, (Stage(0, 0), Stage(1, 20, radius=radius)))
-    free = invert(generator, lambda v: v, x, seeds, (Stage(0, 0), Stage(1, 20)))
+    constrained = invert(generator, lambda v: v, x, seeds, (LayerPhase(0, 0), LayerPhase(1, 20, radius=radius)))
+    free = invert(generator, lambda v: v, x, seeds, (LayerPhase(0, 0), LayerPhase(1, 20)))
     deviation = (constrained.latent - start.latent).flatten(1).abs().sum(1)
     assert (deviation <= radius * (1 + 1e-4)).all()
     assert ((free.latent - start.latent).flatten(1).abs().sum(1) > radius).all()
@@ -173,14 +173,14 @@ def test_l1_radius_bounds_the_deviation_from_the_previous_layer(generator):
 
 def test_csgm_optimises_the_latent_only(generator):
     x = _targets(generator, 2, seed=9)
-    result = invert(generator, lambda v: v, x, [1, 2], csgm_stages(20))
+    result = invert(generator, lambda v: v, x, [1, 2], csgm_phases(20))
     assert result.latent is None and result.layer == 0
     torch.testing.assert_close(generator.synthesis(result.w_plus), result.image, atol=1e-5, rtol=1e-5)
 
 
 def test_noise_optimisation_returns_per_image_noise(generator):
     x = _targets(generator, 2, seed=11)
-    result = invert(generator, lambda v: v, x, [1, 2], (Stage(0, 5), Stage(1, 5)), Options(optimize_noise=True))
+    result = invert(generator, lambda v: v, x, [1, 2], (LayerPhase(0, 5), LayerPhase(1, 5)), Options(optimize_noise=True))
     assert result.noise is not None and len(result.noise) == generator.num_noises
     assert all(n.shape[0] == 2 for n in result.noise)
     torch.testing.assert_close(decode(generator, result.latent, 1, result.w_plus, result.noise), result.image, atol=1e-5, rtol=1e-5)
@@ -194,7 +194,7 @@ def test_perceptual_term_is_used_when_weighted(generator):
         return (a - b).abs().flatten(1).mean(1)
 
     x = _targets(generator, 2, seed=13)
-    invert(generator, lambda v: v, x, [1, 2], csgm_stages(3), Options(perceptual=0.5), perceptual=perceptual)
+    invert(generator, lambda v: v, x, [1, 2], csgm_phases(3), Options(perceptual=0.5), perceptual=perceptual)
     assert calls == [(2, 3, 16, 16)] * 3
 
 
@@ -219,25 +219,25 @@ def test_a_method_fits_a_non_image_measurement_by_mse_alone(generator, task, lev
 
 
 @pytest.mark.parametrize(
-    ("stages", "options", "message"),
+    ("phases", "options", "message"),
     [
-        ((Stage(1, 2), Stage(0, 2)), Options(), "forward"),
-        ((Stage(5, 2),), Options(), "layer"),
-        ((Stage(0, 2, radius=-1.0),), Options(), "radius"),
+        ((LayerPhase(1, 2), LayerPhase(0, 2)), Options(), "forward"),
+        ((LayerPhase(5, 2),), Options(), "layer"),
+        ((LayerPhase(0, 2, radius=-1.0),), Options(), "radius"),
         ((), Options(), "at least one"),
-        ((Stage(0, 2),), Options(precision="fp8"), "precision"),
-        ((Stage(0, 2),), Options(perceptual=1.0), "perceptual"),
+        ((LayerPhase(0, 2),), Options(precision="fp8"), "precision"),
+        ((LayerPhase(0, 2),), Options(perceptual=1.0), "perceptual"),
     ],
 )
-def test_bad_schedules_are_refused(generator, stages, options, message):
+def test_bad_schedules_are_refused(generator, phases, options, message):
     x = _targets(generator, 1)
     with pytest.raises(ValueError, match=message):
-        invert(generator, lambda v: v, x, [0], stages, options)
+        invert(generator, lambda v: v, x, [0], phases, options)
 
 
 def test_one_seed_per_measurement(generator):
     with pytest.raises(ValueError, match="one seed per measurement"):
-        invert(generator, lambda v: v, _targets(generator, 2), [0], csgm_stages(1))
+        invert(generator, lambda v: v, _targets(generator, 2), [0], csgm_phases(1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -282,7 +282,7 @@ def test_an_image_going_non_finite_is_marked_failed_and_the_others_are_untouched
     poisoned = invert(generator, _PoisonAfter(1, after=3, value=value), x, seeds, ILO)
     assert clean.failures == [None, None, None]
     assert poisoned.failures[0] is None and poisoned.failures[2] is None
-    assert poisoned.failures[1] == "non-finite loss at step 3 of the layer-0 stage"
+    assert poisoned.failures[1] == "non-finite loss at step 3 of the layer-0 phase"
     for name in ("image", "latent", "w_plus", "loss"):
         assert torch.equal(getattr(poisoned, name)[[0, 2]], getattr(clean, name)[[0, 2]]), name
     assert all(math.isfinite(v) for v in poisoned.history)

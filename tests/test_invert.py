@@ -66,7 +66,7 @@ def test_one_shard_per_job_then_summary(workspace):
 
 def test_killed_shard_resumes_to_identical_output(workspace):
     slow = write_params(workspace / "slow.yaml", {"invert": {"images": 12, "shard_size": 12, "batch_size": 2,
-                                                             "stages": [{"layer": 0, "steps": 30}, {"layer": 2, "steps": 30, "radius": 100.0}]}})
+                                                             "phases": [{"layer": 0, "steps": 30}, {"layer": 2, "steps": 30, "radius": 100.0}]}})
     straight = workspace / "straight"
     _invert(workspace, slow, straight, "--shard", "0")
     killed = workspace / "killed"
@@ -132,7 +132,7 @@ def test_an_image_going_non_finite_is_left_out_with_its_reason_and_the_shard_kep
     keep = [0, 1, 2, 3, 5, 6, 7]
     for key in expected:
         assert torch.equal(got[key], expected[key][keep]), key
-    assert json.loads(meta["failures"]) == {"4": "non-finite loss at step 1 of the layer-0 stage"}
+    assert json.loads(meta["failures"]) == {"4": "non-finite loss at step 1 of the layer-0 phase"}
     summary = json.loads((poisoned / "summary.json").read_text())
     assert summary["images"] == 11 and summary["failed"] == 1 and list(summary["failures"]) == ["4"]
     # The next stage trains on the kept latents only.
@@ -144,7 +144,7 @@ def test_a_shard_whose_images_all_fail_writes_nothing_and_says_what_to_change(wo
 
     params = write_params(workspace / "one.yaml", {"invert": {"images": 1, "shard_size": 1, "batch_size": 1}})
     _poison_image(monkeypatch, 0)
-    with pytest.raises(SystemExit, match="every image of invert shard 0 failed.*invert.stages"):
+    with pytest.raises(SystemExit, match="every image of invert shard 0 failed.*invert.phases"):
         invert_stage.main(["--params", str(params), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt"),
                            "--out", str(workspace / "none"), "--shard", "0"])
     assert not (workspace / "none" / "shards" / "shard-00000.safetensors").exists()

@@ -12,7 +12,7 @@ from torch import nn
 
 from sgilo import posterior as posterior_module
 from sgilo.config import GNCConfig, SGILOConfig
-from sgilo.inversion import Options, Stage, invert
+from sgilo.inversion import LayerPhase, Options, invert
 from sgilo.io import CheckpointError, save_torch
 from sgilo.latents import LatentScaler
 from sgilo.operators import OperatorSpec, build_operator
@@ -24,8 +24,8 @@ from sgilo.posterior import (
     chain_seeds,
     gnc,
     per_chain,
-    sgilo,
-    warm_stages,
+    score_guided_ilo,
+    warm_phases,
 )
 from sgilo.score_model import ScoreViT
 from sgilo.sde import build_sde
@@ -141,20 +141,20 @@ def tiny():
     return generator, prior, spec, seeds, y
 
 
-STAGES = [Stage(0, 3), Stage(1, 3, radius=10.0)]
+PHASES = [LayerPhase(0, 3), LayerPhase(1, 3, radius=10.0)]
 
 
 def test_sgilo_returns_chains_their_mean_and_spread(tiny):
     generator, prior, spec, seeds, y = tiny
     config = SGILOConfig(steps=4, chains=3, temperature=1.0)
     operator = build_operator(spec, (3, 16, 16), seeds)
-    post = sgilo(generator, operator.physics.A, y, seeds, prior, config, STAGES)
+    post = score_guided_ilo(generator, operator.physics.A, y, seeds, prior, config, PHASES)
     assert isinstance(post, Posterior)
     assert post.samples.shape == (2, 3, 3, 16, 16) and post.latents.shape == (2, 3, 19, 4, 4) and post.loss.shape == (2, 3)
     torch.testing.assert_close(post.mean, post.samples.mean(1))
     assert float(post.std.min()) >= 0 and float(post.std.mean()) > 0
     assert post.steps == 3 + 4
-    again = sgilo(generator, operator.physics.A, y, seeds, prior, config, STAGES)
+    again = score_guided_ilo(generator, operator.physics.A, y, seeds, prior, config, PHASES)
     torch.testing.assert_close(again.samples, post.samples)
 
 
@@ -162,47 +162,47 @@ def test_shared_warm_start_branches_chains_from_one_inversion(tiny):
     generator, prior, spec, seeds, y = tiny
     forward = build_operator(spec, (3, 16, 16), seeds).physics.A
     deterministic = {"steps": 2, "chains": 2, "temperature": 0.0, "hot_steps": 0}
-    shared = sgilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="shared"), STAGES)
+    shared = score_guided_ilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="shared"), PHASES)
     torch.testing.assert_close(shared.samples[:, 0], shared.samples[:, 1])
-    dispersed = sgilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="per_chain"), STAGES)
+    dispersed = score_guided_ilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="per_chain"), PHASES)
     assert not torch.allclose(dispersed.samples[:, 0], dispersed.samples[:, 1])
 
 
 def test_gnc_is_one_deterministic_chain(tiny):
     generator, prior, spec, seeds, y = tiny
     operator = build_operator(spec, (3, 16, 16), seeds)
-    post = gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), STAGES)
+    post = gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), PHASES)
     assert post.samples.shape == (2, 1, 3, 16, 16)
     assert float(post.std.abs().max()) == 0.0
-    torch.testing.assert_close(gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), STAGES).mean, post.mean)
+    torch.testing.assert_close(gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), PHASES).mean, post.mean)
 
 
-def test_a_latent_step_changes_the_result_and_must_match_a_stage(tiny):
+def test_a_latent_step_changes_the_result_and_must_match_a_phase(tiny):
     generator, prior, spec, seeds, y = tiny
     operator = build_operator(spec, (3, 16, 16), seeds)
-    stages = [Stage(0, 2), Stage(1, 3)]
-    plain = invert(generator, operator.physics.A, y, seeds, stages, Options(keep="last"))
-    stepped = invert(generator, operator.physics.A, y, seeds, stages, Options(keep="last"), latent_step=GNCStep(prior, GNCConfig(weight=1.0)))
+    phases = [LayerPhase(0, 2), LayerPhase(1, 3)]
+    plain = invert(generator, operator.physics.A, y, seeds, phases, Options(keep="last"))
+    stepped = invert(generator, operator.physics.A, y, seeds, phases, Options(keep="last"), latent_step=GNCStep(prior, GNCConfig(weight=1.0)))
     assert not torch.allclose(plain.latent, stepped.latent)
-    with pytest.raises(ValueError, match="no stage runs there"):
-        invert(generator, operator.physics.A, y, seeds, [Stage(0, 2)], latent_step=GNCStep(prior, GNCConfig()))
+    with pytest.raises(ValueError, match="no phase runs there"):
+        invert(generator, operator.physics.A, y, seeds, [LayerPhase(0, 2)], latent_step=GNCStep(prior, GNCConfig()))
     with pytest.raises(ValueError, match="keep"):
-        invert(generator, operator.physics.A, y, seeds, stages, Options(keep="mean"))
+        invert(generator, operator.physics.A, y, seeds, phases, Options(keep="mean"))
 
 
 def test_continuing_from_a_result_equals_one_run(tiny):
     generator, _, spec, seeds, y = tiny
     forward = build_operator(spec, (3, 16, 16), seeds).physics.A
-    whole = invert(generator, forward, y, seeds, [Stage(0, 3), Stage(1, 3, radius=10.0)])
-    first = invert(generator, forward, y, seeds, [Stage(0, 3)])
-    rest = invert(generator, forward, y, seeds, [Stage(1, 3, radius=10.0)], init=first)
+    whole = invert(generator, forward, y, seeds, [LayerPhase(0, 3), LayerPhase(1, 3, radius=10.0)])
+    first = invert(generator, forward, y, seeds, [LayerPhase(0, 3)])
+    rest = invert(generator, forward, y, seeds, [LayerPhase(1, 3, radius=10.0)], init=first)
     torch.testing.assert_close(rest.latent, whole.latent)
     torch.testing.assert_close(rest.image, whole.image)
     assert rest.steps == whole.steps == 6
     twice = first.repeat_interleave(2)
     assert twice.z.shape[0] == 4 and torch.equal(twice.z[0], twice.z[1]) and torch.equal(twice.z[2], first.z[1])
     with pytest.raises(ValueError, match="cannot start before"):
-        invert(generator, forward, y, seeds, [Stage(0, 3)], init=rest)
+        invert(generator, forward, y, seeds, [LayerPhase(0, 3)], init=rest)
 
 
 def test_per_chain_applies_each_images_operator_to_its_chains(tiny):
@@ -214,9 +214,9 @@ def test_per_chain_applies_each_images_operator_to_its_chains(tiny):
 
 
 def test_warm_start_and_chain_layout():
-    assert warm_stages([Stage(0, 5), Stage(1, 4), Stage(2, 3)], 2) == [Stage(0, 5), Stage(1, 4)]
+    assert warm_phases([LayerPhase(0, 5), LayerPhase(1, 4), LayerPhase(2, 3)], 2) == [LayerPhase(0, 5), LayerPhase(1, 4)]
     with pytest.raises(ValueError, match="below the prior's layer"):
-        warm_stages([Stage(2, 3)], 2)
+        warm_phases([LayerPhase(2, 3)], 2)
     seeds = chain_seeds([1, 2], 3)
     assert len(seeds) == len(set(seeds)) == 6 and seeds[:3] == chain_seeds([1], 3)
 
@@ -225,7 +225,7 @@ def test_a_chain_going_non_finite_fails_its_measurement_only(tiny, monkeypatch):
     generator, prior, spec, seeds, y = tiny
     forward = build_operator(spec, (3, 16, 16), seeds).physics.A
     config = SGILOConfig(steps=3, chains=2, temperature=1.0)
-    clean = sgilo(generator, forward, y, seeds, prior, config, STAGES)
+    clean = score_guided_ilo(generator, forward, y, seeds, prior, config, PHASES)
 
     class Exploding(posterior_module.SGLDStep):
         def __call__(self, h, step, steps, grad=None):
@@ -235,7 +235,7 @@ def test_a_chain_going_non_finite_fails_its_measurement_only(tiny, monkeypatch):
             return out
 
     monkeypatch.setattr(posterior_module, "SGLDStep", Exploding)
-    broken = sgilo(generator, forward, y, seeds, prior, config, STAGES)
+    broken = score_guided_ilo(generator, forward, y, seeds, prior, config, PHASES)
     assert clean.failures == [None, None]
     assert broken.failures == [None, "chain 1: non-finite latent after the prior's step 2 at layer 1"]
     assert torch.equal(broken.samples[0], clean.samples[0]) and torch.equal(broken.mean[0], clean.mean[0])
@@ -332,7 +332,7 @@ def _sgilo_against_exact(temperature: float = 1.0, score_scale: float = 1.0, noi
         monkeypatch.setattr(posterior_module.SGLDStep, "__init__", louder)
     forward = lambda x: x.flatten(1) @ A.float().T  # noqa: E731  (an operator on [0, 1] images)
     ys = y.float().expand(measurements, 3)
-    result = sgilo(generator, forward, ys, list(range(measurements)), prior, config, [Stage(0, 5, None, 0.05)])
+    result = score_guided_ilo(generator, forward, ys, list(range(measurements)), prior, config, [LayerPhase(0, 5, None, 0.05)])
     u = prior.scaler.normalize(result.latents.reshape(-1, 4, 1, 1)).flatten(1).double()
     s2 = posterior_module.smoothing_std(prior, config.t0) ** 2
     post_mean, post_cov = _exact_posterior(B, c_y, y, sigma_y, mean, cov, s2, temperature)

@@ -14,7 +14,7 @@ import torch
 from sgilo import precision
 from sgilo.config import ArchitectureConfig, TrainConfig
 from sgilo.gan import GANTrainer
-from sgilo.inversion import Options, Stage, invert
+from sgilo.inversion import LayerPhase, Options, invert
 from sgilo.precision import autocast, resolve
 from sgilo.stylegan2 import Generator
 
@@ -107,10 +107,10 @@ def test_invert_with_auto_computes_what_the_resolved_precision_computes(monkeypa
     generator.fit_gaussian(500, torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = (generator(torch.randn(2, 8, generator=torch.Generator().manual_seed(1))).clamp(-1, 1) + 1) / 2
-    stages = (Stage(0, 3), Stage(1, 2, radius=10.0))
+    phases = (LayerPhase(0, 3), LayerPhase(1, 2, radius=10.0))
 
     def run(requested: str) -> torch.Tensor:
-        return invert(generator, lambda x: x, y, [5, 6], stages, Options(precision=requested)).image
+        return invert(generator, lambda x: x, y, [5, 6], phases, Options(precision=requested)).image
 
     for native, same_as, other in [(False, "fp32", "bf16"), (True, "bf16", "fp32")]:
         _cpu(monkeypatch, avx512_bf16=native)

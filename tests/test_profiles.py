@@ -50,7 +50,7 @@ def toy(profile: dict, url: str) -> dict:
     generator.setdefault("pretrained", {}).update(url=f"{url}/ffhq.pkl", sha256="", md5="")
     generator.update(latent_avg_samples=256, grid_rows=2)
     invert = section("invert")
-    invert["stages"] = [{**stage, "steps": 1} for stage in invert.get("stages", [])] or TINY["invert"]["stages"]
+    invert["phases"] = [{**phase, "steps": 1} for phase in invert.get("phases", [])] or TINY["invert"]["phases"]
     invert.update(images=4, shard_size=2, batch_size=2, device="cpu", threads=1)
     if invert.get("generated", 0):
         invert.update(generated=4, generated_shard_size=4)
@@ -126,7 +126,7 @@ def test_toy_keeps_every_switch_of_the_ffhq_profile() -> None:
     before, after = flat(real), flat(shrunk)
     changed = {key for key in before if before[key] != after.get(key)}
     allowed_sections = ("download.ffhq.", "generator.architecture.", "generator.pretrained.", "score.model.", "theory_")
-    allowed = {"download.resolution", "generator.latent_avg_samples", "generator.grid_rows", "invert.stages", "invert.images",
+    allowed = {"download.resolution", "generator.latent_avg_samples", "generator.grid_rows", "invert.phases", "invert.images",
                "invert.shard_size", "invert.batch_size", "invert.device", "invert.threads", "trajectories.draws",
                "trajectories.held_out", "trajectories.threads", "score.epochs", "score.batch_size", "score.warmup_steps",
                "score.samples", "score.sample_steps", "score.device", "score.threads", "evaluate.tasks", "evaluate.images",
@@ -134,6 +134,6 @@ def test_toy_keeps_every_switch_of_the_ffhq_profile() -> None:
                "evaluate.sgilo.chains", "evaluate.gnc.steps", "evaluate.tune.validation", "evaluate.tune.ilo_radius_scale",
                "evaluate.tune.sgilo_weight", "evaluate.tune.gnc_weight", "report.fid_samples", "report.device", "report.threads"}
     assert {key for key in changed if key not in allowed and not key.startswith(allowed_sections)} == set()
-    assert [s["layer"] for s in shrunk["invert"]["stages"]] == [s["layer"] for s in real["invert"]["stages"]]
+    assert [s["layer"] for s in shrunk["invert"]["phases"]] == [s["layer"] for s in real["invert"]["phases"]]
     assert [t["task"] for t in shrunk["evaluate"]["tasks"]] == [t["task"] for t in real["evaluate"]["tasks"]]
     assert shrunk["score"]["model"]["heads"] == real["score"]["model"]["heads"]

@@ -117,7 +117,7 @@ def test_one_image_gives_a_mean_without_interval():
 def test_failed_images_are_counted_and_left_out_of_the_means():
     records = _records("inpaint", 0.1, "ilo", np.random.default_rng(2))
     records.loc[1, ["mse", "psnr", "ssim", "lpips", "measurement_loss"]] = np.nan
-    records.loc[1, "failure"] = "non-finite loss at step 3 of the layer-0 stage"
+    records.loc[1, "failure"] = "non-finite loss at step 3 of the layer-0 phase"
     row = report.summarize(records).iloc[0]
     assert row["n"] == IMAGES - 1 and row["failed"] == 1
     assert row["mse_mean"] == pytest.approx(records["mse"].iloc[[0, 2]].mean())

@@ -46,7 +46,7 @@ def test_dvc_yaml_has_one_stage_per_snakemake_job(tiny_project):
     sgilo_cell = stages["evaluate-inpaint-0_25-sgilo"]
     assert sgilo_cell.cmd.startswith("python -m sgilo.stages.evaluate --params params.yaml") and "2>" not in sgilo_cell.cmd
     assert {"results/score/model.pt", "src/sgilo/stages/evaluate.py", "src/sgilo/posterior.py"} <= set(sgilo_cell.deps)
-    assert {"evaluate.sgilo", "evaluate.tune.sgilo_weight", "invert.stages"} <= set(sgilo_cell.params)
+    assert {"evaluate.sgilo", "evaluate.tune.sgilo_weight", "invert.phases"} <= set(sgilo_cell.params)
     assert "evaluate.gnc" not in sgilo_cell.params and "score" not in sgilo_cell.params
     assert "results/score/model.pt" not in stages["evaluate-inpaint-0_25-csgm"].deps
     assert stages["download"].outs == ("data/synthfaces",)  # the whole data set, not just its index

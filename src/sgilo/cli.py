@@ -22,10 +22,10 @@ from sgilo.config import (
     to_dict,
 )
 from sgilo.data import DataError, load_user_image, save_image_grid
-from sgilo.inversion import Options, Stage, ilo_radii
+from sgilo.inversion import LayerPhase, Options, ilo_radii
 from sgilo.io import CheckpointError, DiskFullError, save_json, save_safetensors
 from sgilo.method_table import METHODS, method_names
-from sgilo.methods import reconstruct, run_stages, total_steps
+from sgilo.methods import reconstruct, run_phases, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.operators import TASKS, OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior
@@ -77,7 +77,7 @@ def _numbers(kind: type) -> Callable[[str], list]:
     return parse
 
 
-def _stages(args: argparse.Namespace, generator) -> list[Stage]:
+def _phases(args: argparse.Namespace, generator) -> list[LayerPhase]:
     """ILO's schedule from --steps/--layers/--radii (default: ILO's radii for this generator, `ilo_radii`); each
     method runs its part of it (`sgilo.methods`)."""
     layers = args.layers or list(range(min(len(args.steps), generator.num_blocks)))
@@ -86,17 +86,17 @@ def _stages(args: argparse.Namespace, generator) -> list[Stage]:
     radii = args.radii if args.radii else ilo_radii(generator, layers)
     if len(radii) != len(layers):
         raise ValueError(f"--radii has {len(radii)} entries for {len(layers)} layers")
-    return [Stage(k, n, r or None, args.lr) for k, n, r in zip(layers, args.steps, radii)]
+    return [LayerPhase(k, n, r or None, args.lr) for k, n, r in zip(layers, args.steps, radii)]
 
 
-def _describe(method: str, schedule: Sequence[Stage], prior_layer: int | None) -> str:
-    """The schedule a method runs, on one line: each stage's layer, steps and l1 radius."""
-    def bound(stage: Stage) -> str:
-        if stage.layer == prior_layer:
+def _describe(method: str, schedule: Sequence[LayerPhase], prior_layer: int | None) -> str:
+    """The schedule a method runs, on one line: each phase's layer, steps and l1 radius."""
+    def bound(phase: LayerPhase) -> str:
+        if phase.layer == prior_layer:
             return "the prior"
-        if stage.layer == 0:
+        if phase.layer == 0:
             return "w+"
-        return "no l1 ball" if stage.radius is None else f"l1 radius {round(stage.radius, 1):g}"
+        return "no l1 ball" if phase.radius is None else f"l1 radius {round(phase.radius, 1):g}"
 
     return f"{method} schedule: " + ", ".join(f"layer {s.layer} × {s.steps} steps ({bound(s)})" for s in schedule)
 
@@ -124,8 +124,8 @@ def _reconstruct(args: argparse.Namespace) -> None:
     seed = item_seed(args.seed, "reconstruct")
     operator = build_operator(spec, tuple(truth.shape[1:]), [seed], device)
     y = operator.measure(truth)
-    stages = _stages(args, generator)
-    if prior is not None and prior.layer not in [stage.layer for stage in stages]:
+    phases = _phases(args, generator)
+    if prior is not None and prior.layer not in [phase.layer for phase in phases]:
         raise ValueError(f"{args.score} models layer {prior.layer}: give --layers/--steps that reach it (e.g. --layers 0,1,…,{prior.layer})")
     perceptual = lpips_distance("vgg", device) if args.perceptual > 0 else None
     args.precision = resolve(args.precision, device, "--precision")
@@ -136,10 +136,10 @@ def _reconstruct(args: argparse.Namespace) -> None:
                                measurement_std=measurement_std, chains=args.samples, warm_start=args.warm_start)
     gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "gnc"))
     prior_layer = prior.layer if prior is not None else None
-    print(_describe(args.method, run_stages(args.method, stages, prior_layer, sgilo_config, gnc_config), prior_layer), file=sys.stderr)
+    print(_describe(args.method, run_phases(args.method, phases, prior_layer, sgilo_config, gnc_config), prior_layer), file=sys.stderr)
     started = time.perf_counter()
-    with tqdm(total=total_steps(args.method, stages, sgilo_config, gnc_config), desc=args.method, unit="step") as bar:
-        result = reconstruct(args.method, generator, operator.physics.A, y, [seed], stages, options, prior=prior, sgilo_config=sgilo_config,
+    with tqdm(total=total_steps(args.method, phases, sgilo_config, gnc_config), desc=args.method, unit="step") as bar:
+        result = reconstruct(args.method, generator, operator.physics.A, y, [seed], phases, options, prior=prior, sgilo_config=sgilo_config,
                              gnc_config=gnc_config, perceptual=perceptual, progress=bar.update)
     seconds = time.perf_counter() - started
     if result.failures[0] is not None:
@@ -167,7 +167,7 @@ def _write_reconstruction(args, operator, y, truth, result, seconds) -> None:
     record = {
         "image": str(args.image), "method": args.method, "generator": str(args.generator), "seed": args.seed,
         "score": str(args.score) if args.score else None, "operator": operator.describe(),
-        "stages": [dataclasses.asdict(s) for s in result.stages], "steps": result.steps, "chains": result.chains, "seconds": seconds,
+        "phases": [dataclasses.asdict(s) for s in result.phases], "steps": result.steps, "chains": result.chains, "seconds": seconds,
         "precision": args.precision, "data_term": result.data_term,
         "measurement_loss": float(result.loss[0]), "naive": {k: float(v[0]) for k, v in image_metrics(naive01, truth).items()},
         **quality,
@@ -243,10 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--cs-kind", default="auto", choices=("auto", "gaussian", "structured"))
     rec.add_argument("--noise-std", type=float, default=0.0, help="extra Gaussian measurement noise (on [0,1])")
     rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--steps", type=_numbers(int), default=[100, 100, 100, 50], help="steps per stage, e.g. 100,100,100,50 (csgm: the first)")
-    rec.add_argument("--layers", type=_numbers(int), help="layer per stage (default 0,1,2,…)")
+    rec.add_argument("--steps", type=_numbers(int), default=[100, 100, 100, 50], help="steps per phase, e.g. 100,100,100,50 (csgm: the first)")
+    rec.add_argument("--layers", type=_numbers(int), help="layer per phase (default 0,1,2,…)")
     rec.add_argument("--radii", type=_numbers(float),
-                     help="l1 radius per stage (0: no ball at that stage; default: ILO's radii scaled to the generator, "
+                     help="l1 radius per phase (0: no ball at that phase; default: ILO's radii scaled to the generator, "
                      "sgilo.inversion.ilo_radii); ilo-unconstrained ignores it")
     rec.add_argument("--lr", type=float, default=0.1)
     rec.add_argument("--score", type=Path, help="sgilo/gnc: the score stage's model.pt (its layer must be among --layers)")

@@ -114,8 +114,8 @@ class GeneratorConfig:
 
 # ------------------------------------------------------------------------------------------------- invert
 @dataclass(frozen=True)
-class StageConfig:
-    """One ILO stage: optimise the input of generator block `layer` (0 = the w+ latent, i.e. CSGM)."""
+class PhaseConfig:
+    """One ILO phase: optimise the input of generator block `layer` (0 = the w+ latent, i.e. CSGM)."""
 
     layer: int = field(default=0, metadata=_rng(0))
     steps: int = field(default=100, metadata=_rng(0))
@@ -128,7 +128,7 @@ class InvertConfig:
     """ILO inversion of the training images into the layer-`layer` representation the score model learns."""
 
     layer: int = field(default=2, metadata=_rng(1))
-    stages: tuple[StageConfig, ...] = (StageConfig(0, 40), StageConfig(1, 30, radius=150.0), StageConfig(2, 30, radius=300.0))
+    phases: tuple[PhaseConfig, ...] = (PhaseConfig(0, 40), PhaseConfig(1, 30, radius=150.0), PhaseConfig(2, 30, radius=300.0))
     geocross: float = field(default=0.01, metadata=_rng(0.0))
     perceptual: float = field(default=0.0, metadata=_rng(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
     optimize_noise: bool = False
@@ -249,7 +249,7 @@ class SGILOConfig:
     with hot_steps 0, the chains sample the tempered posterior [p(y | u)·p_t0(u)]^(1/T).
     """
 
-    steps: int = field(default=60, metadata=_rng(1))  # replaces ILO's last stage (the earlier stages are the warm start)
+    steps: int = field(default=60, metadata=_rng(1))  # replaces ILO's last phase (the earlier phases are the warm start)
     lr: float = field(default=0.05, metadata=_rng(0.0))  # adam: its lr on the measurement loss (constant: a sampler)
     weight: float = field(default=0.1, metadata=_rng(0.0))  # λ: the step η = λ·s² (the SGILO code's "temperature" 0.1)
     temperature: float = field(default=1.0, metadata=_rng(0.0))  # T of the Langevin noise sqrt(2ηT); 0: no noise
@@ -283,14 +283,14 @@ class TuneConfig:
     """Per task, level and method, the key hyper-parameter is chosen on separate validation images (lowest MSE)."""
 
     validation: int = field(default=4, metadata=_rng(1))  # images before the test images in the test split (paper: 8)
-    ilo_radius_scale: tuple[float, ...] = (0.25, 1.0, 4.0)  # × every invert.stages radius
+    ilo_radius_scale: tuple[float, ...] = (0.25, 1.0, 4.0)  # × every invert.phases radius
     sgilo_weight: tuple[float, ...] = (0.03, 0.1, 0.3)
     gnc_weight: tuple[float, ...] = (0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Tasks × levels × methods on held-out test images. ILO's schedule (and SGILO/GNC's warm start) is invert.stages."""
+    """Tasks × levels × methods on held-out test images. ILO's schedule (and SGILO/GNC's warm start) is invert.phases."""
 
     tasks: tuple[TaskLevelsConfig, ...] = (TaskLevelsConfig("inpaint", (0.05, 0.1, 0.25)), TaskLevelsConfig("cs", (0.01, 0.03, 0.1)))
     methods: tuple[str, ...] = field(default_factory=method_names)  # rows of sgilo.method_table
@@ -480,9 +480,9 @@ def _check_across_sections(params: Params, source: str) -> None:
     invert = params.invert
     if not invert.layer < blocks:
         raise ConfigError(f"{source}: invert.layer: a {params.generator.architecture.size}² generator has blocks 0…{blocks - 1}; the layer must be in [1, {blocks - 1}]")
-    layers = [stage.layer for stage in invert.stages]
+    layers = [phase.layer for phase in invert.phases]
     if not layers or layers != sorted(layers) or layers[-1] != invert.layer:
-        raise ConfigError(f"{source}: invert.stages: stage layers must rise and end at invert.layer ({invert.layer}), got {layers}")
+        raise ConfigError(f"{source}: invert.phases: phase layers must rise and end at invert.layer ({invert.layer}), got {layers}")
     if params.trajectories.beta_max < params.trajectories.beta_min:
         raise ConfigError(f"{source}: trajectories.beta_max ({params.trajectories.beta_max}) must be >= trajectories.beta_min ({params.trajectories.beta_min})")
     if params.download.dataset == "synthfaces" and invert.images > params.download.synthfaces.n_train:
@@ -556,6 +556,7 @@ RETIRED = {
     "score.igo": "the score stage no longer trains IGO's intermediate generator (sampling and reconstruction never used it); "
                  "IGO's α is measured by the theory_igo stage (docs/theory.md)",
     "score.igo_alpha": "see score.igo: IGO's α is measured by the theory_igo stage (theory_igo.alphas)",
+    "invert.stages": "renamed invert.phases (ILO's layer phases; 'stage' now means only a pipeline stage): rename the key, its entries stay the same",
 }
 
 

@@ -1,12 +1,12 @@
 """CSGM and ILO: invert a StyleGAN2 through any forward operator, a batch of images at a time.
 
-ILO (Daras et al. 2021) optimises the Gaussianised w+ first (that first stage alone is CSGM, Bora et al.
+ILO (Daras et al. 2021) optimises the Gaussianised w+ first (that first phase alone is CSGM, Bora et al.
 2017, with PULSE's latent space), then the representation entering block k, k+1, … of the generator, each
-stage starting from the best point so far mapped forward and staying within an l1 ball around it.
+phase starting from the best point so far mapped forward and staying within an l1 ball around it.
 
 The layer-k representation here is the pair (features, skip-RGB) that enters block k, stacked along channels:
 (C + 3, H, W). ILO's public code keeps only the features and restarts the RGB skip at zero, which changes the
-image at every stage switch; carrying the skip makes G_{≥k}(h) exactly the generator, so a prior learned on h
+image at every phase switch; carrying the skip makes G_{≥k}(h) exactly the generator, so a prior learned on h
 (SGILO) models what the image really is.
 
 Batching: every image has its own seed, latent, noise, l1 centre and best-iterate record; the loss is a sum of
@@ -34,12 +34,12 @@ Perceptual = Callable[[Tensor, Tensor], Tensor]  # (x, y) in [0,1] → per-image
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One ILO stage: optimise the input of block `layer` for `steps` steps within an l1 ball of `radius`."""
+class LayerPhase:
+    """One ILO phase: optimise the input of block `layer` for `steps` steps within an l1 ball of `radius`."""
 
     layer: int
     steps: int
-    radius: float | None = None  # l1 radius around the stage's starting point; None = unconstrained
+    radius: float | None = None  # l1 radius around the phase's starting point; None = unconstrained
     lr: float = 0.1
 
 
@@ -49,7 +49,7 @@ class Options:
     perceptual: float = 0.0  # weight of a perceptual distance (LPIPS) between image-shaped measurements
     optimize_noise: bool = False  # also optimise the noise maps of the active blocks
     sphere: bool = True  # keep each z row (and noise map) on its initial sphere, as PULSE/ILO do
-    rampup: float = 0.05  # fraction of a stage spent ramping the lr up …
+    rampup: float = 0.05  # fraction of a phase spent ramping the lr up …
     rampdown: float = 0.75  # … and down (cosine)
     # auto | fp32 | tf32 | bf16 (sgilo.precision). fp32 here, so that a library call computes the same on every
     # machine; the stages and `sgilo reconstruct` pass what the params or --precision say (default auto).
@@ -59,7 +59,7 @@ class Options:
 
 class LatentStep(Protocol):
     """A move of the layer-`layer` representation after each data step, in place of ILO's l1 projection
-    (SGILO's Langevin step, the GNC flow's denoising step); the stage at that layer runs at a constant lr.
+    (SGILO's Langevin step, the GNC flow's denoising step); the phase at that layer runs at a constant lr.
 
     With `takes_data_gradient`, Adam leaves the representation alone and the step makes the data move itself: it gets
     `grad`, the gradient of the batch's summed loss with respect to h (image i's own loss for row i)."""
@@ -95,15 +95,15 @@ class Result:
                       list(self.history), rep(self.z), [reason for reason in self.failures for _ in range(repeats)])
 
 
-def csgm_stages(steps: int, lr: float = 0.1) -> tuple[Stage, ...]:
-    return (Stage(layer=0, steps=steps, lr=lr),)
+def csgm_phases(steps: int, lr: float = 0.1) -> tuple[LayerPhase, ...]:
+    return (LayerPhase(layer=0, steps=steps, lr=lr),)
 
 
 # l1 radii by the shape (C + 3, H, W) of the representation they bound. ILO's published ones (Daras et al. 2021, their
 # code's max_radius_gen_out) at config-f's layers 1, 2, 3 (profiles/ffhq): what any other generator's are scaled from.
 ILO_RADII = {(515, 4, 4): 1000.0, (515, 8, 8): 1000.0, (515, 16, 16): 6000.0}
 # A profile's own radii where they are not ILO's scaled: the demo generator's (64 channels; params.yaml), for which
-# ILO's per entry would give 130 and 130. tests/test_inversion.py holds every profile's invert.stages to ilo_radii.
+# ILO's per entry would give 130 and 130. tests/test_inversion.py holds every profile's invert.phases to ilo_radii.
 PROFILE_RADII = {(67, 4, 4): 150.0, (67, 8, 8): 300.0}
 
 
@@ -112,7 +112,7 @@ def ilo_radii(generator: Generator, layers: Sequence[int]) -> list[float | None]
 
     A shape in PROFILE_RADII or ILO_RADII has its radius; any other has ILO's radius per entry at the same H×W (beyond
     16², at 16²) times its entries, so the ball allows the same deviation per entry. Layer 0 (the w+ latent) has no
-    ball, nor has a layer the generator lacks (`invert` refuses that stage by name).
+    ball, nor has a layer the generator lacks (`invert` refuses that phase by name).
     """
     return [_ilo_radius(generator, layer) for layer in layers]
 
@@ -221,7 +221,7 @@ def invert(
     forward: Callable[[Tensor], Tensor],
     y: Tensor,
     seeds: Sequence[int],
-    stages: Sequence[Stage],
+    phases: Sequence[LayerPhase],
     options: Options = Options(),
     perceptual: Perceptual | None = None,
     progress: Callable[[int], None] | None = None,
@@ -231,16 +231,16 @@ def invert(
     """Invert a batch: find per image the iterate whose image x (in [0,1]) best fits ‖forward(x) − y‖².
 
     `forward` is any differentiable operator on [0,1] images (e.g. a deepinv physics' `A`); `seeds[i]` seeds
-    image i's initial z and noise. CSGM is `stages=csgm_stages(n)`. The generator's weights are frozen.
+    image i's initial z and noise. CSGM is `phases=csgm_phases(n)`. The generator's weights are frozen.
     `latent_step` (SGILO, GNC: see `sgilo.posterior`) moves the representation of its layer after every step
-    of the stages at that layer; pair it with `Options(keep="last")` to return where the chain ends.
+    of the phases at that layer; pair it with `Options(keep="last")` to return where the chain ends.
     `init` continues from an earlier inversion's result (its z, noise and layer) instead of starting from the seeds;
-    the stages must then start at or after its layer.
+    the phases must then start at or after its layer.
     """
-    _check(generator, y, seeds, stages, options, perceptual)
+    _check(generator, y, seeds, phases, options, perceptual)
     options = replace(options, precision=resolve(options.precision, y.device))
-    if latent_step is not None and latent_step.layer not in [stage.layer for stage in stages]:
-        raise ValueError(f"latent_step acts on layer {latent_step.layer}, but no stage runs there (stages: {[s.layer for s in stages]})")
+    if latent_step is not None and latent_step.layer not in [phase.layer for phase in phases]:
+        raise ValueError(f"latent_step acts on layer {latent_step.layer}, but no phase runs there (phases: {[s.layer for s in phases]})")
     generator.requires_grad_(False)
     if not generator.gaussian_fitted:
         generator.fit_gaussian(100_000, torch_generator(0, "gaussian_fit"))
@@ -248,14 +248,14 @@ def invert(
         state = _State.start(generator, seeds, options.optimize_noise, y.device)
         previous_layer = 0
     else:
-        state = _State.resume(init, len(seeds), stages[0].layer)
+        state = _State.resume(init, len(seeds), phases[0].layer)
         previous_layer = init.layer
     history: list[float] = []
-    for stage in stages:
-        state.move_to(generator, previous_layer, stage.layer)
-        step = latent_step if latent_step is not None and latent_step.layer == stage.layer else None
-        _run_stage(generator, forward, y, state, stage, options, perceptual, history, progress, step)
-        previous_layer = stage.layer
+    for phase in phases:
+        state.move_to(generator, previous_layer, phase.layer)
+        step = latent_step if latent_step is not None and latent_step.layer == phase.layer else None
+        _run_phase(generator, forward, y, state, phase, options, perceptual, history, progress, step)
+        previous_layer = phase.layer
     if options.keep == "last":
         z, h, noise = state.z, state.h, state.noise
     else:
@@ -270,7 +270,7 @@ def invert(
         noise=[n.detach() for n in noise] if noise is not None else None,
         loss=loss,
         layer=previous_layer,
-        steps=sum(s.steps for s in stages) + (init.steps if init is not None else 0),
+        steps=sum(s.steps for s in phases) + (init.steps if init is not None else 0),
         history=history,
         z=z.detach(),
         failures=list(state.failures),
@@ -285,7 +285,7 @@ def measurement_loss(forward: Callable[[Tensor], Tensor], image: Tensor, y: Tens
 
 @dataclass
 class _State:
-    """Current and best iterates; `h`/`best_h` live at the current stage's layer (None at layer 0)."""
+    """Current and best iterates; `h`/`best_h` live at the current phase's layer (None at layer 0)."""
 
     z: Tensor
     noise: list[Tensor] | None
@@ -316,7 +316,7 @@ class _State:
         if result.z is None or result.z.shape[0] != count:
             raise ValueError(f"init: a result with z for {count} images is needed, got {None if result.z is None else result.z.shape[0]}")
         if first_layer < result.layer:
-            raise ValueError(f"init ends at layer {result.layer}; the stages cannot start before it (first stage: layer {first_layer})")
+            raise ValueError(f"init ends at layer {result.layer}; the phases cannot start before it (first phase: layer {first_layer})")
         noise = [n.clone() for n in result.noise] if result.noise is not None else None
         latent = result.latent.clone() if result.latent is not None else None
         return cls(z=result.z.clone(), noise=noise, h=latent, best_z=result.z.clone(),
@@ -334,7 +334,7 @@ class _State:
 
     @torch.no_grad()
     def move_to(self, generator: Generator, start: int, stop: int) -> None:
-        """Begin a stage at layer `stop` from the best iterate so far (mapped forward from layer `start`)."""
+        """Begin a phase at layer `stop` from the best iterate so far (mapped forward from layer `start`)."""
         w_plus = gaussianised_w(generator, self.best_z)
         if stop > 0:
             self.best_h = advance(generator, self.best_h, start, stop, w_plus, self.best_noise).float()
@@ -361,36 +361,36 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new.detach(), old)
 
 
-def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Options, perceptual, history, progress,
+def _run_phase(generator, forward, y, state: _State, phase: LayerPhase, options: Options, perceptual, history, progress,
                latent_step: LatentStep | None = None) -> None:
-    rows = first_w_row(stage.layer)
+    rows = first_w_row(phase.layer)
     z_active = state.z[:, rows:].clone().requires_grad_(True)
     variables = [z_active]
-    noise_from = first_noise(stage.layer)
+    noise_from = first_noise(phase.layer)
     noise_active = [n.requires_grad_(True) for n in state.noise[noise_from:]] if state.noise is not None else []
     variables += noise_active
     centre = None
     own_data_step = latent_step is not None and latent_step.takes_data_gradient
-    if stage.layer > 0:
+    if phase.layer > 0:
         centre = state.h.clone()
         state.h.requires_grad_(True)
         if not own_data_step:
             variables.append(state.h)
     spheres = [(v, _row_norms(v)) for v in [z_active, *noise_active]] if options.sphere else []
-    optimizer = torch.optim.Adam(variables, lr=stage.lr)
-    for step in range(stage.steps):
+    optimizer = torch.optim.Adam(variables, lr=phase.lr)
+    for step in range(phase.steps):
         for group in optimizer.param_groups:
             # A sampler needs a constant step: no cosine ramp-down at the latent step's layer.
-            group["lr"] = lr_at(step / stage.steps, stage.lr, options.rampup, 0.0 if latent_step else options.rampdown)
+            group["lr"] = lr_at(step / phase.steps, phase.lr, options.rampup, 0.0 if latent_step else options.rampdown)
         state.z = torch.cat([state.z[:, :rows].detach(), z_active], 1)
         w_plus = gaussianised_w(generator, state.z)
         with autocast(options.precision, y.device):
-            image = decode(generator, state.h, stage.layer, w_plus, state.noise)
+            image = decode(generator, state.h, phase.layer, w_plus, state.noise)
         data = measurement_loss(forward, image, y)
         loss = data + options.geocross * geocross(z_active)
         if perceptual is not None and options.perceptual > 0:
             loss = loss + options.perceptual * perceptual(forward((image.float() + 1) / 2).clamp(0, 1), y.clamp(0, 1))
-        state.flag(loss.detach(), f"non-finite loss at step {step + 1} of the layer-{stage.layer} stage")
+        state.flag(loss.detach(), f"non-finite loss at step {step + 1} of the layer-{phase.layer} phase")
         state.record(data.detach())
         history.append(float(_finite_mean(data.detach())))
         optimizer.zero_grad(set_to_none=True)
@@ -401,13 +401,13 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
         with torch.no_grad():
             for variable, norms in spheres:
                 variable.mul_(norms / _row_norms(variable))
-            if centre is not None and stage.radius is not None:
-                state.h.copy_(centre + project_l1_ball(state.h - centre, stage.radius))
+            if centre is not None and phase.radius is not None:
+                state.h.copy_(centre + project_l1_ball(state.h - centre, phase.radius))
             if latent_step is not None:
                 with autocast(options.precision, y.device):  # the score model runs at the generator's precision
                     grad = state.h.grad if own_data_step else None
-                    state.h.copy_(latent_step(state.h.detach(), step, stage.steps, grad))
-                state.flag(state.h, f"non-finite latent after the prior's step {step + 1} at layer {stage.layer}")
+                    state.h.copy_(latent_step(state.h.detach(), step, phase.steps, grad))
+                state.flag(state.h, f"non-finite latent after the prior's step {step + 1} at layer {phase.layer}")
         if progress is not None:
             progress(1)
     with torch.no_grad():
@@ -416,10 +416,10 @@ def _run_stage(generator, forward, y, state: _State, stage: Stage, options: Opti
             state.h = state.h.detach()
         if state.noise is not None:
             state.noise = [n.detach() for n in state.noise]
-        # The last update was never scored; score it so a stage's final iterate can be kept.
-        image = decode(generator, state.h, stage.layer, gaussianised_w(generator, state.z), state.noise)
+        # The last update was never scored; score it so a phase's final iterate can be kept.
+        image = decode(generator, state.h, phase.layer, gaussianised_w(generator, state.z), state.noise)
         loss = measurement_loss(forward, image, y)
-        state.flag(loss, f"non-finite loss after the last step of the layer-{stage.layer} stage")
+        state.flag(loss, f"non-finite loss after the last step of the layer-{phase.layer} phase")
         state.record(loss)
 
 
@@ -439,19 +439,19 @@ def image_shaped(y: Tensor) -> bool:
     return y.ndim == 4 and y.shape[1] == 3
 
 
-def _check(generator: Generator, y: Tensor, seeds: Sequence[int], stages: Sequence[Stage], options: Options, perceptual) -> None:
+def _check(generator: Generator, y: Tensor, seeds: Sequence[int], phases: Sequence[LayerPhase], options: Options, perceptual) -> None:
     if len(seeds) != y.shape[0]:
         raise ValueError(f"one seed per measurement: got {len(seeds)} seeds for a batch of {y.shape[0]}")
-    if not stages:
-        raise ValueError("stages: at least one stage is needed")
-    for stage in stages:
-        if not 0 <= stage.layer < generator.num_blocks:
-            raise ValueError(f"stage layer {stage.layer}: must be in [0, {generator.num_blocks - 1}] for a {generator.size}² generator")
-        if stage.steps < 0 or stage.lr <= 0 or (stage.radius is not None and stage.radius <= 0):
-            raise ValueError(f"stage {stage}: steps must be >= 0, lr and radius > 0")
-    layers = [stage.layer for stage in stages]
+    if not phases:
+        raise ValueError("phases: at least one phase is needed")
+    for phase in phases:
+        if not 0 <= phase.layer < generator.num_blocks:
+            raise ValueError(f"phase layer {phase.layer}: must be in [0, {generator.num_blocks - 1}] for a {generator.size}² generator")
+        if phase.steps < 0 or phase.lr <= 0 or (phase.radius is not None and phase.radius <= 0):
+            raise ValueError(f"phase {phase}: steps must be >= 0, lr and radius > 0")
+    layers = [phase.layer for phase in phases]
     if layers != sorted(layers):
-        raise ValueError(f"ILO stages must go forward through the layers, got layers {layers}")
+        raise ValueError(f"ILO phases must go forward through the layers, got layers {layers}")
     if options.keep not in ("best", "last"):
         raise ValueError(f"options.keep must be 'best' or 'last', got {options.keep!r}")
     if options.perceptual > 0 and perceptual is None:

@@ -14,9 +14,9 @@ from typing import ClassVar
 from torch import Tensor
 
 from sgilo.config import GNCConfig, SGILOConfig
-from sgilo.inversion import Options, Perceptual, Stage, image_shaped, invert
+from sgilo.inversion import LayerPhase, Options, Perceptual, image_shaped, invert
 from sgilo.method_table import spec
-from sgilo.posterior import LatentPrior, Posterior, gnc, sgilo, warm_stages
+from sgilo.posterior import LatentPrior, Posterior, gnc, score_guided_ilo, warm_phases
 
 
 @dataclass
@@ -24,8 +24,8 @@ class Reconstruction:
     image: Tensor  # (B, 3, size, size) in [0, 1]: the estimate that is scored (SGILO: the posterior mean)
     loss: Tensor  # (B,) measurement MSE of `image`'s chain(s), averaged over chains
     steps: int  # optimisation steps per chain
-    stages: list[Stage]  # the schedule run (SGILO, GNC: the warm start, then the prior's stage)
-    latent: Tensor | None  # ILO: (B, C + 3, H, W) at the last stage's layer; SGILO, GNC: (B, chains, …); CSGM: None
+    phases: list[LayerPhase]  # the schedule run (SGILO, GNC: the warm start, then the prior's phase)
+    latent: Tensor | None  # ILO: (B, C + 3, H, W) at the last phase's layer; SGILO, GNC: (B, chains, …); CSGM: None
     w_plus: Tensor  # (B, num_ws, style_dim); SGILO, GNC: (B, chains, …)
     chains: int = 1
     samples: Tensor | None = None  # (B, chains, 3, size, size) in [0, 1]: SGILO and GNC
@@ -51,46 +51,46 @@ class Method:
     def __init__(self, setting: Setting | None = None) -> None:
         self.setting = setting or Setting()
 
-    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
-        """The stages this method optimises (SGILO, GNC: the warm start part of it comes from here)."""
-        return list(stages)
+    def schedule(self, phases: Sequence[LayerPhase]) -> list[LayerPhase]:
+        """The phases this method optimises (SGILO, GNC: the warm start part of it comes from here)."""
+        return list(phases)
 
-    def run_stages(self, stages: Sequence[Stage], prior_layer: int | None) -> list[Stage]:
-        """The stages as its Reconstruction records them."""
-        return self.schedule(stages)
+    def run_phases(self, phases: Sequence[LayerPhase], prior_layer: int | None) -> list[LayerPhase]:
+        """The phases as its Reconstruction records them."""
+        return self.schedule(phases)
 
-    def steps(self, stages: Sequence[Stage]) -> int:
+    def steps(self, phases: Sequence[LayerPhase]) -> int:
         """Optimisation steps per chain, for progress bars."""
-        return sum(stage.steps for stage in self.schedule(stages))
+        return sum(phase.steps for phase in self.schedule(phases))
 
-    def reconstruct(self, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
+    def reconstruct(self, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], phases: Sequence[LayerPhase],
                     options: Options, prior: LatentPrior | None, perceptual: Perceptual | None, progress, term: str) -> Reconstruction:
-        schedule = self.schedule(stages)
+        schedule = self.schedule(phases)
         result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
-        return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, stages=schedule,
+        return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, phases=schedule,
                               latent=result.latent, w_plus=result.w_plus, failures=result.failures, data_term=term)
 
 
 class CSGM(Method):
     name = "csgm"
 
-    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
-        return [Stage(0, sum(stage.steps for stage in stages), None, stages[0].lr)]
+    def schedule(self, phases: Sequence[LayerPhase]) -> list[LayerPhase]:
+        return [LayerPhase(0, sum(phase.steps for phase in phases), None, phases[0].lr)]
 
 
 class ILO(Method):
     name = "ilo"
 
-    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
+    def schedule(self, phases: Sequence[LayerPhase]) -> list[LayerPhase]:
         scale = self.setting.radius_scale
-        return [replace(stage, radius=None if stage.radius is None else stage.radius * scale) for stage in stages]
+        return [replace(phase, radius=None if phase.radius is None else phase.radius * scale) for phase in phases]
 
 
 class ILOUnconstrained(Method):
     name = "ilo-unconstrained"
 
-    def schedule(self, stages: Sequence[Stage]) -> list[Stage]:
-        return [replace(stage, radius=None) for stage in stages]
+    def schedule(self, phases: Sequence[LayerPhase]) -> list[LayerPhase]:
+        return [replace(phase, radius=None) for phase in phases]
 
 
 class PriorMethod(Method):
@@ -102,24 +102,24 @@ class PriorMethod(Method):
     def chains(self) -> int:
         return 1
 
-    def run_stages(self, stages: Sequence[Stage], prior_layer: int | None) -> list[Stage]:
+    def run_phases(self, phases: Sequence[LayerPhase], prior_layer: int | None) -> list[LayerPhase]:
         config = self.config()
-        return [*warm_stages(self.schedule(stages), prior_layer), Stage(prior_layer, config.steps, None, config.lr)]
+        return [*warm_phases(self.schedule(phases), prior_layer), LayerPhase(prior_layer, config.steps, None, config.lr)]
 
-    def steps(self, stages: Sequence[Stage]) -> int:
-        schedule = self.schedule(stages)
+    def steps(self, phases: Sequence[LayerPhase]) -> int:
+        schedule = self.schedule(phases)
         layer = schedule[-1].layer
-        return sum(stage.steps for stage in schedule if stage.layer < layer) + self.config().steps
+        return sum(phase.steps for phase in schedule if phase.layer < layer) + self.config().steps
 
-    def sample(self, generator, forward, y, seeds, prior, stages, options, perceptual, progress) -> Posterior:
+    def sample(self, generator, forward, y, seeds, prior, phases, options, perceptual, progress) -> Posterior:
         raise NotImplementedError
 
-    def reconstruct(self, generator, forward, y, seeds, stages, options, prior, perceptual, progress, term) -> Reconstruction:
+    def reconstruct(self, generator, forward, y, seeds, phases, options, prior, perceptual, progress, term) -> Reconstruction:
         if prior is None:
             raise ValueError(f"method {self.name} needs a score model (the score stage's model.pt)")
-        post = self.sample(generator, forward, y, seeds, prior, self.schedule(stages), options, perceptual, progress)
+        post = self.sample(generator, forward, y, seeds, prior, self.schedule(phases), options, perceptual, progress)
         return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
-                              stages=self.run_stages(stages, prior.layer), latent=post.latents, w_plus=post.w_plus,
+                              phases=self.run_phases(phases, prior.layer), latent=post.latents, w_plus=post.w_plus,
                               chains=self.chains(), samples=(post.samples + 1) / 2, std=post.std, failures=post.failures, data_term=term)
 
 
@@ -132,8 +132,8 @@ class SGILO(PriorMethod):
     def chains(self) -> int:
         return self.setting.sgilo.chains
 
-    def sample(self, generator, forward, y, seeds, prior, stages, options, perceptual, progress) -> Posterior:
-        return sgilo(generator, forward, y, seeds, prior, self.setting.sgilo, stages, options, perceptual, progress)
+    def sample(self, generator, forward, y, seeds, prior, phases, options, perceptual, progress) -> Posterior:
+        return score_guided_ilo(generator, forward, y, seeds, prior, self.setting.sgilo, phases, options, perceptual, progress)
 
 
 class GNC(PriorMethod):
@@ -142,8 +142,8 @@ class GNC(PriorMethod):
     def config(self) -> GNCConfig:
         return self.setting.gnc
 
-    def sample(self, generator, forward, y, seeds, prior, stages, options, perceptual, progress) -> Posterior:
-        return gnc(generator, forward, y, seeds, prior, self.setting.gnc, stages, options, perceptual, progress)
+    def sample(self, generator, forward, y, seeds, prior, phases, options, perceptual, progress) -> Posterior:
+        return gnc(generator, forward, y, seeds, prior, self.setting.gnc, phases, options, perceptual, progress)
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (CSGM, ILO, ILOUnconstrained, SGILO, GNC)}
@@ -166,20 +166,20 @@ def with_tuned(setting: Setting, name: str, key: str, value: float) -> Setting:
     return replace(setting, **{name: replace(getattr(setting, name), **{key: value})})
 
 
-def method_stages(name: str, stages: Sequence[Stage], radius_scale: float = 1.0) -> list[Stage]:
-    """The schedule a method runs, from ILO's (invert.stages); SGILO and GNC take its warm start from it."""
-    return method(name, Setting(radius_scale=radius_scale)).schedule(stages)
+def method_phases(name: str, phases: Sequence[LayerPhase], radius_scale: float = 1.0) -> list[LayerPhase]:
+    """The schedule a method runs, from ILO's (invert.phases); SGILO and GNC take its warm start from it."""
+    return method(name, Setting(radius_scale=radius_scale)).schedule(phases)
 
 
-def run_stages(name: str, stages: Sequence[Stage], prior_layer: int | None = None, sgilo_config: SGILOConfig | None = None,
-               gnc_config: GNCConfig | None = None, radius_scale: float = 1.0) -> list[Stage]:
-    """The stages a method runs, as its Reconstruction records them: `method_stages`; SGILO and GNC: the warm start,
-    then the prior's stage at `prior_layer` (its steps and lr from the method's config)."""
+def run_phases(name: str, phases: Sequence[LayerPhase], prior_layer: int | None = None, sgilo_config: SGILOConfig | None = None,
+               gnc_config: GNCConfig | None = None, radius_scale: float = 1.0) -> list[LayerPhase]:
+    """The phases a method runs, as its Reconstruction records them: `method_phases`; SGILO and GNC: the warm start,
+    then the prior's phase at `prior_layer` (its steps and lr from the method's config)."""
     setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
-    return method(name, setting).run_stages(stages, prior_layer)
+    return method(name, setting).run_phases(phases, prior_layer)
 
 
-def reconstruct(name: str, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], stages: Sequence[Stage],
+def reconstruct(name: str, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], phases: Sequence[LayerPhase],
                 options: Options | None = None, *, radius_scale: float = 1.0, prior: LatentPrior | None = None,
                 sgilo_config: SGILOConfig | None = None, gnc_config: GNCConfig | None = None,
                 perceptual: Perceptual | None = None, progress: Callable[[int], None] | None = None) -> Reconstruction:
@@ -193,9 +193,9 @@ def reconstruct(name: str, generator, forward: Callable[[Tensor], Tensor], y: Te
         options = replace(options, perceptual=0.0)
     term = f"mse + {options.perceptual:g}·LPIPS" if options.perceptual > 0 else "mse"
     setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
-    return method(name, setting).reconstruct(generator, forward, y, seeds, stages, options, prior, perceptual, progress, term)
+    return method(name, setting).reconstruct(generator, forward, y, seeds, phases, options, prior, perceptual, progress, term)
 
 
-def total_steps(name: str, stages: Sequence[Stage], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:
+def total_steps(name: str, phases: Sequence[LayerPhase], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:
     """Optimisation steps per chain, for progress bars."""
-    return method(name, Setting(1.0, sgilo_config, gnc_config)).steps(stages)
+    return method(name, Setting(1.0, sgilo_config, gnc_config)).steps(phases)

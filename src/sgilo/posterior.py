@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from sgilo.config import GNCConfig, SGILOConfig
-from sgilo.inversion import Options, Perceptual, Result, Stage, decode, invert
+from sgilo.inversion import LayerPhase, Options, Perceptual, Result, decode, invert
 from sgilo.io import CheckpointError, load_torch, save_torch
 from sgilo.latents import LatentScaler
 from sgilo.score_model import ScoreViT
@@ -187,7 +187,7 @@ class SGLDStep:
 
 
 class GNCStep:
-    """The GNC flow's move: toward Tweedie's denoiser at a smoothing level annealed over the stage."""
+    """The GNC flow's move: toward Tweedie's denoiser at a smoothing level annealed over the phase."""
 
     takes_data_gradient = False  # Adam makes the data move; this step only denoises
 
@@ -195,7 +195,7 @@ class GNCStep:
         self.layer, self.prior, self.config = prior.layer, prior, config
 
     def time(self, step: int, steps: int) -> float:
-        """Geometric from t_max to t_min over the stage's steps."""
+        """Geometric from t_max to t_min over the phase's steps."""
         c = self.config
         fraction = step / max(1, steps - 1)
         return c.t_max * (c.t_min / c.t_max) ** fraction
@@ -253,20 +253,20 @@ def per_chain(forward: Callable[[Tensor], Tensor], chains: int) -> Callable[[Ten
     return apply
 
 
-def warm_stages(stages: Sequence[Stage], layer: int) -> list[Stage]:
+def warm_phases(phases: Sequence[LayerPhase], layer: int) -> list[LayerPhase]:
     """ILO's schedule before the prior's layer: the warm start that SGILO and GNC continue from."""
-    earlier = [stage for stage in stages if stage.layer < layer]
+    earlier = [phase for phase in phases if phase.layer < layer]
     if not earlier:
-        raise ValueError(f"the warm start needs ILO stages below the prior's layer {layer}; got layers {[s.layer for s in stages]}")
+        raise ValueError(f"the warm start needs ILO phases below the prior's layer {layer}; got layers {[s.layer for s in phases]}")
     return earlier
 
 
-def sgilo(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], prior: LatentPrior,
-          config: SGILOConfig, stages: Sequence[Stage], options: Options | None = None, perceptual: Perceptual | None = None,
-          progress: Callable[[int], None] | None = None) -> Posterior:
+def score_guided_ilo(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], prior: LatentPrior,
+                     config: SGILOConfig, phases: Sequence[LayerPhase], options: Options | None = None, perceptual: Perceptual | None = None,
+                     progress: Callable[[int], None] | None = None) -> Posterior:
     """Posterior samples for a batch y (B, …) measured by `forward` (any operator on B images in [0, 1]).
 
-    The stages of `stages` (ILO's schedule) below the prior's layer are the warm start, run per chain from the
+    The phases of `phases` (ILO's schedule) below the prior's layer are the warm start, run per chain from the
     chain's own seed (`config.warm_start` per_chain) or once per measurement (shared); `config.chains` Langevin
     chains then run at the prior's layer, all in one batch, each with its own noise.
     """
@@ -274,21 +274,21 @@ def sgilo(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, 
     chains, seeds_ = config.chains, chain_seeds(seeds, config.chains)
     forward_, y_ = per_chain(forward, chains), y.repeat_interleave(chains, 0)
     if config.warm_start == "shared":
-        start = invert(generator, forward, y, list(seeds), warm_stages(stages, prior.layer), options, perceptual, progress)
+        start = invert(generator, forward, y, list(seeds), warm_phases(phases, prior.layer), options, perceptual, progress)
         start = start.repeat_interleave(chains)
     else:
-        start = invert(generator, forward_, y_, seeds_, warm_stages(stages, prior.layer), options, perceptual, progress)
-    result = invert(generator, forward_, y_, seeds_, [Stage(prior.layer, config.steps, None, config.lr)], replace(options, keep="last"),
+        start = invert(generator, forward_, y_, seeds_, warm_phases(phases, prior.layer), options, perceptual, progress)
+    result = invert(generator, forward_, y_, seeds_, [LayerPhase(prior.layer, config.steps, None, config.lr)], replace(options, keep="last"),
                     perceptual, progress, latent_step=SGLDStep(prior, config, seeds_, entries=y[0].numel()), init=start)
     return _posterior(result, len(seeds), chains)
 
 
 def gnc(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], prior: LatentPrior,
-        config: GNCConfig, stages: Sequence[Stage], options: Options | None = None, perceptual: Perceptual | None = None,
+        config: GNCConfig, phases: Sequence[LayerPhase], options: Options | None = None, perceptual: Perceptual | None = None,
         progress: Callable[[int], None] | None = None) -> Posterior:
     """The GNC flow for a batch y (one deterministic chain per measurement; `forward` acts on B images)."""
     options = options or Options()
-    schedule = [*warm_stages(stages, prior.layer), Stage(prior.layer, config.steps, None, config.lr)]
+    schedule = [*warm_phases(phases, prior.layer), LayerPhase(prior.layer, config.steps, None, config.lr)]
     result = invert(generator, forward, y, list(seeds), schedule, replace(options, keep="last"), perceptual, progress,
                     latent_step=GNCStep(prior, config))
     return _posterior(result, len(seeds), 1)

@@ -173,13 +173,13 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
     w_numel = probe.num_ws * probe.style_dim
     gen_weights = generator_step(arch, 0).weights
 
-    def ilo(stages, perceptual: bool, batch: int) -> tuple[float, float]:
+    def ilo(phases, perceptual: bool, batch: int) -> tuple[float, float]:
         """FLOP per image and the largest activation memory of a batch over a schedule."""
         flop, activations = 0.0, 0.0
-        for stage in stages:
-            unit = generator_step(arch, stage.layer, batch)
+        for phase in phases:
+            unit = generator_step(arch, phase.layer, batch)
             lp = lpips_step(size, batch) if perceptual else Work(0.0, 0.0, 0.0)
-            flop += stage.steps * (unit.flop + lp.flop) / batch
+            flop += phase.steps * (unit.flop + lp.flop) / batch
             activations = max(activations, unit.peak + lp.peak)
         return flop, activations
 
@@ -204,11 +204,11 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
     rows.append(estimate_row("generator", 1, 0.0, gen_weights, "weights: converted or trained", gen_weights, grid.peak))
 
     perceptual = invert.perceptual > 0
-    flop_image, activations = ilo(invert.stages, perceptual, invert.batch_size)
+    flop_image, activations = ilo(invert.phases, perceptual, invert.batch_size)
     lpips_weights = lpips_step(size).weights if perceptual else 0.0
     shard_bytes = invert.shard_size * 4 * (latent_numel + w_numel)
     rows.append(estimate_row("invert", invert.shards, flop_image * invert.images, (invert.images + invert.generated) * 4 * (latent_numel + w_numel),
-                             f"{invert.images} images × {sum(s.steps for s in invert.stages)} steps", gen_weights + lpips_weights,
+                             f"{invert.images} images × {sum(s.steps for s in invert.phases)} steps", gen_weights + lpips_weights,
                              activations, 2 * shard_bytes))
     latents = invert.images + invert.generated
     dtype_bytes = torch.empty((), dtype=getattr(torch, traj.dtype)).element_size()
@@ -231,16 +231,16 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
     image_tasks = {"inpaint", "denoise", "sr"}
 
     def per_image(task: str, method: str) -> tuple[float, float]:
-        from sgilo.methods import method_stages
-        from sgilo.posterior import warm_stages
+        from sgilo.methods import method_phases
+        from sgilo.posterior import warm_phases
 
         uses_lpips = perceptual and task in image_tasks
-        schedule = method_stages(method, invert.stages)
+        schedule = method_phases(method, invert.phases)
         if not METHODS[method].uses_prior:
             return ilo(schedule, uses_lpips, evaluate.batch_size)
         chains = evaluate.sgilo.chains if method == "sgilo" else 1
         config = evaluate.sgilo if method == "sgilo" else evaluate.gnc
-        warm_flop, warm_act = ilo(warm_stages(schedule, invert.layer), uses_lpips, evaluate.batch_size * chains)
+        warm_flop, warm_act = ilo(warm_phases(schedule, invert.layer), uses_lpips, evaluate.batch_size * chains)
         last_flop, last_act = ilo([type(schedule[0])(invert.layer, config.steps, None, config.lr)], uses_lpips, evaluate.batch_size * chains)
         prior_calls = config.steps * (max(1, evaluate.sgilo.hot_steps) if method == "sgilo" else 1)
         return chains * (warm_flop + last_flop + prior_calls * vit_fwd), max(warm_act, last_act)

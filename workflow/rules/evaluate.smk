@@ -15,7 +15,7 @@ wildcard_constraints:
 def cell_params(wildcards, tuning=False):
     """What a cell's results depend on: the shared settings, ILO's schedule and its own method's settings."""
     keys = ["seed", *(f"evaluate.{key}" for key in ("noise_std", "mask", "cs_kind", "sr_filter", "precision")),
-            "evaluate.tune.validation", *(f"invert.{key}" for key in ("stages", "geocross", "perceptual", "optimize_noise"))]
+            "evaluate.tune.validation", *(f"invert.{key}" for key in ("phases", "geocross", "perceptual", "optimize_noise"))]
     if not tuning:
         keys += ["evaluate.images", "evaluate.figure_images"]
     row = METHODS[wildcards.method]

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from sgilo.config import Params, to_dict
 from sgilo.data import DataError, load_images, read_index
-from sgilo.inversion import Options, Stage
+from sgilo.inversion import LayerPhase, Options
 from sgilo.io import (
     atomic_path,
     cell_path,
@@ -106,7 +106,7 @@ class Runner:
         if self.prior is not None and self.prior.layer != params.invert.layer:
             raise SystemExit(f"error: {args.score} models layer {self.prior.layer}, but invert.layer is {params.invert.layer}; rerun the score stage")
         invert = params.invert
-        self.stages = [Stage(**to_dict(s)) for s in invert.stages]
+        self.phases = [LayerPhase(**to_dict(s)) for s in invert.phases]
         self.precision = resolve(config.precision, device, "evaluate.precision")
         self.options = Options(geocross=invert.geocross, perceptual=invert.perceptual, optimize_noise=invert.optimize_noise,
                                precision=self.precision)
@@ -122,7 +122,7 @@ class Runner:
 
     def steps(self) -> int:
         config = self.params.evaluate
-        return total_steps(self.method, self.stages, config.sgilo, config.gnc)
+        return total_steps(self.method, self.phases, config.sgilo, config.gnc)
 
     def run(self, ids: Sequence[int], hyper: dict[str, float], progress=None) -> tuple[torch.Tensor, Operator, torch.Tensor, Reconstruction, float]:
         """(truth, operator, y, reconstruction, seconds) for a batch of images, truth in [0, 1]."""
@@ -135,7 +135,7 @@ class Runner:
         for key, value in hyper.items():
             setting = with_tuned(setting, self.method, key, value)
         started = time.perf_counter()
-        result = reconstruct(self.method, self.generator, operator.physics.A, y, seeds, self.stages, self.options,
+        result = reconstruct(self.method, self.generator, operator.physics.A, y, seeds, self.phases, self.options,
                              radius_scale=setting.radius_scale, prior=self.prior, sgilo_config=setting.sgilo,
                              gnc_config=setting.gnc, perceptual=self.perceptual, progress=progress)
         return truth, operator, y, result, time.perf_counter() - started
@@ -197,7 +197,7 @@ def tune(runner: Runner, out: Path) -> None:
     if all(s["mse"] is None for s in scores):
         discard_checkpoint(partial)
         raise SystemExit(f"error: every candidate of {key} made all validation images fail (NaN or Inf in the optimisation) for "
-                         f"{runner.task} {runner.level:g} {method}; lower the step sizes in invert.stages / evaluate.{method}")
+                         f"{runner.task} {runner.level:g} {method}; lower the step sizes in invert.phases / evaluate.{method}")
     # A candidate that makes images fail is not chosen over one that does not.
     best = min(scores, key=lambda s: (s["failed"], s["mse"] if s["mse"] is not None else math.inf))
     save_json({"task": runner.task, "level": runner.level, "method": method, "key": key, "validation_ids": ids,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from sgilo.config import InvertConfig, Params, to_dict
 from sgilo.data import load_images, read_index
-from sgilo.inversion import Options, Perceptual, Stage, generator_latents, invert
+from sgilo.inversion import LayerPhase, Options, Perceptual, generator_latents, invert
 from sgilo.io import (
     discard_checkpoint,
     fingerprint,
@@ -104,15 +104,15 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
     key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "precision": precision, "ids": ids}, generator_path)
     done = resume_batches(partial_path, key, "the shard")
     batches = [ids[i : i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
-    stages = [Stage(**to_dict(s)) for s in config.stages]
+    phases = [LayerPhase(**to_dict(s)) for s in config.phases]
     options = Options(geocross=config.geocross, perceptual=config.perceptual, optimize_noise=config.optimize_noise, precision=precision)
-    steps = sum(s.steps for s in stages)
+    steps = sum(s.steps for s in phases)
     progress = tqdm(total=len(ids) * steps, initial=len(done) * steps, desc=f"invert shard {shard}", unit="img·step", mininterval=5.0)
     for batch in batches[len(done):]:
         target = load_images(data, "train", generator.size, batch)
         target01 = ((target + 1) / 2).to(device)
         seeds = [item_seed(params.seed, "invert", image_id) for image_id in batch]
-        result = invert(generator, _identity, target01, seeds, stages, options, perceptual, progress=functools.partial(_advance, progress, len(batch)))
+        result = invert(generator, _identity, target01, seeds, phases, options, perceptual, progress=functools.partial(_advance, progress, len(batch)))
         quality = image_metrics((torch.nan_to_num(result.image).clamp(-1, 1) + 1) / 2, target01)
         for image_id, reason in zip(batch, result.failures):
             if reason is not None:
@@ -144,7 +144,7 @@ def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, gener
     ok = torch.tensor([reason is None for reason in failures])
     if not bool(ok.any()):
         raise SystemExit(f"error: every image of invert shard {shard} failed ({failures[0]}, …); nothing was written to {dest}. "
-                         "Lower the step sizes (lr) in invert.stages or use invert.precision fp32")
+                         "Lower the step sizes (lr) in invert.phases or use invert.precision fp32")
     tensors = {key: torch.cat([b[key] for b in done])[ok].contiguous() for key in done[0] if key != "failures"}
     metadata = {
         "format": FORMAT,
