@@ -4,15 +4,24 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TARGET ?= results/table1.csv   # the main job; `make table TARGET=all` also builds every other stage output
 
-.PHONY: table test smoke-ffhq smoke-slurm setup clean-results
+.PHONY: table test lint format smoke-ffhq smoke-slurm setup clean-results
 
 ## make table: set up .venv, then run the main job on the demo profile (params.yaml) through Snakemake.
 table: setup
 	$(BIN)/snakemake --cores all $(TARGET)
 
-## make test: set up .venv, then run the test suite.
-test: setup
+## make test: set up .venv, check the code's lint and format (ruff), then run the test suite.
+test: lint
 	$(BIN)/python -m pytest -q
+
+## make lint: ruff's checks and its formatter's check (configuration: pyproject.toml); `make format` applies both fixes.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 ## make smoke-ffhq: the FFHQ profile's whole code path at real shapes, counts shrunk (profiles/ffhq-smoke), on stand-in
 ## inputs served from 127.0.0.1 (sgilo.smoke); writes smoke-ffhq/, checks Table 1 and prints each rule's time and RSS.

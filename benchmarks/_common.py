@@ -34,8 +34,11 @@ def names_from(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 
 def add_smoke(parser: argparse.ArgumentParser) -> None:
     """`--smoke`: the script's own code path at toy sizes, so that CI starts every script (tests/test_benchmarks.py)."""
-    parser.add_argument("--smoke", action="store_true",
-                        help="toy sizes and counts, which override those options and are printed first: checks that the script runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="toy sizes and counts, which override those options and are printed first: checks that the script runs",
+    )
 
 
 def smoke_run(args: argparse.Namespace, **toy: object) -> None:
@@ -44,12 +47,17 @@ def smoke_run(args: argparse.Namespace, **toy: object) -> None:
         return
     for name, value in toy.items():
         setattr(args, name, value)
-    shown = ", ".join(f"{name} {','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}" for name, value in toy.items())
+    shown = ", ".join(
+        f"{name} {','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+        for name, value in toy.items()
+    )
     print(f"SMOKE RUN ({shown}): checks that the script runs; its numbers mean nothing\n", flush=True)
 
 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
-            f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, malloc {MALLOC}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, malloc {MALLOC}"
+    )

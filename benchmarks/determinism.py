@@ -30,7 +30,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from _common import add_smoke, smoke_run
 from kill_anywhere import (  # sibling script: the one output comparison
     REPO,
     SMOKE_TARGETS,
@@ -38,6 +37,8 @@ from kill_anywhere import (  # sibling script: the one output comparison
     project_env,
     same,
 )
+
+from _common import add_smoke, smoke_run
 
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import copy_project  # the tiny profile the suite uses
@@ -58,8 +59,15 @@ def set_threads(params: Path, threads: int) -> None:
 def run(root: Path, cores: int, threads: int, targets: list[str]) -> float:
     set_threads(root / "params.yaml", threads)
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), *targets, "--quiet"], cwd=root,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=project_env(root), check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", str(cores), *targets, "--quiet"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=project_env(root),
+        check=False,
+    )
     if done.returncode != 0:
         sys.exit(f"snakemake --cores {cores} in {root} failed:\n{done.stderr[-3000:]}")
     return time.monotonic() - start
@@ -67,8 +75,12 @@ def run(root: Path, cores: int, threads: int, targets: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1, help="every stage's threads key (0: the cores Snakemake gives a job)")
-    parser.add_argument("--other-threads", type=int, default=2, help="the threads of the last run, compared without failing")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="every stage's threads key (0: the cores Snakemake gives a job)"
+    )
+    parser.add_argument(
+        "--other-threads", type=int, default=2, help="the threads of the last run, compared without failing"
+    )
     parser.set_defaults(targets=["all"])
     add_smoke(parser)
     args = parser.parse_args()
@@ -79,8 +91,10 @@ def main() -> None:
         reference = shutil.copytree(pristine, Path(tmp) / "reference")
         seconds = run(reference, 2, args.threads, args.targets)
         expected = [p.relative_to(reference) for p in outputs(reference)]
-        print(f"reference (--cores 2, threads {args.threads}): {seconds:.0f} s, {len(expected)} outputs compared; "
-              f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}")
+        print(
+            f"reference (--cores 2, threads {args.threads}): {seconds:.0f} s, {len(expected)} outputs compared; "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}"
+        )
         print("| run | seconds | outputs compared | differing or missing | table1.csv identical (but its seconds) |")
         print("|---|---|---|---|---|")
         failures = 0
@@ -88,17 +102,31 @@ def main() -> None:
             root = shutil.copytree(pristine, Path(tmp) / name.replace(" ", "").replace(",", "-"))
             seconds = run(root, cores, args.threads, args.targets)
             produced = [p.relative_to(root) for p in outputs(root)]
-            differing = sorted(set(produced) ^ set(expected)) + [p for p in expected if (root / p).exists() and not same(reference / p, root / p)]
-            table_same = same(reference / table, root / table) if table in expected else None  # None: not built (--smoke)
+            differing = sorted(set(produced) ^ set(expected)) + [
+                p for p in expected if (root / p).exists() and not same(reference / p, root / p)
+            ]
+            table_same = (
+                same(reference / table, root / table) if table in expected else None
+            )  # None: not built (--smoke)
             failures += bool(differing) or table_same is False
             if differing:
                 print(f"{name}: differs or missing: {[str(p) for p in differing]}", file=sys.stderr)
-            print(f"| {name} | {seconds:.0f} | {len(expected)} | {len(differing)} | {'–' if table_same is None else table_same} |", flush=True)
+            print(
+                f"| {name} | {seconds:.0f} | {len(expected)} | {len(differing)} | {'–' if table_same is None else table_same} |",
+                flush=True,
+            )
         root = shutil.copytree(pristine, Path(tmp) / "other-threads")
         seconds = run(root, 2, args.other_threads, args.targets)
         differing = [p for p in expected if not same(reference / p, root / p)]
-        drift = f"means moved ≤ {table_drift(reference / table, root / table):.1e} of their interval's half-width" if table in expected else "–"
-        print(f"| threads {args.other_threads}, --cores 2 (not a failure) | {seconds:.0f} | {len(expected)} | {len(differing)} | {drift} |", flush=True)
+        drift = (
+            f"means moved ≤ {table_drift(reference / table, root / table):.1e} of their interval's half-width"
+            if table in expected
+            else "–"
+        )
+        print(
+            f"| threads {args.other_threads}, --cores 2 (not a failure) | {seconds:.0f} | {len(expected)} | {len(differing)} | {drift} |",
+            flush=True,
+        )
         sys.exit(1 if failures else 0)
 
 

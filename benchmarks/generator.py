@@ -18,13 +18,16 @@ import math
 import time
 
 import torch
-from _common import add_smoke, machine, smoke_run
 
 from sgilo.precision import autocast
 from sgilo.stylegan2 import Generator
 
+from _common import add_smoke, machine, smoke_run
 
-def measure(generator: Generator, batch: int, dtype: str, device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
+
+def measure(
+    generator: Generator, batch: int, dtype: str, device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
     w_plus = torch.randn(batch, generator.num_ws, generator.style_dim, device=device, requires_grad=True)
     noise = generator.random_noise(batch, torch.Generator(device=device).manual_seed(0))
 
@@ -62,25 +65,34 @@ def _sync(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, default=1024, help="resolution; channels as config-f (multiplier 2, max 512)")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="resolution; channels as config-f (multiplier 2, max 512)"
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     add_smoke(parser)
     args = parser.parse_args()
-    smoke_run(args, size=16, batch=[1], dtype=["fp32"], repeats=1, warmup=0)  # bf16 left out: minutes without native bf16
+    smoke_run(
+        args, size=16, batch=[1], dtype=["fp32"], repeats=1, warmup=0
+    )  # bf16 left out: minutes without native bf16
 
     device = torch.device(args.device)
     generator = Generator(args.size).to(device).eval().requires_grad_(False)
     name = machine(device)
-    print(f"StyleGAN2 {args.size}² (config-f channels), synthesis forward+backward w.r.t. w+, torch {torch.__version__}, {name}\n")
+    print(
+        f"StyleGAN2 {args.size}² (config-f channels), synthesis forward+backward w.r.t. w+, torch {torch.__version__}, {name}\n"
+    )
     print("| device | size | batch | dtype | images/s | ms/batch | peak GPU GiB |")
     print("|---|---|---|---|---|---|---|")
     for dtype in args.dtype:
         for batch in args.batch:
             r = measure(generator, batch, dtype, device, args.repeats, args.warmup)
-            print(f"| {device.type} | {args.size} | {batch} | {dtype} | {r['images_per_s']:.2f} | {r['ms_per_batch']:.0f} | {_gib(r['peak_gib'])} |", flush=True)
+            print(
+                f"| {device.type} | {args.size} | {batch} | {dtype} | {r['images_per_s']:.2f} | {r['ms_per_batch']:.0f} | {_gib(r['peak_gib'])} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

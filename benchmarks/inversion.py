@@ -24,11 +24,12 @@ import resource
 import time
 
 import torch
-from _common import add_smoke, ints, machine, names_from, smoke_run
 
 from sgilo.inversion import LayerPhase, Options, invert
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.stylegan2 import Generator
+
+from _common import add_smoke, ints, machine, names_from, smoke_run
 
 CONFIGS = {
     "demo": {"size": 32, "style_dim": 128, "n_mlp": 4, "channel_multiplier": 2, "channel_max": 64},  # params.yaml's
@@ -61,19 +62,25 @@ def build_generator(config: str, device: torch.device) -> Generator:
 @torch.no_grad()
 def targets(generator: Generator, batch: int, device: torch.device) -> torch.Tensor:
     """The generator's own samples for seeds 0 … batch−1, in [0, 1]."""
-    z = torch.stack([torch.randn(generator.style_dim, generator=torch.Generator().manual_seed(s)) for s in range(batch)])
+    z = torch.stack(
+        [torch.randn(generator.style_dim, generator=torch.Generator().manual_seed(s)) for s in range(batch)]
+    )
     image = generator(z.to(device))
     return ((image.clamp(-1, 1) + 1) / 2).float()
 
 
-def measure(generator: Generator, batch: int, precision: str, phases: tuple[LayerPhase, ...], warmup: int, device: torch.device) -> dict[str, float]:
+def measure(
+    generator: Generator, batch: int, precision: str, phases: tuple[LayerPhase, ...], warmup: int, device: torch.device
+) -> dict[str, float]:
     seeds = list(range(batch))
     x = targets(generator, batch, device)
     forward = build_operator(OperatorSpec("inpaint", 0.5), tuple(x.shape[1:]), seeds, device).physics.A
     y = forward(x)
     options = Options(precision=precision)
     if warmup > 0:
-        invert(generator, forward, y, seeds, tuple(LayerPhase(s.layer, warmup, s.radius, s.lr) for s in phases), options)
+        invert(
+            generator, forward, y, seeds, tuple(LayerPhase(s.layer, warmup, s.radius, s.lr) for s in phases), options
+        )
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,7 +125,11 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), help="generator; default demo on CPU, config-f on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batches", type=ints, default=[1, 8, 32], help="comma-separated batch sizes (default 1,8,32)")
-    parser.add_argument("--precisions", type=names_from(list(EXPLICIT)), help="comma-separated, of fp32,tf32,bf16; default fp32 on CPU, all three on CUDA")
+    parser.add_argument(
+        "--precisions",
+        type=names_from(list(EXPLICIT)),
+        help="comma-separated, of fp32,tf32,bf16; default fp32 on CPU, all three on CUDA",
+    )
     parser.add_argument("--steps", type=int, help="steps per ILO phase; default 10 on CPU, 20 on CUDA")
     parser.add_argument("--layers", type=ints, help="ILO phase layers; default 0,1,2 (demo), 0,1,2,3 (config-f)")
     parser.add_argument("--lr", type=float, default=0.1)
@@ -140,8 +151,12 @@ def main() -> None:
     size = generator.size
     total = steps * len(phases)
     schedule = ", ".join(f"layer {s.layer}" + ("" if s.radius is None else f" (l1 ≤ {s.radius:.0f})") for s in phases)
-    print(f"ILO inversion, StyleGAN2 {config} {size}² (random weights), 50% random-pixel inpainting, torch {torch.__version__}, {machine(device)}")
-    print(f"phases: {schedule}; {steps} steps each ({total} in all), lr {args.lr}; warm-up run of {args.warmup} steps/phase excluded")
+    print(
+        f"ILO inversion, StyleGAN2 {config} {size}² (random weights), 50% random-pixel inpainting, torch {torch.__version__}, {machine(device)}"
+    )
+    print(
+        f"phases: {schedule}; {steps} steps each ({total} in all), lr {args.lr}; warm-up run of {args.warmup} steps/phase excluded"
+    )
     memory = "peak GPU GiB" if cuda else "peak RSS GiB (process)"
     print("speed-up: image·steps/s over batch 1 fp32; PSNR of the reconstruction against the true image (dB)\n")
     print(f"| device | config | batch | precision | image·steps/s | s/image | {memory} | loss | PSNR | speed-up |")

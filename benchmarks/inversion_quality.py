@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_smoke, smoke_run
 
 from sgilo.data import load_images, read_index
 from sgilo.inversion import LayerPhase, invert
@@ -32,6 +31,8 @@ from sgilo.seeding import item_seed, torch_generator
 from sgilo.stylegan2 import Generator, load_generator, save_generator
 from sgilo.synthfaces import write_synthfaces
 
+from _common import add_smoke, smoke_run
+
 LEVELS = {"inpaint": (0.05, 0.1, 0.25, 0.5), "cs": (0.01, 0.03, 0.1, 0.3)}
 
 
@@ -40,12 +41,18 @@ def schedules(steps: int, radii: list[float]) -> dict[str, list[LayerPhase]]:
     share = [steps // 3, steps // 3, steps - 2 * (steps // 3)]
     return {
         "csgm": [LayerPhase(0, steps)],
-        "ilo": [LayerPhase(0, share[0]), LayerPhase(1, share[1], radius=radii[0]), LayerPhase(2, share[2], radius=radii[1])],
+        "ilo": [
+            LayerPhase(0, share[0]),
+            LayerPhase(1, share[1], radius=radii[0]),
+            LayerPhase(2, share[2], radius=radii[1]),
+        ],
         "ilo-unconstrained": [LayerPhase(k, n) for k, n in enumerate(share)],
     }
 
 
-def reconstruct(generator, truth01: torch.Tensor, spec: OperatorSpec, phases: list[LayerPhase], seeds: list[int]) -> dict[str, torch.Tensor]:
+def reconstruct(
+    generator, truth01: torch.Tensor, spec: OperatorSpec, phases: list[LayerPhase], seeds: list[int]
+) -> dict[str, torch.Tensor]:
     operator = build_operator(spec, tuple(truth01.shape[1:]), seeds)
     result = invert(generator, operator.physics.A, operator.measure(truth01), seeds, phases)
     return image_metrics((result.image.clamp(-1, 1) + 1) / 2, truth01)
@@ -90,8 +97,10 @@ def measure(args: argparse.Namespace) -> None:
     generator = load_generator(args.generator)
     radii = [float(r) for r in args.radii.split(",")]
     plans = schedules(args.steps, radii)
-    print(f"# torch {torch.__version__}, CPU threads {torch.get_num_threads()}, generator {generator.size}², "
-          f"{args.images} images, {args.steps} steps per method, ILO radii {radii}\n")
+    print(
+        f"# torch {torch.__version__}, CPU threads {torch.get_num_threads()}, generator {generator.size}², "
+        f"{args.images} images, {args.steps} steps per method, ILO radii {radii}\n"
+    )
 
     with torch.no_grad():
         z = torch.randn(args.images, generator.style_dim, generator=torch_generator(0, "quality", "in-range"))
@@ -99,8 +108,10 @@ def measure(args: argparse.Namespace) -> None:
     seeds = [item_seed(0, "quality", "in-range", i) for i in range(args.images)]
     started = time.perf_counter()
     quality = reconstruct(generator, in_range, OperatorSpec("inpaint", 0.5), plans["ilo"], seeds)
-    print(f"In range (generator samples), inpaint keep 0.5, ILO: PSNR {mean_ci(quality['psnr'])} dB, "
-          f"min {float(quality['psnr'].min()):.2f} dB ({time.perf_counter() - started:.0f} s)\n")
+    print(
+        f"In range (generator samples), inpaint keep 0.5, ILO: PSNR {mean_ci(quality['psnr'])} dB, "
+        f"min {float(quality['psnr'].min()):.2f} dB ({time.perf_counter() - started:.0f} s)\n"
+    )
 
     index = read_index(args.data)
     test_ids = index[index["split"] == "test"]["id"].tolist()[: args.images]
@@ -114,7 +125,10 @@ def measure(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 quality = reconstruct(generator, truth, OperatorSpec(task, level), phases, seeds)
                 seconds = time.perf_counter() - started
-                print(f"| {task} | {level} | {method} | {mean_ci(quality['psnr'])} | {mean_ci(quality['ssim'])} | {seconds:.0f} |", flush=True)
+                print(
+                    f"| {task} | {level} | {method} | {mean_ci(quality['psnr'])} | {mean_ci(quality['ssim'])} | {seconds:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

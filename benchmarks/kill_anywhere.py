@@ -43,13 +43,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
 from _common import add_smoke, smoke_run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import copy_project  # the tiny profile the suite uses
-
 from sgilo.io import load_safetensors
+
+from conftest import copy_project  # the tiny profile the suite uses
 
 # Wall-clock fields and the generator's resume provenance (resumed_from_step): the only ones allowed to differ.
 TIMING = ("seconds", "per_s", "resumed")
@@ -59,13 +60,18 @@ SMOKE_TARGETS = ["download"]  # --smoke's (here and in determinism.py): the firs
 def project_env(root: Path) -> dict[str, str]:
     """The environment for running a copy's workflow on the copy's own code: the editable install would import this
     checkout's src/, which may change while a benchmark runs."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def snakemake(root: Path, *extra: str, log: Path | None = None, targets: Sequence[str] = ("all",)) -> subprocess.Popen:
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *targets, "--quiet", *extra]
     err = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=project_env(root))
+    return subprocess.Popen(
+        command, cwd=root, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=project_env(root)
+    )
 
 
 def incomplete_outputs(root: Path) -> list[str]:
@@ -96,7 +102,12 @@ def outputs(root: Path) -> list[Path]:
     """Every data file and every result but the plots, report.md and table1.html (drawn from the compared numbers;
     the HTML table also shows seconds per image, a wall-clock field)."""
     found = [p for folder in ("data", "results") for p in (root / folder).rglob("*") if p.is_file()]
-    return sorted(p for p in found if "resume" not in p.parts and not (p.parts[len(root.parts)] == "results" and p.suffix in (".png", ".md", ".html")))
+    return sorted(
+        p
+        for p in found
+        if "resume" not in p.parts
+        and not (p.parts[len(root.parts)] == "results" and p.suffix in (".png", ".md", ".html"))
+    )
 
 
 def _strip(value):
@@ -134,12 +145,19 @@ def same(a: Path, b: Path) -> bool:
 def differences(reference: Path, root: Path, expected: list[Path]) -> list[Path]:
     """Outputs missing, extra or not the same as the reference's."""
     produced = [p.relative_to(root) for p in outputs(root)]
-    return sorted(set(produced) ^ set(expected)) + [p for p in expected if (root / p).exists() and not same(reference / p, root / p)]
+    return sorted(set(produced) ^ set(expected)) + [
+        p for p in expected if (root / p).exists() and not same(reference / p, root / p)
+    ]
 
 
 def leftovers(root: Path) -> list[Path]:
     """Temporary files of killed writers (sgilo.io.atomic_path names them .<name>.*.tmp)."""
-    return [p for folder in ("data", "results") for p in (root / folder).rglob("*") if p.is_file() and (".tmp" in p.name or p.name.startswith("."))]
+    return [
+        p
+        for folder in ("data", "results")
+        for p in (root / folder).rglob("*")
+        if p.is_file() and (".tmp" in p.name or p.name.startswith("."))
+    ]
 
 
 def first_job(run: subprocess.Popen, root: Path) -> float:
@@ -150,7 +168,9 @@ def first_job(run: subprocess.Popen, root: Path) -> float:
     return time.monotonic() - started
 
 
-def kill_at(root: Path, delay: float, targets: Sequence[str], *extra: str, after_first_job: bool = False) -> tuple[list[str], bool]:
+def kill_at(
+    root: Path, delay: float, targets: Sequence[str], *extra: str, after_first_job: bool = False
+) -> tuple[list[str], bool]:
     """Run the workflow for `targets`; SIGKILL its process group `delay` seconds in (counted from its first job's start
     with `after_first_job`), unless it ends first, and release its lock as a user would. Returns the outputs it had
     marked incomplete (the jobs the kill interrupted) and whether it was killed; the user then reruns with
@@ -176,7 +196,9 @@ def per_stage(args: argparse.Namespace, tmp: Path, pristine: Path, reference: Pa
     by_stage: dict[str, list[str]] = defaultdict(list)
     for path in expected:
         by_stage[stage_of(str(path))].append(str(path))
-    print("| stage | outputs deleted | uninterrupted rerun (its jobs) | kills | kills that hit a running job | trials identical | temporary files left |")
+    print(
+        "| stage | outputs deleted | uninterrupted rerun (its jobs) | kills | kills that hit a running job | trials identical | temporary files left |"
+    )
     print("|---|---|---|---|---|---|---|")
     failures = 0
     for stage in [s for s in args.stages or by_stage if s in by_stage]:
@@ -211,13 +233,19 @@ def per_stage(args: argparse.Namespace, tmp: Path, pristine: Path, reference: Pa
             rerun = snakemake(root, "--rerun-incomplete", targets=targets, log=log).wait()
             differing = differences(reference, root, expected)
             if rerun != 0 or differing:
-                print(f"{stage} trial {trial}: exit {rerun}, differs or missing: {[str(p) for p in differing]}\n{log.read_text()[-2000:]}", file=sys.stderr)
+                print(
+                    f"{stage} trial {trial}: exit {rerun}, differs or missing: {[str(p) for p in differing]}\n{log.read_text()[-2000:]}",
+                    file=sys.stderr,
+                )
             identical += rerun == 0 and not differing
             left += len(leftovers(root))
             shutil.rmtree(root)
         failures += not clean_same or identical != args.trials or left > 0
-        print(f"| {stage} | {len(deleted)} | {duration:.0f} s, {'identical' if clean_same else f'exit {rc} or different'} | {kills} | "
-              f"{hits} | {identical}/{args.trials} | {left} |", flush=True)
+        print(
+            f"| {stage} | {len(deleted)} | {duration:.0f} s, {'identical' if clean_same else f'exit {rc} or different'} | {kills} | "
+            f"{hits} | {identical}/{args.trials} | {left} |",
+            flush=True,
+        )
     return failures
 
 
@@ -239,7 +267,9 @@ def main() -> None:
             sys.exit("the uninterrupted reference run failed")
         duration = time.monotonic() - start
         expected = [p.relative_to(reference) for p in outputs(reference)]
-        print(f"reference: {duration:.0f} s, {len(expected)} outputs compared (plots, report.md and table1.html are derived)")
+        print(
+            f"reference: {duration:.0f} s, {len(expected)} outputs compared (plots, report.md and table1.html are derived)"
+        )
         if args.per_stage:
             sys.exit(1 if per_stage(args, Path(tmp), pristine, reference, expected) else 0)
         print("| trial | killed at | interrupted outputs | rerun | outputs identical | partial files left |")
@@ -250,7 +280,9 @@ def main() -> None:
             delay = random.Random(f"{args.seed}/{trial}").uniform(0.5, duration)
             interrupted, killed = kill_at(root, delay, args.targets)
             stage_kills.update({stage_of(p) for p in interrupted})
-            rerun = snakemake(root, "--rerun-incomplete", log=root.parent / f"rerun-{trial}.log", targets=args.targets).wait()
+            rerun = snakemake(
+                root, "--rerun-incomplete", log=root.parent / f"rerun-{trial}.log", targets=args.targets
+            ).wait()
             if rerun != 0:
                 print((root.parent / f"rerun-{trial}.log").read_text()[-3000:], file=sys.stderr)
             differing, left = differences(reference, root, expected), leftovers(root)
@@ -259,7 +291,10 @@ def main() -> None:
                 print(f"trial {trial}: differs or missing: {[str(p) for p in differing]}", file=sys.stderr)
             failures += not identical or bool(left)
             stages = ", ".join(sorted({stage_of(p) for p in interrupted})) or "none"
-            print(f"| {trial} | {f'{delay:.0f} s' if killed else 'finished first'} | {stages} ({len(interrupted)}) | exit {rerun} | {identical} | {len(left)} |", flush=True)
+            print(
+                f"| {trial} | {f'{delay:.0f} s' if killed else 'finished first'} | {stages} ({len(interrupted)}) | exit {rerun} | {identical} | {len(left)} |",
+                flush=True,
+            )
             shutil.rmtree(root)
         print(f"\nkills per interrupted stage: {dict(sorted(stage_kills.items()))}; trials not identical: {failures}")
         sys.exit(1 if failures else 0)

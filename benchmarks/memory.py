@@ -21,12 +21,19 @@ from pathlib import Path
 
 import torch
 import yaml
-from _common import add_smoke, machine, smoke_run
 
 from sgilo.io import save_safetensors, shard_file
 from sgilo.stylegan2 import Generator, save_generator
 
-ARCHITECTURE = {"size": 32, "style_dim": 64, "n_mlp": 2, "channel_multiplier": 2, "channel_max": 512}  # layer 3: 515×16×16
+from _common import add_smoke, machine, smoke_run
+
+ARCHITECTURE = {
+    "size": 32,
+    "style_dim": 64,
+    "n_mlp": 2,
+    "channel_multiplier": 2,
+    "channel_max": 512,
+}  # layer 3: 515×16×16
 LAYER = 3
 
 
@@ -34,11 +41,27 @@ def params(shards: int, per_shard: int) -> dict:
     return {
         "seed": 0,
         "generator": {"architecture": ARCHITECTURE},
-        "invert": {"layer": LAYER, "phases": [{"layer": k, "steps": 1} for k in range(LAYER + 1)], "images": shards * per_shard,
-                   "shard_size": per_shard, "device": "cpu", "precision": "fp32", "threads": 1},
+        "invert": {
+            "layer": LAYER,
+            "phases": [{"layer": k, "steps": 1} for k in range(LAYER + 1)],
+            "images": shards * per_shard,
+            "shard_size": per_shard,
+            "device": "cpu",
+            "precision": "fp32",
+            "threads": 1,
+        },
         "trajectories": {"draws": 1, "held_out": 0.1, "dtype": "bfloat16", "threads": 1},
-        "score": {"model": {"width": 32, "depth": 1, "heads": 1, "mlp": 64}, "epochs": 1, "batch_size": 16, "warmup_steps": 1,
-                  "samples": 2, "sample_steps": 2, "precision": "fp32", "device": "cpu", "threads": 1},
+        "score": {
+            "model": {"width": 32, "depth": 1, "heads": 1, "mlp": 64},
+            "epochs": 1,
+            "batch_size": 16,
+            "warmup_steps": 1,
+            "samples": 2,
+            "sample_steps": 2,
+            "precision": "fp32",
+            "device": "cpu",
+            "threads": 1,
+        },
     }
 
 
@@ -48,9 +71,14 @@ def write_inputs(root: Path, shards: int, per_shard: int, generator: Generator) 
     gen = torch.Generator().manual_seed(0)
     for shard in range(shards):
         ids = torch.arange(shard * per_shard, (shard + 1) * per_shard)
-        save_safetensors({"ids": ids, "latents": torch.randn(per_shard, 515, 16, 16, generator=gen),
-                          "w_plus": torch.randn(per_shard, generator.num_ws, ARCHITECTURE["style_dim"], generator=gen)},
-                         shard_file(root / "invert", shard))
+        save_safetensors(
+            {
+                "ids": ids,
+                "latents": torch.randn(per_shard, 515, 16, 16, generator=gen),
+                "w_plus": torch.randn(per_shard, generator.num_ws, ARCHITECTURE["style_dim"], generator=gen),
+            },
+            shard_file(root / "invert", shard),
+        )
     save_generator(generator, root / "generator.pt")
     return root / "params.yaml"
 
@@ -73,10 +101,27 @@ def measure(shards: int, per_shard: int, generator: Generator) -> dict[str, tupl
         stage = [sys.executable, "-m"]
         common = ["--params", str(params_file), "--invert", str(root / "invert"), "--out", str(root / "trajectories")]
         result = {"trajectories --stats": peak_rss_mib([*stage, "sgilo.stages.trajectories", *common, "--stats"], root)}
-        shard_runs = [peak_rss_mib([*stage, "sgilo.stages.trajectories", *common, "--shard", str(i)], root) for i in range(shards)]
+        shard_runs = [
+            peak_rss_mib([*stage, "sgilo.stages.trajectories", *common, "--shard", str(i)], root) for i in range(shards)
+        ]
         result["trajectories --shard (largest)"] = max(shard_runs)
-        result["score"] = peak_rss_mib([*stage, "sgilo.stages.score", "--params", str(params_file), "--trajectories", str(root / "trajectories"),
-                                        "--invert", str(root / "invert"), "--generator", str(root / "generator.pt"), "--out", str(root / "score")], root)
+        result["score"] = peak_rss_mib(
+            [
+                *stage,
+                "sgilo.stages.score",
+                "--params",
+                str(params_file),
+                "--trajectories",
+                str(root / "trajectories"),
+                "--invert",
+                str(root / "invert"),
+                "--generator",
+                str(root / "generator.pt"),
+                "--out",
+                str(root / "score"),
+            ],
+            root,
+        )
     return result
 
 
@@ -93,9 +138,13 @@ def main() -> None:
     generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
     print(f"machine: {machine(torch.device('cpu'))}")
     shard_mib = per_shard * 515 * 16 * 16 * 4 / 2**20
-    print(f"invert shards of {per_shard} latents of 515×16×16 float32 ({shard_mib:.0f} MiB each): N = {shards}, 4N = {4 * shards}\n")
+    print(
+        f"invert shards of {per_shard} latents of 515×16×16 float32 ({shard_mib:.0f} MiB each): N = {shards}, 4N = {4 * shards}\n"
+    )
     small, large = measure(shards, per_shard, generator), measure(4 * shards, per_shard, generator)
-    print(f"| stage (one process) | peak RSS at N = {shards} (MiB) | peak RSS at 4N = {4 * shards} (MiB) | ratio | seconds at N / 4N |")
+    print(
+        f"| stage (one process) | peak RSS at N = {shards} (MiB) | peak RSS at 4N = {4 * shards} (MiB) | ratio | seconds at N / 4N |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name in small:
         (rss_n, s_n), (rss_4n, s_4n) = small[name], large[name]

@@ -23,7 +23,6 @@ import resource
 import time
 
 import torch
-from _common import add_smoke, ints, machine, names_from, smoke_run
 
 from sgilo.config import SGILOConfig
 from sgilo.inversion import LayerPhase, Options
@@ -34,11 +33,19 @@ from sgilo.score_model import ScoreViT, count_parameters
 from sgilo.sde import build_sde
 from sgilo.stylegan2 import Generator
 
+from _common import add_smoke, ints, machine, names_from, smoke_run
+
 CONFIGS = {
-    "demo": {"generator": {"size": 32, "style_dim": 128, "n_mlp": 4, "channel_multiplier": 2, "channel_max": 64},
-             "score": {"width": 128, "depth": 4, "heads": 4, "mlp": 256}, "layer": 2},
-    "paper": {"generator": {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512},
-              "score": {"width": 1024, "depth": 8, "heads": 1, "mlp": 4096}, "layer": 3},
+    "demo": {
+        "generator": {"size": 32, "style_dim": 128, "n_mlp": 4, "channel_multiplier": 2, "channel_max": 64},
+        "score": {"width": 128, "depth": 4, "heads": 4, "mlp": 256},
+        "layer": 2,
+    },
+    "paper": {
+        "generator": {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512},
+        "score": {"width": 1024, "depth": 8, "heads": 1, "mlp": 4096},
+        "layer": 3,
+    },
 }
 
 
@@ -53,19 +60,36 @@ def build(config: str, device: torch.device) -> tuple[Generator, LatentPrior]:
     model = ScoreViT(shape, **c["score"], skip_data_std=0.2).to(device).eval().requires_grad_(False)
     sde = build_sde("vp")
     scaler = LatentScaler(-torch.ones(shape[0]), torch.ones(shape[0]))
-    prior = LatentPrior(model, scaler, sde, {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}, c["layer"],
-                        torch.zeros(1, generator.num_ws, generator.style_dim, device=device))
+    prior = LatentPrior(
+        model,
+        scaler,
+        sde,
+        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+        c["layer"],
+        torch.zeros(1, generator.num_ws, generator.style_dim, device=device),
+    )
     return generator, prior
 
 
 @torch.no_grad()
 def targets(generator: Generator, count: int, device: torch.device) -> torch.Tensor:
-    z = torch.stack([torch.randn(generator.style_dim, generator=torch.Generator().manual_seed(s)) for s in range(count)])
+    z = torch.stack(
+        [torch.randn(generator.style_dim, generator=torch.Generator().manual_seed(s)) for s in range(count)]
+    )
     return ((generator(z.to(device)).clamp(-1, 1) + 1) / 2).float()
 
 
-def measure(generator: Generator, prior: LatentPrior, images: int, chains: int, precision: str, steps: list[int], prior_steps: int,
-            warm_start: str, device: torch.device) -> dict[str, float]:
+def measure(
+    generator: Generator,
+    prior: LatentPrior,
+    images: int,
+    chains: int,
+    precision: str,
+    steps: list[int],
+    prior_steps: int,
+    warm_start: str,
+    device: torch.device,
+) -> dict[str, float]:
     truth = targets(generator, images, device)
     spec = OperatorSpec("inpaint", 0.5)
     seeds = list(range(images))
@@ -75,7 +99,9 @@ def measure(generator: Generator, prior: LatentPrior, images: int, chains: int, 
     config = SGILOConfig(steps=prior_steps, chains=chains, warm_start=warm_start)
     options = Options(precision=precision)
     warm = [LayerPhase(layer, 1, None) for layer in range(len(steps))]
-    score_guided_ilo(generator, operator.physics.A, y, seeds, prior, SGILOConfig(steps=1, chains=chains), warm, options)  # warm-up
+    score_guided_ilo(
+        generator, operator.physics.A, y, seeds, prior, SGILOConfig(steps=1, chains=chains), warm, options
+    )  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -84,8 +110,17 @@ def measure(generator: Generator, prior: LatentPrior, images: int, chains: int, 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"seconds_per_image": seconds / images, "steps": post.steps, "peak_gib": peak, "loss": float(post.loss.mean())}
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {
+        "seconds_per_image": seconds / images,
+        "steps": post.steps,
+        "peak_gib": peak,
+        "loss": float(post.loss.mean()),
+    }
 
 
 def main() -> None:
@@ -94,11 +129,17 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--images", type=int, default=1, help="measurements per batch (each with all its chains)")
     parser.add_argument("--chains", type=ints, default=[1, 4], help="comma-separated chain counts (default 1,4)")
-    parser.add_argument("--precisions", type=names_from(["fp32", "tf32", "bf16"]), help="default fp32,bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precisions", type=names_from(["fp32", "tf32", "bf16"]), help="default fp32,bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--steps", type=ints, default=[300, 300, 300], help="warm-start ILO steps for layers 0 … k−1")
     parser.add_argument("--prior-steps", type=int, default=300, help="SGLD steps at layer k")
-    parser.add_argument("--warm-starts", type=names_from(["per_chain", "shared"]), default=["per_chain", "shared"],
-                        help="comma-separated: an ILO warm start per chain, or one shared by the chains")
+    parser.add_argument(
+        "--warm-starts",
+        type=names_from(["per_chain", "shared"]),
+        default=["per_chain", "shared"],
+        help="comma-separated: an ILO warm start per chain, or one shared by the chains",
+    )
     add_smoke(parser)
     args = parser.parse_args()
     smoke_run(args, config="demo", images=1, chains=[1, 2], precisions=["fp32"], steps=[1, 1], prior_steps=1)
@@ -108,9 +149,11 @@ def main() -> None:
     if len(args.steps) != CONFIGS[config]["layer"]:
         parser.error(f"--steps: give one count per warm-start layer 0 … {CONFIGS[config]['layer'] - 1}")
     generator, prior = build(config, device)
-    print(f"SGILO on {machine(device)}: {config} (generator {generator.size}², score model {count_parameters(prior.model) / 1e6:.1f}M "
-          f"parameters on layer {prior.layer} {'×'.join(map(str, prior.shape))}); steps {args.steps} + {args.prior_steps} SGLD; "
-          f"{args.images} image(s) per batch\n")
+    print(
+        f"SGILO on {machine(device)}: {config} (generator {generator.size}², score model {count_parameters(prior.model) / 1e6:.1f}M "
+        f"parameters on layer {prior.layer} {'×'.join(map(str, prior.shape))}); steps {args.steps} + {args.prior_steps} SGLD; "
+        f"{args.images} image(s) per batch\n"
+    )
     print("| device | chains | warm start | precision | steps per chain | s per image | peak GiB | measurement MSE |")
     print("|---|---|---|---|---|---|---|---|")
     for chains in args.chains:
@@ -118,11 +161,24 @@ def main() -> None:
             for precision in precisions:
                 row = f"| {device.type} | {chains} | {warm_start} | {precision} |"
                 try:
-                    r = measure(generator, prior, args.images, chains, precision, args.steps, args.prior_steps, warm_start, device)
+                    r = measure(
+                        generator,
+                        prior,
+                        args.images,
+                        chains,
+                        precision,
+                        args.steps,
+                        args.prior_steps,
+                        warm_start,
+                        device,
+                    )
                 except torch.OutOfMemoryError:
                     print(f"{row} OOM | | | |", flush=True)
                 else:
-                    print(f"{row} {r['steps']} | {r['seconds_per_image']:.2f} | {r['peak_gib']:.2f} | {r['loss']:.5f} |", flush=True)
+                    print(
+                        f"{row} {r['steps']} | {r['seconds_per_image']:.2f} | {r['peak_gib']:.2f} | {r['loss']:.5f} |",
+                        flush=True,
+                    )
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -19,9 +19,10 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from _common import add_smoke, machine, smoke_run
 
 from sgilo.precision import native_bf16, resolve, timed
+
+from _common import add_smoke, machine, smoke_run
 
 
 def kernels(device: torch.device, smoke: bool) -> dict[str, tuple[Callable[[], None], float, bool]]:
@@ -42,8 +43,11 @@ def kernels(device: torch.device, smoke: bool) -> dict[str, tuple[Callable[[], N
         torch.nn.functional.conv2d(x, weight, padding=1).sum().backward()
 
     conv_flops = 3 * 2.0 * batch * channels * channels * 9 * side * side  # forward, and the two backward convolutions
-    return {f"matmul {big}²": matmul(big, native_bf16(device)), f"matmul {small}²": matmul(small, True),
-            f"conv 3×3 fwd+bwd {batch}×{channels}×{side}²": (conv, conv_flops, True)}
+    return {
+        f"matmul {big}²": matmul(big, native_bf16(device)),
+        f"matmul {small}²": matmul(small, True),
+        f"conv 3×3 fwd+bwd {batch}×{channels}×{side}²": (conv, conv_flops, True),
+    }
 
 
 def median_seconds(call: Callable[[], None], precision: str, device: torch.device, repeats: int) -> float:
@@ -58,7 +62,9 @@ def main() -> None:
     args = parser.parse_args()
     smoke_run(args, repeats=1)  # and kernels() takes its small shapes
     device = torch.device(args.device)
-    print(f"{machine(device)}; native bf16: {native_bf16(device)}, so precision auto → {resolve('auto', device)}; torch {torch.__version__}\n")
+    print(
+        f"{machine(device)}; native bf16: {native_bf16(device)}, so precision auto → {resolve('auto', device)}; torch {torch.__version__}\n"
+    )
     print("| kernel | fp32 ms | fp32 GFLOP/s | bf16 autocast ms | bf16 GFLOP/s | bf16 / fp32 time |")
     print("|---|---|---|---|---|---|")
     for name, (call, flops, with_bf16) in kernels(device, args.smoke).items():
@@ -67,8 +73,10 @@ def main() -> None:
             print(f"| {name} | {fp32 * 1e3:.2f} | {flops / fp32 / 1e9:.1f} | – | – | – |", flush=True)
             continue
         bf16 = median_seconds(call, "bf16", device, args.repeats)
-        print(f"| {name} | {fp32 * 1e3:.2f} | {flops / fp32 / 1e9:.1f} | {bf16 * 1e3:.2f} | {flops / bf16 / 1e9:.1f} | {bf16 / fp32:.2f}× |",
-              flush=True)
+        print(
+            f"| {name} | {fp32 * 1e3:.2f} | {flops / fp32 / 1e9:.1f} | {bf16 * 1e3:.2f} | {flops / bf16 / 1e9:.1f} | {bf16 / fp32:.2f}× |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

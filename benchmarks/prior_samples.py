@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_smoke, machine, smoke_run
 
 from sgilo.data import save_image_grid
 from sgilo.gan import sliced_wasserstein
@@ -38,6 +37,8 @@ from sgilo.score_model import ScoreViT
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
 from sgilo.stylegan2 import Generator, load_generator, save_generator
+
+from _common import add_smoke, machine, smoke_run
 
 SMOKE_LAYER = 2
 
@@ -53,8 +54,14 @@ def smoke_inputs(folder: Path) -> tuple[Path, Path, Path]:
     channels = latents.shape[1]
     model = ScoreViT(tuple(latents.shape[1:]), width=16, depth=1, heads=1, mlp=32, skip_data_std=0.2).eval()
     sde_config = {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}
-    prior = LatentPrior(model, LatentScaler(-torch.ones(channels), torch.ones(channels)), build_sde(**sde_config), sde_config,
-                        SMOKE_LAYER, torch.zeros(1, generator.num_ws, generator.style_dim))
+    prior = LatentPrior(
+        model,
+        LatentScaler(-torch.ones(channels), torch.ones(channels)),
+        build_sde(**sde_config),
+        sde_config,
+        SMOKE_LAYER,
+        torch.zeros(1, generator.num_ws, generator.style_dim),
+    )
     prior.save(folder / "model.pt")
     return folder / "generator.pt", folder / "invert", folder / "model.pt"
 
@@ -63,9 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", type=Path, default=Path("results/generator/generator.pt"))
     parser.add_argument("--invert", type=Path, default=Path("results/invert"), help="the invert stage's folder")
-    parser.add_argument("--models", type=Path, nargs="+", help="score stage model.pt files to compare (required but with --smoke)")
+    parser.add_argument(
+        "--models", type=Path, nargs="+", help="score stage model.pt files to compare (required but with --smoke)"
+    )
     parser.add_argument("--names", nargs="+", help="one label per model (default: the paths)")
-    parser.add_argument("--samples", type=int, default=256, help="images per set (the inverted latents must number twice this)")
+    parser.add_argument(
+        "--samples", type=int, default=256, help="images per set (the inverted latents must number twice this)"
+    )
     parser.add_argument("--steps", type=int, default=200, help="reverse-SDE steps (the demo's score.sample_steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shown", type=int, default=12, help="images per row of the figure")
@@ -75,8 +86,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sgilo-prior-samples-") as folder:
         if args.smoke:
             generator, invert, model = smoke_inputs(Path(folder))
-            smoke_run(args, generator=generator, invert=invert, models=[model], names=["untrained toy prior"], samples=4, steps=3,
-                      shown=2, figure=Path(folder) / "prior.png")
+            smoke_run(
+                args,
+                generator=generator,
+                invert=invert,
+                models=[model],
+                names=["untrained toy prior"],
+                samples=4,
+                steps=3,
+                shown=2,
+                figure=Path(folder) / "prior.png",
+            )
         compare(parser, args)
 
 
@@ -98,22 +118,32 @@ def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     shards = sorted((args.invert / "shards").glob("shard-*.safetensors"))
     inverted = torch.cat([load_safetensors(path)[0]["latents"] for path in shards])
     if len(inverted) < 2 * n:
-        parser.error(f"{len(inverted)} inverted latents in {args.invert}; --samples may be at most {len(inverted) // 2}")
+        parser.error(
+            f"{len(inverted)} inverted latents in {args.invert}; --samples may be at most {len(inverted) // 2}"
+        )
     order = torch.randperm(len(inverted), generator=torch_generator(args.seed, "prior_samples", "inverted"))
     z = torch.randn(2 * n, generator.style_dim, generator=torch_generator(args.seed, "prior_samples", "generated"))
     drawn, _ = generator_latents(generator, layer, z)
     references = {
-        "inverted": (decode_latents(generator, decoder, inverted[order[:n]]), decode_latents(generator, decoder, inverted[order[n : 2 * n]])),
+        "inverted": (
+            decode_latents(generator, decoder, inverted[order[:n]]),
+            decode_latents(generator, decoder, inverted[order[n : 2 * n]]),
+        ),
         "generated": (decode_latents(generator, decoder, drawn[:n]), decode_latents(generator, decoder, drawn[n:])),
     }
-    rows = [("inverted latents (second half)", references["inverted"][1]), ("generator latents (second set)", references["generated"][1])]
+    rows = [
+        ("inverted latents (second half)", references["inverted"][1]),
+        ("generator latents (second set)", references["generated"][1]),
+    ]
     seconds = {}
     for name, prior in zip(names, priors):
         started = time.perf_counter()
         rows.append((name, decode_latents(generator, prior, sample_latents(prior, n, args.seed, args.steps))))
         seconds[name] = time.perf_counter() - started
 
-    print(f"machine: {machine(torch.device('cpu'))}; {n} images per set, {args.steps} reverse-SDE steps, seed {args.seed}\n")
+    print(
+        f"machine: {machine(torch.device('cpu'))}; {n} images per set, {args.steps} reverse-SDE steps, seed {args.seed}\n"
+    )
     print("| set | SWD to inverted latents | SWD to generator latents | sampling s |")
     print("|---|---|---|---|")
     for name, images in rows:

@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable
 
 import torch
-from _common import add_smoke, ints, machine, names_from, smoke_run
 from torch import Tensor
 
 from sgilo.precision import autocast
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, score_from_eps
 from sgilo.sde import VPSDE, probability_flow_sample, reverse_sde_sample
+
+from _common import add_smoke, ints, machine, names_from, smoke_run
 
 SKIP_DATA_STD = 0.2
 CONFIGS = {
@@ -50,8 +51,9 @@ def build_model(config: str, device: torch.device) -> ScoreViT:
     return ScoreViT(**CONFIGS[config], skip_data_std=SKIP_DATA_STD).to(device)
 
 
-def measure_training(model: ScoreViT, batch: int, precision: str, steps: int, warmup: int, lr: float,
-                     device: torch.device) -> dict[str, float]:
+def measure_training(
+    model: ScoreViT, batch: int, precision: str, steps: int, warmup: int, lr: float, device: torch.device
+) -> dict[str, float]:
     model.train()
     generator = torch.Generator(device=device).manual_seed(batch)
     shape = (batch, *model.shape)
@@ -77,12 +79,23 @@ def measure_training(model: ScoreViT, batch: int, precision: str, steps: int, wa
         step()
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"samples_per_s": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps, "peak_gib": _peak_gib(device),
-            "loss": losses[-1]}
+    return {
+        "samples_per_s": batch * steps / seconds,
+        "ms_per_step": 1000 * seconds / steps,
+        "peak_gib": _peak_gib(device),
+        "loss": losses[-1],
+    }
 
 
-def measure_sampling(model: ScoreViT, initial: dict[str, Tensor], sampler: str, batch: int, precision: str, steps: int,
-                     device: torch.device) -> dict[str, float]:
+def measure_sampling(
+    model: ScoreViT,
+    initial: dict[str, Tensor],
+    sampler: str,
+    batch: int,
+    precision: str,
+    steps: int,
+    device: torch.device,
+) -> dict[str, float]:
     model.load_state_dict(initial)  # the training rows moved the weights; every sampling row starts from the same
     model.eval()
     sde = VPSDE(model.beta_min, model.beta_max)
@@ -98,6 +111,7 @@ def measure_sampling(model: ScoreViT, initial: dict[str, Tensor], sampler: str, 
     shape = (batch, *model.shape)
     run: Callable[[], Tensor]
     if sampler == "reverse SDE":
+
         def run() -> Tensor:
             return reverse_sde_sample(sde, score_fn, shape, generator, steps=steps, corrector_steps=1)
     else:
@@ -116,8 +130,14 @@ def measure_sampling(model: ScoreViT, initial: dict[str, Tensor], sampler: str, 
     x = run()
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"evals": calls[0], "seconds": seconds, "latents_per_s": batch / seconds, "evals_per_s": calls[0] / seconds,
-            "std": float(x.float().std()), "peak_gib": _peak_gib(device)}
+    return {
+        "evals": calls[0],
+        "seconds": seconds,
+        "latents_per_s": batch / seconds,
+        "evals_per_s": calls[0] / seconds,
+        "std": float(x.float().std()),
+        "peak_gib": _peak_gib(device),
+    }
 
 
 def _peak_gib(device: torch.device) -> float:
@@ -143,21 +163,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), help="model; default demo on CPU, paper on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--batches", type=ints, help="comma-separated training batch sizes; default 64,128 on CPU, 32,64,128 on CUDA")
-    parser.add_argument("--precisions", type=names_from(["fp32", "bf16"]), help="comma-separated, of fp32,bf16; default fp32 on CPU, both on CUDA")
+    parser.add_argument(
+        "--batches", type=ints, help="comma-separated training batch sizes; default 64,128 on CPU, 32,64,128 on CUDA"
+    )
+    parser.add_argument(
+        "--precisions",
+        type=names_from(["fp32", "bf16"]),
+        help="comma-separated, of fp32,bf16; default fp32 on CPU, both on CUDA",
+    )
     parser.add_argument("--steps", type=int, help="timed training steps per row; default 5 on CPU, 20 on CUDA")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before each row's timed ones")
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--sample-batch", type=int, help="latents drawn per sampling row; default 16 on CPU, 64 on CUDA")
+    parser.add_argument(
+        "--sample-batch", type=int, help="latents drawn per sampling row; default 16 on CPU, 64 on CUDA"
+    )
     parser.add_argument("--sample-steps", type=int, help="reverse-SDE steps; default 100 on CPU, 500 on CUDA")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 (default) keeps torch's choice")
     parser.add_argument("--ode", action="store_true", help="also time the probability-flow ODE for the paper config")
     add_smoke(parser)
     args = parser.parse_args()
-    smoke_run(args, config="toy", batches=[2], precisions=["fp32"], steps=1, warmup=1, sample_batch=2, sample_steps=2, ode=True)
+    smoke_run(
+        args,
+        config="toy",
+        batches=[2],
+        precisions=["fp32"],
+        steps=1,
+        warmup=1,
+        sample_batch=2,
+        sample_steps=2,
+        ode=True,
+    )
 
     if args.threads > 0:
-        torch.set_num_threads(args.threads)  # with other jobs on the cores, fewer threads than cores avoids OpenMP stalls
+        torch.set_num_threads(
+            args.threads
+        )  # with other jobs on the cores, fewer threads than cores avoids OpenMP stalls
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     config = args.config or ("paper" if cuda else "demo")
@@ -169,12 +209,18 @@ def main() -> None:
     samplers = ["reverse SDE"] + (["PF ODE"] if config == "demo" or args.ode else [])
 
     model = build_model(config, device)
-    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}  # off the GPU: not in any peak
+    initial = {
+        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+    }  # off the GPU: not in any peak
     c = CONFIGS[config]
     memory = "peak GPU GiB" if cuda else "peak RSS GiB (process)"
-    print(f"ScoreViT {config}: latent {'×'.join(map(str, c['shape']))}, width {c['width']}, depth {c['depth']}, {c['heads']} head(s), "
-          f"MLP {c['mlp']}, {count_parameters(model) / 1e6:.2f}M parameters (random weights), torch {torch.__version__}, {machine(device)}")
-    print(f"training: forward + dsm_loss + backward + AdamW (lr {args.lr}), {steps} timed steps after {args.warmup} warm-up steps\n")
+    print(
+        f"ScoreViT {config}: latent {'×'.join(map(str, c['shape']))}, width {c['width']}, depth {c['depth']}, {c['heads']} head(s), "
+        f"MLP {c['mlp']}, {count_parameters(model) / 1e6:.2f}M parameters (random weights), torch {torch.__version__}, {machine(device)}"
+    )
+    print(
+        f"training: forward + dsm_loss + backward + AdamW (lr {args.lr}), {steps} timed steps after {args.warmup} warm-up steps\n"
+    )
     print(f"| device | config | batch | precision | samples/s | ms/step | {memory} | loss |")
     print("|---|---|---|---|---|---|---|---|")
     for precision in precisions:
@@ -188,11 +234,18 @@ def main() -> None:
             if r is None:
                 print(f"{row} OOM | | | |", flush=True)
                 continue
-            print(f"{row} {r['samples_per_s']:.1f} | {r['ms_per_step']:.1f} | {r['peak_gib']:.2f} | {r['loss']:.4f} |", flush=True)
+            print(
+                f"{row} {r['samples_per_s']:.1f} | {r['ms_per_step']:.1f} | {r['peak_gib']:.2f} | {r['loss']:.4f} |",
+                flush=True,
+            )
 
-    print(f"\nsampling: VP-SDE, batch {sample_batch}; reverse SDE = {sample_steps} Euler–Maruyama steps + 1 Langevin corrector "
-          "step each (snr 0.16); PF ODE = RK45, rtol = atol = 1e-5; score evals are batched model calls\n")
-    print(f"| device | config | sampler | precision | batch | steps | score evals | s | latents/s | score evals/s | sample std | {memory} |")
+    print(
+        f"\nsampling: VP-SDE, batch {sample_batch}; reverse SDE = {sample_steps} Euler–Maruyama steps + 1 Langevin corrector "
+        "step each (snr 0.16); PF ODE = RK45, rtol = atol = 1e-5; score evals are batched model calls\n"
+    )
+    print(
+        f"| device | config | sampler | precision | batch | steps | score evals | s | latents/s | score evals/s | sample std | {memory} |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for precision in precisions:
         for sampler in samplers:
@@ -206,8 +259,11 @@ def main() -> None:
             if r is None:
                 print(f"{row} OOM | | | | | |", flush=True)
                 continue
-            print(f"{row} {r['evals']} | {r['seconds']:.2f} | {r['latents_per_s']:.2f} | {r['evals_per_s']:.1f} | {r['std']:.3f} |"
-                  f" {r['peak_gib']:.2f} |", flush=True)
+            print(
+                f"{row} {r['evals']} | {r['seconds']:.2f} | {r['latents_per_s']:.2f} | {r['evals_per_s']:.1f} | {r['std']:.3f} |"
+                f" {r['peak_gib']:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,16 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from _common import add_smoke, names_from, smoke_run
 from torch import Tensor
+
+from _common import add_smoke, names_from, smoke_run
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+from sgilo.io import load_safetensors, save_safetensors
+from sgilo.smoke import rosinality_to_nvidia
+from sgilo.stylegan2 import load_generator
+
 from stylegan_helpers import (  # the fixture's weights, inputs and layout, as the tests use them
     CONFIGS,
     INPUT_SEED,
@@ -64,10 +69,6 @@ from stylegan_helpers import (  # the fixture's weights, inputs and layout, as t
     seeded_inputs,
     seeded_weights,
 )
-
-from sgilo.io import load_safetensors, save_safetensors
-from sgilo.smoke import rosinality_to_nvidia
-from sgilo.stylegan2 import load_generator
 
 FIXTURE = REPO / "tests" / "fixtures" / "stylegan2_reference.safetensors"
 # code → (repository, the commit the fixture or docs/generator.md's table came from, a file that marks a checkout)
@@ -83,17 +84,24 @@ def checkout_problem(code: str, path: Path) -> str | None:
     repository, commit, marker = CODES[code]
     if (path / marker).is_file():
         return None
-    return (f"--{code} {path}: no {marker} there. This script imports {repository}'s code from your own checkout (it is "
-            f"not part of this project): git clone https://github.com/{repository} {path} && git -C {path} checkout {commit}")
+    return (
+        f"--{code} {path}: no {marker} there. This script imports {repository}'s code from your own checkout (it is "
+        f"not part of this project): git clone https://github.com/{repository} {path} && git -C {path} checkout {commit}"
+    )
 
 
 def describe(code: str, path: Path) -> str:
     """The metadata line of a fixture written from `path`: repository, its commit, the file, how it ran."""
     repository, commit, marker = CODES[code]
-    head = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    head = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
     found = head.stdout.strip() if head.returncode == 0 else "unknown commit"
     if not found.startswith(commit):
-        print(f"note: {path} is at {found}, not {commit} (the commit the fixture or the docs' table came from)", file=sys.stderr)
+        print(
+            f"note: {path} is at {found}, not {commit} (the commit the fixture or the docs' table came from)",
+            file=sys.stderr,
+        )
     how = "CPU fallbacks" if code == "rosinality" else "CPU reference ops"
     return f"{repository}@{found} {marker}, {how}"
 
@@ -113,7 +121,9 @@ def load_own_names(module: torch.nn.Module, weights: dict[str, Tensor], constant
     own = module.state_dict()
     missing = [k for k in own if k not in weights and not k.endswith(constants)]
     if missing:
-        sys.exit(f"{type(module).__name__} has keys the seeded weights lack: {missing[:6]}; is the checkout at the right commit?")
+        sys.exit(
+            f"{type(module).__name__} has keys the seeded weights lack: {missing[:6]}; is the checkout at the right commit?"
+        )
     module.load_state_dict({k: v if k.endswith(constants) else weights[k] for k, v in own.items()})
 
 
@@ -128,8 +138,15 @@ class _NoCompiledOps:
         raise RuntimeError(f"rosinality's compiled op {self.name}.{attribute} was called: only its CUDA paths use it")
 
 
-def rosinality_outputs(path: Path, name: str, weights: dict[str, Tensor], latent_avg: Tensor, z: Tensor, w_plus: Tensor,
-                       noise: list[Tensor]) -> tuple[Outputs, Outputs | None]:
+def rosinality_outputs(
+    path: Path,
+    name: str,
+    weights: dict[str, Tensor],
+    latent_avg: Tensor,
+    z: Tensor,
+    w_plus: Tensor,
+    noise: list[Tensor],
+) -> tuple[Outputs, Outputs | None]:
     with mock.patch("torch.utils.cpp_extension.load", _NoCompiledOps):
         model = import_from(path, "model")
     config = CONFIGS[name]
@@ -140,13 +157,17 @@ def rosinality_outputs(path: Path, name: str, weights: dict[str, Tensor], latent
                 value = {res: min(channels, config["channel_max"]) for res, channels in value.items()}
             super().__setattr__(key, value)
 
-    generator = Capped(config["size"], config["style_dim"], config["n_mlp"], channel_multiplier=config["channel_multiplier"]).eval()
+    generator = Capped(
+        config["size"], config["style_dim"], config["n_mlp"], channel_multiplier=config["channel_multiplier"]
+    ).eval()
     load_own_names(generator, weights, ".kernel")
     with torch.no_grad():
         return {
             "w": generator.style(z),
             "image": generator([w_plus], input_is_latent=True, noise=noise, randomize_noise=False)[0],
-            "image_trunc": generator([z], truncation=TRUNCATION_PSI, truncation_latent=latent_avg, noise=noise, randomize_noise=False)[0],
+            "image_trunc": generator(
+                [z], truncation=TRUNCATION_PSI, truncation_latent=latent_avg, noise=noise, randomize_noise=False
+            )[0],
         }, None
 
 
@@ -159,19 +180,40 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Tensor]:
     return flat
 
 
-def nvidia_outputs(path: Path, name: str, weights: dict[str, Tensor], latent_avg: Tensor, z: Tensor, w_plus: Tensor,
-                   noise: list[Tensor]) -> tuple[Outputs, Outputs]:
+def nvidia_outputs(
+    path: Path,
+    name: str,
+    weights: dict[str, Tensor],
+    latent_avg: Tensor,
+    z: Tensor,
+    w_plus: Tensor,
+    noise: list[Tensor],
+) -> tuple[Outputs, Outputs]:
     networks = import_from(path, "training.networks")
     config = CONFIGS[name]
-    synthesis = {"channel_base": 16384 * config["channel_multiplier"], "channel_max": config["channel_max"], "num_fp16_res": 0,
-                 "conv_clamp": None, "architecture": "skip"}
-    generator = networks.Generator(z_dim=config["style_dim"], c_dim=0, w_dim=config["style_dim"], img_resolution=config["size"],
-                                   img_channels=3, mapping_kwargs={"num_layers": config["n_mlp"]}, synthesis_kwargs=synthesis)
+    synthesis = {
+        "channel_base": 16384 * config["channel_multiplier"],
+        "channel_max": config["channel_max"],
+        "num_fp16_res": 0,
+        "conv_clamp": None,
+        "architecture": "skip",
+    }
+    generator = networks.Generator(
+        z_dim=config["style_dim"],
+        c_dim=0,
+        w_dim=config["style_dim"],
+        img_resolution=config["size"],
+        img_channels=3,
+        mapping_kwargs={"num_layers": config["n_mlp"]},
+        synthesis_kwargs=synthesis,
+    )
     generator = generator.eval().requires_grad_(False)
 
     def load(noise_maps: list[Tensor]) -> None:
         per_image = {**weights, **{f"noises.noise_{i}": n for i, n in enumerate(noise_maps)}}
-        load_own_names(generator, flatten(rosinality_to_nvidia(per_image, latent_avg, config["size"])), "resample_filter")
+        load_own_names(
+            generator, flatten(rosinality_to_nvidia(per_image, latent_avg, config["size"])), "resample_filter"
+        )
 
     with torch.no_grad():
         images, truncated = [], []
@@ -179,7 +221,11 @@ def nvidia_outputs(path: Path, name: str, weights: dict[str, Tensor], latent_avg
             load([n[b : b + 1] for n in noise])
             images.append(generator.synthesis(w_plus[b : b + 1], noise_mode="const"))
             truncated.append(generator(z[b : b + 1], None, truncation_psi=TRUNCATION_PSI, noise_mode="const"))
-        outputs = {"w": generator.mapping(z, None)[:, 0], "image": torch.cat(images), "image_trunc": torch.cat(truncated)}
+        outputs = {
+            "w": generator.mapping(z, None)[:, 0],
+            "image": torch.cat(images),
+            "image_trunc": torch.cat(truncated),
+        }
     with tempfile.TemporaryDirectory() as folder:
         pickled = Path(folder) / "network.pkl"
         with open(pickled, "wb") as handle:
@@ -227,21 +273,35 @@ def _error(a: Tensor, b: Tensor) -> float:
 def write(entries: dict[str, Tensor], path: Path, description: str) -> None:
     """The fixture's layout: its keys and shapes (checked against the committed file's) and its metadata key."""
     committed, _ = load_safetensors(FIXTURE)
-    expected = {k: tuple(v.shape) for k, v in committed.items() if k.split(".")[0] in {key.split(".")[0] for key in entries}}
+    expected = {
+        k: tuple(v.shape) for k, v in committed.items() if k.split(".")[0] in {key.split(".")[0] for key in entries}
+    }
     written = {k: tuple(v.shape) for k, v in entries.items()}
     if written != expected:
-        sys.exit(f"the entries do not have the committed fixture's keys and shapes: {sorted(set(written.items()) ^ set(expected.items()))[:6]}")
+        sys.exit(
+            f"the entries do not have the committed fixture's keys and shapes: {sorted(set(written.items()) ^ set(expected.items()))[:6]}"
+        )
     save_safetensors({k: v.float().contiguous() for k, v in entries.items()}, path, metadata={"reference": description})
-    print(f"\nwrote {path}: {len(entries)} entries, the committed fixture's keys and shapes; metadata reference = {description!r}")
+    print(
+        f"\nwrote {path}: {len(entries)} entries, the committed fixture's keys and shapes; metadata reference = {description!r}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     code = parser.add_mutually_exclusive_group()
-    code.add_argument("--rosinality", type=Path, metavar="CHECKOUT", help="a checkout of rosinality/stylegan2-pytorch (bef283a)")
-    code.add_argument("--nvidia", type=Path, metavar="CHECKOUT", help="a checkout of NVlabs/stylegan2-ada-pytorch (d72cc7d)")
-    parser.add_argument("--configs", type=names_from(list(CONFIGS)), default=list(CONFIGS), help="comma-separated, of s32,s64,config_f")
-    parser.add_argument("--write", type=Path, metavar="FILE", help="save the reference's entries here, in the fixture's layout")
+    code.add_argument(
+        "--rosinality", type=Path, metavar="CHECKOUT", help="a checkout of rosinality/stylegan2-pytorch (bef283a)"
+    )
+    code.add_argument(
+        "--nvidia", type=Path, metavar="CHECKOUT", help="a checkout of NVlabs/stylegan2-ada-pytorch (d72cc7d)"
+    )
+    parser.add_argument(
+        "--configs", type=names_from(list(CONFIGS)), default=list(CONFIGS), help="comma-separated, of s32,s64,config_f"
+    )
+    parser.add_argument(
+        "--write", type=Path, metavar="FILE", help="save the reference's entries here, in the fixture's layout"
+    )
     add_smoke(parser)
     args = parser.parse_args()
     if args.smoke:
@@ -266,8 +326,10 @@ def main() -> None:
         description, reference = f"the committed {FIXTURE.relative_to(REPO)} (--smoke)", committed_fixture
 
     entries, rows = compare(reference, args.configs)
-    print(f"reference: {description}; ours: sgilo.stylegan2 through load_generator, torch {torch.__version__}, CPU; "
-          f"tests/test_stylegan2.py allows 1e-3\n")
+    print(
+        f"reference: {description}; ours: sgilo.stylegan2 through load_generator, torch {torch.__version__}, CPU; "
+        f"tests/test_stylegan2.py allows 1e-3\n"
+    )
     print("| entry | shape | max abs error, ours | max abs error, ours from the reference's own pickle |")
     print("|---|---|---|---|")
     for key, error, from_pickle in rows:

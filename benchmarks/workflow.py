@@ -42,7 +42,10 @@ def timed(command: list[str], cwd: Path, repeats: int, expect: str) -> list[floa
 def smoke_workspace(root: Path, target: str) -> Path:
     """A copy of the project on the tiny profile with `target` built and dvc.yaml written for it."""
     copy_project(root)
-    for command in ([sys.executable, "-m", "snakemake", "--cores", "1", target], [sys.executable, "-m", "sgilo.cli", "dvc-sync"]):
+    for command in (
+        [sys.executable, "-m", "snakemake", "--cores", "1", target],
+        [sys.executable, "-m", "sgilo.cli", "dvc-sync"],
+    ):
         run = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
         if run.returncode != 0:
             sys.exit(f"{' '.join(command)} in {root} failed:\n{run.stderr[-2000:]}")
@@ -64,16 +67,40 @@ def main() -> None:
         if args.smoke:
             args.workspace = smoke_workspace(Path(copy), target)
         cases = [
-            (f"no-op `snakemake -n {target}` ({profile}, finished)", [*snakemake, "-n", target],
-             args.workspace, "Nothing to be done"),
-            ("FFHQ profile plan, SLURM profile (238 jobs)",
-             [*snakemake, "-s", str(REPO / "Snakefile"), "--directory", empty, "-n", "--workflow-profile",
-              str(REPO / "workflow" / "profiles" / "slurm"), "results/table1.csv", "--configfile", str(ffhq)],
-             REPO, "238"),
-            (f"`sgilo dvc-sync --check` ({profile})", [sys.executable, "-m", "sgilo.cli", "dvc-sync", "--check"],
-             args.workspace, "current"),
+            (
+                f"no-op `snakemake -n {target}` ({profile}, finished)",
+                [*snakemake, "-n", target],
+                args.workspace,
+                "Nothing to be done",
+            ),
+            (
+                "FFHQ profile plan, SLURM profile (238 jobs)",
+                [
+                    *snakemake,
+                    "-s",
+                    str(REPO / "Snakefile"),
+                    "--directory",
+                    empty,
+                    "-n",
+                    "--workflow-profile",
+                    str(REPO / "workflow" / "profiles" / "slurm"),
+                    "results/table1.csv",
+                    "--configfile",
+                    str(ffhq),
+                ],
+                REPO,
+                "238",
+            ),
+            (
+                f"`sgilo dvc-sync --check` ({profile})",
+                [sys.executable, "-m", "sgilo.cli", "dvc-sync", "--check"],
+                args.workspace,
+                "current",
+            ),
         ]
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; workspace {args.workspace}")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; workspace {args.workspace}"
+        )
         print("| what | median s | max s |")
         print("|---|---|---|")
         for name, command, cwd, expect in cases:

@@ -25,29 +25,80 @@ TINY = {
     "generator": {
         "source": "train",
         "architecture": {"size": 32, "style_dim": 16, "n_mlp": 2, "channel_multiplier": 1, "channel_max": 16},
-        "train": {"steps": 12, "batch_size": 4, "lr": 0.002, "r1_every": 4, "checkpoint_every": 3,
-                  "ema_half_life_images": 50, "disc_channel_max": 16, "precision": "fp32", "threads": 1},
+        "train": {
+            "steps": 12,
+            "batch_size": 4,
+            "lr": 0.002,
+            "r1_every": 4,
+            "checkpoint_every": 3,
+            "ema_half_life_images": 50,
+            "disc_channel_max": 16,
+            "precision": "fp32",
+            "threads": 1,
+        },
         "latent_avg_samples": 256,
         "grid_rows": 2,
     },
     "invert": {
         "layer": 2,
-        "phases": [{"layer": 0, "steps": 3}, {"layer": 1, "steps": 2, "radius": 50.0}, {"layer": 2, "steps": 2, "radius": 100.0}],
-        "images": 12, "generated": 4, "generated_shard_size": 4, "shard_size": 8, "batch_size": 3, "precision": "fp32", "device": "cpu", "threads": 1,
+        "phases": [
+            {"layer": 0, "steps": 3},
+            {"layer": 1, "steps": 2, "radius": 50.0},
+            {"layer": 2, "steps": 2, "radius": 100.0},
+        ],
+        "images": 12,
+        "generated": 4,
+        "generated_shard_size": 4,
+        "shard_size": 8,
+        "batch_size": 3,
+        "precision": "fp32",
+        "device": "cpu",
+        "threads": 1,
     },
     "trajectories": {"draws": 2, "held_out": 0.25, "threads": 1},
-    "score": {"model": {"width": 16, "depth": 1, "heads": 2, "mlp": 32}, "epochs": 2, "batch_size": 8, "warmup_steps": 2,
-              "samples": 4, "sample_steps": 5, "precision": "fp32", "device": "cpu", "threads": 1},
-    "evaluate": {"tasks": [{"task": "inpaint", "levels": [0.25]}], "images": 3, "batch_size": 2,
-                 "sgilo": {"steps": 3, "chains": 2}, "gnc": {"steps": 3},
-                 "tune": {"validation": 1, "ilo_radius_scale": [0.5, 2.0], "sgilo_weight": [0.1, 0.3], "gnc_weight": [0.5, 1.0]},
-                 "figure_images": 2, "precision": "fp32", "device": "cpu", "threads": 1},
+    "score": {
+        "model": {"width": 16, "depth": 1, "heads": 2, "mlp": 32},
+        "epochs": 2,
+        "batch_size": 8,
+        "warmup_steps": 2,
+        "samples": 4,
+        "sample_steps": 5,
+        "precision": "fp32",
+        "device": "cpu",
+        "threads": 1,
+    },
+    "evaluate": {
+        "tasks": [{"task": "inpaint", "levels": [0.25]}],
+        "images": 3,
+        "batch_size": 2,
+        "sgilo": {"steps": 3, "chains": 2},
+        "gnc": {"steps": 3},
+        "tune": {"validation": 1, "ilo_radius_scale": [0.5, 2.0], "sgilo_weight": [0.1, 0.3], "gnc_weight": [0.5, 1.0]},
+        "figure_images": 2,
+        "precision": "fp32",
+        "device": "cpu",
+        "threads": 1,
+    },
     "report": {"fid_samples": 8, "device": "cpu", "threads": 1},
     "theory_gnc": {"starts": 41, "initial_sigmas": 6, "steps": [1, 4, 16]},
-    "theory_langevin": {"architectures": [{"depth": 2, "latents": [2, 3]}], "chains": 4, "steps": 60,
-                        "spread_architecture": {"depth": 2, "latents": [2]}, "spread_betas_per_latent": [100.0, 400.0]},
-    "theory_igo": {"times": [0.5], "latents": 8, "points": 64, "draws": 2, "steps": 5, "batch_size": 16, "samples": 32,
-                   "sample_steps": 5, "model": {"width": 16, "depth": 1, "heads": 1, "mlp": 16}},
+    "theory_langevin": {
+        "architectures": [{"depth": 2, "latents": [2, 3]}],
+        "chains": 4,
+        "steps": 60,
+        "spread_architecture": {"depth": 2, "latents": [2]},
+        "spread_betas_per_latent": [100.0, 400.0],
+    },
+    "theory_igo": {
+        "times": [0.5],
+        "latents": 8,
+        "points": 64,
+        "draws": 2,
+        "steps": 5,
+        "batch_size": 16,
+        "samples": 32,
+        "sample_steps": 5,
+        "model": {"width": 16, "depth": 1, "heads": 1, "mlp": 16},
+    },
 }
 
 
@@ -77,8 +128,15 @@ def tiny_params(tmp_path: Path) -> Path:
 def run_stage(stage: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m sgilo.stages.<stage>` as Snakemake does, capturing its log."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, "-m", f"sgilo.stages.{stage}", *args], check=False, cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", f"sgilo.stages.{stage}", *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
@@ -96,18 +154,58 @@ def tiny_workspace(root: Path, overrides: dict | None = None, upto: str = "gener
     generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
     save_generator(generator, root / "generator.pt")
     if upto in ("invert", "trajectories", "score"):
-        run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
-                  "--out", str(root / "invert"), cwd=root)
+        run_stage(
+            "invert",
+            "--params",
+            str(params),
+            "--data",
+            str(root / "synthfaces"),
+            "--generator",
+            str(root / "generator.pt"),
+            "--out",
+            str(root / "invert"),
+            cwd=root,
+        )
     if upto in ("trajectories", "score"):
-        run_stage("trajectories", "--params", str(params), "--invert", str(root / "invert"), "--out", str(root / "trajectories"), cwd=root)
+        run_stage(
+            "trajectories",
+            "--params",
+            str(params),
+            "--invert",
+            str(root / "invert"),
+            "--out",
+            str(root / "trajectories"),
+            cwd=root,
+        )
     if upto == "score":
-        run_stage("score", "--params", str(params), "--trajectories", str(root / "trajectories"), "--invert", str(root / "invert"),
-                  "--generator", str(root / "generator.pt"), "--out", str(root / "score"), cwd=root)
+        run_stage(
+            "score",
+            "--params",
+            str(params),
+            "--trajectories",
+            str(root / "trajectories"),
+            "--invert",
+            str(root / "invert"),
+            "--generator",
+            str(root / "generator.pt"),
+            "--out",
+            str(root / "score"),
+            cwd=root,
+        )
     return root
 
 
 def git(root: Path, *args: str) -> str:
-    command = ["git", "-c", "user.name=sgilo-test", "-c", "user.email=test@sgilo", "-c", "init.defaultBranch=main", *args]
+    command = [
+        "git",
+        "-c",
+        "user.name=sgilo-test",
+        "-c",
+        "user.email=test@sgilo",
+        "-c",
+        "init.defaultBranch=main",
+        *args,
+    ]
     return subprocess.run(command, cwd=root, check=True, capture_output=True, text=True).stdout
 
 

@@ -43,14 +43,20 @@ def seeded_inputs(generator: Generator, seed: int, batch: int = 2) -> tuple[Tens
 def summarize_image(image: Tensor) -> dict[str, Tensor]:
     """Small but sensitive views of a large image: a 32² average pool and a full-resolution 16² crop."""
     crop = image.shape[-1] // 2
-    return {"pooled": torch.nn.functional.adaptive_avg_pool2d(image, 32), "crop": image[..., crop : crop + 16, crop : crop + 16]}
+    return {
+        "pooled": torch.nn.functional.adaptive_avg_pool2d(image, 32),
+        "crop": image[..., crop : crop + 16, crop : crop + 16],
+    }
 
 
 @torch.no_grad()
 def fixture_outputs(generator: Generator, z: Tensor, w_plus: Tensor, noise: list[Tensor]) -> dict[str, Tensor]:
     """What the fixture records of our generator, before `reference_views`: w, the w+ image, the truncated image."""
-    return {"w": generator.mapping(z), "image": generator.synthesis(w_plus, noise),
-            "image_trunc": generator.synthesis(generator.mapping(z, TRUNCATION_PSI), noise)}
+    return {
+        "w": generator.mapping(z),
+        "image": generator.synthesis(w_plus, noise),
+        "image_trunc": generator.synthesis(generator.mapping(z, TRUNCATION_PSI), noise),
+    }
 
 
 def reference_views(name: str, outputs: dict[str, Tensor]) -> dict[str, Tensor]:

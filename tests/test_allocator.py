@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import run_stage
 
 # Steps that each allocate, fill and free 256 MiB, as a 1024² generator step does with its activations; prints the
@@ -28,7 +29,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _faults(setting: str | None) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k != "SGILO_MALLOC"} | ({"SGILO_MALLOC": setting} if setting else {})
-    result = subprocess.run([sys.executable, "-c", LOOP], env=env, capture_output=True, text=True, check=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", LOOP], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
     return int(result.stdout), result.stderr.strip()
 
 
@@ -48,7 +51,9 @@ def test_an_unknown_setting_stops_a_stage_naming_the_variable(tmp_path, tiny_par
     env = os.environ.copy()
     os.environ["SGILO_MALLOC"] = "jemalloc"
     try:
-        result = run_stage("download", "--params", str(tiny_params), "--out", str(tmp_path / "d"), cwd=tmp_path, check=False)
+        result = run_stage(
+            "download", "--params", str(tiny_params), "--out", str(tmp_path / "d"), cwd=tmp_path, check=False
+        )
     finally:
         os.environ.clear()
         os.environ.update(env)

@@ -28,23 +28,65 @@ def within_the_fixture_tolerance(cells: list[str]) -> bool:
 # on a GPU).
 SMOKE_RUNS = {
     ("generator.py", "--smoke"): [{"size": ["16"], "batch": ["1"], "dtype": ["fp32"], "images/s": positive}],
-    ("inversion.py", "--smoke"): [{"config": ["demo", "demo"], "batch": ["1", "2"], "image·steps/s": positive, "PSNR": None, "speed-up": None}],
-    ("inversion_quality.py", "--smoke"): [{"task": ["inpaint"] * 3 + ["cs"] * 3, "method": ["csgm", "ilo", "ilo-unconstrained"] * 2,
-                                           "PSNR (dB)": None, "SSIM": None}],
-    ("score.py", "--smoke"): [{"config": ["toy"], "batch": ["2"], "samples/s": positive, "loss": positive},
-                              {"sampler": ["reverse SDE", "PF ODE"], "score evals": positive, "latents/s": positive}],
-    ("posterior.py", "--smoke"): [{"chains": ["1", "2", "2"], "warm start": ["shared", "per_chain", "shared"], "s per image": positive,
-                                   "measurement MSE": positive}],
-    ("prior_samples.py", "--smoke"): [{"set": ["inverted latents (second half)", "generator latents (second set)", "untrained toy prior"],
-                                       "SWD to inverted latents": positive, "SWD to generator latents": positive}],
-    ("determinism.py", "--smoke"): [{"run": ["again, --cores 2", "--cores 1", "threads 2, --cores 2 (not a failure)"],
-                                     "differing or missing": ["0", "0", "0"]}],
-    ("kill_anywhere.py", "--smoke"): [{"trial": ["0"], "rerun": ["exit 0"], "outputs identical": ["True"], "partial files left": ["0"]}],
-    ("kill_anywhere.py", "--smoke", "--per-stage"): [{"stage": ["download"], "trials identical": ["1/1"], "temporary files left": ["0"]}],
-    ("workflow.py", "--smoke"): [{"what": ["no-op `snakemake -n download` (tiny profile, finished)", "FFHQ profile plan, SLURM profile (238 jobs)",
-                                           "`sgilo dvc-sync --check` (tiny profile)"], "median s": positive}],
-    ("stylegan2_reference.py", "--smoke"): [{"entry": ["s32.w", "s32.image", "s32.image_trunc"], "shape": ["2×64", "2×3×32×32", "2×3×32×32"],
-                                             "max abs error, ours": within_the_fixture_tolerance}],
+    ("inversion.py", "--smoke"): [
+        {"config": ["demo", "demo"], "batch": ["1", "2"], "image·steps/s": positive, "PSNR": None, "speed-up": None}
+    ],
+    ("inversion_quality.py", "--smoke"): [
+        {
+            "task": ["inpaint"] * 3 + ["cs"] * 3,
+            "method": ["csgm", "ilo", "ilo-unconstrained"] * 2,
+            "PSNR (dB)": None,
+            "SSIM": None,
+        }
+    ],
+    ("score.py", "--smoke"): [
+        {"config": ["toy"], "batch": ["2"], "samples/s": positive, "loss": positive},
+        {"sampler": ["reverse SDE", "PF ODE"], "score evals": positive, "latents/s": positive},
+    ],
+    ("posterior.py", "--smoke"): [
+        {
+            "chains": ["1", "2", "2"],
+            "warm start": ["shared", "per_chain", "shared"],
+            "s per image": positive,
+            "measurement MSE": positive,
+        }
+    ],
+    ("prior_samples.py", "--smoke"): [
+        {
+            "set": ["inverted latents (second half)", "generator latents (second set)", "untrained toy prior"],
+            "SWD to inverted latents": positive,
+            "SWD to generator latents": positive,
+        }
+    ],
+    ("determinism.py", "--smoke"): [
+        {
+            "run": ["again, --cores 2", "--cores 1", "threads 2, --cores 2 (not a failure)"],
+            "differing or missing": ["0", "0", "0"],
+        }
+    ],
+    ("kill_anywhere.py", "--smoke"): [
+        {"trial": ["0"], "rerun": ["exit 0"], "outputs identical": ["True"], "partial files left": ["0"]}
+    ],
+    ("kill_anywhere.py", "--smoke", "--per-stage"): [
+        {"stage": ["download"], "trials identical": ["1/1"], "temporary files left": ["0"]}
+    ],
+    ("workflow.py", "--smoke"): [
+        {
+            "what": [
+                "no-op `snakemake -n download` (tiny profile, finished)",
+                "FFHQ profile plan, SLURM profile (238 jobs)",
+                "`sgilo dvc-sync --check` (tiny profile)",
+            ],
+            "median s": positive,
+        }
+    ],
+    ("stylegan2_reference.py", "--smoke"): [
+        {
+            "entry": ["s32.w", "s32.image", "s32.image_trunc"],
+            "shape": ["2×64", "2×3×32×32", "2×3×32×32"],
+            "max abs error, ours": within_the_fixture_tolerance,
+        }
+    ],
 }
 # Started at toy sizes by their own tests below, with checks of their own.
 STARTED_BY_OWN_TESTS = {"precision.py", "memory.py"}
@@ -52,8 +94,14 @@ STARTED_BY_OWN_TESTS = {"precision.py", "memory.py"}
 
 def benchmark(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python benchmarks/<args>` from the project root, as docs/benchmarks.md gives the commands."""
-    return subprocess.run([sys.executable, str(BENCHMARKS / args[0]), *args[1:]], cwd=REPO, check=False, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / args[0]), *args[1:]],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tables(stdout: str) -> list[tuple[list[str], list[list[str]]]]:
@@ -80,7 +128,9 @@ def test_every_script_starts_in_the_suite():
 
 @pytest.mark.parametrize("command", list(SMOKE_RUNS), ids=" ".join)
 def test_smoke_run_prints_its_tables(command):
-    assert f"python benchmarks/{' '.join(command)} " in (BENCHMARKS / command[0]).read_text(), "the docstring gives the command"
+    assert f"python benchmarks/{' '.join(command)} " in (BENCHMARKS / command[0]).read_text(), (
+        "the docstring gives the command"
+    )
     result = benchmark(*command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SMOKE RUN" in result.stdout and "its numbers mean nothing" in result.stdout
@@ -95,21 +145,37 @@ def test_smoke_run_prints_its_tables(command):
             assert cells is None or (cells(shown) if callable(cells) else shown == cells), f"{column}: {shown}"
 
 
-@pytest.mark.parametrize(("code", "clone"), [("nvidia", "git clone https://github.com/NVlabs/stylegan2-ada-pytorch"),
-                                             ("rosinality", "git clone https://github.com/rosinality/stylegan2-pytorch")])
+@pytest.mark.parametrize(
+    ("code", "clone"),
+    [
+        ("nvidia", "git clone https://github.com/NVlabs/stylegan2-ada-pytorch"),
+        ("rosinality", "git clone https://github.com/rosinality/stylegan2-pytorch"),
+    ],
+)
 def test_the_reference_script_says_what_to_clone_when_the_checkout_is_missing(tmp_path, code, clone):
     checkout = tmp_path / "not-cloned"
     result = benchmark("stylegan2_reference.py", f"--{code}", str(checkout))
-    assert result.returncode == 2 and clone in result.stderr and f"{checkout} && git -C {checkout} checkout " in result.stderr, result.stderr
+    assert (
+        result.returncode == 2
+        and clone in result.stderr
+        and f"{checkout} && git -C {checkout} checkout " in result.stderr
+    ), result.stderr
     assert "no " in result.stderr and "there" in result.stderr and not result.stdout
 
 
 def test_precision_benchmark_runs_and_says_what_auto_resolves_to():
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "precision.py"), "--smoke"], check=False, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "precision.py"), "--smoke"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "capability" in result.stdout and "precision auto → " in result.stdout
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    rows = [
+        line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ][1:]
     assert [row[0].split()[0] for row in rows] == ["matmul", "matmul", "conv"]
     assert all(float(row[2]) > 0 for row in rows) and all(float(row[4]) > 0 for row in rows[1:])
 
@@ -119,25 +185,76 @@ def test_prior_samples_compares_models_with_both_references(tmp_path):
 
     root = tiny_workspace(tmp_path, upto="score")
     figure = tmp_path / "prior.png"
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "prior_samples.py"), "--generator", str(root / "generator.pt"),
-                             "--invert", str(root / "invert"), "--models", str(root / "score" / "model.pt"), "--names", "tiny",
-                             "--samples", "4", "--steps", "3", "--shown", "2", "--figure", str(figure)],
-                            check=False, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "prior_samples.py"),
+            "--generator",
+            str(root / "generator.pt"),
+            "--invert",
+            str(root / "invert"),
+            "--models",
+            str(root / "score" / "model.pt"),
+            "--names",
+            "tiny",
+            "--samples",
+            "4",
+            "--steps",
+            "3",
+            "--shown",
+            "2",
+            "--figure",
+            str(figure),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [row[0].strip() for row in rows] == ["inverted latents (second half)", "generator latents (second set)", "tiny"]
+    rows = [
+        line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ][1:]
+    assert [row[0].strip() for row in rows] == [
+        "inverted latents (second half)",
+        "generator latents (second set)",
+        "tiny",
+    ]
     assert all(float(cell) >= 0 for row in rows for cell in row[1:3])
     assert figure.stat().st_size > 0
-    too_many = subprocess.run([sys.executable, str(BENCHMARKS / "prior_samples.py"), "--generator", str(root / "generator.pt"),
-                               "--invert", str(root / "invert"), "--models", str(root / "score" / "model.pt"), "--samples", "7"],
-                              check=False, capture_output=True, text=True, timeout=300)
+    too_many = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "prior_samples.py"),
+            "--generator",
+            str(root / "generator.pt"),
+            "--invert",
+            str(root / "invert"),
+            "--models",
+            str(root / "score" / "model.pt"),
+            "--samples",
+            "7",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert too_many.returncode == 2 and "--samples may be at most 6" in too_many.stderr
 
 
 def test_memory_benchmark_runs_each_stage_at_n_and_4n():
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "memory.py"), "--smoke"], check=False, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "memory.py"), "--smoke"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "capability" in result.stdout
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    rows = [
+        line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ][1:]
     assert [row[0].strip() for row in rows] == ["trajectories --stats", "trajectories --shard (largest)", "score"]
     assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)

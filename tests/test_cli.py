@@ -14,15 +14,18 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from stylegan_helpers import CONFIGS
 
 from sgilo.cli import main
 from sgilo.smoke import rosinality_to_nvidia, seeded_state_dict, write_nvidia_pickle
 from sgilo.stylegan2 import Generator, load_generator, save_generator
 
+from stylegan_helpers import CONFIGS
+
 
 def test_console_script_lists_its_commands():
-    result = subprocess.run([str(Path(sys.executable).parent / "sgilo"), "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "sgilo"), "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("check-params", "convert", "sample", "reconstruct"):
         assert command in result.stdout
 
@@ -34,9 +37,33 @@ def test_convert_then_sample(tmp_path):
     converted = load_generator(tmp_path / "ours.pt")
     assert torch.equal(converted.state_dict()["to_rgbs.2.conv.weight"], state["to_rgbs.2.conv.weight"])
 
-    main(["sample", "--generator", str(tmp_path / "ours.pt"), "--out", str(tmp_path / "grid.png"), "--n", "4", "--seed", "1"])
+    main(
+        [
+            "sample",
+            "--generator",
+            str(tmp_path / "ours.pt"),
+            "--out",
+            str(tmp_path / "grid.png"),
+            "--n",
+            "4",
+            "--seed",
+            "1",
+        ]
+    )
     first = Image.open(tmp_path / "grid.png").tobytes()
-    main(["sample", "--generator", str(tmp_path / "ours.pt"), "--out", str(tmp_path / "grid.png"), "--n", "4", "--seed", "1"])
+    main(
+        [
+            "sample",
+            "--generator",
+            str(tmp_path / "ours.pt"),
+            "--out",
+            str(tmp_path / "grid.png"),
+            "--n",
+            "4",
+            "--seed",
+            "1",
+        ]
+    )
     assert Image.open(tmp_path / "grid.png").tobytes() == first
 
 
@@ -111,8 +138,19 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 def _argv(tiny: Path, out: Path, *extra: str, image: Path | None = None) -> list[str]:
     # fp32 pinned, so that these tests compute the same on every CPU; the default is tested on its own below.
-    return ["reconstruct", str(image or tiny / "image.png"), "--generator", str(tiny / "g.pt"), "--out", str(out),
-            "--device", "cpu", "--precision", "fp32", *extra]
+    return [
+        "reconstruct",
+        str(image or tiny / "image.png"),
+        "--generator",
+        str(tiny / "g.pt"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        *extra,
+    ]
 
 
 def test_reconstruct_ilo_inpaint_writes_everything(tiny: Path, tmp_path: Path) -> None:
@@ -170,8 +208,10 @@ def test_reconstruct_is_deterministic_and_seeded(tiny: Path, tmp_path: Path) -> 
     _, again = _reconstruct(tiny, tmp_path / "b", *args)
     for key in first:
         assert torch.equal(first[key], again[key]), key
-    assert json.loads((tmp_path / "a" / "record.json").read_text())["psnr"] == \
-        json.loads((tmp_path / "b" / "record.json").read_text())["psnr"]
+    assert (
+        json.loads((tmp_path / "a" / "record.json").read_text())["psnr"]
+        == json.loads((tmp_path / "b" / "record.json").read_text())["psnr"]
+    )
 
     record, other = _reconstruct(tiny, tmp_path / "c", *args, "--seed", "1")
     assert record["seed"] == 1
@@ -185,58 +225,95 @@ def test_reconstruct_precision_defaults_to_auto(tiny: Path, tmp_path: Path, monk
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     out = tmp_path / "out"
-    main(["reconstruct", str(tiny / "image.png"), "--generator", str(tiny / "g.pt"), "--out", str(out), "--device", "cpu",
-          "--task", "inpaint", "--level", "0.5", "--method", "csgm", "--steps", "3"])
+    main(
+        [
+            "reconstruct",
+            str(tiny / "image.png"),
+            "--generator",
+            str(tiny / "g.pt"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--task",
+            "inpaint",
+            "--level",
+            "0.5",
+            "--method",
+            "csgm",
+            "--steps",
+            "3",
+        ]
+    )
     expected = "bf16" if native else "fp32"
     assert json.loads((out / "record.json").read_text())["precision"] == expected
     assert f"csgm, 3 steps, {expected})" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("method", "extra", "expected"), [
-    ("ilo", (), "ilo schedule: layer 0 × 4 steps (w+), layer 1 × 3 steps (l1 radius 36.9), layer 2 × 3 steps (l1 radius 36.9)"),
-    ("ilo", ("--radii", "0,0,3"), "layer 1 × 3 steps (no l1 ball), layer 2 × 3 steps (l1 radius 3)"),
-    ("ilo-unconstrained", (), "layer 1 × 3 steps (no l1 ball), layer 2 × 3 steps (no l1 ball)"),
-    ("csgm", (), "csgm schedule: layer 0 × 10 steps (w+)"),
-], ids=["ilo", "ilo-radii", "ilo-unconstrained", "csgm"])
-def test_reconstruct_prints_the_schedule_it_runs(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str,
-                                                 extra: tuple[str, ...], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "extra", "expected"),
+    [
+        (
+            "ilo",
+            (),
+            "ilo schedule: layer 0 × 4 steps (w+), layer 1 × 3 steps (l1 radius 36.9), layer 2 × 3 steps (l1 radius 36.9)",
+        ),
+        ("ilo", ("--radii", "0,0,3"), "layer 1 × 3 steps (no l1 ball), layer 2 × 3 steps (l1 radius 3)"),
+        ("ilo-unconstrained", (), "layer 1 × 3 steps (no l1 ball), layer 2 × 3 steps (no l1 ball)"),
+        ("csgm", (), "csgm schedule: layer 0 × 10 steps (w+)"),
+    ],
+    ids=["ilo", "ilo-radii", "ilo-unconstrained", "csgm"],
+)
+def test_reconstruct_prints_the_schedule_it_runs(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str, extra: tuple[str, ...], expected: str
+) -> None:
     """Before it runs, on stderr: the layers, steps and l1 radii, so a default is never silent."""
     _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", method, *ILO_FAST, *extra)
     assert expected in capsys.readouterr().err
 
 
 def test_reconstruct_csgm_has_no_latent(tiny: Path, tmp_path: Path) -> None:
-    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm",
-                                  "--steps", "5")
+    record, result = _reconstruct(
+        tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm", "--steps", "5"
+    )
     assert record["method"] == "csgm" and record["steps"] == 5
     assert [(s["layer"], s["steps"]) for s in record["phases"]] == [(0, 5)]
     assert set(result) == {"y", "reconstruction", "w_plus"}
 
 
-@pytest.mark.parametrize(("method", "radii", "expected"), [
-    ("ilo", (), ILO_DEFAULT),
-    ("ilo-unconstrained", (), [None, None, None]),
-    ("ilo-unconstrained", ("--radii", "5,5,5"), [None, None, None]),
-    ("ilo", ("--radii", "5,5,5"), [5.0, 5.0, 5.0]),
-    ("ilo", ("--radii", "0,0,3"), [None, None, 3.0]),
-    ("ilo", ("--radii", "0,0,0"), [None, None, None]),
-])
+@pytest.mark.parametrize(
+    ("method", "radii", "expected"),
+    [
+        ("ilo", (), ILO_DEFAULT),
+        ("ilo-unconstrained", (), [None, None, None]),
+        ("ilo-unconstrained", ("--radii", "5,5,5"), [None, None, None]),
+        ("ilo", ("--radii", "5,5,5"), [5.0, 5.0, 5.0]),
+        ("ilo", ("--radii", "0,0,3"), [None, None, 3.0]),
+        ("ilo", ("--radii", "0,0,0"), [None, None, None]),
+    ],
+)
 def test_reconstruct_radii(tiny: Path, tmp_path: Path, method: str, radii: tuple[str, ...], expected: list) -> None:
-    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", method,
-                                  *ILO_FAST, *radii)
+    record, result = _reconstruct(
+        tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", method, *ILO_FAST, *radii
+    )
     assert record["method"] == method and record["steps"] == 10
     assert [s["radius"] for s in record["phases"]] == pytest.approx(expected)
     assert result["latent"].shape == (1, 19, 8, 8)
 
 
-@pytest.mark.parametrize(("task", "level", "y_shape"), [
-    ("cs", "0.25", (1, 768)),
-    ("denoise", "0.1", (1, 3, 32, 32)),
-    ("sr", "2", (1, 3, 16, 16)),
-    ("colorize", "1", (1, 1, 32, 32)),
-])
+@pytest.mark.parametrize(
+    ("task", "level", "y_shape"),
+    [
+        ("cs", "0.25", (1, 768)),
+        ("denoise", "0.1", (1, 3, 32, 32)),
+        ("sr", "2", (1, 3, 16, 16)),
+        ("colorize", "1", (1, 1, 32, 32)),
+    ],
+)
 def test_reconstruct_each_task(tiny: Path, tmp_path: Path, task: str, level: str, y_shape: tuple[int, ...]) -> None:
-    record, result = _reconstruct(tiny, tmp_path / "out", "--task", task, "--level", level, "--steps", "2,2", "--layers", "0,1")
+    record, result = _reconstruct(
+        tiny, tmp_path / "out", "--task", task, "--level", level, "--steps", "2,2", "--layers", "0,1"
+    )
     assert record["operator"]["task"] == task and record["operator"]["level"] == float(level) and record["steps"] == 4
     assert result["y"].shape == y_shape
     assert result["reconstruction"].shape == (1, 3, 32, 32)
@@ -258,8 +335,9 @@ def test_reconstruct_with_a_mask_file(tiny: Path, tmp_path: Path) -> None:
     mask = np.zeros((32, 32), dtype=np.uint8)
     mask[:, :16] = 255  # keep the left half
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--mask", str(tmp_path / "mask.png"),
-                                  *ILO_FAST)
+    record, result = _reconstruct(
+        tiny, tmp_path / "out", "--task", "inpaint", "--mask", str(tmp_path / "mask.png"), *ILO_FAST
+    )
     assert record["operator"]["mask"] == "file" and record["operator"]["mask_path"] == str(tmp_path / "mask.png")
     truth = _pixels(tiny / "image.png").unsqueeze(0) / 255
     assert torch.equal(result["y"][..., 16:], torch.zeros(1, 3, 32, 16))
@@ -267,29 +345,61 @@ def test_reconstruct_with_a_mask_file(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_reconstruct_mask_kind_center(tiny: Path, tmp_path: Path) -> None:
-    record, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.75", "--mask-kind", "center",
-                                  "--method", "csgm", "--steps", "2")
+    record, result = _reconstruct(
+        tiny,
+        tmp_path / "out",
+        "--task",
+        "inpaint",
+        "--level",
+        "0.75",
+        "--mask-kind",
+        "center",
+        "--method",
+        "csgm",
+        "--steps",
+        "2",
+    )
     assert record["operator"]["mask"] == "center"
     assert torch.equal(result["y"][..., 8:24, 8:24], torch.zeros(1, 3, 16, 16))  # a 16x16 hole leaves 75%
 
 
-def test_reconstruct_resizes_and_converts_when_asked(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reconstruct_resizes_and_converts_when_asked(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     wide = np.random.default_rng(2).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     Image.fromarray(wide).save(tmp_path / "wide.png")
-    err = _error(capsys, _argv(tiny, tmp_path / "refused", "--task", "inpaint", "--level", "0.5", *ILO_FAST,
-                               image=tmp_path / "wide.png"))
+    err = _error(
+        capsys,
+        _argv(
+            tiny, tmp_path / "refused", "--task", "inpaint", "--level", "0.5", *ILO_FAST, image=tmp_path / "wide.png"
+        ),
+    )
     assert "wide.png" in err and "48x40" in err and "--resize" in err
     assert not (tmp_path / "refused").exists()
 
-    _, result = _reconstruct(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm",
-                             "--steps", "2", "--resize", image=tmp_path / "wide.png")
+    _, result = _reconstruct(
+        tiny,
+        tmp_path / "out",
+        "--task",
+        "inpaint",
+        "--level",
+        "0.5",
+        "--method",
+        "csgm",
+        "--steps",
+        "2",
+        "--resize",
+        image=tmp_path / "wide.png",
+    )
     assert result["reconstruction"].shape == (1, 3, 32, 32)
     input_panel = _pixels(tmp_path / "out" / "comparison.png")[:, 2:34, 70:102]
     expected = np.array(Image.fromarray(wide).crop((4, 0, 44, 40)).resize((32, 32), Image.Resampling.LANCZOS))
     assert (input_panel - torch.from_numpy(expected).permute(2, 0, 1).float()).abs().max() <= 1
 
     Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).convert("L").save(tmp_path / "grey.png")
-    _reconstruct(tiny, tmp_path / "grey", "--task", "colorize", "--method", "csgm", "--steps", "2", image=tmp_path / "grey.png")
+    _reconstruct(
+        tiny, tmp_path / "grey", "--task", "colorize", "--method", "csgm", "--steps", "2", image=tmp_path / "grey.png"
+    )
     grey_panel = _pixels(tmp_path / "grey" / "comparison.png")[:, 2:34, 70:102]
     assert torch.equal(grey_panel[0], grey_panel[1]) and torch.equal(grey_panel[1], grey_panel[2])
 
@@ -298,25 +408,35 @@ def test_reconstruct_rejects_a_text_file_named_png(tiny: Path, tmp_path: Path) -
     """Through the console script: one line on stderr, status 2, no traceback."""
     (tmp_path / "notes.png").write_text("this is not an image\n")
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "sgilo"), *_argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5",
-                                                             image=tmp_path / "notes.png")],
-        capture_output=True, text=True, check=False, timeout=120)
+        [
+            str(Path(sys.executable).parent / "sgilo"),
+            *_argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", image=tmp_path / "notes.png"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("sgilo: error:") and "notes.png" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (("--layers", "0,1", "--steps", "3,3,3"), "--layers has 2 entries but --steps has 3"),
-    (("--steps", "3,3", "--layers", "0,1", "--radii", "5"), "--radii has 1 entries"),
-    (("--steps", "3,3", "--layers", "0,9"), "phase layer 9"),
-    (("--level", "3", "--task", "sr"), "must divide"),
-    (("--level", "1.5"), "must be in (0, 1]"),
-    (("--data-step", "langevin"), "data_step langevin needs measurement_std > 0"),  # SGILOConfig's own check
-])
-def test_reconstruct_bad_options(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...],
-                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--layers", "0,1", "--steps", "3,3,3"), "--layers has 2 entries but --steps has 3"),
+        (("--steps", "3,3", "--layers", "0,1", "--radii", "5"), "--radii has 1 entries"),
+        (("--steps", "3,3", "--layers", "0,9"), "phase layer 9"),
+        (("--level", "3", "--task", "sr"), "must divide"),
+        (("--level", "1.5"), "must be in (0, 1]"),
+        (("--data-step", "langevin"), "data_step langevin needs measurement_std > 0"),  # SGILOConfig's own check
+    ],
+)
+def test_reconstruct_bad_options(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], message: str
+) -> None:
     task = () if "--task" in extra else ("--task", "inpaint")
     level = () if "--level" in extra else ("--level", "0.5")
     err = _error(capsys, _argv(tiny, tmp_path / "out", *task, *level, *extra))
@@ -325,8 +445,16 @@ def test_reconstruct_bad_options(tiny: Path, tmp_path: Path, capsys: pytest.Capt
 
 
 def test_reconstruct_missing_generator(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["reconstruct", str(tiny / "image.png"), "--task", "inpaint", "--generator", str(tmp_path / "absent.pt"),
-            "--out", str(tmp_path / "out")]
+    argv = [
+        "reconstruct",
+        str(tiny / "image.png"),
+        "--task",
+        "inpaint",
+        "--generator",
+        str(tmp_path / "absent.pt"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     err = _error(capsys, argv)
     assert "absent.pt" in err and "not found" in err
 
@@ -337,10 +465,13 @@ def test_reconstruct_mask_of_the_wrong_size(tiny: Path, tmp_path: Path, capsys: 
     assert "small_mask.png" in err and "32x32" in err
 
 
-def test_reconstruct_perceptual_without_lpips_weights(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reconstruct_perceptual_without_lpips_weights(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    err = _error(capsys, _argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--perceptual", "1", *ILO_FAST))
+    err = _error(
+        capsys, _argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--perceptual", "1", *ILO_FAST)
+    )
     assert "vgg16" in err and str(tmp_path / "torch_home") in err
     assert not (tmp_path / "out").exists()
 
@@ -353,7 +484,9 @@ def test_reconstruct_bad_steps_is_a_usage_error(tiny: Path, tmp_path: Path, caps
 
 
 @pytest.mark.parametrize("steps", [",", "4.7", "-3"])
-def test_reconstruct_empty_fractional_or_negative_steps_are_usage_errors(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], steps: str) -> None:
+def test_reconstruct_empty_fractional_or_negative_steps_are_usage_errors(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], steps: str
+) -> None:
     with pytest.raises(SystemExit) as info:
         main(_argv(tiny, tmp_path / "out", "--task", "inpaint", "--level", "0.5", "--method", "csgm", "--steps", steps))
     assert info.value.code == 2
@@ -377,15 +510,38 @@ def _score_model(tiny: Path) -> Path:
     if not path.exists():
         torch.manual_seed(0)
         model = ScoreViT((19, 8, 8), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3)
-        LatentPrior(model, LatentScaler(-torch.ones(19) * 3, torch.ones(19) * 3), build_sde("vp"),
-                    {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}, 2, torch.zeros(1, 8, 16)).save(path)
+        LatentPrior(
+            model,
+            LatentScaler(-torch.ones(19) * 3, torch.ones(19) * 3),
+            build_sde("vp"),
+            {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+            2,
+            torch.zeros(1, 8, 16),
+        ).save(path)
     return path
 
 
 def test_reconstruct_sgilo_writes_samples_their_mean_and_spread(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    record, result = _reconstruct(tiny, out, "--task", "inpaint", "--level", "0.3", "--method", "sgilo", *ILO_FAST,
-                                  "--score", str(_score_model(tiny)), "--samples", "3", "--prior-steps", "4", "--temperature", "1.0")
+    record, result = _reconstruct(
+        tiny,
+        out,
+        "--task",
+        "inpaint",
+        "--level",
+        "0.3",
+        "--method",
+        "sgilo",
+        *ILO_FAST,
+        "--score",
+        str(_score_model(tiny)),
+        "--samples",
+        "3",
+        "--prior-steps",
+        "4",
+        "--temperature",
+        "1.0",
+    )
     assert record["method"] == "sgilo" and record["chains"] == 3 and record["steps"] == 4 + 3 + 4
     assert [(s["layer"], s["steps"]) for s in record["phases"]] == [(0, 4), (1, 3), (2, 4)]
     assert [s["radius"] for s in record["phases"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
@@ -397,20 +553,53 @@ def test_reconstruct_sgilo_writes_samples_their_mean_and_spread(tiny: Path, tmp_
 
 
 def test_reconstruct_gnc_and_prior_errors(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    record, result = _reconstruct(tiny, tmp_path / "gnc", "--task", "cs", "--level", "0.2", "--method", "gnc", *ILO_FAST,
-                                  "--score", str(_score_model(tiny)), "--prior-steps", "3")
+    record, result = _reconstruct(
+        tiny,
+        tmp_path / "gnc",
+        "--task",
+        "cs",
+        "--level",
+        "0.2",
+        "--method",
+        "gnc",
+        *ILO_FAST,
+        "--score",
+        str(_score_model(tiny)),
+        "--prior-steps",
+        "3",
+    )
     assert record["method"] == "gnc" and record["chains"] == 1 and result["samples"].shape == (1, 3, 32, 32)
     assert [s["radius"] for s in record["phases"]] == pytest.approx([None, ILO_DEFAULT[1], None])  # ILO's warm start
-    assert "gnc schedule: layer 0 × 4 steps (w+), layer 1 × 3 steps (l1 radius 36.9), layer 2 × 3 steps (the prior)" in capsys.readouterr().err
+    assert (
+        "gnc schedule: layer 0 × 4 steps (w+), layer 1 × 3 steps (l1 radius 36.9), layer 2 × 3 steps (the prior)"
+        in capsys.readouterr().err
+    )
     assert "needs --score" in _error(capsys, _argv(tiny, tmp_path / "x", "--task", "inpaint", "--method", "sgilo"))
-    assert "models layer 2" in _error(capsys, _argv(tiny, tmp_path / "y", "--task", "inpaint", "--method", "sgilo", "--steps", "2,2",
-                                                    "--layers", "0,1", "--score", str(_score_model(tiny))))
-    assert "not an sgilo score model" in _error(capsys, _argv(tiny, tmp_path / "z", "--task", "inpaint", "--method", "gnc",
-                                                              "--score", str(tiny / "g.pt")))
+    assert "models layer 2" in _error(
+        capsys,
+        _argv(
+            tiny,
+            tmp_path / "y",
+            "--task",
+            "inpaint",
+            "--method",
+            "sgilo",
+            "--steps",
+            "2,2",
+            "--layers",
+            "0,1",
+            "--score",
+            str(_score_model(tiny)),
+        ),
+    )
+    assert "not an sgilo score model" in _error(
+        capsys, _argv(tiny, tmp_path / "z", "--task", "inpaint", "--method", "gnc", "--score", str(tiny / "g.pt"))
+    )
 
 
-def test_a_reconstruction_gone_non_finite_is_a_clean_error_and_writes_nothing(tiny: Path, tmp_path: Path,
-                                                                             capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+def test_a_reconstruction_gone_non_finite_is_a_clean_error_and_writes_nothing(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
     import sgilo.cli
 
     real = sgilo.cli.reconstruct
@@ -423,5 +612,8 @@ def test_a_reconstruction_gone_non_finite_is_a_clean_error_and_writes_nothing(ti
     monkeypatch.setattr(sgilo.cli, "reconstruct", diverging)
     out = tmp_path / "out"
     err = _error(capsys, _argv(tiny, out, "--task", "inpaint", "--method", "ilo", *ILO_FAST))
-    assert "image.png failed (non-finite loss at step 3 of the layer-1 phase); nothing was written" in err and "--lr" in err
+    assert (
+        "image.png failed (non-finite loss at step 3 of the layer-1 phase); nothing was written" in err
+        and "--lr" in err
+    )
     assert not out.exists() or not any(out.iterdir())

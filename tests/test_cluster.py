@@ -7,20 +7,24 @@ from sgilo.cluster import print_resource_hints, resource_hints
 
 def snakemake_error(rule: str, state: str, slurm_log: str = "/c/.snakemake/slurm_logs/rule_x/12.log") -> str:
     """An "Error in rule" block as Snakemake 9 prints it for a job of the SLURM executor plugin."""
-    return (f"Error in rule {rule}:\n"
-            f"    message: SLURM-job '12' failed, SLURM status is: '{state}'. Reason: Unknown.For further error details see the "
-            "cluster/cloud log and the log files of the involved rule(s).\n"
-            "    jobid: 3\n"
-            f"    log: logs/{rule}.log, {slurm_log} (check log file(s) for error details)\n"
-            "    shell:\n        python -m sgilo.stages.x 2> logs/x.log\n        (command exited with non-zero exit code)\n"
-            "    external_jobid: 12\n")
+    return (
+        f"Error in rule {rule}:\n"
+        f"    message: SLURM-job '12' failed, SLURM status is: '{state}'. Reason: Unknown.For further error details see the "
+        "cluster/cloud log and the log files of the involved rule(s).\n"
+        "    jobid: 3\n"
+        f"    log: logs/{rule}.log, {slurm_log} (check log file(s) for error details)\n"
+        "    shell:\n        python -m sgilo.stages.x 2> logs/x.log\n        (command exited with non-zero exit code)\n"
+        "    external_jobid: 12\n"
+    )
 
 
 def test_a_job_killed_by_the_memory_poller_names_the_rule_mem_mb_and_what_it_held():
     log = "Building DAG of jobs...\n" + snakemake_error("invert_summary", "FAILED")
-    slurm_logs = {"/c/.snakemake/slurm_logs/rule_x/12.log":  # as SLURM 22.05 writes it (bytes)
-                  "slurmstepd-vm: error: StepId=12.batch exceeded memory limit (167464960 > 67108864), being killed\n"
-                  "slurmstepd-vm: error: *** JOB 12 ON vm CANCELLED AT 2026-12-04T09:48:40 ***\n"}
+    slurm_logs = {
+        "/c/.snakemake/slurm_logs/rule_x/12.log":  # as SLURM 22.05 writes it (bytes)
+        "slurmstepd-vm: error: StepId=12.batch exceeded memory limit (167464960 > 67108864), being killed\n"
+        "slurmstepd-vm: error: *** JOB 12 ON vm CANCELLED AT 2026-12-04T09:48:40 ***\n"
+    }
     [hint] = resource_hints(log, lambda path: slurm_logs.get(path, ""))
     assert "rule invert_summary" in hint and "ran out of memory" in hint
     assert "--set-resources invert_summary:mem_mb=" in hint and "workflow/profiles/slurm/config.yaml" in hint
@@ -38,7 +42,11 @@ def test_a_job_past_its_time_names_runtime():
 
 
 def test_a_retried_job_is_reported_once_and_other_failures_not_at_all():
-    log = snakemake_error("score", "OUT_OF_MEMORY") + "Trying to restart job 3.\n" + snakemake_error("score", "OUT_OF_MEMORY")
+    log = (
+        snakemake_error("score", "OUT_OF_MEMORY")
+        + "Trying to restart job 3.\n"
+        + snakemake_error("score", "OUT_OF_MEMORY")
+    )
     assert len(resource_hints(log, lambda path: "")) == 1
     failed = snakemake_error("tune", "FAILED")
     assert resource_hints(failed, lambda path: "Traceback (most recent call last):\nValueError: bad\n") == []
@@ -48,7 +56,9 @@ def test_a_retried_job_is_reported_once_and_other_failures_not_at_all():
 
 def test_the_onerror_hook_reads_the_log_files_snakemake_passes(tmp_path, capsys):
     slurm_log = tmp_path / "27.log"
-    slurm_log.write_text("slurmstepd-vm: error: StepId=27.batch exceeded memory limit (167464960 > 67108864), being killed\n")
+    slurm_log.write_text(
+        "slurmstepd-vm: error: StepId=27.batch exceeded memory limit (167464960 > 67108864), being killed\n"
+    )
     log = tmp_path / "run.snakemake.log"
     log.write_text(snakemake_error("invert_summary", "FAILED", slurm_log=str(slurm_log)))
     print_resource_hints([str(log)])  # Snakemake 9 gives onerror a list of log files

@@ -37,7 +37,11 @@ def test_every_import_kind_is_followed_and_nothing_else(tree):
 
 
 def test_a_leaf_runs_its_packages_inits(tree):
-    assert [str(path.relative_to(tree)) for path in sources("pkg.sub.d", tree)] == ["pkg/__init__.py", "pkg/sub/__init__.py", "pkg/sub/d.py"]
+    assert [str(path.relative_to(tree)) for path in sources("pkg.sub.d", tree)] == [
+        "pkg/__init__.py",
+        "pkg/sub/__init__.py",
+        "pkg/sub/d.py",
+    ]
 
 
 def test_a_missing_module_is_named(tree):

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import yaml
-from conftest import REPO, write_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,8 @@ from sgilo.config import (
     to_dict,
     write_layered,
 )
+
+from conftest import REPO, write_params
 
 
 def test_demo_profile_loads_with_every_section():
@@ -60,11 +61,27 @@ def test_round_trip_through_plain_data(tmp_path):
         ({"download": {"synthfaces": [1, 2]}}, "download.synthfaces", "expected a mapping"),
         ({"colour": 1}, "colour", "allowed keys under top level"),
         ({"evaluate": {"tasks": [{"task": "sr", "levels": [2, 3]}]}}, "evaluate.tasks[0].levels", "[3.0] do not"),
-        ({"evaluate": {"tasks": [{"task": "sr", "levels": [1.5]}]}}, "evaluate.tasks[0].levels", "integer downsampling factors"),
-        ({"evaluate": {"tasks": [{"task": "sr", "levels": [64]}]}}, "evaluate.tasks[0].levels", "divide generator.architecture.size (32)"),
+        (
+            {"evaluate": {"tasks": [{"task": "sr", "levels": [1.5]}]}},
+            "evaluate.tasks[0].levels",
+            "integer downsampling factors",
+        ),
+        (
+            {"evaluate": {"tasks": [{"task": "sr", "levels": [64]}]}},
+            "evaluate.tasks[0].levels",
+            "divide generator.architecture.size (32)",
+        ),
         ({"evaluate": {"tasks": [{"task": "denoise", "levels": [-0.1]}]}}, "evaluate.tasks[0].levels", "noise σ >= 0"),
-        ({"trajectories": {"sde": "catmap"}}, "trajectories.sde", "sgilo, gnc, which need an SDE with a closed-form marginal"),
-        ({"trajectories": {"sde": "lotka_volterra"}, "evaluate": {"methods": ["ilo", "gnc"]}}, "trajectories.sde", "has gnc"),
+        (
+            {"trajectories": {"sde": "catmap"}},
+            "trajectories.sde",
+            "sgilo, gnc, which need an SDE with a closed-form marginal",
+        ),
+        (
+            {"trajectories": {"sde": "lotka_volterra"}, "evaluate": {"methods": ["ilo", "gnc"]}},
+            "trajectories.sde",
+            "has gnc",
+        ),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, overrides, key, expected):
@@ -88,10 +105,18 @@ def test_an_old_profile_with_invert_stages_is_told_the_new_key(tmp_path):
 
 
 def test_valid_task_levels_and_a_drift_without_prior_methods_load(tmp_path):
-    path = write_params(tmp_path / "ok.yaml", {
-        "trajectories": {"sde": "catmap"},  # no prior method evaluates with it: allowed (the IGO experiments use it)
-        "evaluate": {"methods": ["csgm", "ilo"], "tasks": [{"task": "sr", "levels": [1, 2, 4]}, {"task": "denoise", "levels": [0.0, 0.2]}]},
-    })
+    path = write_params(
+        tmp_path / "ok.yaml",
+        {
+            "trajectories": {
+                "sde": "catmap"
+            },  # no prior method evaluates with it: allowed (the IGO experiments use it)
+            "evaluate": {
+                "methods": ["csgm", "ilo"],
+                "tasks": [{"task": "sr", "levels": [1, 2, 4]}, {"task": "denoise", "levels": [0.0, 0.2]}],
+            },
+        },
+    )
     assert [t.task for t in load_params(path).evaluate.tasks] == ["sr", "denoise"]
 
 
@@ -104,13 +129,24 @@ def test_unparseable_yaml_and_missing_file_are_named(tmp_path):
         load_params(tmp_path / "nowhere.yaml")
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                     st.text(max_size=8), st.lists(st.integers(), max_size=3))
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(section=st.sampled_from(["train", "architecture"]), key=st.sampled_from(
-    ["steps", "batch_size", "lr", "r1_gamma", "mixing_prob", "size", "style_dim", "channel_max", "n_mlp"]), value=_scalars)
+@given(
+    section=st.sampled_from(["train", "architecture"]),
+    key=st.sampled_from(
+        ["steps", "batch_size", "lr", "r1_gamma", "mixing_prob", "size", "style_dim", "channel_max", "n_mlp"]
+    ),
+    value=_scalars,
+)
 def test_any_mistyped_value_is_rejected_with_its_key_or_accepted_as_valid(tmp_path, section, key, value):
     """Property: a value either loads into a valid config or fails naming its dotted key — never anything else."""
     path = write_params(tmp_path / "h.yaml", {"generator": {section: {key: value}}})
@@ -145,18 +181,53 @@ def test_non_finite_floats_are_rejected_naming_the_key(tmp_path, value):
 
 # What profiles/ffhq-smoke/params.yaml may change of profiles/ffhq/params.yaml: where the inputs come from, the
 # machine it runs on, and counts. Every other key - every switch and every shape - must be the FFHQ profile's.
-SMOKE_SOURCES = {"download.ffhq.metadata_url", "download.ffhq.metadata_size", "download.ffhq.metadata_md5", "download.ffhq.mirror_url",
-                 "generator.pretrained.url", "generator.pretrained.sha256", "generator.pretrained.md5"}
-SMOKE_MACHINE = {"download.ffhq.workers", "download.ffhq.retries", "download.ffhq.timeout_s",
-                 *(f"{section}.{key}" for section in ("invert", "score", "evaluate") for key in ("precision", "device")), "report.device"}
-SMOKE_COUNTS = {"download.ffhq.index_start", "download.ffhq.index_stop", "generator.latent_avg_samples", "generator.grid_rows",
-                *(f"invert.phases[{i}].steps" for i in range(4)), "invert.images", "invert.shard_size", "invert.batch_size",
-                "trajectories.draws", "score.epochs", "score.batch_size", "score.warmup_steps", "score.samples", "score.sample_steps",
-                "evaluate.images", "evaluate.batch_size", "evaluate.sgilo.steps", "evaluate.sgilo.chains", "evaluate.gnc.steps",
-                "evaluate.tune.validation", "evaluate.figure_images", "report.fid_samples"}
+SMOKE_SOURCES = {
+    "download.ffhq.metadata_url",
+    "download.ffhq.metadata_size",
+    "download.ffhq.metadata_md5",
+    "download.ffhq.mirror_url",
+    "generator.pretrained.url",
+    "generator.pretrained.sha256",
+    "generator.pretrained.md5",
+}
+SMOKE_MACHINE = {
+    "download.ffhq.workers",
+    "download.ffhq.retries",
+    "download.ffhq.timeout_s",
+    *(f"{section}.{key}" for section in ("invert", "score", "evaluate") for key in ("precision", "device")),
+    "report.device",
+}
+SMOKE_COUNTS = {
+    "download.ffhq.index_start",
+    "download.ffhq.index_stop",
+    "generator.latent_avg_samples",
+    "generator.grid_rows",
+    *(f"invert.phases[{i}].steps" for i in range(4)),
+    "invert.images",
+    "invert.shard_size",
+    "invert.batch_size",
+    "trajectories.draws",
+    "score.epochs",
+    "score.batch_size",
+    "score.warmup_steps",
+    "score.samples",
+    "score.sample_steps",
+    "evaluate.images",
+    "evaluate.batch_size",
+    "evaluate.sgilo.steps",
+    "evaluate.sgilo.chains",
+    "evaluate.gnc.steps",
+    "evaluate.tune.validation",
+    "evaluate.figure_images",
+    "report.fid_samples",
+}
 # Lists the smoke profile may shorten, keeping only values of the FFHQ profile's.
-SMOKE_SUBSETS = {*(f"evaluate.tasks[{i}].levels" for i in range(3)), "evaluate.tune.ilo_radius_scale", "evaluate.tune.sgilo_weight",
-                 "evaluate.tune.gnc_weight"}
+SMOKE_SUBSETS = {
+    *(f"evaluate.tasks[{i}].levels" for i in range(3)),
+    "evaluate.tune.ilo_radius_scale",
+    "evaluate.tune.sgilo_weight",
+    "evaluate.tune.gnc_weight",
+}
 
 
 def _flat(value, key: str = "") -> dict:
@@ -169,7 +240,10 @@ def _flat(value, key: str = "") -> dict:
 
 def _smoke_drift(real: dict, smoke: dict) -> list[str]:
     a, b = _flat(real), _flat(smoke)
-    problems = [f"{key}: only in {'the FFHQ profile' if key in a else 'the smoke profile'}" for key in sorted(a.keys() ^ b.keys())]
+    problems = [
+        f"{key}: only in {'the FFHQ profile' if key in a else 'the smoke profile'}"
+        for key in sorted(a.keys() ^ b.keys())
+    ]
     for key in sorted(a.keys() & b.keys()):
         if key in SMOKE_SUBSETS:
             if not b[key] or not set(b[key]) <= set(a[key]):
@@ -185,11 +259,15 @@ def test_the_ffhq_smoke_profile_differs_from_the_ffhq_profile_only_in_counts_sou
     assert _smoke_drift(real, smoke) == []
     # the check itself catches a changed switch, a changed shape, a missing key and a level the paper does not use
     assert _smoke_drift(real, {**smoke, "invert": {**smoke["invert"], "optimize_noise": False}}) == [
-        "invert.optimize_noise: False in the smoke profile, True in the FFHQ profile"]
+        "invert.optimize_noise: False in the smoke profile, True in the FFHQ profile"
+    ]
     assert _smoke_drift(real, {**smoke, "invert": {**smoke["invert"], "layer": 2}})
-    assert _smoke_drift(real, {**smoke, "score": {**smoke["score"], "model": {**smoke["score"]["model"], "width": 128}}})
-    assert _smoke_drift(real, {**smoke, "trajectories": {k: v for k, v in smoke["trajectories"].items() if k != "dt"}}) == [
-        "trajectories.dt: only in the FFHQ profile"]
+    assert _smoke_drift(
+        real, {**smoke, "score": {**smoke["score"], "model": {**smoke["score"]["model"], "width": 128}}}
+    )
+    assert _smoke_drift(
+        real, {**smoke, "trajectories": {k: v for k, v in smoke["trajectories"].items() if k != "dt"}}
+    ) == ["trajectories.dt: only in the FFHQ profile"]
     tasks = [{**smoke["evaluate"]["tasks"][0], "levels": [0.5]}, *smoke["evaluate"]["tasks"][1:]]
     assert _smoke_drift(real, {**smoke, "evaluate": {**smoke["evaluate"], "tasks": tasks}})
 
@@ -200,7 +278,9 @@ def test_layers_lay_keys_over_the_profile_in_order_and_name_the_layer_of_a_bad_k
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"invert": {"images": 5, "batch_size": 2}, "evaluate": {"methods": ["csgm"]}}))
     # Snakemake parses a nested --config value with YAML's BaseLoader: every scalar arrives as a string
-    params, raw = layered_params([profile, overlay], {"invert": {"images": "7"}, "seed": 11, "evaluate": {"methods": ["ilo", "sgilo"]}})
+    params, raw = layered_params(
+        [profile, overlay], {"invert": {"images": "7"}, "seed": 11, "evaluate": {"methods": ["ilo", "sgilo"]}}
+    )
     assert (params.invert.images, params.invert.batch_size, params.seed) == (7, 2, 11)
     assert params.evaluate.methods == ("ilo", "sgilo")  # a list replaces, it does not merge
     assert params.invert.layer == load_params(profile).invert.layer  # keys no layer names stay the profile's
@@ -224,4 +304,6 @@ def test_the_merged_params_file_is_named_by_its_content_and_reads_back_the_same(
     assert write_layered(raw, tmp_path / "merged") == first and load_params(first) == params
     other = write_layered(layered_params([tmp_path / "profile.yaml"], {"seed": 6})[1], tmp_path / "merged")
     assert other != first and load_params(other).seed == 6
-    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted([first.name, other.name])  # no temporary left
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted(
+        [first.name, other.name]
+    )  # no temporary left

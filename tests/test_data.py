@@ -376,8 +376,12 @@ def test_load_user_image_resize_crop_offset_and_scaling(tmp_path: Path) -> None:
     small = load_user_image(_save(tmp_path, "big.png", big), 32, resize=True)
     assert small.shape == (1, 3, 32, 32)
     assert 0 <= float(small.min()) and float(small.max()) <= 1
-    assert torch.allclose(small[0, :, :, :15], torch.tensor([1.0, 0.0, 0.0]).reshape(3, 1, 1).expand(3, 32, 15), atol=0.02)
-    assert torch.allclose(small[0, :, :, 17:], torch.tensor([0.0, 1.0, 0.0]).reshape(3, 1, 1).expand(3, 32, 15), atol=0.02)
+    assert torch.allclose(
+        small[0, :, :, :15], torch.tensor([1.0, 0.0, 0.0]).reshape(3, 1, 1).expand(3, 32, 15), atol=0.02
+    )
+    assert torch.allclose(
+        small[0, :, :, 17:], torch.tensor([0.0, 1.0, 0.0]).reshape(3, 1, 1).expand(3, 32, 15), atol=0.02
+    )
 
 
 def test_load_user_image_wrong_size_suggests_resize(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
-from conftest import run_stage, write_params
 
 from sgilo.data import load_images
+
+from conftest import run_stage, write_params
 
 
 def test_download_stage_writes_the_demo_set_and_resumes(tmp_path, tiny_params):

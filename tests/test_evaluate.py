@@ -14,18 +14,36 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import kill_stage_when, run_stage, tiny_workspace, write_params
 from PIL import Image
 
 from sgilo.io import load_safetensors
 from sgilo.metrics import lpips_backbone_path
 from sgilo.report import summarize
-from sgilo.stylegan2 import load_generator
 from sgilo.stages import evaluate as evaluate_stage
+from sgilo.stylegan2 import load_generator
 
-COLUMNS = ["image_id", "seed", "task", "level", "method", "mse", "psnr", "ssim", "lpips", "lpips_note", "seconds", "steps",
-           "chains", "measurement_loss", "hyper", "failure", "precision",
-           "data_term"]
+from conftest import kill_stage_when, run_stage, tiny_workspace, write_params
+
+COLUMNS = [
+    "image_id",
+    "seed",
+    "task",
+    "level",
+    "method",
+    "mse",
+    "psnr",
+    "ssim",
+    "lpips",
+    "lpips_note",
+    "seconds",
+    "steps",
+    "chains",
+    "measurement_loss",
+    "hyper",
+    "failure",
+    "precision",
+    "data_term",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +52,25 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _argv(root: Path, method: str, *extra: str) -> list[str]:
-    return ["--params", str(root / "params.yaml"), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
-            "--score", str(root / "score" / "model.pt"), "--task", "inpaint", "--level", "0.25", "--method", method, "--threads", "1", *extra]
+    return [
+        "--params",
+        str(root / "params.yaml"),
+        "--data",
+        str(root / "synthfaces"),
+        "--generator",
+        str(root / "generator.pt"),
+        "--score",
+        str(root / "score" / "model.pt"),
+        "--task",
+        "inpaint",
+        "--level",
+        "0.25",
+        "--method",
+        method,
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _tune_and_evaluate(root: Path, method: str, out: Path) -> pd.DataFrame:
@@ -52,7 +87,11 @@ def test_each_method_writes_a_record_per_test_image(workspace, method):
     assert list(records.columns) == COLUMNS
     # tiny profile: test split = ids 48…55; the first is the validation image, the next 3 are tested.
     assert records["image_id"].tolist() == [49, 50, 51]
-    assert (records["method"] == method).all() and (records["task"] == "inpaint").all() and (records["level"] == 0.25).all()
+    assert (
+        (records["method"] == method).all()
+        and (records["task"] == "inpaint").all()
+        and (records["level"] == 0.25).all()
+    )
     assert records["lpips"].isna().all() and records["lpips_note"].str.contains("weights absent").all()
     assert records["chains"].eq(2 if method == "sgilo" else 1).all() and records["failure"].eq("").all()
     assert records["precision"].eq("fp32").all()  # evaluate.precision as it resolved (the tiny profile pins fp32)
@@ -61,7 +100,9 @@ def test_each_method_writes_a_record_per_test_image(workspace, method):
     assert tuned["precision"] == "fp32"
     if method in ("ilo", "sgilo", "gnc"):
         key = "radius_scale" if method == "ilo" else "weight"
-        assert [c[key] for c in tuned["candidates"]] == ([0.5, 2.0] if method == "ilo" else [0.1, 0.3] if method == "sgilo" else [0.5, 1.0])
+        assert [c[key] for c in tuned["candidates"]] == (
+            [0.5, 2.0] if method == "ilo" else [0.1, 0.3] if method == "sgilo" else [0.5, 1.0]
+        )
         assert tuned["chosen"] == {key: min(tuned["candidates"], key=lambda c: c["mse"])[key]}
         assert set(records["image_id"]).isdisjoint(tuned["validation_ids"])
         assert all(json.loads(h) == tuned["chosen"] for h in records["hyper"])
@@ -84,7 +125,11 @@ def test_ilo_recovers_test_images_the_generator_made(workspace, tmp_path):
     with a long enough schedule (2 s) must recover each. Measured 23.8, 33.7 and 30.7 dB; zero steps give 6-8 dB,
     optimising against another seed's mask 6 dB."""
     data = _generated_test_images(workspace / "generator.pt", tmp_path / "generated", count=4)  # 1 validation + 3 test
-    long_schedule = [{"layer": 0, "steps": 100}, {"layer": 1, "steps": 50, "radius": 50.0}, {"layer": 2, "steps": 50, "radius": 100.0}]
+    long_schedule = [
+        {"layer": 0, "steps": 100},
+        {"layer": 1, "steps": 50, "radius": 50.0},
+        {"layer": 2, "steps": 50, "radius": 100.0},
+    ]
     params = write_params(tmp_path / "params.yaml", {"invert": {"phases": long_schedule}})
     (tmp_path / "tuned.json").write_text(json.dumps({"chosen": {"radius_scale": 1.0}}))
     argv = _argv(workspace, "ilo", "--tuned", str(tmp_path / "tuned.json"), "--out", str(tmp_path / "evaluate"))
@@ -104,7 +149,9 @@ def _generated_test_images(generator_path: Path, root: Path, count: int) -> Path
     for i, image in enumerate(images):
         pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
         Image.fromarray(pixels).save(root / "images" / f"{i}.png")
-    pd.DataFrame({"id": range(count), "split": "test", "path": [f"images/{i}.png" for i in range(count)]}).to_csv(root / "index.csv", index=False)
+    pd.DataFrame({"id": range(count), "split": "test", "path": [f"images/{i}.png" for i in range(count)]}).to_csv(
+        root / "index.csv", index=False
+    )
     return root
 
 
@@ -146,7 +193,9 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     assert (out / "evaluate" / "partial" / "inpaint-0.25-ilo.pt").exists()
     monkeypatch.setattr(evaluate_stage, "_batch_records", original)
     resumed_batches = []
-    monkeypatch.setattr(evaluate_stage, "_batch_records", lambda *a, **k: resumed_batches.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        evaluate_stage, "_batch_records", lambda *a, **k: resumed_batches.append(1) or original(*a, **k)
+    )
     evaluate_stage.main(argv)
     assert len(resumed_batches) == 1  # 3 images in batches of 2: only the second batch ran again
     assert not (out / "evaluate" / "partial").exists()
@@ -190,14 +239,20 @@ def test_an_image_going_non_finite_gets_a_failed_record_and_the_cell_goes_on(wor
     assert failed["failure"] == "non-finite loss at step 1 of the layer-0 phase"
     assert all(math.isnan(failed[m]) for m in ("mse", "psnr", "ssim", "measurement_loss"))
     # Image 50 shares its batch with 49: both other records are those of the clean run.
-    pd.testing.assert_frame_equal(poisoned[poisoned["image_id"] != 50].drop(columns="seconds").reset_index(drop=True),
-                                  clean[clean["image_id"] != 50].drop(columns="seconds").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        poisoned[poisoned["image_id"] != 50].drop(columns="seconds").reset_index(drop=True),
+        clean[clean["image_id"] != 50].drop(columns="seconds").reset_index(drop=True),
+    )
     row = summarize(poisoned).iloc[0]
     assert row["n"] == 2 and row["failed"] == 1
     assert row["mse_mean"] == pytest.approx(clean.loc[clean["image_id"] != 50, "mse"].mean())
     # Tuning on a validation image that fails under every candidate stops with what to change, and writes nothing.
-    monkeypatch.setattr(evaluate_stage, "load_images", lambda data, split, size, ids: real(data, split, size, ids) * float("nan"))
-    with pytest.raises(SystemExit, match="every candidate of radius_scale made all validation images fail.*lower the step sizes"):
+    monkeypatch.setattr(
+        evaluate_stage, "load_images", lambda data, split, size, ids: real(data, split, size, ids) * float("nan")
+    )
+    with pytest.raises(
+        SystemExit, match="every candidate of radius_scale made all validation images fail.*lower the step sizes"
+    ):
         evaluate_stage.main(_argv(workspace, "ilo", "--tune", "--out", str(out / "tune.json")))
     assert not (out / "tune.json").exists()
 
@@ -209,8 +264,15 @@ def test_lpips_is_recorded_when_its_weights_are_present(workspace, tmp_path):
     backbone.parent.mkdir(parents=True)
     torch.save(torchvision.models.alexnet().state_dict(), backbone)
     argv = _argv(workspace, "csgm", "--out", str(tmp_path / "evaluate"))
-    result = subprocess.run([sys.executable, "-m", "sgilo.stages.evaluate", *argv], cwd=workspace, check=False, capture_output=True,
-                            text=True, env={**os.environ, "TORCH_HOME": str(home)}, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "sgilo.stages.evaluate", *argv],
+        cwd=workspace,
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TORCH_HOME": str(home)},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     records = pd.read_parquet(tmp_path / "evaluate" / "inpaint" / "0.25" / "csgm.parquet")
     assert records["lpips"].gt(0).all() and records["lpips_note"].eq("").all()
@@ -233,9 +295,24 @@ def test_report_turns_the_cells_into_table_figures_and_prior_samples(workspace, 
         if not (out / "evaluate" / "inpaint" / "0.25" / f"{method}.parquet").exists():
             _tune_and_evaluate(workspace, method, out)
     monkeypatch.setenv("TORCH_HOME", str(workspace / "no-weights"))
-    run_stage("report", "--params", str(workspace / "params.yaml"), "--evaluate", str(out / "evaluate"), "--score",
-              str(workspace / "score" / "model.pt"), "--generator", str(workspace / "generator.pt"), "--data",
-              str(workspace / "synthfaces"), "--invert-summary", str(workspace / "invert" / "summary.json"), "--out", str(out), cwd=workspace)
+    run_stage(
+        "report",
+        "--params",
+        str(workspace / "params.yaml"),
+        "--evaluate",
+        str(out / "evaluate"),
+        "--score",
+        str(workspace / "score" / "model.pt"),
+        "--generator",
+        str(workspace / "generator.pt"),
+        "--data",
+        str(workspace / "synthfaces"),
+        "--invert-summary",
+        str(workspace / "invert" / "summary.json"),
+        "--out",
+        str(out),
+        cwd=workspace,
+    )
     table = pd.read_csv(out / "table1.csv")
     assert table["method"].tolist() == ["csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"] and table["n"].eq(3).all()
     for name in ("curves_inpaint", "reconstructions", "posterior", "speed", "prior_samples"):
@@ -261,8 +338,13 @@ def test_a_new_method_is_a_table_row_and_one_class(workspace, tmp_path, monkeypa
         def schedule(self, phases: list[LayerPhase]) -> list[LayerPhase]:
             return [LayerPhase(s.layer, s.steps, s.radius, s.lr / 2) for s in super().schedule(phases)]
 
-    monkeypatch.setitem(method_table.METHODS, "ilo-half-lr", method_table.MethodSpec(
-        "ilo-half-lr", "ILO at half its lr", "tab:olive", tuned="radius_scale", candidates="ilo_radius_scale"))
+    monkeypatch.setitem(
+        method_table.METHODS,
+        "ilo-half-lr",
+        method_table.MethodSpec(
+            "ilo-half-lr", "ILO at half its lr", "tab:olive", tuned="radius_scale", candidates="ilo_radius_scale"
+        ),
+    )
     monkeypatch.setitem(methods.METHOD_CLASSES, "ilo-half-lr", HalfLR)
     raw = yaml.safe_load((workspace / "params.yaml").read_text())
     raw["evaluate"]["methods"] = ["ilo", "ilo-half-lr"]

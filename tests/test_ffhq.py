@@ -160,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _range_start(header: str | None) -> int | None:
     if not header or not header.startswith("bytes=") or not header.endswith("-"):
         return None
-    return int(header[len("bytes="):-1])
+    return int(header[len("bytes=") : -1])
 
 
 class _Server(ThreadingHTTPServer):
@@ -236,10 +236,17 @@ def publish(server: FakeServer, tweak: Callable[[dict[str, Any]], None] | None =
 
 def fetch(tree: Tree, out: Path, *, mirror: bool = True, **overrides: Any) -> pd.DataFrame:
     kwargs: dict[str, Any] = {
-        "metadata_url": f"{tree.base}/uc?id=meta", "metadata_md5": tree.meta_md5, "metadata_size": len(tree.meta_bytes),
-        "kind": "thumbnails", "index_start": 0, "index_stop": len(CATEGORIES),
+        "metadata_url": f"{tree.base}/uc?id=meta",
+        "metadata_md5": tree.meta_md5,
+        "metadata_size": len(tree.meta_bytes),
+        "kind": "thumbnails",
+        "index_start": 0,
+        "index_stop": len(CATEGORIES),
         "mirror_url": f"{tree.base}/mirror/" if mirror else "",
-        "workers": 3, "retries": 3, "timeout": 10.0, "progress": False,
+        "workers": 3,
+        "retries": 3,
+        "timeout": 10.0,
+        "progress": False,
     }
     return download_ffhq(out, **{**kwargs, **overrides})
 
@@ -410,8 +417,9 @@ def test_server_ignoring_range_restarts_from_zero(server: FakeServer, blob: tupl
 def test_drop_then_range_ignored(server: FakeServer, blob: tuple[str, bytes], tmp_path: Path) -> None:
     url, data = blob
     server.faults["/blob.bin"] = ["drop", "ignore_range"]
-    dest = download_file(url, tmp_path / "blob.bin", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                         chunk_size=64)
+    dest = download_file(
+        url, tmp_path / "blob.bin", size=len(data), sha256=hashlib.sha256(data).hexdigest(), chunk_size=64
+    )
     assert dest.read_bytes() == data
     assert len(server.hits_for("/blob.bin")) == 2
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kill_stage_when, run_stage, write_params
 from PIL import Image
 
 from sgilo.smoke import (
@@ -20,6 +19,8 @@ from sgilo.smoke import (
     write_nvidia_pickle,
 )
 from sgilo.stylegan2 import Generator, load_generator
+
+from conftest import kill_stage_when, run_stage, write_params
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,12 @@ def test_kill_during_training_then_rerun_gives_identical_weights(tmp_path, datas
     _train(params, dataset, tmp_path / "straight")
 
     killed = tmp_path / "killed"
-    kill_stage_when("generator", ["--params", str(params), "--data", str(dataset), "--out", str(killed)], tmp_path,
-                    killed / "resume" / "state.pt")
+    kill_stage_when(
+        "generator",
+        ["--params", str(params), "--data", str(dataset), "--out", str(killed)],
+        tmp_path,
+        killed / "resume" / "state.pt",
+    )
     assert not (killed / "generator.pt").exists(), "the run finished before it could be killed; raise steps"
 
     rerun = _train(params, dataset, killed)
@@ -91,8 +96,13 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
     state = seeded_state_dict(Generator(**architecture).state_dict(), seed=4)
     write_nvidia_pickle(root / "network.pkl", rosinality_to_nvidia(state, 0.1 * torch.ones(16), 32))
     digest = hashlib.sha256((root / "network.pkl").read_bytes()).hexdigest()
-    overrides = {"generator": {"source": "pretrained", "architecture": architecture,
-                               "pretrained": {"url": f"{url}/network.pkl", "sha256": digest}}}
+    overrides = {
+        "generator": {
+            "source": "pretrained",
+            "architecture": architecture,
+            "pretrained": {"url": f"{url}/network.pkl", "sha256": digest},
+        }
+    }
     params = write_params(tmp_path / "params.yaml", overrides)
     out = tmp_path / "results" / "generator"
     run_stage("generator", "--params", str(params), "--cache", str(tmp_path / "cache"), "--out", str(out), cwd=tmp_path)
@@ -106,9 +116,20 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
     with Image.open(out / "samples.png") as grid:
         assert grid.height > grid.width  # the caption strip under the square grid
 
-    wrong = write_params(tmp_path / "wrong.yaml", {"generator": {**overrides["generator"], "architecture": {"size": 64}}})
-    result = run_stage("generator", "--params", str(wrong), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o2"),
-                       cwd=tmp_path, check=False)
+    wrong = write_params(
+        tmp_path / "wrong.yaml", {"generator": {**overrides["generator"], "architecture": {"size": 64}}}
+    )
+    result = run_stage(
+        "generator",
+        "--params",
+        str(wrong),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "o2"),
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode != 0 and "generator.architecture" in result.stderr
 
 
@@ -121,10 +142,19 @@ def test_training_on_a_trivial_set_brings_the_samples_near_it(tmp_path):
     from sgilo.stages.generator import train
 
     architecture = {"size": 8, "style_dim": 16, "n_mlp": 1, "channel_multiplier": 1, "channel_max": 8}
-    overrides = {"generator": {"architecture": architecture,
-                               "train": {"steps": 400, "batch_size": 8, "checkpoint_every": 1000, "disc_channel_max": 8,
-                                         "ema_half_life_images": 100}},
-                 "invert": {"layer": 1, "phases": [{"layer": 0, "steps": 1}, {"layer": 1, "steps": 1}]}}
+    overrides = {
+        "generator": {
+            "architecture": architecture,
+            "train": {
+                "steps": 400,
+                "batch_size": 8,
+                "checkpoint_every": 1000,
+                "disc_channel_max": 8,
+                "ema_half_life_images": 100,
+            },
+        },
+        "invert": {"layer": 1, "phases": [{"layer": 0, "steps": 1}, {"layer": 1, "steps": 1}]},
+    }
     params = load_params(write_params(tmp_path / "params.yaml", overrides))
     levels = torch.rand(64, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
     real = levels.expand(64, 3, 8, 8).contiguous()  # each image one grey level, uniform in [-1, 1]
@@ -163,4 +193,5 @@ def _recording(forward, dtypes):
         out = forward(x)
         dtypes.append(out.dtype)
         return out
+
     return wrapped

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 
 from sgilo.config import load_params
 from sgilo.inversion import (
@@ -24,6 +23,8 @@ from sgilo.inversion import (
 )
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.stylegan2 import Generator
+
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,9 @@ def test_decode_of_encode_is_the_generator(generator, layer):
         h = encode(generator, layer, w_plus, None)
         c, size, _ = generator.layer_shape(layer)
         assert h.shape == (3, c + 3, size, size)
-        torch.testing.assert_close(decode(generator, h, layer, w_plus), generator.synthesis(w_plus), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            decode(generator, h, layer, w_plus), generator.synthesis(w_plus), atol=1e-5, rtol=1e-5
+        )
 
 
 # ------------------------------------------------------------------------------------------- ILO's radii
@@ -108,7 +111,11 @@ def _shapes_only(**architecture) -> Generator:
         return Generator(**architecture)
 
 
-@pytest.mark.parametrize("profile", sorted({REPO / "params.yaml", *REPO.glob("profiles/*/params.yaml")}), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "profile",
+    sorted({REPO / "params.yaml", *REPO.glob("profiles/*/params.yaml")}),
+    ids=lambda p: str(p.relative_to(REPO)),
+)
 def test_ilo_radii_are_every_profiles_radii(profile: Path) -> None:
     """`sgilo reconstruct`'s default radii and each profile's invert.phases name the same numbers: the demo's 150, 300
     at layers 1, 2 of its 32² generator, ILO's 1000, 1000, 6000 at layers 1-3 of config-f."""
@@ -120,10 +127,15 @@ def test_ilo_radii_are_every_profiles_radii(profile: Path) -> None:
 
 def test_ilo_radii_elsewhere_keep_ilos_radius_per_entry() -> None:
     """Another generator's balls allow the deviation per entry of ILO's at the same resolution (16²'s beyond it)."""
-    small = _shapes_only(size=32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16)  # 19 channels with the skip
+    small = _shapes_only(
+        size=32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16
+    )  # 19 channels with the skip
     assert ilo_radii(small, [0, 1, 2, 3]) == pytest.approx([None, 1000 / 515 * 19, 1000 / 515 * 19, 6000 / 515 * 19])
     config_f = _shapes_only(size=1024, style_dim=512, n_mlp=8, channel_multiplier=2, channel_max=512)
-    assert ilo_radii(config_f, [4, 9]) == [6000 * 4, None]  # 515×32²: four times 16²'s entries; layer 9: none (invert refuses it)
+    assert ilo_radii(config_f, [4, 9]) == [
+        6000 * 4,
+        None,
+    ]  # 515×32²: four times 16²'s entries; layer 9: none (invert refuses it)
 
 
 # ---------------------------------------------------------------------------------------------- solvers
@@ -180,10 +192,14 @@ def test_csgm_optimises_the_latent_only(generator):
 
 def test_noise_optimisation_returns_per_image_noise(generator):
     x = _targets(generator, 2, seed=11)
-    result = invert(generator, lambda v: v, x, [1, 2], (LayerPhase(0, 5), LayerPhase(1, 5)), Options(optimize_noise=True))
+    result = invert(
+        generator, lambda v: v, x, [1, 2], (LayerPhase(0, 5), LayerPhase(1, 5)), Options(optimize_noise=True)
+    )
     assert result.noise is not None and len(result.noise) == generator.num_noises
     assert all(n.shape[0] == 2 for n in result.noise)
-    torch.testing.assert_close(decode(generator, result.latent, 1, result.w_plus, result.noise), result.image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        decode(generator, result.latent, 1, result.w_plus, result.noise), result.image, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_perceptual_term_is_used_when_weighted(generator):
@@ -198,7 +214,9 @@ def test_perceptual_term_is_used_when_weighted(generator):
     assert calls == [(2, 3, 16, 16)] * 3
 
 
-@pytest.mark.parametrize(("task", "level", "term", "calls"), [("cs", 0.1, "mse", 0), ("inpaint", 0.5, "mse + 0.5·LPIPS", 10)])
+@pytest.mark.parametrize(
+    ("task", "level", "term", "calls"), [("cs", 0.1, "mse", 0), ("inpaint", 0.5, "mse + 0.5·LPIPS", 10)]
+)
 def test_a_method_fits_a_non_image_measurement_by_mse_alone(generator, task, level, term, calls):
     """One perceptual weight for a profile's every task (the FFHQ profile's cs cells crashed on it): LPIPS where the
     measurement is an image, the pixel MSE where it is not, and the reconstruction says which."""
@@ -212,8 +230,16 @@ def test_a_method_fits_a_non_image_measurement_by_mse_alone(generator, task, lev
 
     x = _targets(generator, 2, seed=13)
     operator = build_operator(OperatorSpec(task, level), (3, 16, 16), [1, 2])
-    result = reconstruct("ilo", generator, operator.physics.A, operator.measure(x), [1, 2], ILO, Options(perceptual=0.5),
-                         perceptual=perceptual)
+    result = reconstruct(
+        "ilo",
+        generator,
+        operator.physics.A,
+        operator.measure(x),
+        [1, 2],
+        ILO,
+        Options(perceptual=0.5),
+        perceptual=perceptual,
+    )
     assert result.data_term == term and len(seen) == calls
     assert torch.isfinite(result.image).all()
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
 
 from sgilo.inversion import decode
 from sgilo.io import load_safetensors
 from sgilo.stylegan2 import load_generator
+
+from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,20 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _invert(root: Path, params: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run_stage("invert", "--params", str(params), "--data", str(root / "synthfaces"), "--generator", str(root / "generator.pt"),
-                     "--out", str(out), *extra, cwd=root, check=check)
+    return run_stage(
+        "invert",
+        "--params",
+        str(params),
+        "--data",
+        str(root / "synthfaces"),
+        "--generator",
+        str(root / "generator.pt"),
+        "--out",
+        str(out),
+        *extra,
+        cwd=root,
+        check=check,
+    )
 
 
 def test_shards_hold_latents_ids_and_quality(workspace):
@@ -57,7 +70,9 @@ def test_shards_hold_latents_ids_and_quality(workspace):
 def test_one_shard_per_job_then_summary(workspace):
     out = workspace / "jobs"
     _invert(workspace, workspace / "params.yaml", out, "--shard", "1")
-    assert (out / "shards" / "shard-00001.safetensors").exists() and not (out / "shards" / "shard-00000.safetensors").exists()
+    assert (out / "shards" / "shard-00001.safetensors").exists() and not (
+        out / "shards" / "shard-00000.safetensors"
+    ).exists()
     missing = _invert(workspace, workspace / "params.yaml", out, "--summary", check=False)
     assert missing.returncode != 0 and "shard-00000" in missing.stderr
     bad = _invert(workspace, workspace / "params.yaml", out, "--shard", "2", check=False)
@@ -65,15 +80,41 @@ def test_one_shard_per_job_then_summary(workspace):
 
 
 def test_killed_shard_resumes_to_identical_output(workspace):
-    slow = write_params(workspace / "slow.yaml", {"invert": {"images": 12, "shard_size": 12, "batch_size": 2,
-                                                             "phases": [{"layer": 0, "steps": 30}, {"layer": 2, "steps": 30, "radius": 100.0}]}})
+    slow = write_params(
+        workspace / "slow.yaml",
+        {
+            "invert": {
+                "images": 12,
+                "shard_size": 12,
+                "batch_size": 2,
+                "phases": [{"layer": 0, "steps": 30}, {"layer": 2, "steps": 30, "radius": 100.0}],
+            }
+        },
+    )
     straight = workspace / "straight"
     _invert(workspace, slow, straight, "--shard", "0")
     killed = workspace / "killed"
     partial = killed / "partial" / "shard-00000.pt"
-    kill_stage_when("invert", ["--params", str(slow), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt"),
-                               "--out", str(killed), "--shard", "0"], workspace, partial)
-    assert not (killed / "shards" / "shard-00000.safetensors").exists(), "the shard finished before it could be killed; raise steps"
+    kill_stage_when(
+        "invert",
+        [
+            "--params",
+            str(slow),
+            "--data",
+            str(workspace / "synthfaces"),
+            "--generator",
+            str(workspace / "generator.pt"),
+            "--out",
+            str(killed),
+            "--shard",
+            "0",
+        ],
+        workspace,
+        partial,
+    )
+    assert not (killed / "shards" / "shard-00000.safetensors").exists(), (
+        "the shard finished before it could be killed; raise steps"
+    )
     rerun = _invert(workspace, slow, killed, "--shard", "0")
     assert "resuming after" in rerun.stderr
     expected, _ = load_safetensors(straight / "shards" / "shard-00000.safetensors")
@@ -120,7 +161,14 @@ def _poison_image(monkeypatch, image_id: int) -> None:
 def test_an_image_going_non_finite_is_left_out_with_its_reason_and_the_shard_kept(workspace, monkeypatch):
     from sgilo.stages import invert as invert_stage
 
-    argv = ["--params", str(workspace / "params.yaml"), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt")]
+    argv = [
+        "--params",
+        str(workspace / "params.yaml"),
+        "--data",
+        str(workspace / "synthfaces"),
+        "--generator",
+        str(workspace / "generator.pt"),
+    ]
     clean = workspace / "clean"
     invert_stage.main([*argv, "--out", str(clean), "--shard", "0"])
     _poison_image(monkeypatch, 4)
@@ -136,7 +184,16 @@ def test_an_image_going_non_finite_is_left_out_with_its_reason_and_the_shard_kep
     summary = json.loads((poisoned / "summary.json").read_text())
     assert summary["images"] == 11 and summary["failed"] == 1 and list(summary["failures"]) == ["4"]
     # The next stage trains on the kept latents only.
-    run_stage("trajectories", "--params", str(workspace / "params.yaml"), "--invert", str(poisoned), "--out", str(workspace / "traj"), cwd=workspace)
+    run_stage(
+        "trajectories",
+        "--params",
+        str(workspace / "params.yaml"),
+        "--invert",
+        str(poisoned),
+        "--out",
+        str(workspace / "traj"),
+        cwd=workspace,
+    )
 
 
 def test_a_shard_whose_images_all_fail_writes_nothing_and_says_what_to_change(workspace, monkeypatch):
@@ -145,8 +202,20 @@ def test_a_shard_whose_images_all_fail_writes_nothing_and_says_what_to_change(wo
     params = write_params(workspace / "one.yaml", {"invert": {"images": 1, "shard_size": 1, "batch_size": 1}})
     _poison_image(monkeypatch, 0)
     with pytest.raises(SystemExit, match="every image of invert shard 0 failed.*invert.phases"):
-        invert_stage.main(["--params", str(params), "--data", str(workspace / "synthfaces"), "--generator", str(workspace / "generator.pt"),
-                           "--out", str(workspace / "none"), "--shard", "0"])
+        invert_stage.main(
+            [
+                "--params",
+                str(params),
+                "--data",
+                str(workspace / "synthfaces"),
+                "--generator",
+                str(workspace / "generator.pt"),
+                "--out",
+                str(workspace / "none"),
+                "--shard",
+                "0",
+            ]
+        )
     assert not (workspace / "none" / "shards" / "shard-00000.safetensors").exists()
 
 
@@ -164,16 +233,34 @@ def test_generated_shards_hold_the_generators_own_layer_k_latents(workspace):
     # and its w+ is one w broadcast over the layers (no mixing).
     generator = load_generator(workspace / "generator.pt")
     with torch.no_grad():
-        torch.testing.assert_close(decode(generator, first["latents"], 2, first["w_plus"]), generator.synthesis(first["w_plus"]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            decode(generator, first["latents"], 2, first["w_plus"]),
+            generator.synthesis(first["w_plus"]),
+            atol=1e-5,
+            rtol=1e-5,
+        )
     assert torch.equal(first["w_plus"], first["w_plus"][:, :1].expand_as(first["w_plus"]))
     assert len({tuple(w.tolist()) for w in first["w_plus"][:, 0]}) == 8
     # A latent depends on its own seed only, not on the shard size.
     regrouped = workspace / "regrouped"
-    _invert(workspace, write_params(workspace / "regrouped.yaml", {"invert": {"generated": 11, "generated_shard_size": 4}}), regrouped, "--generated", "2")
+    _invert(
+        workspace,
+        write_params(workspace / "regrouped.yaml", {"invert": {"generated": 11, "generated_shard_size": 4}}),
+        regrouped,
+        "--generated",
+        "2",
+    )
     third, _ = load_safetensors(regrouped / "generated" / "shard-00002.safetensors")
     assert third["ids"].tolist() == [8, 9, 10]
     torch.testing.assert_close(third["latents"], second["latents"], atol=1e-6, rtol=0)
     bad = _invert(workspace, params, out, "--generated", "2", check=False)
     assert bad.returncode == 2 and "shards 0…1" in bad.stderr
-    none = _invert(workspace, write_params(workspace / "none.yaml", {"invert": {"generated": 0}}), out, "--generated", "0", check=False)
+    none = _invert(
+        workspace,
+        write_params(workspace / "none.yaml", {"invert": {"generated": 0}}),
+        out,
+        "--generated",
+        "0",
+        check=False,
+    )
     assert none.returncode == 2 and "set invert.generated > 0" in none.stderr

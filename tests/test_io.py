@@ -31,8 +31,10 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_the_temporary_of_a_writer_killed_with_sigkill_is_removed_by_the_next_write(tmp_path):
     dest = tmp_path / "model [1].pt"  # glob metacharacters in the name must not matter
-    code = ("import sys, time\nfrom sgilo.io import atomic_open\n"
-            "with atomic_open(sys.argv[1]) as h:\n    h.write('half'); h.flush(); print('writing', flush=True); time.sleep(60)\n")
+    code = (
+        "import sys, time\nfrom sgilo.io import atomic_open\n"
+        "with atomic_open(sys.argv[1]) as h:\n    h.write('half'); h.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
     writer = subprocess.Popen([sys.executable, "-c", code, str(dest)], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "writing"
     writer.send_signal(signal.SIGKILL)
@@ -60,19 +62,31 @@ def test_a_write_past_the_space_left_keeps_the_previous_file_and_says_so(tmp_pat
     for name, writer in _WRITERS.items():
         exec(_PRELUDE + writer, {"dest": tmp_path / f"shard.{name}", "n": 1000})  # noqa: S102 (the fixed snippets above)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    code = (_PRELUDE + "import resource, signal, sys\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails instead of killing\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
-            "for name, writer in eval(sys.argv[2]).items():\n"
-            "    try:\n"
-            "        exec(writer, {**globals(), 'dest': f'{sys.argv[1]}/shard.{name}', 'n': 200_000})\n"
-            "    except Exception as exc:\n"
-            "        print(name, type(exc).__name__, exc)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), repr(_WRITERS)], capture_output=True, text=True, timeout=120, check=False)
+    code = (
+        _PRELUDE + "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails instead of killing\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "for name, writer in eval(sys.argv[2]).items():\n"
+        "    try:\n"
+        "        exec(writer, {**globals(), 'dest': f'{sys.argv[1]}/shard.{name}', 'n': 200_000})\n"
+        "    except Exception as exc:\n"
+        "        print(name, type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), repr(_WRITERS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = done.stdout.splitlines()
-    assert [line.split()[:2] for line in lines] == [[name, "DiskFullError"] for name in _WRITERS], done.stdout + done.stderr
+    assert [line.split()[:2] for line in lines] == [[name, "DiskFullError"] for name in _WRITERS], (
+        done.stdout + done.stderr
+    )
     for name, line in zip(_WRITERS, lines):
-        assert f"shard.{name}: out of disk space while writing it" in line and "the previous version is intact" in line, line
+        assert (
+            f"shard.{name}: out of disk space while writing it" in line and "the previous version is intact" in line
+        ), line
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # same files, same bytes, no temporaries
 
 
@@ -81,7 +95,12 @@ def small_disk(tmp_path):
     """A real 1 MiB file system (tmpfs); needs the right to mount, else skipped."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, check=False).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
@@ -92,7 +111,9 @@ def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard(small_disk):
     save_safetensors({"x": torch.arange(100_000, dtype=torch.float32)}, dest)  # 400 kB of the 1 MiB
     before = dest.read_bytes()
     # A rewrite needs room for the old file and the new one until the rename: 400 kB + 800 kB does not fit.
-    with pytest.raises(DiskFullError, match=r"shard-00000.safetensors: out of disk space.*No space left.*previous version is intact"):
+    with pytest.raises(
+        DiskFullError, match=r"shard-00000.safetensors: out of disk space.*No space left.*previous version is intact"
+    ):
         save_safetensors({"x": torch.zeros(200_000)}, dest)
     assert dest.read_bytes() == before and [p.name for p in dest.parent.iterdir()] == [dest.name]
     save_safetensors({"x": torch.zeros(20_000)}, dest)  # once there is room again, writing works
@@ -118,16 +139,35 @@ def test_every_load_in_the_package_is_weights_only_or_the_restricted_unpickler()
                 loads += 1
                 if keywords.get("weights_only") != "True":
                     offenders.append(where)
-            elif name in ("pickle.load", "pickle.loads", "pickle.Unpickler", "dill.load", "joblib.load", "extractall", "shutil.unpack_archive") \
-                    or name.endswith((".extractall", ".unpack_archive")) or keywords.get("allow_pickle") == "True":
+            elif (
+                name
+                in (
+                    "pickle.load",
+                    "pickle.loads",
+                    "pickle.Unpickler",
+                    "dill.load",
+                    "joblib.load",
+                    "extractall",
+                    "shutil.unpack_archive",
+                )
+                or name.endswith((".extractall", ".unpack_archive"))
+                or keywords.get("allow_pickle") == "True"
+            ):
                 offenders.append(where)
     assert loads >= 2 and offenders == []
 
 
 def test_shard_rows_reads_any_rows_of_several_files_as_one_table(tmp_path):
     gen = torch.Generator().manual_seed(0)
-    shards = [{"x": torch.randn(n, 3, 2, generator=gen).to(dtype), "t": torch.rand(n, generator=gen), "flag": torch.rand(n, generator=gen) > 0.5,
-               "ids": torch.arange(n) + 10 * k} for k, (n, dtype) in enumerate([(5, torch.bfloat16), (0, torch.bfloat16), (3, torch.bfloat16)])]
+    shards = [
+        {
+            "x": torch.randn(n, 3, 2, generator=gen).to(dtype),
+            "t": torch.rand(n, generator=gen),
+            "flag": torch.rand(n, generator=gen) > 0.5,
+            "ids": torch.arange(n) + 10 * k,
+        }
+        for k, (n, dtype) in enumerate([(5, torch.bfloat16), (0, torch.bfloat16), (3, torch.bfloat16)])
+    ]
     paths = [tmp_path / f"shard-{k}.safetensors" for k in range(len(shards))]
     for shard, path in zip(shards, paths):
         save_safetensors(shard, path)

@@ -40,6 +40,7 @@ def _adjoint_gap(op, x: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------------- inpainting
 
+
 def test_random_mask_keeps_exact_fraction_same_for_every_channel():
     kept = _kept(OperatorSpec("inpaint", 0.25), SEEDS)
     assert set(kept.unique().tolist()) == {0.0, 1.0}
@@ -120,6 +121,7 @@ def test_mask_png_of_wrong_size_or_unreadable_names_the_file(tmp_path):
 
 # ----------------------------------------------------------------------------------- compressed sensing
 
+
 def test_structured_cs_at_full_rate_is_invertible():
     op = build_operator(OperatorSpec("cs", 1.0, cs_kind="structured"), SHAPE, SEEDS)
     x = _images(3)
@@ -163,6 +165,7 @@ def test_cs_measurement_count_and_gradient():
 
 
 # ------------------------------------------------------------------------- super-resolution and others
+
 
 @pytest.mark.parametrize("factor", [1, 2, 4])
 def test_sr_area_is_avg_pool(factor):
@@ -250,8 +253,8 @@ def test_batch_equals_images_measured_alone(spec):
     batch = build_operator(spec, shape, SEEDS)
     alone = [build_operator(spec, shape, [seed]) for seed in SEEDS]
     y = batch.measure(x)
-    assert torch.allclose(y, torch.cat([op.measure(x[i:i + 1]) for i, op in enumerate(alone)]), atol=1e-6)
-    naive = torch.cat([op.naive(y[i:i + 1]) for i, op in enumerate(alone)])
+    assert torch.allclose(y, torch.cat([op.measure(x[i : i + 1]) for i, op in enumerate(alone)]), atol=1e-6)
+    naive = torch.cat([op.naive(y[i : i + 1]) for i, op in enumerate(alone)])
     assert torch.allclose(batch.naive(y), naive, atol=1e-6)
 
 
@@ -264,6 +267,7 @@ def test_describe_is_json_and_records_the_operator():
 
 
 # ---------------------------------------------------------------------------------------- bad inputs
+
 
 @pytest.mark.parametrize(
     "fields, message",

@@ -54,8 +54,14 @@ def _identity_scaler(channels: int) -> LatentScaler:
 
 def _gaussian_prior(mean: float, std: float) -> LatentPrior:
     sde = build_sde("vp")
-    return LatentPrior(GaussianEps(mean, std, sde), _identity_scaler(SHAPE[0]), sde, {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
-                       layer=1, w_plus_mean=torch.zeros(1, 4, 8))
+    return LatentPrior(
+        GaussianEps(mean, std, sde),
+        _identity_scaler(SHAPE[0]),
+        sde,
+        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+        layer=1,
+        w_plus_mean=torch.zeros(1, 4, 8),
+    )
 
 
 def test_gnc_step_with_full_weight_is_tweedies_posterior_mean():
@@ -110,8 +116,14 @@ def test_prior_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = ScoreViT((5, 2, 2), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3).eval()
     sde = build_sde("vp")
-    prior = LatentPrior(model, LatentScaler(torch.zeros(5), torch.ones(5) * 2), sde, {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
-                        layer=1, w_plus_mean=torch.randn(1, 4, 8))
+    prior = LatentPrior(
+        model,
+        LatentScaler(torch.zeros(5), torch.ones(5) * 2),
+        sde,
+        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+        layer=1,
+        w_plus_mean=torch.randn(1, 4, 8),
+    )
     prior.save(tmp_path / "model.pt")
     loaded = LatentPrior.load(tmp_path / "model.pt")
     x, t = torch.randn(3, 5, 2, 2), torch.rand(3)
@@ -130,11 +142,19 @@ def tiny():
     generator = Generator(size=16, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16).eval()
     generator.fit_gaussian(500, torch.Generator().manual_seed(0))
     channels = 16 + 3  # features + RGB skip entering block 1 (4×4)
-    model = ScoreViT((channels, 4, 4), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3).eval().requires_grad_(False)
+    model = (
+        ScoreViT((channels, 4, 4), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3).eval().requires_grad_(False)
+    )
     sde = build_sde("vp")
-    prior = LatentPrior(model, LatentScaler(-torch.ones(channels) * 2, torch.ones(channels) * 2), sde,
-                        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}, layer=1, w_plus_mean=torch.zeros(1, generator.num_ws, 16))
-    truth = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    prior = LatentPrior(
+        model,
+        LatentScaler(-torch.ones(channels) * 2, torch.ones(channels) * 2),
+        sde,
+        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+        layer=1,
+        w_plus_mean=torch.zeros(1, generator.num_ws, 16),
+    )
+    truth = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     spec = OperatorSpec("inpaint", 0.3)
     seeds = [5, 6]
     y = build_operator(spec, (3, 16, 16), seeds).measure(truth)
@@ -150,7 +170,9 @@ def test_sgilo_returns_chains_their_mean_and_spread(tiny):
     operator = build_operator(spec, (3, 16, 16), seeds)
     post = score_guided_ilo(generator, operator.physics.A, y, seeds, prior, config, PHASES)
     assert isinstance(post, Posterior)
-    assert post.samples.shape == (2, 3, 3, 16, 16) and post.latents.shape == (2, 3, 19, 4, 4) and post.loss.shape == (2, 3)
+    assert (
+        post.samples.shape == (2, 3, 3, 16, 16) and post.latents.shape == (2, 3, 19, 4, 4) and post.loss.shape == (2, 3)
+    )
     torch.testing.assert_close(post.mean, post.samples.mean(1))
     assert float(post.std.min()) >= 0 and float(post.std.mean()) > 0
     assert post.steps == 3 + 4
@@ -162,9 +184,13 @@ def test_shared_warm_start_branches_chains_from_one_inversion(tiny):
     generator, prior, spec, seeds, y = tiny
     forward = build_operator(spec, (3, 16, 16), seeds).physics.A
     deterministic = {"steps": 2, "chains": 2, "temperature": 0.0, "hot_steps": 0}
-    shared = score_guided_ilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="shared"), PHASES)
+    shared = score_guided_ilo(
+        generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="shared"), PHASES
+    )
     torch.testing.assert_close(shared.samples[:, 0], shared.samples[:, 1])
-    dispersed = score_guided_ilo(generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="per_chain"), PHASES)
+    dispersed = score_guided_ilo(
+        generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="per_chain"), PHASES
+    )
     assert not torch.allclose(dispersed.samples[:, 0], dispersed.samples[:, 1])
 
 
@@ -174,7 +200,9 @@ def test_gnc_is_one_deterministic_chain(tiny):
     post = gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), PHASES)
     assert post.samples.shape == (2, 1, 3, 16, 16)
     assert float(post.std.abs().max()) == 0.0
-    torch.testing.assert_close(gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), PHASES).mean, post.mean)
+    torch.testing.assert_close(
+        gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), PHASES).mean, post.mean
+    )
 
 
 def test_a_latent_step_changes_the_result_and_must_match_a_phase(tiny):
@@ -182,7 +210,15 @@ def test_a_latent_step_changes_the_result_and_must_match_a_phase(tiny):
     operator = build_operator(spec, (3, 16, 16), seeds)
     phases = [LayerPhase(0, 2), LayerPhase(1, 3)]
     plain = invert(generator, operator.physics.A, y, seeds, phases, Options(keep="last"))
-    stepped = invert(generator, operator.physics.A, y, seeds, phases, Options(keep="last"), latent_step=GNCStep(prior, GNCConfig(weight=1.0)))
+    stepped = invert(
+        generator,
+        operator.physics.A,
+        y,
+        seeds,
+        phases,
+        Options(keep="last"),
+        latent_step=GNCStep(prior, GNCConfig(weight=1.0)),
+    )
     assert not torch.allclose(plain.latent, stepped.latent)
     with pytest.raises(ValueError, match="no phase runs there"):
         invert(generator, operator.physics.A, y, seeds, [LayerPhase(0, 2)], latent_step=GNCStep(prior, GNCConfig()))
@@ -214,7 +250,10 @@ def test_per_chain_applies_each_images_operator_to_its_chains(tiny):
 
 
 def test_warm_start_and_chain_layout():
-    assert warm_phases([LayerPhase(0, 5), LayerPhase(1, 4), LayerPhase(2, 3)], 2) == [LayerPhase(0, 5), LayerPhase(1, 4)]
+    assert warm_phases([LayerPhase(0, 5), LayerPhase(1, 4), LayerPhase(2, 3)], 2) == [
+        LayerPhase(0, 5),
+        LayerPhase(1, 4),
+    ]
     with pytest.raises(ValueError, match="below the prior's layer"):
         warm_phases([LayerPhase(2, 3)], 2)
     seeds = chain_seeds([1, 2], 3)
@@ -292,8 +331,14 @@ def _linear_gaussian_problem(score_scale: float = 1.0):
     mean = torch.tensor([0.2, -0.3, 0.1, 0.4], dtype=torch.float64)
     sde = build_sde("vp")
     scaler = LatentScaler(torch.tensor([-1.0, -2.0, 0.0, -3.0]), torch.tensor([1.0, 1.0, 4.0, 1.0]))
-    prior = LatentPrior(FullGaussianEps(mean, cov, sde, score_scale), scaler, sde,
-                        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}, layer=1, w_plus_mean=torch.zeros(1, 2, 4))
+    prior = LatentPrior(
+        FullGaussianEps(mean, cov, sde, score_scale),
+        scaler,
+        sde,
+        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
+        layer=1,
+        w_plus_mean=torch.zeros(1, 2, 4),
+    )
     generator = LinearGenerator(weight)
     sigma_y = 0.3
     # y = A·(image + 1)/2 with image = W·h and h = J·u + c: affine in u, y = B·u + c_y
@@ -315,13 +360,27 @@ def _exact_posterior(B, c_y, y, sigma_y, mean, cov, smoothing2, temperature):
     return post_mean, temperature * post_cov
 
 
-def _sgilo_against_exact(temperature: float = 1.0, score_scale: float = 1.0, noise_scale: float = 1.0, measurements: int = 500,
-                         chains: int = 4, monkeypatch=None):
+def _sgilo_against_exact(
+    temperature: float = 1.0,
+    score_scale: float = 1.0,
+    noise_scale: float = 1.0,
+    measurements: int = 500,
+    chains: int = 4,
+    monkeypatch=None,
+):
     """Run SGILO's sampler (the pipeline's `sgilo` → `invert` → `SGLDStep` path) on the linear model with the exact prior
     score; return the chains' latents in u, the exact posterior, the pixel std maps and the exact pixel std."""
     generator, prior, A, y, sigma_y, B, c_y, mean, cov = _linear_gaussian_problem(score_scale)
-    config = SGILOConfig(steps=600, weight=0.1, temperature=temperature, t0=0.05, hot_steps=0, data_step="langevin",
-                         measurement_std=sigma_y, chains=chains)
+    config = SGILOConfig(
+        steps=600,
+        weight=0.1,
+        temperature=temperature,
+        t0=0.05,
+        hot_steps=0,
+        data_step="langevin",
+        measurement_std=sigma_y,
+        chains=chains,
+    )
     if noise_scale != 1.0:
         original = posterior_module.SGLDStep.__init__
 
@@ -332,7 +391,9 @@ def _sgilo_against_exact(temperature: float = 1.0, score_scale: float = 1.0, noi
         monkeypatch.setattr(posterior_module.SGLDStep, "__init__", louder)
     forward = lambda x: x.flatten(1) @ A.float().T  # noqa: E731  (an operator on [0, 1] images)
     ys = y.float().expand(measurements, 3)
-    result = score_guided_ilo(generator, forward, ys, list(range(measurements)), prior, config, [LayerPhase(0, 5, None, 0.05)])
+    result = score_guided_ilo(
+        generator, forward, ys, list(range(measurements)), prior, config, [LayerPhase(0, 5, None, 0.05)]
+    )
     u = prior.scaler.normalize(result.latents.reshape(-1, 4, 1, 1)).flatten(1).double()
     s2 = posterior_module.smoothing_std(prior, config.t0) ** 2
     post_mean, post_cov = _exact_posterior(B, c_y, y, sigma_y, mean, cov, s2, temperature)
@@ -372,9 +433,12 @@ def test_the_exact_posterior_check_fails_a_wrong_score_or_noise(fault, monkeypat
     """The same check as above, on a sampler with one planted fault: it must fail."""
     if fault == "data step without the scaler's chain rule":
         monkeypatch.setattr(LatentScaler, "jacobian", lambda self, x: torch.ones(1, x.shape[1], 1, 1))
-    u, post_mean, post_cov, _, _ = _sgilo_against_exact(score_scale=2.0 if fault == "score ×2" else 1.0,
-                                                        noise_scale=1.3 if fault == "noise ×1.3" else 1.0, measurements=150,
-                                                        monkeypatch=monkeypatch)
+    u, post_mean, post_cov, _, _ = _sgilo_against_exact(
+        score_scale=2.0 if fault == "score ×2" else 1.0,
+        noise_scale=1.3 if fault == "noise ×1.3" else 1.0,
+        measurements=150,
+        monkeypatch=monkeypatch,
+    )
     mean_error, cov_error = _whitened_errors(u, post_mean, post_cov)
     assert mean_error > 4.0 or cov_error > 0.15, (fault, mean_error, cov_error)
 
@@ -387,7 +451,9 @@ def test_sgld_noise_follows_step_size_and_temperature():
     assert step.step_size == pytest.approx(0.1 * float(sigma / a) ** 2, rel=1e-6)
     assert step.noise_std == pytest.approx(math.sqrt(2 * step.step_size * 0.25), rel=1e-9)
     assert step.noise_std == pytest.approx(0.01, rel=0.002)
-    assert SGLDStep(prior, SGILOConfig(weight=0.3, temperature=0.25, t0=0.01), [0]).noise_std == pytest.approx(step.noise_std * math.sqrt(3))
+    assert SGLDStep(prior, SGILOConfig(weight=0.3, temperature=0.25, t0=0.01), [0]).noise_std == pytest.approx(
+        step.noise_std * math.sqrt(3)
+    )
 
 
 def test_langevin_data_step_needs_a_measurement_std():

@@ -36,7 +36,9 @@ def _cpu(monkeypatch, *, avx512_bf16: bool, amx: bool = False) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
 
 
-@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")])
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")]
+)
 def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, caplog, avx512_bf16, amx, expected):
     _cpu(monkeypatch, avx512_bf16=avx512_bf16, amx=amx)
     with caplog.at_level(logging.INFO, logger="sgilo"):
@@ -47,7 +49,9 @@ def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, caplog, avx512
 
 @pytest.mark.parametrize("native", [False, True])
 def test_auto_on_cuda_follows_the_device(monkeypatch, native):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native and not including_emulation)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native and not including_emulation
+    )
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
     assert resolve("auto", torch.device("cuda"), "score.precision") == ("bf16" if native else "fp32")
 
@@ -116,7 +120,9 @@ def test_invert_with_auto_computes_what_the_resolved_precision_computes(monkeypa
         _cpu(monkeypatch, avx512_bf16=native)
         auto = run("auto")
         assert torch.equal(auto, run(same_as))
-        assert not torch.equal(auto, run(other))  # the two precisions do differ here, so the check above means something
+        assert not torch.equal(
+            auto, run(other)
+        )  # the two precisions do differ here, so the check above means something
 
 
 def test_the_generator_stage_records_its_resolved_precision(tmp_path):
@@ -124,8 +130,16 @@ def test_the_generator_stage_records_its_resolved_precision(tmp_path):
 
     params = write_params(tmp_path / "params.yaml", {"generator": {"train": {"steps": 2, "precision": "auto"}}})
     run_stage("download", "--params", str(params), "--out", str(tmp_path / "synthfaces"), cwd=tmp_path)
-    result = run_stage("generator", "--params", str(params), "--data", str(tmp_path / "synthfaces"), "--out",
-                       str(tmp_path / "generator"), cwd=tmp_path)
+    result = run_stage(
+        "generator",
+        "--params",
+        str(params),
+        "--data",
+        str(tmp_path / "synthfaces"),
+        "--out",
+        str(tmp_path / "generator"),
+        cwd=tmp_path,
+    )
     metrics = json.loads((tmp_path / "generator" / "metrics.json").read_text())
     expected = "bf16" if precision.cpu_has_native_bf16() else "fp32"
     assert metrics["precision"] == expected

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY
 
 from sgilo.config import load_params
 from sgilo.smoke import (
@@ -25,6 +24,8 @@ from sgilo.smoke import (
     write_standins,
     write_torch_weights,
 )
+
+from conftest import REPO, TINY
 
 # profiles/ffhq-smoke differs from profiles/ffhq only in count, source and device keys (tests/test_config.py's drift
 # test), all of which `toy` sets: at toy scale the two are one run, and `make smoke-ffhq` runs the smoke profile itself.
@@ -42,11 +43,22 @@ def toy(profile: dict, url: str) -> dict:
     download = section("download")
     download["resolution"] = 32
     download.setdefault("synthfaces", {}).update(n_train=24, n_test=4)
-    download.setdefault("ffhq", {}).update(metadata_url=f"{url}/ffhq-dataset-v1.json", mirror_url=url, metadata_size=0,
-                                           metadata_md5="", index_start=0, index_stop=8, workers=2, retries=2, timeout_s=30.0)
+    download.setdefault("ffhq", {}).update(
+        metadata_url=f"{url}/ffhq-dataset-v1.json",
+        mirror_url=url,
+        metadata_size=0,
+        metadata_md5="",
+        index_start=0,
+        index_stop=8,
+        workers=2,
+        retries=2,
+        timeout_s=30.0,
+    )
     generator = section("generator")
     generator["architecture"] = dict(TINY["generator"]["architecture"])
-    generator.setdefault("train", {}).update(steps=4, batch_size=4, checkpoint_every=2, r1_every=2, disc_channel_max=16, threads=1)
+    generator.setdefault("train", {}).update(
+        steps=4, batch_size=4, checkpoint_every=2, r1_every=2, disc_channel_max=16, threads=1
+    )
     generator.setdefault("pretrained", {}).update(url=f"{url}/ffhq.pkl", sha256="", md5="")
     generator.update(latent_avg_samples=256, grid_rows=2)
     invert = section("invert")
@@ -61,7 +73,9 @@ def toy(profile: dict, url: str) -> dict:
     score.update(epochs=1, batch_size=4, warmup_steps=1, samples=2, sample_steps=2, device="cpu", threads=1)
     evaluate = section("evaluate")
     # One level per task (the middle one): every task and its kind of level, a sixth of the cells.
-    evaluate["tasks"] = [{**task, "levels": [task["levels"][len(task["levels"]) // 2]]} for task in evaluate.get("tasks", [])] or TINY["evaluate"]["tasks"]
+    evaluate["tasks"] = [
+        {**task, "levels": [task["levels"][len(task["levels"]) // 2]]} for task in evaluate.get("tasks", [])
+    ] or TINY["evaluate"]["tasks"]
     evaluate.update(images=1, batch_size=1, figure_images=1, device="cpu", threads=1)
     evaluate.setdefault("sgilo", {}).update(steps=1, chains=2)
     evaluate.setdefault("gnc", {}).update(steps=1)
@@ -104,11 +118,18 @@ def test_every_profile_is_run_or_is_the_same_as_one_that_is() -> None:
         assert same in PROFILES
         shrunk = [toy(yaml.safe_load(path.read_text()), "http://127.0.0.1:1") for path in (left_out, same)]
         for profile in shrunk:
-            for section in ("invert", "score", "evaluate"):  # the smoke profile's `auto` where the GPU one names tf32/bf16
+            for section in (
+                "invert",
+                "score",
+                "evaluate",
+            ):  # the smoke profile's `auto` where the GPU one names tf32/bf16
                 profile[section].pop("precision")
             # levels and tuning grids: the smoke profile keeps a subset of the same kind, which `toy` shrinks apart
             profile["evaluate"]["tasks"] = [task["task"] for task in profile["evaluate"]["tasks"]]
-            profile["evaluate"]["tune"] = {key: len(value) if isinstance(value, list) else value for key, value in profile["evaluate"]["tune"].items()}
+            profile["evaluate"]["tune"] = {
+                key: len(value) if isinstance(value, list) else value
+                for key, value in profile["evaluate"]["tune"].items()
+            }
         assert shrunk[0] == shrunk[1]
 
 
@@ -126,13 +147,43 @@ def test_toy_keeps_every_switch_of_the_ffhq_profile() -> None:
     before, after = flat(real), flat(shrunk)
     changed = {key for key in before if before[key] != after.get(key)}
     allowed_sections = ("download.ffhq.", "generator.architecture.", "generator.pretrained.", "score.model.", "theory_")
-    allowed = {"download.resolution", "generator.latent_avg_samples", "generator.grid_rows", "invert.phases", "invert.images",
-               "invert.shard_size", "invert.batch_size", "invert.device", "invert.threads", "trajectories.draws",
-               "trajectories.held_out", "trajectories.threads", "score.epochs", "score.batch_size", "score.warmup_steps",
-               "score.samples", "score.sample_steps", "score.device", "score.threads", "evaluate.tasks", "evaluate.images",
-               "evaluate.batch_size", "evaluate.figure_images", "evaluate.device", "evaluate.threads", "evaluate.sgilo.steps",
-               "evaluate.sgilo.chains", "evaluate.gnc.steps", "evaluate.tune.validation", "evaluate.tune.ilo_radius_scale",
-               "evaluate.tune.sgilo_weight", "evaluate.tune.gnc_weight", "report.fid_samples", "report.device", "report.threads"}
+    allowed = {
+        "download.resolution",
+        "generator.latent_avg_samples",
+        "generator.grid_rows",
+        "invert.phases",
+        "invert.images",
+        "invert.shard_size",
+        "invert.batch_size",
+        "invert.device",
+        "invert.threads",
+        "trajectories.draws",
+        "trajectories.held_out",
+        "trajectories.threads",
+        "score.epochs",
+        "score.batch_size",
+        "score.warmup_steps",
+        "score.samples",
+        "score.sample_steps",
+        "score.device",
+        "score.threads",
+        "evaluate.tasks",
+        "evaluate.images",
+        "evaluate.batch_size",
+        "evaluate.figure_images",
+        "evaluate.device",
+        "evaluate.threads",
+        "evaluate.sgilo.steps",
+        "evaluate.sgilo.chains",
+        "evaluate.gnc.steps",
+        "evaluate.tune.validation",
+        "evaluate.tune.ilo_radius_scale",
+        "evaluate.tune.sgilo_weight",
+        "evaluate.tune.gnc_weight",
+        "report.fid_samples",
+        "report.device",
+        "report.threads",
+    }
     assert {key for key in changed if key not in allowed and not key.startswith(allowed_sections)} == set()
     assert [s["layer"] for s in shrunk["invert"]["phases"]] == [s["layer"] for s in real["invert"]["phases"]]
     assert [t["task"] for t in shrunk["evaluate"]["tasks"]] == [t["task"] for t in real["evaluate"]["tasks"]]

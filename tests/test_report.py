@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from conftest import run_stage, write_params
 from PIL import Image
 
 from sgilo import report
 from sgilo.data import DataError
 from sgilo.io import cell_path, save_safetensors
 from sgilo.stages import report as report_stage
+
+from conftest import run_stage, write_params
 
 TASKS = {"inpaint": (0.05, 0.25), "cs": (0.03, 0.1)}
 METHODS = ("csgm", "ilo", "sgilo")
@@ -31,14 +32,26 @@ MSE_SCALE = {"csgm": 0.08, "ilo": 0.04, "sgilo": 0.01}
 def _records(task: str, level: float, method: str, rng: np.random.Generator) -> pd.DataFrame:
     mse = MSE_SCALE[method] / level * 0.05 * (1 + 0.2 * rng.standard_normal(IMAGES))
     lpips = rng.uniform(0.1, 0.5, IMAGES) if task == "inpaint" else np.full(IMAGES, np.nan)
-    return pd.DataFrame({
-        "image_id": np.arange(IMAGES, dtype="int64"), "seed": np.full(IMAGES, 7, dtype="int64"), "task": task,
-        "level": float(level), "method": method, "mse": mse, "psnr": -10 * np.log10(mse), "ssim": rng.uniform(0.3, 0.9, IMAGES),
-        "lpips": lpips, "lpips_note": "" if task == "inpaint" else LPIPS_NOTE,
-        "seconds": rng.uniform(0.5, 2.0, IMAGES) * (10 if method == "sgilo" else 1),
-        "steps": np.full(IMAGES, 60, dtype="int64"), "chains": np.full(IMAGES, CHAINS if method == "sgilo" else 1, dtype="int64"),
-        "measurement_loss": rng.uniform(0, 1, IMAGES), "hyper": json.dumps({"weight": 0.1}), "failure": "",
-    })
+    return pd.DataFrame(
+        {
+            "image_id": np.arange(IMAGES, dtype="int64"),
+            "seed": np.full(IMAGES, 7, dtype="int64"),
+            "task": task,
+            "level": float(level),
+            "method": method,
+            "mse": mse,
+            "psnr": -10 * np.log10(mse),
+            "ssim": rng.uniform(0.3, 0.9, IMAGES),
+            "lpips": lpips,
+            "lpips_note": "" if task == "inpaint" else LPIPS_NOTE,
+            "seconds": rng.uniform(0.5, 2.0, IMAGES) * (10 if method == "sgilo" else 1),
+            "steps": np.full(IMAGES, 60, dtype="int64"),
+            "chains": np.full(IMAGES, CHAINS if method == "sgilo" else 1, dtype="int64"),
+            "measurement_loss": rng.uniform(0, 1, IMAGES),
+            "hyper": json.dumps({"weight": 0.1}),
+            "failure": "",
+        }
+    )
 
 
 def _images(method: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -46,10 +59,16 @@ def _images(method: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
     if method == "ilo":
         ids = ids.flip(0)  # another order than the other methods: figures must align images by id
     truth = (ids.float()[:, None, None, None] / IMAGES).expand(IMAGES, 3, SIZE, SIZE).contiguous()
-    tensors = {"ids": ids, "truth": truth, "measurement": truth * 0.5,
-               "reconstruction": (truth + 0.05 * torch.rand(truth.shape, generator=generator)).clamp(0, 1)}
+    tensors = {
+        "ids": ids,
+        "truth": truth,
+        "measurement": truth * 0.5,
+        "reconstruction": (truth + 0.05 * torch.rand(truth.shape, generator=generator)).clamp(0, 1),
+    }
     if method == "sgilo":
-        tensors["samples"] = (truth[:, None] + 0.1 * torch.rand((IMAGES, CHAINS, 3, SIZE, SIZE), generator=generator)).clamp(0, 1)
+        tensors["samples"] = (
+            truth[:, None] + 0.1 * torch.rand((IMAGES, CHAINS, 3, SIZE, SIZE), generator=generator)
+        ).clamp(0, 1)
         tensors["std"] = tensors["samples"].std(1)
     return tensors
 
@@ -71,8 +90,12 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _params(path: Path, methods: tuple[str, ...]) -> Path:
-    evaluate = {"tasks": [{"task": t, "levels": list(levels)} for t, levels in TASKS.items()], "methods": list(methods),
-                "images": IMAGES, "tune": {"validation": 1}}
+    evaluate = {
+        "tasks": [{"task": t, "levels": list(levels)} for t, levels in TASKS.items()],
+        "methods": list(methods),
+        "images": IMAGES,
+        "tune": {"validation": 1},
+    }
     return write_params(path, {"evaluate": evaluate, "report": {"confidence": 0.9, "threads": 1}})
 
 
@@ -91,7 +114,9 @@ def test_summary_matches_a_direct_scipy_computation(workspace):
     assert list(table.columns) == list(report.TABLE_COLUMNS)
     assert list(zip(table["task"], table["level"], table["method"])) == _cells()
     for _, row in table.iterrows():
-        cell = records[(records["task"] == row["task"]) & (records["level"] == row["level"]) & (records["method"] == row["method"])]
+        cell = records[
+            (records["task"] == row["task"]) & (records["level"] == row["level"]) & (records["method"] == row["method"])
+        ]
         assert row["n"] == IMAGES
         for metric in ("mse", "psnr", "ssim"):
             values = cell[metric].to_numpy()
@@ -140,7 +165,9 @@ def test_figure_images_are_aligned_on_image_ids(workspace):
 
 def test_the_stage_writes_the_table_figures_and_report(workspace):
     out = workspace / "results"
-    report_stage.main(["--params", str(workspace / "params.yaml"), "--evaluate", str(workspace / "evaluate"), "--out", str(out)])
+    report_stage.main(
+        ["--params", str(workspace / "params.yaml"), "--evaluate", str(workspace / "evaluate"), "--out", str(out)]
+    )
     table = pd.read_csv(out / "table1.csv")
     assert list(table.columns) == list(report.TABLE_COLUMNS)
     assert list(zip(table["task"], table["level"], table["method"])) == _cells()
@@ -155,7 +182,10 @@ def test_the_stage_writes_the_table_figures_and_report(workspace):
     assert all(f"(figures/{name})" in markdown for name in figures)
     assert LPIPS_NOTE in markdown and "90% Student-t" in markdown
     # The computed sentences: sgilo has the lowest MSE by a wide margin at both tasks' hardest levels.
-    assert "inpaint\n\n![curves_inpaint](figures/curves_inpaint.png)\n\nAt the hardest level (fraction of pixels kept = 0.05), sgilo" in markdown
+    assert (
+        "inpaint\n\n![curves_inpaint](figures/curves_inpaint.png)\n\nAt the hardest level (fraction of pixels kept = 0.05), sgilo"
+        in markdown
+    )
     assert "At the hardest level (measurements m/n = 0.03), sgilo has the lowest mean MSE" in markdown
     assert "mean MSE: " in markdown and "pixel-wise correlation with |mean − truth|" in markdown
 
@@ -165,7 +195,9 @@ def test_the_figures_data_and_metrics_json_are_table1s_numbers(workspace, monkey
     monkeypatch.setattr(report, "plot_curves", lambda curves, path: drawn.setdefault(path.stem, curves))
     monkeypatch.setattr(report, "plot_speed", lambda speed, path: drawn.setdefault(path.stem, speed))
     out = workspace / "dvc"
-    report_stage.main(["--params", str(workspace / "params.yaml"), "--evaluate", str(workspace / "evaluate"), "--out", str(out)])
+    report_stage.main(
+        ["--params", str(workspace / "params.yaml"), "--evaluate", str(workspace / "evaluate"), "--out", str(out)]
+    )
     table = pd.read_csv(out / "table1.csv").set_index(["task", "level", "method"])
     for name, frame in drawn.items():  # the files hold what the figures were drawn from, not a second computation
         pd.testing.assert_frame_equal(pd.read_csv(out / "plots" / f"{name}.csv"), frame.reset_index(drop=True))
@@ -173,14 +205,22 @@ def test_the_figures_data_and_metrics_json_are_table1s_numbers(workspace, monkey
     assert list(curves.columns) == list(report.CURVE_COLUMNS)
     lines = [method for method in METHODS for _ in TASKS["cs"]]  # a panel per metric, a line per method
     assert curves.groupby("metric", sort=False)["method"].apply(list).to_dict() == {"mse": lines, "ssim": lines}
-    assert set(pd.read_csv(out / "plots" / "curves_inpaint.csv")["metric"]) == {"mse", "ssim", "lpips"}  # LPIPS where measured
+    assert set(pd.read_csv(out / "plots" / "curves_inpaint.csv")["metric"]) == {
+        "mse",
+        "ssim",
+        "lpips",
+    }  # LPIPS where measured
     for row in curves.itertuples():
         assert row.mean == table.loc[("cs", row.level, row.method), f"{row.metric}_mean"]
     speed = pd.read_csv(out / "plots" / "speed.csv")
     pd.testing.assert_frame_equal(speed, table.reset_index()[list(report.SPEED_COLUMNS)])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["cs"]["0.03"]["sgilo"] == {"n": IMAGES, "failed": 0, "seconds_per_image": table.loc[("cs", 0.03, "sgilo"), "seconds_per_image"],
-                                              **{m: table.loc[("cs", 0.03, "sgilo"), f"{m}_mean"] for m in ("mse", "psnr", "ssim")}}
+    assert metrics["cs"]["0.03"]["sgilo"] == {
+        "n": IMAGES,
+        "failed": 0,
+        "seconds_per_image": table.loc[("cs", 0.03, "sgilo"), "seconds_per_image"],
+        **{m: table.loc[("cs", 0.03, "sgilo"), f"{m}_mean"] for m in ("mse", "psnr", "ssim")},
+    }
     assert metrics["inpaint"]["0.05"]["ilo"]["lpips"] == table.loc[("inpaint", 0.05, "ilo"), "lpips_mean"]
 
 
@@ -198,8 +238,17 @@ def test_a_missing_input_ends_the_stage_with_its_message(workspace, tmp_path):
     evaluate = tmp_path / "evaluate"
     shutil.copytree(workspace / "evaluate", evaluate)
     (evaluate / "cs" / "0.1" / "ilo.parquet").unlink()
-    result = run_stage("report", "--params", str(workspace / "params.yaml"), "--evaluate", str(evaluate),
-                       "--out", str(tmp_path / "out"), cwd=tmp_path, check=False)
+    result = run_stage(
+        "report",
+        "--params",
+        str(workspace / "params.yaml"),
+        "--evaluate",
+        str(evaluate),
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 2
     assert "cs/0.1/ilo.parquet" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "table1.csv").exists()
@@ -224,24 +273,47 @@ def test_paired_differences_match_a_paired_t_interval(workspace):
     assert list(paired.columns) == list(report.PAIRED_COLUMNS)
     assert len(paired) == 4 * 2 and set(paired["other"]) == {"csgm", "ilo"}
     row = paired[(paired["task"] == "cs") & (paired["level"] == 0.03) & (paired["other"] == "ilo")].iloc[0]
-    cell = records[(records["task"] == "cs") & (records["level"] == 0.03)].pivot(index="image_id", columns="method", values="mse")
+    cell = records[(records["task"] == "cs") & (records["level"] == 0.03)].pivot(
+        index="image_id", columns="method", values="mse"
+    )
     difference = (cell["sgilo"] - cell["ilo"]).to_numpy()
-    low, high = scipy.stats.t.interval(0.9, len(difference) - 1, loc=difference.mean(), scale=scipy.stats.sem(difference))
-    assert row["difference"] == pytest.approx(difference.mean()) and (row["ci_low"], row["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    low, high = scipy.stats.t.interval(
+        0.9, len(difference) - 1, loc=difference.mean(), scale=scipy.stats.sem(difference)
+    )
+    assert row["difference"] == pytest.approx(difference.mean()) and (row["ci_low"], row["ci_high"]) == (
+        pytest.approx(low),
+        pytest.approx(high),
+    )
     assert row["wins"] == int((difference < 0).sum()) and row["n"] == IMAGES
     assert "better" in report.describe_paired(paired)  # sgilo's errors are a quarter of ilo's in this data
     assert report.paired_differences(records[records["method"] != "sgilo"]).empty
 
 
-@pytest.mark.parametrize(("task", "levels", "hardest"), [("inpaint", (0.05, 0.25), 0.05), ("cs", (0.1, 0.03), 0.03),
-                                                          ("denoise", (0.05, 0.4, 0.1), 0.4), ("sr", (2.0, 8.0, 4.0), 8.0)])
+@pytest.mark.parametrize(
+    ("task", "levels", "hardest"),
+    [
+        ("inpaint", (0.05, 0.25), 0.05),
+        ("cs", (0.1, 0.03), 0.03),
+        ("denoise", (0.05, 0.4, 0.1), 0.4),
+        ("sr", (2.0, 8.0, 4.0), 8.0),
+    ],
+)
 def test_the_hardest_level_follows_each_tasks_direction(task, levels, hardest):
     # ilo wins at every level but the hardest, where sgilo wins: the sentences must name the hardest level's winner.
     rows = []
     for level in levels:
         for method, mse in (("ilo", 0.01 if level != hardest else 0.05), ("sgilo", 0.02 if level != hardest else 0.03)):
-            rows.append({"task": task, "level": level, "method": method, "mse_mean": mse, "mse_ci_low": mse * 0.9,
-                         "mse_ci_high": mse * 1.1, "seconds_per_image": 1.0 if method == "ilo" else 4.0})
+            rows.append(
+                {
+                    "task": task,
+                    "level": level,
+                    "method": method,
+                    "mse_mean": mse,
+                    "mse_ci_low": mse * 0.9,
+                    "mse_ci_high": mse * 1.1,
+                    "seconds_per_image": 1.0 if method == "ilo" else 4.0,
+                }
+            )
     table = pd.DataFrame(rows)
     sentence = report.describe_curves(table, task)
     assert f"= {hardest:g}), sgilo has the lowest mean MSE" in sentence

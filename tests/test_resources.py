@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, tiny_workspace
 
 from sgilo.cli import main
 from sgilo.config import load_params
 from sgilo.resources import DEVICES, estimate, generator_step, markdown, slurm_mem_mb
 from sgilo.stylegan2 import Generator
+
+from conftest import REPO, tiny_workspace
 
 
 def test_meta_device_count_matches_a_real_step():
@@ -41,8 +42,11 @@ def workspace(tmp_path_factory) -> Path:
 
 def test_disk_of_invert_and_trajectories_is_what_the_stages_write(workspace):
     rows = {row.rule: row for row in estimate(load_params(workspace / "params.yaml"), DEVICES["cpu"])}
-    written = {rule: sum(p.stat().st_size for p in (workspace / rule).rglob("*.safetensors") if p.name != "stats.safetensors") / 2**30
-               for rule in ("invert", "trajectories")}
+    written = {
+        rule: sum(p.stat().st_size for p in (workspace / rule).rglob("*.safetensors") if p.name != "stats.safetensors")
+        / 2**30
+        for rule in ("invert", "trajectories")
+    }
     assert rows["invert"].disk_gib == pytest.approx(written["invert"], rel=0.1)
     assert rows["trajectories"].disk_gib == pytest.approx(written["trajectories"], rel=0.1)
 
@@ -52,7 +56,9 @@ def test_the_slurm_profile_asks_for_the_memory_the_model_gives(capsys):
     rows = {row.rule: row for row in estimate(load_params(REPO / "profiles/ffhq/params.yaml"), DEVICES["a100"])}
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     for rule, resources in profile["set-resources"].items():
-        assert resources["mem_mb"] == slurm_mem_mb(rows[rule]), f"{rule}: run `sgilo resources profiles/ffhq/params.yaml` and copy its mem_mb"
+        assert resources["mem_mb"] == slurm_mem_mb(rows[rule]), (
+            f"{rule}: run `sgilo resources profiles/ffhq/params.yaml` and copy its mem_mb"
+        )
     main(["resources", str(REPO / "profiles/ffhq/params.yaml")])
     table = capsys.readouterr().out
     assert "| invert | 60 |" in table and "SLURM mem_mb" in table

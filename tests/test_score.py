@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
 
 from sgilo.config import ConfigError, load_params
 from sgilo.io import load_torch
 from sgilo.score_model import ScoreViT
 from sgilo.stages import score as score_stage
+
+from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,18 @@ def cached(tmp_path_factory) -> Path:
 
 
 def _argv(root: Path, params: Path, out: Path) -> list[str]:
-    return ["--params", str(params), "--trajectories", str(root / "trajectories"), "--invert", str(root / "invert"),
-            "--generator", str(root / "generator.pt"), "--out", str(out)]
+    return [
+        "--params",
+        str(params),
+        "--trajectories",
+        str(root / "trajectories"),
+        "--invert",
+        str(root / "invert"),
+        "--generator",
+        str(root / "generator.pt"),
+        "--out",
+        str(out),
+    ]
 
 
 def _params(root: Path, name: str, score: dict) -> Path:
@@ -32,10 +43,18 @@ def _params(root: Path, name: str, score: dict) -> Path:
 
 
 def test_training_lowers_the_held_out_loss_and_writes_everything(cached):
-    params = _params(cached, "long", {"epochs": 8, "model": {"width": 32, "depth": 2, "heads": 2, "mlp": 64}, "lr": 0.002})
+    params = _params(
+        cached, "long", {"epochs": 8, "model": {"width": 32, "depth": 2, "heads": 2, "mlp": 64}, "lr": 0.002}
+    )
     out = cached / "long"
     run_stage("score", *_argv(cached, params, out), cwd=cached)
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "loss.png", "metrics.json", "model.pt", "samples.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.csv",
+        "loss.png",
+        "metrics.json",
+        "model.pt",
+        "samples.png",
+    ]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(9))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -91,7 +110,10 @@ def test_kill_9_during_training_then_rerun_gives_identical_weights(cached):
 
 
 def test_generated_latents_join_the_training_set_only(cached):
-    without = write_params(cached / "no-generated.yaml", {"invert": {"generated": 0}, "trajectories": {"draws": 8}, "score": {**TINY["score"], "epochs": 1}})
+    without = write_params(
+        cached / "no-generated.yaml",
+        {"invert": {"generated": 0}, "trajectories": {"draws": 8}, "score": {**TINY["score"], "epochs": 1}},
+    )
     runs = {}
     for name, params in (("without", without), ("with", _params(cached, "generated", {"epochs": 1}))):
         run_stage("score", *_argv(cached, params, cached / name), cwd=cached)
@@ -100,8 +122,14 @@ def test_generated_latents_join_the_training_set_only(cached):
     assert runs["with"]["held_out_samples"] == runs["without"]["held_out_samples"]
 
 
-@pytest.mark.parametrize("section, key, fix", [("score", "igo", "theory_igo stage"), ("score", "igo_alpha", "theory_igo.alphas"),
-                                               ("evaluate", "noise", "T = 0.25")])
+@pytest.mark.parametrize(
+    "section, key, fix",
+    [
+        ("score", "igo", "theory_igo stage"),
+        ("score", "igo_alpha", "theory_igo.alphas"),
+        ("evaluate", "noise", "T = 0.25"),
+    ],
+)
 def test_retired_keys_name_what_replaced_them(tmp_path, section, key, fix):
     overrides = {section: {key: 0.5}} if section == "score" else {"evaluate": {"sgilo": {key: 0.01}}}
     params = write_params(tmp_path / "params.yaml", overrides)

@@ -55,20 +55,24 @@ def assert_moments(samples: Tensor, mean: float, std: float, bias: float = 0.0) 
 
 def gaussian_score(sde: VPSDE, mu: Tensor, sigma0: float):
     """Exact score of p_t when data ~ N(mu, sigma0² I): p_t = N(m(t)mu, (m(t)²sigma0² + 1 − m(t)²) I)."""
+
     def score(x: Tensor, t: Tensor) -> Tensor:
         m = sde.log_mean_coeff(t).exp()[:, None]
         return -(x - m * mu) / (m**2 * sigma0**2 + 1 - m**2)
+
     return score
 
 
 def mixture_score(sde: VPSDE, means: Tensor = MIXTURE_MEANS, sigma0: float = MIXTURE_STD):
     """Exact score of p_t for an equal-weight mixture of N(mean_k, sigma0² I)."""
+
     def score(x: Tensor, t: Tensor) -> Tensor:
         m = sde.log_mean_coeff(t).exp()[:, None, None]
-        var = (m**2 * sigma0**2 + 1 - m**2)
+        var = m**2 * sigma0**2 + 1 - m**2
         diff = x[:, None, :] - m * means[None]  # (B, K, 2)
         resp = torch.softmax(-(diff**2).sum(-1) / (2 * var[:, :, 0]), dim=1)
         return -(resp[..., None] * diff / var).sum(1)
+
     return score
 
 
@@ -78,6 +82,7 @@ def sample_mixture(n: int, generator: torch.Generator) -> Tensor:
 
 
 # --- 1. VP-SDE marginals -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("t", [0.01, 0.3, 1.0])
 def test_vp_sample_marginal_matches_closed_form(t: float) -> None:
@@ -103,6 +108,7 @@ def test_vp_marginal_limits() -> None:
 
 
 # --- 2. Euler–Maruyama simulation -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("x0_value", [-1.0, 2.0])
 def test_linear_drift_simulation_reproduces_vp_marginals(x0_value: float) -> None:
@@ -185,6 +191,7 @@ def test_build_sde_and_target_std_match_how_targets_are_drawn() -> None:
 
 # --- 3. Non-affine drifts -----------------------------------------------------------------------------------
 
+
 def test_drift_formulas_on_known_points() -> None:
     beta = torch.tensor([[2.0]])
     x = torch.tensor([[0.3, 0.2, 0.7]])  # one pair and an odd trailing coordinate
@@ -239,18 +246,22 @@ def test_probability_flow_with_exact_gaussian_score_recovers_data_moments() -> N
 def test_exact_mixture_score_beats_wrong_score() -> None:
     sde = VPSDE()
     target = sample_mixture(2000, gen(12))
+
     def standard_normal_score(x: Tensor, t: Tensor) -> Tensor:
         return -x
+
     exact = reverse_sde_sample(sde, mixture_score(sde), (2000, 2), gen(13), steps=300)
     wrong = reverse_sde_sample(sde, standard_normal_score, (2000, 2), gen(13), steps=300)
-    ode, _ = probability_flow_sample(sde, mixture_score(sde), sde.prior_sample((2000, 2), gen(14)), rtol=1e-4,
-                                     atol=1e-4)
+    ode, _ = probability_flow_sample(
+        sde, mixture_score(sde), sde.prior_sample((2000, 2), gen(14)), rtol=1e-4, atol=1e-4
+    )
     assert energy_distance(exact, target) < 0.02
     assert energy_distance(ode, target) < 0.02
     assert energy_distance(wrong, target) > 10 * energy_distance(exact, target)
 
 
 # --- 5. A trained score model --------------------------------------------------------------------------------
+
 
 class TinyScoreNet(nn.Module):
     """ε-prediction MLP with Fourier time features; score = −ε̂/σ(t)."""
@@ -259,8 +270,15 @@ class TinyScoreNet(nn.Module):
         super().__init__()
         self.sde = sde
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(4))
-        self.net = nn.Sequential(nn.Linear(2 + 8, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
+        self.net = nn.Sequential(
+            nn.Linear(2 + 8, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            nn.Linear(width, 2),
+        )
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         phase = t[:, None] * self.frequencies
@@ -287,8 +305,9 @@ def train_dsm(model: TinyScoreNet, steps: int, generator: torch.Generator) -> No
 
 def sample_both_ways(sde: VPSDE, model: TinyScoreNet, seed: int) -> tuple[Tensor, Tensor]:
     sde_samples = reverse_sde_sample(sde, model.score, (1500, 2), gen(seed), steps=200)
-    ode_samples, _ = probability_flow_sample(sde, model.score, sde.prior_sample((1500, 2), gen(seed + 1)),
-                                             rtol=1e-3, atol=1e-3)
+    ode_samples, _ = probability_flow_sample(
+        sde, model.score, sde.prior_sample((1500, 2), gen(seed + 1)), rtol=1e-3, atol=1e-3
+    )
     return sde_samples, ode_samples
 
 
@@ -307,18 +326,22 @@ def test_dsm_trained_mlp_samples_the_mixture() -> None:
 
 # --- 6. Hot start -----------------------------------------------------------------------------------------------
 
+
 def test_hot_start_returns_close_to_the_input() -> None:
     sde, t_start = VPSDE(), 0.01
     exact = mixture_score(sde)
     seen = []
+
     def recording_score(x: Tensor, t: Tensor) -> Tensor:
         seen.append(float(t.max()))
         return exact(x, t)
+
     x0 = sample_mixture(500, gen(30))
     x_t, _, _ = sde.sample_marginal(x0, t_start, gen(31))
     # no corrector: its Langevin step is set by snr, not by the time step, so it would re-sample within the mode
-    hot = reverse_sde_sample(sde, recording_score, x0.shape, gen(32), steps=50, corrector_steps=0, x_T=x_t,
-                             t_start=t_start)
+    hot = reverse_sde_sample(
+        sde, recording_score, x0.shape, gen(32), steps=50, corrector_steps=0, x_T=x_t, t_start=t_start
+    )
     assert max(seen) <= t_start + 1e-7 and len(seen) == 50  # only [eps, t_start] is run
     assert float((hot - x0).norm(dim=1).mean()) < 0.1
     cold = reverse_sde_sample(sde, exact, x0.shape, gen(32), steps=100)

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -29,7 +30,12 @@ def test_slurm_conf_has_one_line_per_node_and_partition_and_keeps_everything_in_
     conf = slurm_conf("c", tmp_path, PORTS, nodes, {"cpu": ["vm"], "gpu": ["vm", "gpu01"]})
     lines = settings(conf)
     assert "NodeName=vm NodeAddr=127.0.0.1 Port=7002 CPUs=2 RealMemory=20000 Gres=gpu:2 State=UNKNOWN" in lines
-    assert any(re.fullmatch(r"NodeName=gpu01 NodeAddr=127\.0\.0\.1 Port=\d+ CPUs=32 RealMemory=512000 Gres=gpu:4 State=CLOUD", line) for line in lines)
+    assert any(
+        re.fullmatch(
+            r"NodeName=gpu01 NodeAddr=127\.0\.0\.1 Port=\d+ CPUs=32 RealMemory=512000 Gres=gpu:4 State=CLOUD", line
+        )
+        for line in lines
+    )
     assert "PartitionName=cpu Nodes=vm Default=YES MaxTime=INFINITE State=UP" in lines
     assert "PartitionName=gpu Nodes=vm,gpu01 Default=NO MaxTime=INFINITE State=UP" in lines
     assert "GresTypes=gpu" in lines
@@ -57,11 +63,17 @@ def test_gres_conf_gives_each_stand_in_gpu_its_own_device_file():
 
 
 def test_sacct_rows_and_the_plugins_comment_give_the_rule():
-    text = ("12|rule_invert_wildcards_00000|CANCELLED by 0|0:15\n13|rule_invert_summary|COMPLETED|0:0\n"
-            "14|rule_evaluate_wildcards_inpaint_0.25_sgilo|COMPLETED|0:0\n15||FAILED|1:0\n")
+    text = (
+        "12|rule_invert_wildcards_00000|CANCELLED by 0|0:15\n13|rule_invert_summary|COMPLETED|0:0\n"
+        "14|rule_evaluate_wildcards_inpaint_0.25_sgilo|COMPLETED|0:0\n15||FAILED|1:0\n"
+    )
     jobs = parse_sacct(text)
-    assert [(j.jobid, j.rule, j.state) for j in jobs] == [("12", "invert", "CANCELLED"), ("13", "invert_summary", "COMPLETED"),
-                                                          ("14", "evaluate", "COMPLETED"), ("15", None, "FAILED")]
+    assert [(j.jobid, j.rule, j.state) for j in jobs] == [
+        ("12", "invert", "CANCELLED"),
+        ("13", "invert_summary", "COMPLETED"),
+        ("14", "evaluate", "COMPLETED"),
+        ("15", None, "FAILED"),
+    ]
     assert rule_of("rule_invert_generated_wildcards_00001") == "invert_generated"
     assert rule_of("wrap") is None
 
@@ -104,7 +116,15 @@ def test_the_plan_becomes_the_sbatch_lines_of_the_slurm_plugin():
     jobs = planned_jobs(DRY_RUN)
     assert job_stats(DRY_RUN) == Counter({"invert": 2, "report": 1}) == Counter(job.name for job in jobs)
     invert = sbatch_call(jobs[0], account="lab")
-    for part in ("--comment rule_invert_wildcards_00027", "-A lab", "-p gpu", "-t 720", "--mem 7168", "--cpus-per-task=8", "--gpus=1"):
+    for part in (
+        "--comment rule_invert_wildcards_00027",
+        "-A lab",
+        "-p gpu",
+        "-t 720",
+        "--mem 7168",
+        "--cpus-per-task=8",
+        "--gpus=1",
+    ):
         assert part in invert, part
     report = sbatch_call(jobs[2])
     for part in ("--comment rule_report", "-p cpu", "-t 120", "--mem 6144", "--ntasks=1", "--cpus-per-task=4"):
@@ -118,7 +138,9 @@ def test_the_ffhq_plan_through_the_slurm_profile_is_read_job_for_job(tmp_path):
     assert jobs and not problems, problems
     profile = yaml.safe_load(PROFILE.read_text())
     invert = sbatch_call(next(job for job in jobs if job.name == "invert"))
-    assert f"--cpus-per-task={profile['set-threads']['invert']}" in invert and "--gpus=1" in invert and "-p gpu" in invert
+    assert (
+        f"--cpus-per-task={profile['set-threads']['invert']}" in invert and "--gpus=1" in invert and "-p gpu" in invert
+    )
     assert f"--mem {profile['set-resources']['invert']['mem_mb']}" in invert
 
 

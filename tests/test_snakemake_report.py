@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 CATEGORIES = {"1. Generator", "2. Prior", "3. Results", "4. Theory"}
@@ -18,8 +19,14 @@ CATEGORIES = {"1. Generator", "2. Prior", "3. Results", "4. Theory"}
 
 def build_report(root: Path, dest: Path) -> Path:
     # no --cores: `snakemake --report` must not need one (a rule asking for workflow.cores made it fail)
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--report", str(dest)], cwd=root, check=False,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--report", str(dest)],
+        cwd=root,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return dest
 
@@ -46,7 +53,9 @@ def show(page, row, path: str, timeout_error: type[Exception]) -> None:
             return
         except timeout_error:
             continue
-    state = page.evaluate("({content: app.state.content, resultPath: app.state.resultPath, navbar: app.state.navbarMode})")
+    state = page.evaluate(
+        "({content: app.state.content, resultPath: app.state.resultPath, navbar: app.state.navbarMode})"
+    )
     raise AssertionError(f"{path}: three clicks on its eye did not show it; the report showed {state}")
 
 
@@ -57,7 +66,9 @@ def test_the_report_holds_every_figure_and_table_with_its_caption(tiny_project, 
     captions = sorted((REPO / "workflow" / "report").glob("*.rst"))
     assert len(captions) >= 12
     for rst in captions:
-        assert html.escape(caption_words(rst), quote=False) in page or caption_words(rst) in page, f"caption {rst.name} is not in the report"
+        assert html.escape(caption_words(rst), quote=False) in page or caption_words(rst) in page, (
+            f"caption {rst.name} is not in the report"
+        )
 
 
 def test_the_report_shows_every_figure_with_its_caption_in_chromium(tiny_project, tmp_path):
@@ -74,7 +85,9 @@ def test_the_report_shows_every_figure_with_its_caption_in_chromium(tiny_project
         # Playwright's 30 s default was exceeded once for a figure to appear while another job loaded both cores.
         page.set_default_timeout(120_000)
         page.goto(report.as_uri())
-        results = page.evaluate("Object.fromEntries(Object.entries(results).map(([k, v]) => [k, [v.caption, v.mime_type, v.labels.figure]]))")
+        results = page.evaluate(
+            "Object.fromEntries(Object.entries(results).map(([k, v]) => [k, [v.caption, v.mime_type, v.labels.figure]]))"
+        )
         categories = page.evaluate("categories")
         assert set(categories) == CATEGORIES
         assert set(results) == reported_files(tiny_project)
@@ -92,7 +105,9 @@ def test_the_report_shows_every_figure_with_its_caption_in_chromium(tiny_project
                     else:
                         image = page.locator(f'img[src*="filename={Path(path).name}"]')
                         image.wait_for(state="attached")
-                        shown[path] = tuple(image.evaluate("i => i.decode().then(() => [i.naturalWidth, i.naturalHeight])"))
+                        shown[path] = tuple(
+                            image.evaluate("i => i.decode().then(() => [i.naturalWidth, i.naturalHeight])")
+                        )
                 row.locator("a[iconname=information-circle]").click()
                 text = " ".join(page.locator("body").inner_text().split())
                 words = " ".join(re.sub(r"<[^>]+>", " ", html.unescape(caption)).split())

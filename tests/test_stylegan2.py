@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from sgilo.io import CheckpointError
+from sgilo.smoke import rosinality_to_nvidia, write_nvidia_pickle
+from sgilo.stylegan2 import Discriminator, Generator, load_generator, save_generator
+
 from stylegan_helpers import (
     CONFIGS,
     INPUT_SEED,
@@ -16,10 +21,6 @@ from stylegan_helpers import (
     seeded_inputs,
     seeded_weights,
 )
-
-from sgilo.io import CheckpointError
-from sgilo.smoke import rosinality_to_nvidia, write_nvidia_pickle
-from sgilo.stylegan2 import Discriminator, Generator, load_generator, save_generator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stylegan2_reference.safetensors"
 TOLERANCE = 1e-3

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_stage, write_params
 from scipy.signal import argrelextrema
 from scipy.stats import norm
 
@@ -23,6 +22,8 @@ from sgilo.theory import (
     min_curvature,
     sigma_schedule,
 )
+
+from conftest import run_stage, write_params
 
 DEFAULT = TheoryGNCConfig()
 MIXTURE = Mixture1D(np.array(DEFAULT.weights), np.array(DEFAULT.means), np.array(DEFAULT.stds))
@@ -66,7 +67,9 @@ def test_the_flow_from_a_convex_start_finds_the_global_minimum_where_descent_doe
 
 
 def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
-    params = write_params(tmp_path / "params.yaml", {"theory_gnc": {"starts": 41, "initial_sigmas": 8, "steps": [1, 4, 16, 64]}})
+    params = write_params(
+        tmp_path / "params.yaml", {"theory_gnc": {"starts": 41, "initial_sigmas": 8, "steps": [1, 4, 16, 64]}}
+    )
     run_stage("theory_gnc", "--params", str(params), "--out", str(tmp_path / "theory"), cwd=tmp_path)
     result = json.loads((tmp_path / "theory" / "gnc.json").read_text())
     assert (tmp_path / "theory" / "gnc.png").stat().st_size > 10_000
@@ -82,12 +85,27 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     assert result["basin"] == pytest.approx([left, right], abs=1e-4)
     # convex from the reported σ on (the σ grid is 3.6% apart), not convex 5% below it
     threshold = result["convex_from_sigma"]
-    assert _curvature(grid[::50], threshold * 1.001, config).min() >= 0 > _curvature(grid[::50], threshold / 1.05, config).min()
+    assert (
+        _curvature(grid[::50], threshold * 1.001, config).min()
+        >= 0
+        > _curvature(grid[::50], threshold / 1.05, config).min()
+    )
     starts = np.linspace(*config.domain, config.starts)
     initial = np.geomspace(config.sigma_min, config.sigma_max, config.initial_sigmas)
     share = lambda ends: np.mean((ends > left) & (ends < right))  # noqa: E731
-    attained = np.array([[share(_tweedie_flow(starts, np.geomspace(sigma0, config.sigma_min, steps) if steps > 1 else [sigma0], config))
-                          for steps in config.steps] for sigma0 in initial])
+    attained = np.array(
+        [
+            [
+                share(
+                    _tweedie_flow(
+                        starts, np.geomspace(sigma0, config.sigma_min, steps) if steps > 1 else [sigma0], config
+                    )
+                )
+                for steps in config.steps
+            ]
+            for sigma0 in initial
+        ]
+    )
     descended = np.array([share(_gradient_descent(starts, steps, config.gd_lr, config)) for steps in config.steps])
     np.testing.assert_allclose(result["initial_sigmas"], initial)
     # an end point within 1e-4 of a basin edge could land either side: allow one start per entry
@@ -95,13 +113,17 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     np.testing.assert_allclose(result["gradient_descent_attainment"], descended, atol=1.01 / config.starts)
     # ... and the verdict follows from them by the stated rule: once a flow length brings every start to the global
     # minimum, a larger σ₀ needs no more steps, and gradient descent never brings them all
-    fewest = [next((steps for steps, rate in zip(config.steps, row) if rate == 1.0), None) for row in result["gnc_attainment"]]
+    fewest = [
+        next((steps for steps, rate in zip(config.steps, row) if rate == 1.0), None) for row in result["gnc_attainment"]
+    ]
     assert result["fewest_steps_for_all"] == fewest
     reached = [steps for steps in fewest if steps is not None]
     first = fewest.index(reached[0]) if reached else len(fewest)
     monotone = all(b is not None and b <= a for a, b in itertools.pairwise(fewest[first:]))
     assert result["claim_holds"] == (bool(reached) and monotone and max(result["gradient_descent_attainment"]) < 1)
-    assert result["claim_holds"] is True and result["fewest_steps_for_all"][-1] == 1  # from σ₀ = 3 one Tweedie step suffices
+    assert (
+        result["claim_holds"] is True and result["fewest_steps_for_all"][-1] == 1
+    )  # from σ₀ = 3 one Tweedie step suffices
     assert f"convex from σ = {threshold:.3g}" in result["note"] and "Agrees" in result["note"]
 
 
@@ -113,7 +135,11 @@ def _components(x: np.ndarray, sigma: float, config: TheoryGNCConfig) -> np.ndar
 
 def _curvature(x: np.ndarray, sigma: float, config: TheoryGNCConfig) -> np.ndarray:
     """(−log p)'' = (p'/p)² − p''/p, with p' and p'' of each Gaussian component in closed form."""
-    parts, offset, variance = _components(x, sigma, config), x[:, None] - np.array(config.means), np.square(config.stds) + sigma**2
+    parts, offset, variance = (
+        _components(x, sigma, config),
+        x[:, None] - np.array(config.means),
+        np.square(config.stds) + sigma**2,
+    )
     p, slope = parts.sum(-1), (parts * -offset / variance).sum(-1)
     bend = (parts * (offset**2 / variance**2 - 1 / variance)).sum(-1)
     return (slope / p) ** 2 - bend / p

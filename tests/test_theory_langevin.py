@@ -9,15 +9,18 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_stage, write_params
 
 from sgilo.config import ConfigError, load_params
 from sgilo.stages.theory_langevin import problem_for
 from sgilo.theory import ReLUInversion, expansive_widths, langevin, spurious_scale
 
+from conftest import run_stage, write_params
+
 
 def _problem(latent: int = 3, depth: int = 2, expansion: float = 6.0, seed: int = 0) -> ReLUInversion:
-    return ReLUInversion.random(expansive_widths(latent, depth, expansion), 8 * latent, 0.0, np.random.default_rng(seed))
+    return ReLUInversion.random(
+        expansive_widths(latent, depth, expansion), 8 * latent, 0.0, np.random.default_rng(seed)
+    )
 
 
 def test_the_generator_is_expansive_as_configured():
@@ -40,11 +43,15 @@ def test_gradient_and_hessian_match_finite_differences():
     problem, rng = _problem(), np.random.default_rng(1)
     z, h = rng.normal(size=(4, 3)), 1e-6
     eye = np.eye(3)
-    numeric = np.stack([(problem.loss(z + h * eye[i]) - problem.loss(z - h * eye[i])) / (2 * h) for i in range(3)], axis=1)
+    numeric = np.stack(
+        [(problem.loss(z + h * eye[i]) - problem.loss(z - h * eye[i])) / (2 * h) for i in range(3)], axis=1
+    )
     np.testing.assert_allclose(problem.gradient(z), numeric, rtol=1e-5, atol=1e-7)
     # at z* the loss is locally quadratic (the ReLU pattern is fixed nearby), so the gradient's differences are exact
     at = problem.z_star[None]
-    hessian = np.stack([(problem.gradient(at + h * eye[i]) - problem.gradient(at - h * eye[i]))[0] / (2 * h) for i in range(3)])
+    hessian = np.stack(
+        [(problem.gradient(at + h * eye[i]) - problem.gradient(at - h * eye[i]))[0] / (2 * h) for i in range(3)]
+    )
     np.testing.assert_allclose(problem.hessian_at_truth(), hessian, rtol=1e-5, atol=1e-6)
     assert np.allclose(problem.gradient(at), 0.0) and problem.loss(at)[0] == pytest.approx(0.0)
 
@@ -68,14 +75,18 @@ def test_langevin_without_noise_is_gradient_descent_and_flips_lower_the_loss():
     np.testing.assert_allclose(trace["final"], z)
     assert trace["iterations"].tolist() == [0, 5] and trace["to_truth"].shape == (2, 2)
     # from −z*, a sign flip lands on z* at once: f(z*) = 0
-    flipped = langevin(problem, -problem.z_star[None], 1, 1e-9, np.array([np.inf]), np.array([True]), rng, record_every=1)
+    flipped = langevin(
+        problem, -problem.z_star[None], 1, 1e-9, np.array([np.inf]), np.array([True]), rng, record_every=1
+    )
     assert flipped["to_truth"][-1, 0] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_sgld_spread_at_stationarity_follows_beta():
     problem, rng = _problem(latent=2), np.random.default_rng(3)
     betas = np.repeat([200.0, 3200.0], 64)
-    trace = langevin(problem, np.repeat(problem.z_star[None], len(betas), 0), 400, 0.05, betas, np.zeros(len(betas), bool), rng)
+    trace = langevin(
+        problem, np.repeat(problem.z_star[None], len(betas), 0), 400, 0.05, betas, np.zeros(len(betas), bool), rng
+    )
     settled = trace["to_truth"][20:]
     loose, tight = np.sqrt(np.mean(settled[:, :64] ** 2)), np.sqrt(np.mean(settled[:, 64:] ** 2))
     assert loose / tight == pytest.approx(4.0, rel=0.25)  # spread ∝ β^(−1/2)
@@ -87,7 +98,13 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     result = json.loads((tmp_path / "theory" / "langevin.json").read_text())
     assert (tmp_path / "theory" / "langevin.png").stat().st_size > 10_000
     assert [(m["depth"], m["latent"]) for m in result["mixing"]] == [(2, 2), (2, 3)]
-    assert set(result["mixing"][0]["groups"]) == {"gd/random", "gd_flip/random", "sgld/random", "gd/spurious", "sgld/spurious"}
+    assert set(result["mixing"][0]["groups"]) == {
+        "gd/random",
+        "gd_flip/random",
+        "sgld/random",
+        "gd/spurious",
+        "sgld/spurious",
+    }
     assert len(result["spread"]["measured"]) == 2 and set(result["checks"]) and isinstance(result["claim_holds"], bool)
     loaded = load_params(params)
     config = loaded.theory_langevin
@@ -95,10 +112,19 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     # second differences of the loss through this test's own forward pass (not ReLUInversion.hessian_at_truth).
     for m in result["mixing"]:
         k = m["latent"]
-        assert m["widths"] == [k, math.ceil(config.expansion * k), math.ceil(config.expansion * math.ceil(config.expansion * k))]
-        assert m["measurements"] == math.ceil(config.measurements_per_latent * k) and m["beta"] == config.beta_per_latent * k
+        assert m["widths"] == [
+            k,
+            math.ceil(config.expansion * k),
+            math.ceil(config.expansion * math.ceil(config.expansion * k)),
+        ]
+        assert (
+            m["measurements"] == math.ceil(config.measurements_per_latent * k)
+            and m["beta"] == config.beta_per_latent * k
+        )
         assert m["rho"] == pytest.approx(1 / math.pi)  # Huang et al.'s ρ_2
-        eigenvalues = np.linalg.eigvalsh(_hessian_by_differences(problem_for(config, loaded.seed, m["depth"], k, "mixing")))
+        eigenvalues = np.linalg.eigvalsh(
+            _hessian_by_differences(problem_for(config, loaded.seed, m["depth"], k, "mixing"))
+        )
         assert m["hessian_eigenvalues"] == pytest.approx([eigenvalues.min(), eigenvalues.max()], rel=1e-4)
     spread = result["spread"]
     betas = np.array(config.spread_betas_per_latent) * spread["latent"]
@@ -112,11 +138,17 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     for depth in sorted({m["depth"] for m in result["mixing"]}):
         runs = [m for m in result["mixing"] if m["depth"] == depth]
         times = [m["groups"]["sgld/random"]["median_hitting_time"] for m in runs]
-        growth[str(depth)] = {"latents": [m["latent"] for m in runs], "hitting_times": times, "finite": None not in times}
+        growth[str(depth)] = {
+            "latents": [m["latent"] for m in runs],
+            "hitting_times": times,
+            "finite": None not in times,
+        }
         assert {key: result["growth"][str(depth)][key] for key in growth[str(depth)]} == growth[str(depth)]
     # ... and the verdict follows from them by the stated rule
     ratio = spread["measured"][-1] / spread["predicted"][-1]
-    sgld_reaches = min(m["groups"][f"sgld/{start}"]["reached"] for m in result["mixing"] for start in ("random", "spurious"))
+    sgld_reaches = min(
+        m["groups"][f"sgld/{start}"]["reached"] for m in result["mixing"] for start in ("random", "spurious")
+    )
     checks = {
         "sgld_reaches_truth_from_every_start": sgld_reaches >= 0.9,
         "hitting_time_finite_for_every_k": all(g["finite"] for g in growth.values()),
@@ -132,6 +164,7 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
 def _hessian_by_differences(problem: ReLUInversion, step: float = 1e-4) -> np.ndarray:
     """∇²f at z* from central second differences of f(z) = 2^(d−1) ‖A ReLU(W_d ⋯ ReLU(W_1 z)) − y‖², computed here; f is
     quadratic near z* (the ReLU pattern is fixed there), so the differences are exact up to rounding."""
+
     def loss(z: np.ndarray) -> float:
         for weight in problem.weights:
             z = np.maximum(weight @ z, 0.0)
@@ -139,14 +172,31 @@ def _hessian_by_differences(problem: ReLUInversion, step: float = 1e-4) -> np.nd
 
     k, eye = len(problem.z_star), np.eye(len(problem.z_star)) * step
     at = problem.z_star
-    return np.array([[(loss(at + eye[i] + eye[j]) - loss(at + eye[i] - eye[j]) - loss(at - eye[i] + eye[j]) + loss(at - eye[i] - eye[j]))
-                      / (4 * step**2) for j in range(k)] for i in range(k)])
+    return np.array(
+        [
+            [
+                (
+                    loss(at + eye[i] + eye[j])
+                    - loss(at + eye[i] - eye[j])
+                    - loss(at - eye[i] + eye[j])
+                    + loss(at - eye[i] - eye[j])
+                )
+                / (4 * step**2)
+                for j in range(k)
+            ]
+            for i in range(k)
+        ]
+    )
 
 
 def test_bad_langevin_params_name_the_key(tmp_path):
-    params = write_params(tmp_path / "params.yaml", {"theory_langevin": {"spread_architecture": {"depth": 2, "latents": [2, 4]}}})
+    params = write_params(
+        tmp_path / "params.yaml", {"theory_langevin": {"spread_architecture": {"depth": 2, "latents": [2, 4]}}}
+    )
     with pytest.raises(ConfigError, match="spread_architecture.latents takes one latent size"):
         load_params(params)
-    params = write_params(tmp_path / "params.yaml", {"theory_langevin": {"architectures": [{"depth": 2, "latents": []}]}})
+    params = write_params(
+        tmp_path / "params.yaml", {"theory_langevin": {"architectures": [{"depth": 2, "latents": []}]}}
+    )
     with pytest.raises(ConfigError, match=r"theory_langevin.architectures\[0\].latents"):
         load_params(params)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_stage, tiny_workspace, write_params
 
 from sgilo.io import load_safetensors
 from sgilo.latents import LatentScaler, pooled_std, split_held_out
 from sgilo.sde import VPSDE
+
+from conftest import TINY, run_stage, tiny_workspace, write_params
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,18 @@ def inverted(tmp_path_factory) -> Path:
 
 
 def _trajectories(root: Path, params: Path, out: Path, *extra: str, check: bool = True):
-    return run_stage("trajectories", "--params", str(params), "--invert", str(root / "invert"), "--out", str(out), *extra, cwd=root, check=check)
+    return run_stage(
+        "trajectories",
+        "--params",
+        str(params),
+        "--invert",
+        str(root / "invert"),
+        "--out",
+        str(out),
+        *extra,
+        cwd=root,
+        check=check,
+    )
 
 
 def _invert_latents(root: Path) -> dict[str, torch.Tensor]:
@@ -50,7 +62,10 @@ def test_vp_draws_carry_exact_denoising_targets(inverted):
     torch.testing.assert_close(shard["tau"], (shard["t"] / 2).clamp_min(1e-3))
     x0 = scaler.normalize(source["latents"][:8]).repeat_interleave(draws, 0)
     sde = VPSDE()
-    for t, x_t, eps, std, key in [(shard["t"], shard["x_t"], shard["eps"], shard["std"], "t"), (shard["tau"], shard["x_tau"], shard["eps_tau"], shard["std_tau"], "tau")]:
+    for t, x_t, eps, std, key in [
+        (shard["t"], shard["x_t"], shard["eps"], shard["std"], "t"),
+        (shard["tau"], shard["x_tau"], shard["eps_tau"], shard["std_tau"], "tau"),
+    ]:
         mean, expected_std = sde.marginal(x0, t)
         torch.testing.assert_close(std, expected_std.reshape(-1), msg=key)
         torch.testing.assert_close(x_t, mean + std.reshape(-1, 1, 1, 1) * eps, atol=1e-5, rtol=1e-5, msg=key)
@@ -72,7 +87,9 @@ def test_rerun_gives_identical_shards_and_one_shard_alone(inverted):
 @pytest.mark.parametrize("sde", ["catmap", "lotka_volterra"])
 def test_simulated_sdes_keep_the_intermediate_iterate(inverted, sde):
     # SGILO and GNC need a closed-form marginal, so a profile with a simulated drift evaluates other methods only.
-    params = write_params(inverted / f"{sde}.yaml", {"trajectories": {"sde": sde, "dt": 0.05}, "evaluate": {"methods": ["csgm", "ilo"]}})
+    params = write_params(
+        inverted / f"{sde}.yaml", {"trajectories": {"sde": sde, "dt": 0.05}, "evaluate": {"methods": ["csgm", "ilo"]}}
+    )
     out = inverted / sde
     _trajectories(inverted, params, out)
     shard, _ = load_safetensors(out / "shards" / "shard-00001.safetensors")
@@ -84,8 +101,17 @@ def test_simulated_sdes_keep_the_intermediate_iterate(inverted, sde):
 
 
 def test_missing_invert_shard_is_a_clear_error(inverted, tmp_path):
-    result = run_stage("trajectories", "--params", str(inverted / "params.yaml"), "--invert", str(tmp_path / "nothing"),
-                       "--out", str(tmp_path / "out"), cwd=inverted, check=False)
+    result = run_stage(
+        "trajectories",
+        "--params",
+        str(inverted / "params.yaml"),
+        "--invert",
+        str(tmp_path / "nothing"),
+        "--out",
+        str(tmp_path / "out"),
+        cwd=inverted,
+        check=False,
+    )
     assert result.returncode == 2
     assert "shard-00000.safetensors" in result.stderr and "Traceback" not in result.stderr
 
@@ -95,10 +121,22 @@ def test_a_truncated_invert_shard_is_named_and_nothing_is_written(inverted, tmp_
     shutil.copytree(inverted / "invert", invert)
     shard = invert / "shards" / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
-    result = run_stage("trajectories", "--params", str(inverted / "params.yaml"), "--invert", str(invert),
-                       "--out", str(tmp_path / "out"), cwd=inverted, check=False)
+    result = run_stage(
+        "trajectories",
+        "--params",
+        str(inverted / "params.yaml"),
+        "--invert",
+        str(invert),
+        "--out",
+        str(tmp_path / "out"),
+        cwd=inverted,
+        check=False,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{shard}: not a readable safetensors file" in result.stderr and "rerun the stage that writes it" in result.stderr
+    assert (
+        f"{shard}: not a readable safetensors file" in result.stderr
+        and "rerun the stage that writes it" in result.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -113,13 +151,29 @@ def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard_and_says_so(i
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    command = [sys.executable, "-m", "sgilo.stages.trajectories", "--params", str(params), "--invert", str(inverted / "invert"),
-               "--out", str(out), "--shard", "0"]
-    failed = subprocess.run(command, cwd=inverted, capture_output=True, text=True, preexec_fn=little_space, timeout=300, check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "sgilo.stages.trajectories",
+        "--params",
+        str(params),
+        "--invert",
+        str(inverted / "invert"),
+        "--out",
+        str(out),
+        "--shard",
+        "0",
+    ]
+    failed = subprocess.run(
+        command, cwd=inverted, capture_output=True, text=True, preexec_fn=little_space, timeout=300, check=False
+    )
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert f"error: {shard}: out of disk space while writing it" in failed.stderr
     assert "the previous version is intact" in failed.stderr
-    assert shard.read_bytes() == before and [p.name for p in shard.parent.iterdir()] == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert shard.read_bytes() == before and [p.name for p in shard.parent.iterdir()] == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
 
 
 def test_generated_latents_are_training_data_never_held_out(inverted):
@@ -151,7 +205,9 @@ def test_generated_latents_are_training_data_never_held_out(inverted):
 
 def test_streamed_range_and_spread_equal_those_of_the_whole_batch():
     gen = torch.Generator().manual_seed(5)
-    parts = [3.0 + 0.01 * torch.randn(n, 4, 3, 3, generator=gen) for n in (7, 1, 0, 12)]  # a large mean: no cancellation
+    parts = [
+        3.0 + 0.01 * torch.randn(n, 4, 3, 3, generator=gen) for n in (7, 1, 0, 12)
+    ]  # a large mean: no cancellation
     whole = torch.cat(parts)
     streamed, at_once = LatentScaler.fit(iter(parts)), LatentScaler.fit(whole)
     assert torch.equal(streamed.minimum, at_once.minimum) and torch.equal(streamed.maximum, at_once.maximum)

@@ -11,16 +11,29 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, copy_project, snakemake_in, write_params
 
 from sgilo import code_graph
 from sgilo.config import load_params
 from sgilo.stylegan2 import load_generator
 
+from conftest import REPO, copy_project, snakemake_in, write_params
+
 
 def snakemake(workdir: Path, params: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--cores", "2", "--configfile", str(params), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(params),
+        *extra,
+    ]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
 
 
@@ -37,7 +50,10 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
     root, params = tiny_project, tiny_project / "params.yaml"
     assert load_generator(root / "results/generator/generator.pt").size == 32
     assert "generator" in (root / "logs/generator.log").read_text()
-    assert sorted(p.name for p in (root / "results/invert/shards").iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert sorted(p.name for p in (root / "results/invert/shards").iterdir()) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     assert json.loads((root / "results/invert/summary.json").read_text())["images"] == 12
     assert (root / "results/score/samples.png").exists()
     table = (root / "results/table1.csv").read_text().splitlines()
@@ -48,7 +64,14 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
 
     evaluation = {"tune", "evaluate", "report"}
     # theory_igo shows the scaled demo latents, so it follows the latents; the other theory rules need no data
-    downstream_of_invert = {"invert", "invert_summary", "trajectories_stats", "trajectories", "score", "theory_igo"} | evaluation
+    downstream_of_invert = {
+        "invert",
+        "invert_summary",
+        "trajectories_stats",
+        "trajectories",
+        "score",
+        "theory_igo",
+    } | evaluation
     prior = {"trajectories_stats", "trajectories", "score", "theory_igo"} | evaluation
     assert planned_jobs(plan()) == set()
     try:
@@ -59,7 +82,13 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
         assert planned_jobs(run) == evaluation and planned_methods(run) == {"gnc"}
         write_params(params, {"evaluate": {"images": 2}})
         run = plan()
-        assert planned_jobs(run) == {"evaluate", "report"} and planned_methods(run) == {"csgm", "ilo", "ilo-unconstrained", "sgilo", "gnc"}
+        assert planned_jobs(run) == {"evaluate", "report"} and planned_methods(run) == {
+            "csgm",
+            "ilo",
+            "ilo-unconstrained",
+            "sgilo",
+            "gnc",
+        }
         write_params(params, {"score": {"epochs": 3}})
         run = plan()
         assert planned_jobs(run) == {"score"} | evaluation and planned_methods(run) == {"sgilo", "gnc"}
@@ -82,8 +111,10 @@ def test_pipeline_runs_and_reruns_only_what_changed(tiny_project):
     assert planned_jobs(plan()) == set()
 
     # editing a stage's module reruns that stage and what its outputs feed; the score stage feeds the prior's cells
-    for module, expected, methods in (("stages/report.py", {"report"}, set()),
-                                      ("stages/score.py", {"score"} | evaluation, {"sgilo", "gnc"})):
+    for module, expected, methods in (
+        ("stages/report.py", {"report"}, set()),
+        ("stages/score.py", {"score"} | evaluation, {"sgilo", "gnc"}),
+    ):
         path = root / "src" / "sgilo" / module
         original, stat = path.read_bytes(), path.stat()
         try:
@@ -107,16 +138,22 @@ def test_configfile_selects_a_profile_and_config_overrides_a_key(tiny_project, t
     merged = re.search(r"sgilo\.stages\.report --params (\S+)", run.stdout + run.stderr).group(1)
     assert load_params(root / merged) == load_params(profile)
     assert {"download", "generator", "invert", "score"} <= planned_jobs(snakemake_in(root, "-n", "--config", "seed=4"))
-    threads = ["generator={train: {threads: 2}}", *(f"{section}={{threads: 2}}" for section in ("invert", "trajectories", "score", "evaluate", "report"))]
+    threads = [
+        "generator={train: {threads: 2}}",
+        *(f"{section}={{threads: 2}}" for section in ("invert", "trajectories", "score", "evaluate", "report")),
+    ]
     assert planned_jobs(snakemake_in(root, "-n", "--config", *threads)) == set()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (("--config", "invert={imags: 2}"), "error: --config: unknown key invert.imags; allowed keys under invert:"),
-    (("--config", "evaluate={images: many}"), "error: --config: evaluate.images: expected int >= 1, got 'many'"),
-    (("--config", "imags=2"), "error: --config: unknown key imags; allowed keys under top level:"),
-    (("--config", "params=profiles/ffhq/params.yaml"), "select a profile with Snakemake's own --configfile FILE"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--config", "invert={imags: 2}"), "error: --config: unknown key invert.imags; allowed keys under invert:"),
+        (("--config", "evaluate={images: many}"), "error: --config: evaluate.images: expected int >= 1, got 'many'"),
+        (("--config", "imags=2"), "error: --config: unknown key imags; allowed keys under top level:"),
+        (("--config", "params=profiles/ffhq/params.yaml"), "select a profile with Snakemake's own --configfile FILE"),
+    ],
+)
 def test_a_wrong_config_key_or_value_stops_the_run_naming_it(tmp_path, extra, message):
     run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", *extra)
     assert run.returncode != 0 and message in run.stdout + run.stderr, run.stderr[-2000:]
@@ -129,7 +166,9 @@ def test_every_rule_declares_threads_and_passes_them_to_its_stage(tiny_project):
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         for name, body in re.findall(r"^rule (\w+):\n((?:(?:    .*)?\n)+)", smk.read_text(), flags=re.MULTILINE):
             rules.append(name)
-            assert re.search(r"^    threads:", body, flags=re.MULTILINE), f"rule {name} ({smk.name}) declares no threads"
+            assert re.search(r"^    threads:", body, flags=re.MULTILINE), (
+                f"rule {name} ({smk.name}) declares no threads"
+            )
             assert "--threads {threads}" in body, f"rule {name} ({smk.name}) does not pass its threads to its stage"
     assert len(rules) == 14  # every rule but `all`
     for log in ("generator.log", "invert/shard-00000.log", "score.log", "theory_igo.log"):
@@ -148,8 +187,14 @@ def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
 def test_slurm_profile_plans_the_ffhq_profile_with_gpus(tmp_path):
     """The cluster profile and the paper-scale profile together: 60 invert shards and 70 evaluate cells, GPU rules on
     the GPU partition, planned (not run) without a cluster."""
-    run = snakemake(tmp_path, REPO / "profiles" / "ffhq" / "params.yaml", "-n", "--workflow-profile",
-                    str(REPO / "workflow" / "profiles" / "slurm"), "results/table1.csv")
+    run = snakemake(
+        tmp_path,
+        REPO / "profiles" / "ffhq" / "params.yaml",
+        "-n",
+        "--workflow-profile",
+        str(REPO / "workflow" / "profiles" / "slurm"),
+        "results/table1.csv",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     output = run.stdout + run.stderr
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
@@ -164,7 +209,12 @@ def test_every_rule_depends_on_exactly_the_code_its_stage_runs(tmp_path):
     figures, do not depend on Table 1's code."""
     run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "all")
     assert run.returncode == 0, run.stderr[-3000:]
-    stage_of = {"invert_summary": "invert", "invert_generated": "invert", "trajectories_stats": "trajectories", "tune": "evaluate"}
+    stage_of = {
+        "invert_summary": "invert",
+        "invert_generated": "invert",
+        "trajectories_stats": "trajectories",
+        "tune": "evaluate",
+    }
     checked = set()
     for rule, inputs in re.findall(r"^rule (\w+):\n    input: ([^\n]*)", run.stdout + run.stderr, flags=re.MULTILINE):
         if rule == "all":
@@ -172,11 +222,26 @@ def test_every_rule_depends_on_exactly_the_code_its_stage_runs(tmp_path):
         listed = {Path(item.strip()) for item in inputs.split(",") if item.strip().endswith(".py")}
         stage = stage_of.get(rule, rule)
         assert listed == set(code_graph.sources(f"sgilo.stages.{stage}", REPO / "src")), rule
-        assert REPO / "src" / "sgilo" / "stages" / f"{stage}.py" in listed and REPO / "src" / "sgilo" / "config.py" in listed
+        assert (
+            REPO / "src" / "sgilo" / "stages" / f"{stage}.py" in listed
+            and REPO / "src" / "sgilo" / "config.py" in listed
+        )
         if rule.startswith("theory") or rule == "score":
             assert REPO / "src" / "sgilo" / "report.py" not in listed, f"rule {rule} reruns when Table 1's code changes"
         checked.add(rule)
-    assert {"download", "generator", "invert", "trajectories", "score", "tune", "evaluate", "report", "theory_gnc", "theory_langevin", "theory_igo"} <= checked
+    assert {
+        "download",
+        "generator",
+        "invert",
+        "trajectories",
+        "score",
+        "tune",
+        "evaluate",
+        "report",
+        "theory_gnc",
+        "theory_langevin",
+        "theory_igo",
+    } <= checked
 
 
 def test_a_second_snakemake_on_the_same_directory_is_refused_while_the_first_runs(tmp_path):
@@ -189,9 +254,20 @@ def test_a_second_snakemake_on_the_same_directory_is_refused_while_the_first_run
     while not (locks.exists() and any(locks.iterdir())) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert first.poll() is None, "the first run ended before it could be raced; give it a longer target"
+    # Snakemake checks for incomplete outputs before it takes the lock: while one of the first run's jobs is running,
+    # the second stops at its output ("Incomplete files"); between jobs, at the lock. Either way it is refused, and
+    # following the first message's advice (--rerun-incomplete) meets the lock.
     second = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300, check=False)
-    assert first.poll() is None, "the first run ended before the second checked the lock; give it a longer target"
-    assert second.returncode != 0 and "LockException" in second.stderr and "cannot be locked" in second.stderr
+    forced = subprocess.run(
+        [*command, "--rerun-incomplete"], cwd=root, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert first.poll() is None, "the first run ended before the others checked the lock; give it a longer target"
+    assert second.returncode != 0 and ("cannot be locked" in second.stderr or "Incomplete files" in second.stderr), (
+        second.stderr[-2000:]
+    )
+    assert forced.returncode != 0 and "LockException" in forced.stderr and "cannot be locked" in forced.stderr, (
+        forced.stderr[-2000:]
+    )
     assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
     # The first run's outputs are whole and the second left nothing behind: a third run has nothing to do.
     assert load_generator(root / target).size == 32

@@ -46,7 +46,9 @@ class Node:
     cpus: int
     memory_mb: int  # RealMemory: what SLURM may hand out
     gpus: int = 0
-    cloud: bool = False  # described, never started: State=CLOUD, a powered-down node SLURM plans on (sbatch --test-only)
+    cloud: bool = (
+        False  # described, never started: State=CLOUD, a powered-down node SLURM plans on (sbatch --test-only)
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,14 @@ def machine_node(headroom: float = 0.9) -> Node:
     return Node(socket.gethostname().split(".")[0], os.cpu_count() or 1, int(pages / 2**20 * headroom))
 
 
-def slurm_conf(cluster: str, folder: Path, ports: Ports, nodes: Sequence[Node], partitions: Mapping[str, Sequence[str]],
-               accounting: bool = True) -> str:
+def slurm_conf(
+    cluster: str,
+    folder: Path,
+    ports: Ports,
+    nodes: Sequence[Node],
+    partitions: Mapping[str, Sequence[str]],
+    accounting: bool = True,
+) -> str:
     """slurm.conf for a controller on 127.0.0.1 whose state, spool, logs and pid files are under `folder`."""
     host = socket.gethostname().split(".")[0]
     gres = any(node.gpus for node in nodes)
@@ -107,22 +115,30 @@ def slurm_conf(cluster: str, folder: Path, ports: Ports, nodes: Sequence[Node], 
         "InactiveLimit=0",
     ]
     if accounting:
-        lines += ["AccountingStorageType=accounting_storage/slurmdbd", "AccountingStorageHost=127.0.0.1",
-                  f"AccountingStoragePort={ports.slurmdbd}",
-                  f"AccountingStoragePass={folder / 'munge.socket'}",  # the munge socket of the slurmdbd connection
-                  "AccountingStoreFlags=job_comment",  # the plugin's rule name
-                  "AccountingStorageEnforce=associations"]
+        lines += [
+            "AccountingStorageType=accounting_storage/slurmdbd",
+            "AccountingStorageHost=127.0.0.1",
+            f"AccountingStoragePort={ports.slurmdbd}",
+            f"AccountingStoragePass={folder / 'munge.socket'}",  # the munge socket of the slurmdbd connection
+            "AccountingStoreFlags=job_comment",  # the plugin's rule name
+            "AccountingStorageEnforce=associations",
+        ]
     else:
         lines += ["AccountingStorageType=accounting_storage/none"]
     if gres:
         lines.append("GresTypes=gpu")
     for node in nodes:
         port = ports.slurmd if not node.cloud else free_port()
-        line = (f"NodeName={node.name} NodeAddr=127.0.0.1 Port={port} CPUs={node.cpus} RealMemory={node.memory_mb}"
-                + (f" Gres=gpu:{node.gpus}" if node.gpus else "") + (" State=CLOUD" if node.cloud else " State=UNKNOWN"))
+        line = (
+            f"NodeName={node.name} NodeAddr=127.0.0.1 Port={port} CPUs={node.cpus} RealMemory={node.memory_mb}"
+            + (f" Gres=gpu:{node.gpus}" if node.gpus else "")
+            + (" State=CLOUD" if node.cloud else " State=UNKNOWN")
+        )
         lines.append(line)
     for index, (name, members) in enumerate(partitions.items()):
-        lines.append(f"PartitionName={name} Nodes={','.join(members)} Default={'YES' if index == 0 else 'NO'} MaxTime=INFINITE State=UP")
+        lines.append(
+            f"PartitionName={name} Nodes={','.join(members)} Default={'YES' if index == 0 else 'NO'} MaxTime=INFINITE State=UP"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -134,18 +150,33 @@ def gres_conf(nodes: Sequence[Node]) -> str:
     character device; SLURM hands them out and binds nothing (task/none), and no stage opens them."""
     if any(node.gpus > len(STAND_IN_DEVICES) for node in nodes):
         raise ValueError(f"at most {len(STAND_IN_DEVICES)} stand-in GPUs per started node")
-    return "".join(f"NodeName={node.name} Name=gpu File={device}\n" for node in nodes for device in STAND_IN_DEVICES[: node.gpus])
+    return "".join(
+        f"NodeName={node.name} Name=gpu File={device}\n" for node in nodes for device in STAND_IN_DEVICES[: node.gpus]
+    )
 
 
 def slurmdbd_conf(folder: Path, ports: Ports) -> str:
     user = getpass.getuser()
-    return "\n".join([
-        f"AuthInfo=socket={folder / 'munge.socket'}",
-        "DbdHost=localhost", "DbdAddr=127.0.0.1", f"DbdPort={ports.slurmdbd}", f"SlurmUser={user}",
-        f"PidFile={folder / 'slurmdbd.pid'}", f"LogFile={folder / 'slurmdbd.log'}", "DebugLevel=info",
-        "StorageType=accounting_storage/mysql", "StorageHost=127.0.0.1", f"StoragePort={ports.mysql}",
-        f"StorageUser={user}", f"StorageLoc={DATABASE}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"AuthInfo=socket={folder / 'munge.socket'}",
+                "DbdHost=localhost",
+                "DbdAddr=127.0.0.1",
+                f"DbdPort={ports.slurmdbd}",
+                f"SlurmUser={user}",
+                f"PidFile={folder / 'slurmdbd.pid'}",
+                f"LogFile={folder / 'slurmdbd.log'}",
+                "DebugLevel=info",
+                "StorageType=accounting_storage/mysql",
+                "StorageHost=127.0.0.1",
+                f"StoragePort={ports.mysql}",
+                f"StorageUser={user}",
+                f"StorageLoc={DATABASE}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def write_srun_shim(path: Path, conf: Path) -> None:
@@ -159,8 +190,22 @@ def write_srun_shim(path: Path, conf: Path) -> None:
 
 
 def missing_tools() -> list[str]:
-    return [tool for tool in ("munged", "mungekey", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct",
-                              "sacctmgr") if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()]
+    return [
+        tool
+        for tool in (
+            "munged",
+            "mungekey",
+            "mariadbd",
+            "mariadb-install-db",
+            "slurmdbd",
+            "slurmctld",
+            "slurmd",
+            "sbatch",
+            "sacct",
+            "sacctmgr",
+        )
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()
+    ]
 
 
 def install_packages() -> None:
@@ -169,10 +214,14 @@ def install_packages() -> None:
     if not missing:
         return
     if shutil.which("apt-get") is None:
-        raise SystemExit(f"error: {', '.join(missing)} not found and no apt-get here: install {' '.join(PACKAGES)} "
-                         "(SLURM 22.05 or later, munge, MariaDB) with your package manager")
+        raise SystemExit(
+            f"error: {', '.join(missing)} not found and no apt-get here: install {' '.join(PACKAGES)} "
+            "(SLURM 22.05 or later, munge, MariaDB) with your package manager"
+        )
     if os.geteuid() != 0:
-        raise SystemExit(f"error: {', '.join(missing)} not found: run `sudo apt-get install -y {' '.join(PACKAGES)}` (needs root)")
+        raise SystemExit(
+            f"error: {', '.join(missing)} not found: run `sudo apt-get install -y {' '.join(PACKAGES)}` (needs root)"
+        )
     print(f"installing {' '.join(PACKAGES)} (missing: {', '.join(missing)})", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *PACKAGES]):
@@ -201,7 +250,11 @@ class LocalCluster:
         """The environment of a client (sbatch, sacct, snakemake) of this cluster: `base` (os.environ by default)
         with SLURM_CONF, and the srun shim first on PATH (see `write_srun_shim`)."""
         base = dict(os.environ if base is None else base)
-        return {**base, "SLURM_CONF": str(self.conf), "PATH": os.pathsep.join([str(self.folder / "bin"), base.get("PATH", os.defpath)])}
+        return {
+            **base,
+            "SLURM_CONF": str(self.conf),
+            "PATH": os.pathsep.join([str(self.folder / "bin"), base.get("PATH", os.defpath)]),
+        }
 
     # ------------------------------------------------------------------------------------------------ start
     def __enter__(self) -> LocalCluster:
@@ -218,7 +271,9 @@ class LocalCluster:
     def start(self) -> None:
         for sub in ("state", "db", "tmp", *(f"spool/{node.name}" for node in self.nodes)):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(slurm_conf(self.name, self.folder, self.ports, self.nodes, self.partitions, not self.controller_only))
+        self.conf.write_text(
+            slurm_conf(self.name, self.folder, self.ports, self.nodes, self.partitions, not self.controller_only)
+        )
         write_srun_shim(self.folder / "bin" / "srun", self.conf)
         (self.folder / "gres.conf").write_text(gres_conf([n for n in self.nodes if not n.cloud]))
         self._start_munge()
@@ -236,8 +291,14 @@ class LocalCluster:
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.folder / f"{name}.out", "w")  # noqa: SIM115 (the daemon owns it)
-        self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                env=self.env(), start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env(),
+            start_new_session=True,
+        )
 
     def _run(self, command: list[str]) -> str:
         return subprocess.run(command, env=self.env(), capture_output=True, text=True, check=False).stdout
@@ -251,8 +312,13 @@ class LocalCluster:
         while not ready():
             dead = [name for name, proc in self.processes.items() if proc.poll() is not None]
             if dead or time.monotonic() > deadline:
-                logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.folder.glob("*.out")) + sorted(self.folder.glob("*.log")))
-                raise RuntimeError(f"{what} did not come up ({'exited: ' + ', '.join(dead) if dead else f'{timeout:.0f} s'}):\n{logs}")
+                logs = "\n".join(
+                    f"--- {p.name}\n{p.read_text()[-1500:]}"
+                    for p in sorted(self.folder.glob("*.out")) + sorted(self.folder.glob("*.log"))
+                )
+                raise RuntimeError(
+                    f"{what} did not come up ({'exited: ' + ', '.join(dead) if dead else f'{timeout:.0f} s'}):\n{logs}"
+                )
             time.sleep(0.3)
 
     def _start_munge(self) -> None:
@@ -260,21 +326,55 @@ class LocalCluster:
         subprocess.run(["mungekey", "--create", f"--keyfile={key}", "--force"], check=True, capture_output=True)
         key.chmod(0o400)
         socket_path = self.folder / "munge.socket"
-        self._spawn("munged", ["munged", "--foreground", "--force", f"--key-file={key}", f"--socket={socket_path}",
-                               f"--pid-file={self.folder / 'munged.pid'}", f"--log-file={self.folder / 'munged.log'}",
-                               f"--seed-file={self.folder / 'munged.seed'}"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={socket_path}",
+                f"--pid-file={self.folder / 'munged.pid'}",
+                f"--log-file={self.folder / 'munged.log'}",
+                f"--seed-file={self.folder / 'munged.seed'}",
+            ],
+        )
         self._wait(lambda: self._ok(["munge", "-n", f"--socket={socket_path}"]), "munged", 30)
 
     def _start_database(self) -> None:
         datadir, user = self.folder / "db", getpass.getuser()
-        subprocess.run(["mariadb-install-db", f"--datadir={datadir}", f"--user={user}", "--auth-root-authentication-method=normal",
-                        "--skip-test-db"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                f"--datadir={datadir}",
+                f"--user={user}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+        )
         sock = self.folder / "mysqld.sock"
-        self._spawn("mariadbd", ["mariadbd", "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={self.ports.mysql}",
-                                 "--bind-address=127.0.0.1", f"--pid-file={self.folder / 'mariadbd.pid'}", f"--user={user}",
-                                 "--skip-grant-tables", "--innodb-buffer-pool-size=64M", f"--tmpdir={self.folder / 'tmp'}",
-                                 f"--log-error={self.folder / 'mariadbd.log'}"])
-        self._wait(lambda: self._ok(["mariadb", "--no-defaults", f"--socket={sock}", "-e", "select 1"], "1"), "mariadbd", 60)
+        self._spawn(
+            "mariadbd",
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={datadir}",
+                f"--socket={sock}",
+                f"--port={self.ports.mysql}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={self.folder / 'mariadbd.pid'}",
+                f"--user={user}",
+                "--skip-grant-tables",
+                "--innodb-buffer-pool-size=64M",
+                f"--tmpdir={self.folder / 'tmp'}",
+                f"--log-error={self.folder / 'mariadbd.log'}",
+            ],
+        )
+        self._wait(
+            lambda: self._ok(["mariadb", "--no-defaults", f"--socket={sock}", "-e", "select 1"], "1"), "mariadbd", 60
+        )
 
     def _start_slurmdbd(self) -> None:
         conf = self.folder / "slurmdbd.conf"
@@ -285,16 +385,26 @@ class LocalCluster:
 
     def _add_associations(self) -> None:
         user = getpass.getuser()
-        for command in (["add", "cluster", self.name], ["add", "account", ACCOUNT, f"cluster={self.name}"],
-                        ["add", "user", user, f"account={ACCOUNT}", f"cluster={self.name}"]):
+        for command in (
+            ["add", "cluster", self.name],
+            ["add", "account", ACCOUNT, f"cluster={self.name}"],
+            ["add", "user", user, f"account={ACCOUNT}", f"cluster={self.name}"],
+        ):
             subprocess.run(["sacctmgr", "-i", *command], env=self.env(), capture_output=True, text=True, check=False)
-        self._wait(lambda: self._ok(["sacctmgr", "-n", "-P", "list", "assoc", f"user={user}", "format=account"], ACCOUNT),
-                   "the account association", 30)
+        self._wait(
+            lambda: self._ok(["sacctmgr", "-n", "-P", "list", "assoc", f"user={user}", "format=account"], ACCOUNT),
+            "the account association",
+            30,
+        )
 
     def _nodes_idle(self) -> bool:
-        done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True, check=False
+        )
         states = dict(line.split() for line in done.stdout.splitlines() if line.strip())
-        return all(states.get(node.name, "").startswith(("idle", "mix", "alloc")) for node in self.nodes if not node.cloud)
+        return all(
+            states.get(node.name, "").startswith(("idle", "mix", "alloc")) for node in self.nodes if not node.cloud
+        )
 
     # ------------------------------------------------------------------------------------------------ stop
     def stop(self) -> None:
@@ -303,7 +413,11 @@ class LocalCluster:
         if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
             subprocess.run(["scancel", "--user", getpass.getuser()], env=self.env(), capture_output=True, check=False)
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self._ok(["squeue", "-h", "-o", "%i"]) and self._run(["squeue", "-h", "-o", "%i"]).strip():
+            while (
+                time.monotonic() < deadline
+                and self._ok(["squeue", "-h", "-o", "%i"])
+                and self._run(["squeue", "-h", "-o", "%i"]).strip()
+            ):
                 time.sleep(0.5)
         for process in reversed(list(self.processes.values())):
             if process.poll() is None:

@@ -54,11 +54,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tools"), str(REPO / "benchmarks"), str(REPO / "tests")]
-from conftest import copy_project  # the tiny profile the suite uses  # noqa: E402
 from kill_anywhere import differences, outputs, project_env  # the one output comparison  # noqa: E402
 from slurm_cluster import ACCOUNT, LocalCluster, Node, install_packages, machine_node  # noqa: E402
 
 from sgilo.config import merge  # noqa: E402
+
+from conftest import copy_project  # the tiny profile the suite uses  # noqa: E402
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
 TARGET = "results/table1.csv"
@@ -114,7 +115,13 @@ def rule_of(comment: str) -> str | None:
 def job_stats(snakemake_output: str) -> Counter:
     """Jobs per rule from Snakemake's "Job stats" table (total left out)."""
     table = snakemake_output[snakemake_output.index("Job stats:") :].split("\n\n")[0]
-    return Counter({rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE) if rule != "total"})
+    return Counter(
+        {
+            rule: int(count)
+            for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
+            if rule != "total"
+        }
+    )
 
 
 def planned_jobs(dry_run_output: str) -> list[SimpleNamespace]:
@@ -131,9 +138,20 @@ def planned_jobs(dry_run_output: str) -> list[SimpleNamespace]:
             if "=" in item:
                 key, value = item.split("=", 1)
                 resources[key] = int(value) if value.isdigit() else value
-        wildcards = [value.split("=", 1)[1] for value in re.split(r", (?=\w+=)", fields["wildcards"])] if "wildcards" in fields else []
-        jobs.append(SimpleNamespace(name=head.group(1), wildcards=wildcards, threads=int(fields.get("threads", 1)),
-                                    resources=_Resources(resources), is_group=lambda: False))
+        wildcards = (
+            [value.split("=", 1)[1] for value in re.split(r", (?=\w+=)", fields["wildcards"])]
+            if "wildcards" in fields
+            else []
+        )
+        jobs.append(
+            SimpleNamespace(
+                name=head.group(1),
+                wildcards=wildcards,
+                threads=int(fields.get("threads", 1)),
+                resources=_Resources(resources),
+                is_group=lambda: False,
+            )
+        )
     return jobs
 
 
@@ -155,10 +173,16 @@ def sbatch_call(job: SimpleNamespace, account: str = "") -> str:
 
     wildcards = get_job_wildcards(job)
     account = account or str(job.resources.get("slurm_account") or "")
-    params = {"run_uuid": "plan", "slurm_logfile": "/dev/null", "comment_str": f"rule_{job.name}" + (f"_wildcards_{wildcards}" if wildcards else ""),
-              "account": f" -A {shlex.quote(account)}" if account else "",
-              "partition": f" -p {shlex.quote(str(job.resources.slurm_partition))}" if job.resources.get("slurm_partition") else "",
-              "workdir": None}
+    params = {
+        "run_uuid": "plan",
+        "slurm_logfile": "/dev/null",
+        "comment_str": f"rule_{job.name}" + (f"_wildcards_{wildcards}" if wildcards else ""),
+        "account": f" -A {shlex.quote(account)}" if account else "",
+        "partition": f" -p {shlex.quote(str(job.resources.slurm_partition))}"
+        if job.resources.get("slurm_partition")
+        else "",
+        "workdir": None,
+    }
     return get_submit_command(job, params) + set_gres_string(job)
 
 
@@ -186,7 +210,9 @@ class Timings:
 def snakemake(root: Path, env: Mapping[str, str], *args: str, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "snakemake", *args]
     print(f"$ (cd {root.name} && snakemake {' '.join(args)})  > {log.name}", flush=True)
-    return subprocess.Popen(command, cwd=root, env=dict(env), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+    return subprocess.Popen(
+        command, cwd=root, env=dict(env), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )  # noqa: SIM115
 
 
 def wait(process: subprocess.Popen) -> int:
@@ -202,7 +228,9 @@ def wait(process: subprocess.Popen) -> int:
 
 def write_profile(folder: Path, extra: Mapping) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(layered_profile(yaml.safe_load(PROFILE.read_text()), extra), sort_keys=False))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(layered_profile(yaml.safe_load(PROFILE.read_text()), extra), sort_keys=False)
+    )
     return folder
 
 
@@ -220,7 +248,9 @@ class Canceller(threading.Thread):
         self.done = threading.Event()
 
     def _running(self) -> dict[str, str]:
-        out = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i|%k"], env=self.cluster.env(), capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "R", "-o", "%i|%k"], env=self.cluster.env(), capture_output=True, text=True
+        ).stdout
         return {comment: jobid for jobid, comment in (line.split("|", 1) for line in out.splitlines() if "|" in line)}
 
     def run(self) -> None:
@@ -241,16 +271,31 @@ class Canceller(threading.Thread):
 def check_jobs_in_sacct(cluster: LocalCluster, run_log: str, cancelled: Mapping[str, str]) -> list[str]:
     """Every job of the run in sacct under its rule: per rule as many COMPLETED as Snakemake planned, plus the
     cancelled ones CANCELLED (and nothing else)."""
-    jobs = [job for job in parse_sacct(sacct(cluster, "-X", "-P", "-n", "-a", "-o", "JobID,Comment,State,ExitCode")) if job.rule]  # not probe_code's
+    jobs = [
+        job
+        for job in parse_sacct(sacct(cluster, "-X", "-P", "-n", "-a", "-o", "JobID,Comment,State,ExitCode"))
+        if job.rule
+    ]  # not probe_code's
     expected = job_stats(run_log)
     completed = Counter(job.rule for job in jobs if job.state == "COMPLETED")
-    problems = [f"{rule}: {completed[rule]} COMPLETED in sacct, {count} planned" for rule, count in expected.items() if completed[rule] != count]
-    problems += [f"sacct has jobs of rules Snakemake did not plan: {sorted(set(completed) - set(expected))}"] if set(completed) - set(expected) else []
+    problems = [
+        f"{rule}: {completed[rule]} COMPLETED in sacct, {count} planned"
+        for rule, count in expected.items()
+        if completed[rule] != count
+    ]
+    problems += (
+        [f"sacct has jobs of rules Snakemake did not plan: {sorted(set(completed) - set(expected))}"]
+        if set(completed) - set(expected)
+        else []
+    )
     others = {job.jobid: job.state for job in jobs if job.state != "COMPLETED"}
     if others != {jobid: "CANCELLED" for jobid in cancelled.values()}:
         problems.append(f"jobs not COMPLETED: {others}; cancelled by this script: {dict(cancelled)}")
-    print(f"   sacct: {len(jobs)} jobs, {sum(completed.values())} COMPLETED over {len(completed)} rules "
-          f"({', '.join(f'{r} {c}' for r, c in sorted(completed.items()))}), {len(others)} CANCELLED", flush=True)
+    print(
+        f"   sacct: {len(jobs)} jobs, {sum(completed.values())} COMPLETED over {len(completed)} rules "
+        f"({', '.join(f'{r} {c}' for r, c in sorted(completed.items()))}), {len(others)} CANCELLED",
+        flush=True,
+    )
     return problems
 
 
@@ -267,12 +312,31 @@ def check_resumed(root: Path) -> list[str]:
 
 def probe_code(cluster: LocalCluster, env: Mapping[str, str], root: Path) -> list[str]:
     """A job of the cluster imports sgilo from the copy (PYTHONPATH travels with sbatch's --export=ALL)."""
-    out = subprocess.run(["sbatch", "--wait", "-A", ACCOUNT, "-p", "cpu", "--mem", "1000", "-o", str(root / "probe.out"),
-                          "--wrap", f"{sys.executable} -c 'import sgilo; print(sgilo.__file__)'"], env=dict(env), cwd=root,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--wait",
+            "-A",
+            ACCOUNT,
+            "-p",
+            "cpu",
+            "--mem",
+            "1000",
+            "-o",
+            str(root / "probe.out"),
+            "--wrap",
+            f"{sys.executable} -c 'import sgilo; print(sgilo.__file__)'",
+        ],
+        env=dict(env),
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     found = (root / "probe.out").read_text().strip() if (root / "probe.out").exists() else out.stderr
     print(f"   a job imports sgilo from {found}", flush=True)
-    return [] if found.startswith(str(root / "src")) else [f"a job imported sgilo from {found}, not from {root / 'src'}"]
+    return (
+        [] if found.startswith(str(root / "src")) else [f"a job imported sgilo from {found}, not from {root / 'src'}"]
+    )
 
 
 def cluster_run(cluster: LocalCluster, tmp: Path, reference: Path, expected: list[Path]) -> tuple[Path, list[str]]:
@@ -286,17 +350,27 @@ def cluster_run(cluster: LocalCluster, tmp: Path, reference: Path, expected: lis
     rc = wait(snakemake(root, env, "--workflow-profile", str(profile), TARGET, log=log))
     canceller.done.set()
     text = log.read_text()
-    shown = [line for line in text.splitlines() if re.search(r"SLURM-job|Trying to restart|Error in rule|steps \(100%\)", line)]
+    shown = [
+        line
+        for line in text.splitlines()
+        if re.search(r"SLURM-job|Trying to restart|Error in rule|steps \(100%\)", line)
+    ]
     submitted = sum("has been submitted with SLURM jobid" in line for line in text.splitlines())
     print("\n".join(f"   | {line}" for line in [f"({submitted} jobs submitted)", *shown]), flush=True)
     if rc:
         return root, problems + [f"snakemake with the SLURM executor exited {rc}:\n{text[-3000:]}"]
-    problems += [f"the {name} job was never cancelled (it finished before its checkpoint was seen)" for name in FAULTS if name not in canceller.cancelled]
+    problems += [
+        f"the {name} job was never cancelled (it finished before its checkpoint was seen)"
+        for name in FAULTS
+        if name not in canceller.cancelled
+    ]
     problems += check_jobs_in_sacct(cluster, text, canceller.cancelled)
     problems += check_resumed(root)
     differing = differences(reference, root, expected)
     print(f"   outputs: {len(expected) - len(differing)} of {len(expected)} identical to the local run", flush=True)
-    problems += [f"outputs differ from the local run or are missing: {[str(p) for p in differing]}"] if differing else []
+    problems += (
+        [f"outputs differ from the local run or are missing: {[str(p) for p in differing]}"] if differing else []
+    )
     return root, problems
 
 
@@ -306,15 +380,28 @@ def memory_run(cluster: LocalCluster, tmp: Path, root: Path) -> list[str]:
     extra = {"set-resources": {MEMORY_RULE: {"mem_mb": MEMORY_MB}}, "set-threads": {MEMORY_RULE: 2}, "retries": 0}
     profile = write_profile(tmp / "profile-small-memory", merge(ONE_NODE, extra))
     log = tmp / "memory-run.log"
-    rc = wait(snakemake(root, cluster.env(project_env(root)), "--workflow-profile", str(profile), "--forcerun", MEMORY_RULE,
-                        "results/invert/summary.json", log=log))
+    rc = wait(
+        snakemake(
+            root,
+            cluster.env(project_env(root)),
+            "--workflow-profile",
+            str(profile),
+            "--forcerun",
+            MEMORY_RULE,
+            "results/invert/summary.json",
+            log=log,
+        )
+    )
     text = log.read_text()
     shown = [line for line in text.splitlines() if re.search(r"SLURM-job|Error in rule|mem_mb|exceeded memory", line)]
     print("\n".join("   | " + line for line in shown[-12:]), flush=True)
     problems = [] if rc else [f"the {MEMORY_RULE} job with mem_mb={MEMORY_MB} succeeded"]
     if not any(MEMORY_RULE in line and "mem_mb" in line and "ran out of memory" in line for line in text.splitlines()):
         problems.append(f"no line names {MEMORY_RULE}, mem_mb and the memory:\n{text[-3000:]}")
-    rows = [line.split("|") for line in sacct(cluster, "-X", "-P", "-n", "-a", "-o", "JobID,Comment,State,ReqCPUS,ReqMem").splitlines()]
+    rows = [
+        line.split("|")
+        for line in sacct(cluster, "-X", "-P", "-n", "-a", "-o", "JobID,Comment,State,ReqCPUS,ReqMem").splitlines()
+    ]
     killed = [row for row in rows if rule_of(row[1]) == MEMORY_RULE and row[2] != "COMPLETED"]
     print(f"   sacct: {' '.join('|'.join(row) for row in killed)}", flush=True)
     if [row[3] for row in killed] != ["2"]:
@@ -322,17 +409,36 @@ def memory_run(cluster: LocalCluster, tmp: Path, root: Path) -> list[str]:
     return problems
 
 
-def plan(env: Mapping[str, str], workdir: Path, profile: Path = PROFILE, params: Path = FFHQ) -> tuple[list[SimpleNamespace], list[str]]:
+def plan(
+    env: Mapping[str, str], workdir: Path, profile: Path = PROFILE, params: Path = FFHQ
+) -> tuple[list[SimpleNamespace], list[str]]:
     """The jobs of `snakemake -n --workflow-profile <profile> --configfile <params>`, planned in `workdir`."""
     # A dry run caps every job's threads at --cores (1 when not given), which a cluster run does not: the most the
     # profile's set-threads asks lifts the cap (plan_cores).
-    command = [sys.executable, "-m", "snakemake", "-n", "--cores", str(plan_cores(profile)), "--workflow-profile", str(profile), TARGET,
-               "--configfile", str(params.resolve()), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--cores",
+        str(plan_cores(profile)),
+        "--workflow-profile",
+        str(profile),
+        TARGET,
+        "--configfile",
+        str(params.resolve()),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+    ]
     done = subprocess.run(command, cwd=REPO, env=dict(env), capture_output=True, text=True)
     if done.returncode:
         return [], [f"the plan failed:\n{done.stderr[-3000:]}"]
     jobs, stats = planned_jobs(done.stdout), job_stats(done.stdout)
-    return jobs, [] if Counter(job.name for job in jobs) == stats else [f"parsed {Counter(job.name for job in jobs)} jobs, Snakemake planned {stats}"]
+    return jobs, [] if Counter(job.name for job in jobs) == stats else [
+        f"parsed {Counter(job.name for job in jobs)} jobs, Snakemake planned {stats}"
+    ]
 
 
 def test_only(jobs: list[SimpleNamespace], env: Mapping[str, str], account: str = "") -> list[str]:
@@ -344,27 +450,44 @@ def test_only(jobs: list[SimpleNamespace], env: Mapping[str, str], account: str 
         if done.returncode:
             refused.append(f"{job.name} {job.wildcards}: {done.stderr.strip()}\n   {call}")
     by_rule = Counter(job.name for job in jobs)
-    print(f"   {len(jobs)} jobs ({', '.join(f'{r} {c}' for r, c in sorted(by_rule.items()))}) sent to sbatch --test-only: "
-          f"{len(jobs) - len(refused)} accepted", flush=True)
+    print(
+        f"   {len(jobs)} jobs ({', '.join(f'{r} {c}' for r, c in sorted(by_rule.items()))}) sent to sbatch --test-only: "
+        f"{len(jobs) - len(refused)} accepted",
+        flush=True,
+    )
     for rule in sorted(by_rule):
-        print(f"   {rule}: {sbatch_call(next(j for j in jobs if j.name == rule), account).split(' --comment ')[1].split(' ', 1)[1]}", flush=True)
+        print(
+            f"   {rule}: {sbatch_call(next(j for j in jobs if j.name == rule), account).split(' --comment ')[1].split(' ', 1)[1]}",
+            flush=True,
+        )
     return refused
 
 
 def plan_check(tmp: Path) -> list[str]:
     """sbatch --test-only for every job of the FFHQ plan against DESCRIBED, and one request that must be refused."""
-    with LocalCluster(tmp / "described", DESCRIBED["nodes"], DESCRIBED["partitions"], name="described", controller_only=True) as described:
+    with LocalCluster(
+        tmp / "described", DESCRIBED["nodes"], DESCRIBED["partitions"], name="described", controller_only=True
+    ) as described:
         env = described.env()
         for partition, names in DESCRIBED["partitions"].items():
             node = next(n for n in DESCRIBED["nodes"] if n.name == names[0])
-            print(f"   described partition {partition}: {len(names)} nodes of {node.cpus} CPUs, {node.memory_mb} MB, {node.gpus} GPUs", flush=True)
+            print(
+                f"   described partition {partition}: {len(names)} nodes of {node.cpus} CPUs, {node.memory_mb} MB, {node.gpus} GPUs",
+                flush=True,
+            )
         jobs, problems = plan(env, tmp / "plan")
         if not jobs:
             return problems
         problems += test_only(jobs, env)
-        too_big = re.sub(r"--cpus-per-task=\d+", "--cpus-per-task=64", sbatch_call(next(j for j in jobs if j.name == "invert")))
-        control = subprocess.run(too_big + " --test-only --wrap=true", shell=True, env=env, capture_output=True, text=True)
-        print(f"   control, invert with 64 CPUs (a GPU node has 32): {'refused: ' + control.stderr.strip() if control.returncode else 'ACCEPTED'}")
+        too_big = re.sub(
+            r"--cpus-per-task=\d+", "--cpus-per-task=64", sbatch_call(next(j for j in jobs if j.name == "invert"))
+        )
+        control = subprocess.run(
+            too_big + " --test-only --wrap=true", shell=True, env=env, capture_output=True, text=True
+        )
+        print(
+            f"   control, invert with 64 CPUs (a GPU node has 32): {'refused: ' + control.stderr.strip() if control.returncode else 'ACCEPTED'}"
+        )
         problems += [] if control.returncode else ["sbatch --test-only accepted a job no node can hold"]
     return problems
 
@@ -388,10 +511,17 @@ def check_plan_here(account: str, profile: Path, params: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (copies, logs, the cluster's files)")
-    parser.add_argument("--check-plan", action="store_true",
-                        help="start nothing: sbatch --test-only every job of the plan on the cluster this machine submits to")
-    parser.add_argument("--account", default="", help="with --check-plan: your SLURM account (the profile's slurm_account)")
-    parser.add_argument("--profile", type=Path, default=PROFILE, help="with --check-plan: the workflow profile's config.yaml")
+    parser.add_argument(
+        "--check-plan",
+        action="store_true",
+        help="start nothing: sbatch --test-only every job of the plan on the cluster this machine submits to",
+    )
+    parser.add_argument(
+        "--account", default="", help="with --check-plan: your SLURM account (the profile's slurm_account)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=PROFILE, help="with --check-plan: the workflow profile's config.yaml"
+    )
     parser.add_argument("--params", type=Path, default=FFHQ, help="with --check-plan: the params profile planned")
     args = parser.parse_args(argv)
     if args.check_plan:
@@ -406,8 +536,12 @@ def main(argv: list[str] | None = None) -> None:
     node = Node(node.name, node.cpus, node.memory_mb, gpus=2)
     try:
         with ExitStack() as stack:
-            with timings.part(f"1. cluster up: node {node.name}, {node.cpus} CPUs, {node.memory_mb} MB, {node.gpus} GPUs bound to no device"):
-                cluster = stack.enter_context(LocalCluster(tmp / "cluster-files", [node], {"cpu": [node.name], "gpu": [node.name]}))
+            with timings.part(
+                f"1. cluster up: node {node.name}, {node.cpus} CPUs, {node.memory_mb} MB, {node.gpus} GPUs bound to no device"
+            ):
+                cluster = stack.enter_context(
+                    LocalCluster(tmp / "cluster-files", [node], {"cpu": [node.name], "gpu": [node.name]})
+                )
             with timings.part("2. local reference: snakemake --cores 2"):
                 reference = copy_project(tmp / "reference")
                 log = tmp / "reference.log"

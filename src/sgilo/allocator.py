@@ -32,7 +32,9 @@ def retain_freed_memory() -> str:
     "retain", "system" (asked for by SGILO_MALLOC) or "unavailable"."""
     choice = os.environ.get(ENV, "retain")
     if choice not in ("retain", "system"):
-        raise ValueError(f"{ENV}={choice!r}: expected 'retain' (the default: reuse freed memory) or 'system' (the C library's defaults)")
+        raise ValueError(
+            f"{ENV}={choice!r}: expected 'retain' (the default: reuse freed memory) or 'system' (the C library's defaults)"
+        )
     if choice == "system":
         log.info("%s=system: the C library's malloc settings are left as they are", ENV)
         return "system"

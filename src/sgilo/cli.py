@@ -43,8 +43,10 @@ def _resources(args: argparse.Namespace) -> None:
     from sgilo.resources import DEVICES, estimate, markdown
 
     device = DEVICES[args.device]
-    print(f"{device.name}: {device.tflops:g} TFLOP/s effective, {device.startup_s:g} s start-up per job, {device.base_gib:g} GiB per "
-          f"process before its data ({device.source})\n")
+    print(
+        f"{device.name}: {device.tflops:g} TFLOP/s effective, {device.startup_s:g} s start-up per job, {device.base_gib:g} GiB per "
+        f"process before its data ({device.source})\n"
+    )
     print(markdown(estimate(load_params(args.params), device), device))
 
 
@@ -82,7 +84,9 @@ def _phases(args: argparse.Namespace, generator) -> list[LayerPhase]:
     method runs its part of it (`sgilo.methods`)."""
     layers = args.layers or list(range(min(len(args.steps), generator.num_blocks)))
     if len(layers) != len(args.steps):
-        raise ValueError(f"--layers has {len(layers)} entries but --steps has {len(args.steps)}; give one step count per layer")
+        raise ValueError(
+            f"--layers has {len(layers)} entries but --steps has {len(args.steps)}; give one step count per layer"
+        )
     radii = args.radii if args.radii else ilo_radii(generator, layers)
     if len(radii) != len(layers):
         raise ValueError(f"--radii has {len(radii)} entries for {len(layers)} layers")
@@ -91,6 +95,7 @@ def _phases(args: argparse.Namespace, generator) -> list[LayerPhase]:
 
 def _describe(method: str, schedule: Sequence[LayerPhase], prior_layer: int | None) -> str:
     """The schedule a method runs, on one line: each phase's layer, steps and l1 radius."""
+
     def bound(phase: LayerPhase) -> str:
         if phase.layer == prior_layer:
             return "the prior"
@@ -119,32 +124,69 @@ def _reconstruct(args: argparse.Namespace) -> None:
     generator = load_generator(args.generator).to(device)
     prior = LatentPrior.load(args.score, device) if METHODS[args.method].uses_prior else None
     truth = load_user_image(args.image, generator.size, resize=args.resize).to(device)
-    spec = OperatorSpec(args.task, args.level, noise_std=args.noise_std, mask="file" if args.mask else args.mask_kind,
-                        mask_path=str(args.mask) if args.mask else None, sr_filter=args.sr_filter, cs_kind=args.cs_kind)
+    spec = OperatorSpec(
+        args.task,
+        args.level,
+        noise_std=args.noise_std,
+        mask="file" if args.mask else args.mask_kind,
+        mask_path=str(args.mask) if args.mask else None,
+        sr_filter=args.sr_filter,
+        cs_kind=args.cs_kind,
+    )
     seed = item_seed(args.seed, "reconstruct")
     operator = build_operator(spec, tuple(truth.shape[1:]), [seed], device)
     y = operator.measure(truth)
     phases = _phases(args, generator)
     if prior is not None and prior.layer not in [phase.layer for phase in phases]:
-        raise ValueError(f"{args.score} models layer {prior.layer}: give --layers/--steps that reach it (e.g. --layers 0,1,…,{prior.layer})")
+        raise ValueError(
+            f"{args.score} models layer {prior.layer}: give --layers/--steps that reach it (e.g. --layers 0,1,…,{prior.layer})"
+        )
     perceptual = lpips_distance("vgg", device) if args.perceptual > 0 else None
     args.precision = resolve(args.precision, device, "--precision")
-    options = Options(geocross=args.geocross, perceptual=args.perceptual, optimize_noise=args.optimize_noise, precision=args.precision)
+    options = Options(
+        geocross=args.geocross, perceptual=args.perceptual, optimize_noise=args.optimize_noise, precision=args.precision
+    )
     measurement_std = args.noise_std if args.measurement_std is None else args.measurement_std
-    sgilo_config = SGILOConfig(steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "sgilo"),
-                               temperature=args.temperature, t0=args.t0, hot_steps=args.hot_steps, data_step=args.data_step,
-                               measurement_std=measurement_std, chains=args.samples, warm_start=args.warm_start)
+    sgilo_config = SGILOConfig(
+        steps=args.prior_steps,
+        lr=args.prior_lr,
+        weight=_weight(args, "sgilo"),
+        temperature=args.temperature,
+        t0=args.t0,
+        hot_steps=args.hot_steps,
+        data_step=args.data_step,
+        measurement_std=measurement_std,
+        chains=args.samples,
+        warm_start=args.warm_start,
+    )
     gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "gnc"))
     prior_layer = prior.layer if prior is not None else None
-    print(_describe(args.method, run_phases(args.method, phases, prior_layer, sgilo_config, gnc_config), prior_layer), file=sys.stderr)
+    print(
+        _describe(args.method, run_phases(args.method, phases, prior_layer, sgilo_config, gnc_config), prior_layer),
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     with tqdm(total=total_steps(args.method, phases, sgilo_config, gnc_config), desc=args.method, unit="step") as bar:
-        result = reconstruct(args.method, generator, operator.physics.A, y, [seed], phases, options, prior=prior, sgilo_config=sgilo_config,
-                             gnc_config=gnc_config, perceptual=perceptual, progress=bar.update)
+        result = reconstruct(
+            args.method,
+            generator,
+            operator.physics.A,
+            y,
+            [seed],
+            phases,
+            options,
+            prior=prior,
+            sgilo_config=sgilo_config,
+            gnc_config=gnc_config,
+            perceptual=perceptual,
+            progress=bar.update,
+        )
     seconds = time.perf_counter() - started
     if result.failures[0] is not None:
-        raise ValueError(f"the {args.method} reconstruction of {args.image} failed ({result.failures[0]}); nothing was written. "
-                         "Lower the step sizes (--lr, --prior-lr), use --precision fp32, or try another --seed")
+        raise ValueError(
+            f"the {args.method} reconstruction of {args.image} failed ({result.failures[0]}); nothing was written. "
+            "Lower the step sizes (--lr, --prior-lr), use --precision fp32, or try another --seed"
+        )
     _write_reconstruction(args, operator, y, truth, result, seconds)
 
 
@@ -155,7 +197,10 @@ def _write_reconstruction(args, operator, y, truth, result, seconds) -> None:
     extra = {"samples": result.samples[0].cpu(), "std": result.std.cpu()} if result.samples is not None else {}
     if result.latent is not None:
         extra["latent"] = result.latent.cpu()
-    save_safetensors({"y": y.cpu(), "reconstruction": recon01.cpu(), "w_plus": result.w_plus.cpu(), **extra}, out / "result.safetensors")
+    save_safetensors(
+        {"y": y.cpu(), "reconstruction": recon01.cpu(), "w_plus": result.w_plus.cpu(), **extra},
+        out / "result.safetensors",
+    )
     save_image_grid(naive01 * 2 - 1, out / "measurement.png", nrow=1)
     save_image_grid(recon01 * 2 - 1, out / "reconstruction.png", nrow=1)
     save_image_grid(torch.cat([naive01, recon01, truth]) * 2 - 1, out / "comparison.png", nrow=3)
@@ -165,16 +210,27 @@ def _write_reconstruction(args, operator, y, truth, result, seconds) -> None:
         save_image_grid((std / std.max().clamp_min(1e-8)).expand(-1, 3, -1, -1) * 2 - 1, out / "std.png", nrow=1)
     quality = {k: float(v[0]) for k, v in image_metrics(recon01, truth).items()}
     record = {
-        "image": str(args.image), "method": args.method, "generator": str(args.generator), "seed": args.seed,
-        "score": str(args.score) if args.score else None, "operator": operator.describe(),
-        "phases": [dataclasses.asdict(s) for s in result.phases], "steps": result.steps, "chains": result.chains, "seconds": seconds,
-        "precision": args.precision, "data_term": result.data_term,
-        "measurement_loss": float(result.loss[0]), "naive": {k: float(v[0]) for k, v in image_metrics(naive01, truth).items()},
+        "image": str(args.image),
+        "method": args.method,
+        "generator": str(args.generator),
+        "seed": args.seed,
+        "score": str(args.score) if args.score else None,
+        "operator": operator.describe(),
+        "phases": [dataclasses.asdict(s) for s in result.phases],
+        "steps": result.steps,
+        "chains": result.chains,
+        "seconds": seconds,
+        "precision": args.precision,
+        "data_term": result.data_term,
+        "measurement_loss": float(result.loss[0]),
+        "naive": {k: float(v[0]) for k, v in image_metrics(naive01, truth).items()},
         **quality,
     }
     save_json(record, out / "record.json")
-    print(f"wrote {out}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f} in {seconds:.1f} s "
-          f"({args.method}, {result.steps} steps, {args.precision})")
+    print(
+        f"wrote {out}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f} in {seconds:.1f} s "
+        f"({args.method}, {result.steps} steps, {args.precision})"
+    )
 
 
 def _dvc_sync(args: argparse.Namespace) -> None:
@@ -202,9 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("params", nargs="?", default="params.yaml")
     check.set_defaults(run=_check_params)
 
-    resources = commands.add_parser("resources", help="the resource model: per rule jobs, time, memory and disk of a profile")
+    resources = commands.add_parser(
+        "resources", help="the resource model: per rule jobs, time, memory and disk of a profile"
+    )
     resources.add_argument("params", nargs="?", default="params.yaml")
-    resources.add_argument("--device", choices=["cpu", "a100"], default="a100", help="whose measured rate to use (sgilo.resources.DEVICES)")
+    resources.add_argument(
+        "--device", choices=["cpu", "a100"], default="a100", help="whose measured rate to use (sgilo.resources.DEVICES)"
+    )
     resources.set_defaults(run=_resources)
 
     convert = commands.add_parser("convert", help="convert a rosinality .pt or NVIDIA .pkl StyleGAN2 to sgilo's format")
@@ -222,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=_sample)
 
     rec = commands.add_parser(
-        "reconstruct", help="measure an image with a forward operator and reconstruct it (CSGM, ILO, SGILO or GNC)",
+        "reconstruct",
+        help="measure an image with a forward operator and reconstruct it (CSGM, ILO, SGILO or GNC)",
         description="Writes to --out: measurement.png (the naive reconstruction of y), reconstruction.png, comparison.png "
         "(measurement | reconstruction | input), result.safetensors (y, reconstruction; sgilo/gnc: samples, std) and "
         "record.json (PSNR/SSIM against the input, seconds, steps, operator). sgilo also writes samples.png (the "
@@ -231,10 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("image", type=Path, help="PNG/JPEG of the generator's size (or any size with --resize)")
     rec.add_argument("--task", required=True, choices=TASKS)
-    rec.add_argument("--level", type=float, default=1.0,
-                     help="inpaint: fraction kept; cs: m/n; denoise: sigma on [0,1]; sr: factor; colorize/identity: ignored")
-    rec.add_argument("--method", default="ilo", choices=method_names(),
-                     help="; ".join(f"{name}: {row.summary}" for name, row in METHODS.items()))
+    rec.add_argument(
+        "--level",
+        type=float,
+        default=1.0,
+        help="inpaint: fraction kept; cs: m/n; denoise: sigma on [0,1]; sr: factor; colorize/identity: ignored",
+    )
+    rec.add_argument(
+        "--method",
+        default="ilo",
+        choices=method_names(),
+        help="; ".join(f"{name}: {row.summary}" for name, row in METHODS.items()),
+    )
     rec.add_argument("--generator", type=Path, required=True, help="any checkpoint load_generator reads")
     rec.add_argument("--out", type=Path, required=True, help="folder to write into")
     rec.add_argument("--mask", type=Path, help="inpaint: a mask PNG (white = kept); overrides --mask-kind")
@@ -243,33 +312,72 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--cs-kind", default="auto", choices=("auto", "gaussian", "structured"))
     rec.add_argument("--noise-std", type=float, default=0.0, help="extra Gaussian measurement noise (on [0,1])")
     rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--steps", type=_numbers(int), default=[100, 100, 100, 50], help="steps per phase, e.g. 100,100,100,50 (csgm: the first)")
+    rec.add_argument(
+        "--steps",
+        type=_numbers(int),
+        default=[100, 100, 100, 50],
+        help="steps per phase, e.g. 100,100,100,50 (csgm: the first)",
+    )
     rec.add_argument("--layers", type=_numbers(int), help="layer per phase (default 0,1,2,…)")
-    rec.add_argument("--radii", type=_numbers(float),
-                     help="l1 radius per phase (0: no ball at that phase; default: ILO's radii scaled to the generator, "
-                     "sgilo.inversion.ilo_radii); ilo-unconstrained ignores it")
+    rec.add_argument(
+        "--radii",
+        type=_numbers(float),
+        help="l1 radius per phase (0: no ball at that phase; default: ILO's radii scaled to the generator, "
+        "sgilo.inversion.ilo_radii); ilo-unconstrained ignores it",
+    )
     rec.add_argument("--lr", type=float, default=0.1)
-    rec.add_argument("--score", type=Path, help="sgilo/gnc: the score stage's model.pt (its layer must be among --layers)")
+    rec.add_argument(
+        "--score", type=Path, help="sgilo/gnc: the score stage's model.pt (its layer must be among --layers)"
+    )
     rec.add_argument("--samples", type=int, default=4, help="sgilo: posterior samples (chains)")
-    rec.add_argument("--prior-steps", type=int, default=100, help="sgilo/gnc: steps at the prior's layer (replacing ILO's there)")
-    rec.add_argument("--prior-lr", type=float, default=0.05, help="sgilo/gnc: Adam step on the data term at the prior's layer")
-    rec.add_argument("--weight", type=float, help="sgilo/gnc: the prior's weight λ (default: " + ", ".join(
-        f"{row.cli_weight:g} for {name}" for name, row in METHODS.items() if row.cli_weight is not None) + ")")
-    rec.add_argument("--temperature", type=float, default=0.25,
-                     help="sgilo: T of the Langevin noise sqrt(2ηT), η = weight·(σ/a)²(t0) (0.25: noise 0.01 at weight 0.1, t0 0.01)")
-    rec.add_argument("--data-step", default="adam", choices=("adam", "langevin"),
-                     help="sgilo: Adam on the measurement loss (the paper), or a Langevin step on the Gaussian likelihood of std "
-                     "--measurement-std: then the chains sample the posterior at temperature T (with --hot-steps 0)")
-    rec.add_argument("--measurement-std", type=float, help="sgilo langevin: σ_y of the likelihood (default: --noise-std)")
+    rec.add_argument(
+        "--prior-steps", type=int, default=100, help="sgilo/gnc: steps at the prior's layer (replacing ILO's there)"
+    )
+    rec.add_argument(
+        "--prior-lr", type=float, default=0.05, help="sgilo/gnc: Adam step on the data term at the prior's layer"
+    )
+    rec.add_argument(
+        "--weight",
+        type=float,
+        help="sgilo/gnc: the prior's weight λ (default: "
+        + ", ".join(f"{row.cli_weight:g} for {name}" for name, row in METHODS.items() if row.cli_weight is not None)
+        + ")",
+    )
+    rec.add_argument(
+        "--temperature",
+        type=float,
+        default=0.25,
+        help="sgilo: T of the Langevin noise sqrt(2ηT), η = weight·(σ/a)²(t0) (0.25: noise 0.01 at weight 0.1, t0 0.01)",
+    )
+    rec.add_argument(
+        "--data-step",
+        default="adam",
+        choices=("adam", "langevin"),
+        help="sgilo: Adam on the measurement loss (the paper), or a Langevin step on the Gaussian likelihood of std "
+        "--measurement-std: then the chains sample the posterior at temperature T (with --hot-steps 0)",
+    )
+    rec.add_argument(
+        "--measurement-std", type=float, help="sgilo langevin: σ_y of the likelihood (default: --noise-std)"
+    )
     rec.add_argument("--t0", type=float, default=0.01, help="sgilo: hot-start time")
-    rec.add_argument("--hot-steps", type=int, default=5, help="sgilo: reverse-SDE steps per hot start (0: one Tweedie step)")
-    rec.add_argument("--warm-start", default="per_chain", choices=("per_chain", "shared"),
-                     help="sgilo: an ILO warm start per chain (dispersed starts) or one shared by the chains")
+    rec.add_argument(
+        "--hot-steps", type=int, default=5, help="sgilo: reverse-SDE steps per hot start (0: one Tweedie step)"
+    )
+    rec.add_argument(
+        "--warm-start",
+        default="per_chain",
+        choices=("per_chain", "shared"),
+        help="sgilo: an ILO warm start per chain (dispersed starts) or one shared by the chains",
+    )
     rec.add_argument("--geocross", type=float, default=0.01)
     rec.add_argument("--perceptual", type=float, default=0.0, help="LPIPS-VGG weight (needs its weights on disk)")
     rec.add_argument("--optimize-noise", action="store_true")
-    rec.add_argument("--precision", default="auto", choices=PRECISIONS,
-                     help="auto: bf16 where the device has it natively (a recent GPU, an AVX512_BF16/AMX CPU), else fp32")
+    rec.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 where the device has it natively (a recent GPU, an AVX512_BF16/AMX CPU), else fp32",
+    )
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     rec.add_argument("--resize", action="store_true", help="centre-crop and resize an image of another size")
     rec.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -284,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary, description=summary + ". Run it in the repository root.")
         command.add_argument("--params", default="params.yaml", help="the params file the workflow runs with")
         if name == "dvc-sync":
-            command.add_argument("--check", action="store_true", help="only check that dvc.yaml is current (exit 2 if not)")
+            command.add_argument(
+                "--check", action="store_true", help="only check that dvc.yaml is current (exit 2 if not)"
+            )
         else:
             command.add_argument("--remote", help="DVC remote name (default: the core.remote of .dvc/config)")
             command.add_argument("--target", default="all", help="the Snakemake target whose jobs are shared")
@@ -297,7 +407,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         retain_freed_memory()
         args.run(args)
-    except (ConfigError, CheckpointError, DataError, DiskFullError, MissingWeightsError, SharingError, ValueError) as exc:
+    except (
+        ConfigError,
+        CheckpointError,
+        DataError,
+        DiskFullError,
+        MissingWeightsError,
+        SharingError,
+        ValueError,
+    ) as exc:
         print(f"sgilo: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -40,12 +40,20 @@ def resource_hints(log_text: str, read: Callable[[str], str]) -> list[str]:
         job = re.search(r"SLURM-job '([^']+)'", message)
         where = f"SLURM job {job.group(1) if job else '?'} of rule {rule}"
         if memory := _MEMORY.search(seen):
-            used = f" (it held {int(memory.group(1)) / int(memory.group(2)):.1f} times its limit when killed)" if memory.group(1) else ""
-            hints.append(f"{where} ran out of memory{used}: raise mem_mb for {rule}, e.g. --set-resources {rule}:mem_mb=<MB> "
-                         f"or set-resources: {rule}: mem_mb in {PROFILE}")
+            used = (
+                f" (it held {int(memory.group(1)) / int(memory.group(2)):.1f} times its limit when killed)"
+                if memory.group(1)
+                else ""
+            )
+            hints.append(
+                f"{where} ran out of memory{used}: raise mem_mb for {rule}, e.g. --set-resources {rule}:mem_mb=<MB> "
+                f"or set-resources: {rule}: mem_mb in {PROFILE}"
+            )
         elif _TIME.search(seen):
-            hints.append(f"{where} ran out of time: raise runtime (minutes) for {rule}, e.g. --set-resources {rule}:runtime=<minutes> "
-                         f"or set-resources: {rule}: runtime in {PROFILE}")
+            hints.append(
+                f"{where} ran out of time: raise runtime (minutes) for {rule}, e.g. --set-resources {rule}:runtime=<minutes> "
+                f"or set-resources: {rule}: runtime in {PROFILE}"
+            )
     return list(dict.fromkeys(hints))  # a retried job fails the same way twice
 
 

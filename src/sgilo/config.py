@@ -89,7 +89,9 @@ class TrainConfig:
     mixing_prob: float = field(default=0.9, metadata=_rng(0.0, 1.0))
     checkpoint_every: int = field(default=200, metadata=_rng(1))
     disc_channel_max: int = field(default=128, metadata=_rng(1))
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # sgilo.precision: auto is bf16 only where the CPU has it natively
+    precision: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # sgilo.precision: auto is bf16 only where the CPU has it natively
+    )
     threads: int = field(default=0, metadata=_rng(0))
 
 
@@ -120,7 +122,9 @@ class PhaseConfig:
     layer: int = field(default=0, metadata=_rng(0))
     steps: int = field(default=100, metadata=_rng(0))
     lr: float = field(default=0.1, metadata=_rng(0.0))
-    radius: float | None = field(default=None, metadata=_rng(0.0))  # l1 radius around the previous layer's range; null = unconstrained
+    radius: float | None = field(
+        default=None, metadata=_rng(0.0)
+    )  # l1 radius around the previous layer's range; null = unconstrained
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,11 @@ class InvertConfig:
     """ILO inversion of the training images into the layer-`layer` representation the score model learns."""
 
     layer: int = field(default=2, metadata=_rng(1))
-    phases: tuple[PhaseConfig, ...] = (PhaseConfig(0, 40), PhaseConfig(1, 30, radius=150.0), PhaseConfig(2, 30, radius=300.0))
+    phases: tuple[PhaseConfig, ...] = (
+        PhaseConfig(0, 40),
+        PhaseConfig(1, 30, radius=150.0),
+        PhaseConfig(2, 30, radius=300.0),
+    )
     geocross: float = field(default=0.01, metadata=_rng(0.0))
     perceptual: float = field(default=0.0, metadata=_rng(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
     optimize_noise: bool = False
@@ -136,7 +144,9 @@ class InvertConfig:
     # Layer-k latents drawn from the generator itself (z ~ N(0, I), its stored noise): extra training data for the
     # prior, from the distribution of the generator's own intermediate layer (the paper's second kind of prior).
     generated: int = field(default=0, metadata=_rng(0))
-    generated_shard_size: int = field(default=1024, metadata=_rng(1))  # one cheap forward pass each: larger than shard_size
+    generated_shard_size: int = field(
+        default=1024, metadata=_rng(1)
+    )  # one cheap forward pass each: larger than shard_size
     shard_size: int = field(default=128, metadata=_rng(1))
     batch_size: int = field(default=32, metadata=_rng(1))
     precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
@@ -249,12 +259,16 @@ class SGILOConfig:
     with hot_steps 0, the chains sample the tempered posterior [p(y | u)·p_t0(u)]^(1/T).
     """
 
-    steps: int = field(default=60, metadata=_rng(1))  # replaces ILO's last phase (the earlier phases are the warm start)
+    steps: int = field(
+        default=60, metadata=_rng(1)
+    )  # replaces ILO's last phase (the earlier phases are the warm start)
     lr: float = field(default=0.05, metadata=_rng(0.0))  # adam: its lr on the measurement loss (constant: a sampler)
     weight: float = field(default=0.1, metadata=_rng(0.0))  # λ: the step η = λ·s² (the SGILO code's "temperature" 0.1)
     temperature: float = field(default=1.0, metadata=_rng(0.0))  # T of the Langevin noise sqrt(2ηT); 0: no noise
     t0: float = field(default=0.01, metadata=_rng(1e-3, 1.0))  # hot start: perturb to t0 along the forward SDE …
-    hot_steps: int = field(default=5, metadata=_rng(0))  # … and run this many reverse-SDE steps back (0: one Tweedie step)
+    hot_steps: int = field(
+        default=5, metadata=_rng(0)
+    )  # … and run this many reverse-SDE steps back (0: one Tweedie step)
     data_step: Literal["adam", "langevin"] = "adam"
     measurement_std: float = field(default=0.0, metadata=_rng(0.0))  # langevin: σ_y of the likelihood (> 0 needed)
     chains: int = field(default=4, metadata=_rng(1))  # posterior samples per measurement, in one batch
@@ -292,7 +306,10 @@ class TuneConfig:
 class EvaluateConfig:
     """Tasks × levels × methods on held-out test images. ILO's schedule (and SGILO/GNC's warm start) is invert.phases."""
 
-    tasks: tuple[TaskLevelsConfig, ...] = (TaskLevelsConfig("inpaint", (0.05, 0.1, 0.25)), TaskLevelsConfig("cs", (0.01, 0.03, 0.1)))
+    tasks: tuple[TaskLevelsConfig, ...] = (
+        TaskLevelsConfig("inpaint", (0.05, 0.1, 0.25)),
+        TaskLevelsConfig("cs", (0.01, 0.03, 0.1)),
+    )
     methods: tuple[str, ...] = field(default_factory=method_names)  # rows of sgilo.method_table
     images: int = field(default=8, metadata=_rng(1))  # test images, after the validation ones
     noise_std: float = field(default=0.0, metadata=_rng(0.0))  # extra Gaussian measurement noise, every task
@@ -314,7 +331,9 @@ class ReportConfig:
     """Aggregation into results/table1.csv and the figures."""
 
     confidence: float = field(default=0.95, metadata=_rng(0.5, 0.999))  # Student-t intervals over test images
-    fid_samples: int = field(default=256, metadata=_rng(0))  # unconditional prior samples for FID (needs Inception weights)
+    fid_samples: int = field(
+        default=256, metadata=_rng(0)
+    )  # unconditional prior samples for FID (needs Inception weights)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = field(default=0, metadata=_rng(0))
 
@@ -345,8 +364,10 @@ class LangevinArchitectureConfig:
 class TheoryLangevinConfig:
     """The SGILO paper's Theorem 3.1: SGLD inverting random expansive ReLU generators, against GD with/without flips."""
 
-    architectures: tuple[LangevinArchitectureConfig, ...] = (LangevinArchitectureConfig(2, (2, 4, 8, 16)),
-                                                            LangevinArchitectureConfig(3, (2,)))
+    architectures: tuple[LangevinArchitectureConfig, ...] = (
+        LangevinArchitectureConfig(2, (2, 4, 8, 16)),
+        LangevinArchitectureConfig(3, (2,)),
+    )
     expansion: float = field(default=10.0, metadata=_rng(1.0))  # n_i = ⌈expansion · n_(i−1)⌉
     measurements_per_latent: float = field(default=8.0, metadata=_rng(0.0))  # m = ⌈· k⌉ rows of A
     noise: float = field(default=0.0, metadata=_rng(0.0))  # std of ‖e‖ in y = A G(z*) + e
@@ -408,7 +429,9 @@ def load_params(path: str | Path) -> Params:
     return layered_params([path])[0]
 
 
-def layered_params(files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> tuple[Params, dict[str, Any]]:
+def layered_params(
+    files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None
+) -> tuple[Params, dict[str, Any]]:
     """A profile (the first file), the other files laid over it in order, then `overrides`: Snakemake's `--configfile`
     and `--config`. Each layer is validated as it is added, so an error names the file (or `--config`) that brought
     the bad key. Returns the params and the merged plain data they were built from."""
@@ -458,7 +481,9 @@ def _typed(value: Any) -> Any:
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found; pass --params PATH (e.g. params.yaml or profiles/<name>/params.yaml)")
+        raise ConfigError(
+            f"{path}: params file not found; pass --params PATH (e.g. params.yaml or profiles/<name>/params.yaml)"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -479,82 +504,127 @@ def _check_across_sections(params: Params, source: str) -> None:
     blocks = params.generator.architecture.size.bit_length() - 2  # blocks at 4², 8², …, size²
     invert = params.invert
     if not invert.layer < blocks:
-        raise ConfigError(f"{source}: invert.layer: a {params.generator.architecture.size}² generator has blocks 0…{blocks - 1}; the layer must be in [1, {blocks - 1}]")
+        raise ConfigError(
+            f"{source}: invert.layer: a {params.generator.architecture.size}² generator has blocks 0…{blocks - 1}; the layer must be in [1, {blocks - 1}]"
+        )
     layers = [phase.layer for phase in invert.phases]
     if not layers or layers != sorted(layers) or layers[-1] != invert.layer:
-        raise ConfigError(f"{source}: invert.phases: phase layers must rise and end at invert.layer ({invert.layer}), got {layers}")
+        raise ConfigError(
+            f"{source}: invert.phases: phase layers must rise and end at invert.layer ({invert.layer}), got {layers}"
+        )
     if params.trajectories.beta_max < params.trajectories.beta_min:
-        raise ConfigError(f"{source}: trajectories.beta_max ({params.trajectories.beta_max}) must be >= trajectories.beta_min ({params.trajectories.beta_min})")
+        raise ConfigError(
+            f"{source}: trajectories.beta_max ({params.trajectories.beta_max}) must be >= trajectories.beta_min ({params.trajectories.beta_min})"
+        )
     if params.download.dataset == "synthfaces" and invert.images > params.download.synthfaces.n_train:
-        raise ConfigError(f"{source}: invert.images ({invert.images}) exceeds download.synthfaces.n_train ({params.download.synthfaces.n_train})")
+        raise ConfigError(
+            f"{source}: invert.images ({invert.images}) exceeds download.synthfaces.n_train ({params.download.synthfaces.n_train})"
+        )
     evaluate = params.evaluate
     needed = evaluate.images + evaluate.tune.validation
     if params.download.dataset == "synthfaces" and needed > params.download.synthfaces.n_test:
-        raise ConfigError(f"{source}: evaluate.images + evaluate.tune.validation ({needed}) exceeds download.synthfaces.n_test "
-                          f"({params.download.synthfaces.n_test}); lower them or raise n_test")
+        raise ConfigError(
+            f"{source}: evaluate.images + evaluate.tune.validation ({needed}) exceeds download.synthfaces.n_test "
+            f"({params.download.synthfaces.n_test}); lower them or raise n_test"
+        )
     if evaluate.gnc.t_min > evaluate.gnc.t_max:
-        raise ConfigError(f"{source}: evaluate.gnc.t_min ({evaluate.gnc.t_min}) must be <= evaluate.gnc.t_max ({evaluate.gnc.t_max})")
+        raise ConfigError(
+            f"{source}: evaluate.gnc.t_min ({evaluate.gnc.t_min}) must be <= evaluate.gnc.t_max ({evaluate.gnc.t_max})"
+        )
     for i, entry in enumerate(evaluate.tasks):
         if not entry.levels:
             raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: give at least one level for task {entry.task!r}")
         if entry.task in ("inpaint", "cs") and not all(0 < level <= 1 for level in entry.levels):
-            raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: {entry.task} levels are fractions in (0, 1], got {list(entry.levels)}")
+            raise ConfigError(
+                f"{source}: evaluate.tasks[{i}].levels: {entry.task} levels are fractions in (0, 1], got {list(entry.levels)}"
+            )
         if entry.task == "denoise" and not all(level >= 0 for level in entry.levels):
-            raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: denoise levels are noise σ >= 0 on the [0, 1] scale, got {list(entry.levels)}")
+            raise ConfigError(
+                f"{source}: evaluate.tasks[{i}].levels: denoise levels are noise σ >= 0 on the [0, 1] scale, got {list(entry.levels)}"
+            )
         if entry.task == "sr":
             size = params.generator.architecture.size
             bad = [level for level in entry.levels if level < 1 or not float(level).is_integer() or size % int(level)]
             if bad:
-                raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: sr levels are integer downsampling factors >= 1 that divide "
-                                  f"generator.architecture.size ({size}); {bad} do not")
+                raise ConfigError(
+                    f"{source}: evaluate.tasks[{i}].levels: sr levels are integer downsampling factors >= 1 that divide "
+                    f"generator.architecture.size ({size}); {bad} do not"
+                )
     unknown = [m for m in evaluate.methods if m not in METHODS]
     if unknown:
-        raise ConfigError(f"{source}: evaluate.methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+        raise ConfigError(
+            f"{source}: evaluate.methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}"
+        )
     for method in evaluate.methods:
         candidates = METHODS[method].candidates
         if candidates is not None and not hasattr(evaluate.tune, candidates):
-            raise ConfigError(f"{source}: evaluate.methods: {method} tunes from evaluate.tune.{candidates}, which the params lack")
+            raise ConfigError(
+                f"{source}: evaluate.methods: {method} tunes from evaluate.tune.{candidates}, which the params lack"
+            )
     with_prior = [m for m in evaluate.methods if m in prior_methods()]
     if with_prior and params.trajectories.sde not in CLOSED_FORM_SDES:
-        raise ConfigError(f"{source}: trajectories.sde is {params.trajectories.sde!r}, but evaluate.methods has {', '.join(with_prior)}, "
-                          f"which need an SDE with a closed-form marginal ({', '.join(CLOSED_FORM_SDES)}); set trajectories.sde to vp "
-                          "or drop those methods (the non-affine drifts are for the IGO theory experiments)")
+        raise ConfigError(
+            f"{source}: trajectories.sde is {params.trajectories.sde!r}, but evaluate.methods has {', '.join(with_prior)}, "
+            f"which need an SDE with a closed-form marginal ({', '.join(CLOSED_FORM_SDES)}); set trajectories.sde to vp "
+            "or drop those methods (the non-affine drifts are for the IGO theory experiments)"
+        )
     tasks = [entry.task for entry in evaluate.tasks]
     if len(set(tasks)) != len(tasks):
         raise ConfigError(f"{source}: evaluate.tasks: each task once (list its levels together), got {tasks}")
     gnc = params.theory_gnc
     if not len(gnc.weights) == len(gnc.means) == len(gnc.stds) >= 1:
-        raise ConfigError(f"{source}: theory_gnc.weights, .means and .stds: one entry per component each, got "
-                          f"{len(gnc.weights)}, {len(gnc.means)} and {len(gnc.stds)}")
+        raise ConfigError(
+            f"{source}: theory_gnc.weights, .means and .stds: one entry per component each, got "
+            f"{len(gnc.weights)}, {len(gnc.means)} and {len(gnc.stds)}"
+        )
     if min(gnc.weights) <= 0 or abs(sum(gnc.weights) - 1) > 1e-6 or min(gnc.stds) <= 0:
-        raise ConfigError(f"{source}: theory_gnc: weights must be positive and sum to 1 (got {sum(gnc.weights):g}), stds positive")
+        raise ConfigError(
+            f"{source}: theory_gnc: weights must be positive and sum to 1 (got {sum(gnc.weights):g}), stds positive"
+        )
     if not gnc.domain[0] < gnc.domain[1] or not gnc.sigma_min < gnc.sigma_max or not gnc.steps or min(gnc.steps) < 1:
-        raise ConfigError(f"{source}: theory_gnc: domain must be [low, high] with low < high, sigma_min < sigma_max, "
-                          "and steps positive integers")
+        raise ConfigError(
+            f"{source}: theory_gnc: domain must be [low, high] with low < high, sigma_min < sigma_max, "
+            "and steps positive integers"
+        )
     langevin = params.theory_langevin
     for i, arch in enumerate((*langevin.architectures, langevin.spread_architecture)):
         name = f"architectures[{i}]" if i < len(langevin.architectures) else "spread_architecture"
         if not arch.latents or min(arch.latents) < 1:
             raise ConfigError(f"{source}: theory_langevin.{name}.latents: give at least one latent size, each >= 1")
-    if len(langevin.spread_architecture.latents) != 1 or len(langevin.spread_betas_per_latent) < 2 or min(langevin.spread_betas_per_latent) <= 0:
-        raise ConfigError(f"{source}: theory_langevin: spread_architecture.latents takes one latent size and "
-                          "spread_betas_per_latent at least two positive values")
+    if (
+        len(langevin.spread_architecture.latents) != 1
+        or len(langevin.spread_betas_per_latent) < 2
+        or min(langevin.spread_betas_per_latent) <= 0
+    ):
+        raise ConfigError(
+            f"{source}: theory_langevin: spread_architecture.latents takes one latent size and "
+            "spread_betas_per_latent at least two positive values"
+        )
     igo = params.theory_igo
     for name in igo.sdes:
         if name not in ("catmap", "lotka_volterra", "linear"):
-            raise ConfigError(f"{source}: theory_igo.sdes: {name!r} is not a simulated SDE; use catmap, lotka_volterra or linear")
+            raise ConfigError(
+                f"{source}: theory_igo.sdes: {name!r} is not a simulated SDE; use catmap, lotka_volterra or linear"
+            )
     if igo.sde not in ("vp", "catmap", "lotka_volterra", "linear"):
-        raise ConfigError(f"{source}: theory_igo.sde: unknown SDE {igo.sde!r}; use vp, catmap, lotka_volterra or linear")
-    if not igo.times or not all(0 < t <= 1 for t in igo.times) or not igo.alphas or not all(0 <= a <= 1 for a in igo.alphas):
+        raise ConfigError(
+            f"{source}: theory_igo.sde: unknown SDE {igo.sde!r}; use vp, catmap, lotka_volterra or linear"
+        )
+    if (
+        not igo.times
+        or not all(0 < t <= 1 for t in igo.times)
+        or not igo.alphas
+        or not all(0 <= a <= 1 for a in igo.alphas)
+    ):
         raise ConfigError(f"{source}: theory_igo: times must lie in (0, 1] and alphas in [0, 1], at least one of each")
 
 
 # Keys that profiles used to have, with what replaced them: an old profile fails with the fix, not a bare "unknown key".
 RETIRED = {
     "evaluate.sgilo.noise": "the Langevin noise follows from the step and evaluate.sgilo.temperature T, "
-                            "noise = σ(t0)/a(t0)·sqrt(2·weight·T); the old noise 0.01 at weight 0.1 and t0 0.01 is T = 0.25",
+    "noise = σ(t0)/a(t0)·sqrt(2·weight·T); the old noise 0.01 at weight 0.1 and t0 0.01 is T = 0.25",
     "score.igo": "the score stage no longer trains IGO's intermediate generator (sampling and reconstruction never used it); "
-                 "IGO's α is measured by the theory_igo stage (docs/theory.md)",
+    "IGO's α is measured by the theory_igo stage (docs/theory.md)",
     "score.igo_alpha": "see score.igo: IGO's α is measured by the theory_igo stage (theory_igo.alphas)",
     "invert.stages": "renamed invert.phases (ILO's layer phases; 'stage' now means only a pipeline stage): rename the key, its entries stay the same",
 }
@@ -575,7 +645,9 @@ def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -
         raise ConfigError(
             f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys under {where}: {', '.join(sorted(known))}"
         )
-    values = {name: _convert(hints[name], raw[name], f, source, prefix + name) for name, f in known.items() if name in raw}
+    values = {
+        name: _convert(hints[name], raw[name], f, source, prefix + name) for name, f in known.items() if name in raw
+    }
     try:
         return cls(**values)
     except ValueError as exc:  # a rule between the section's own keys (its __post_init__)
@@ -589,7 +661,9 @@ def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str)
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{source}: {key}: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}")
+            raise ConfigError(
+                f"{source}: {key}: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -44,8 +44,10 @@ def _check_paths(csv: Path, paths: pd.Series) -> None:
     # Image paths must stay inside the dataset folder, so an index can never make us read other files.
     bad = [p for p in paths if not p or PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts]
     if bad:
-        raise DataError(f"{csv}: column 'path' must hold non-empty paths relative to the dataset folder, got "
-                        f"{_preview(bad)}; {_REDOWNLOAD}")
+        raise DataError(
+            f"{csv}: column 'path' must hold non-empty paths relative to the dataset folder, got "
+            f"{_preview(bad)}; {_REDOWNLOAD}"
+        )
 
 
 def read_index(dataset_dir: str | Path) -> pd.DataFrame:
@@ -54,8 +56,9 @@ def read_index(dataset_dir: str | Path) -> pd.DataFrame:
     index = _read_csv(csv)
     missing = [c for c in REQUIRED_COLUMNS if c not in index.columns]
     if missing:
-        raise DataError(f"{csv}: missing column(s) {', '.join(missing)} (have {', '.join(map(str, index.columns))}); "
-                        f"{_REDOWNLOAD}")
+        raise DataError(
+            f"{csv}: missing column(s) {', '.join(missing)} (have {', '.join(map(str, index.columns))}); {_REDOWNLOAD}"
+        )
     if not pd.api.types.is_integer_dtype(index["id"]):
         raise DataError(f"{csv}: column 'id' must hold integers, got dtype {index['id'].dtype}; {_REDOWNLOAD}")
     duplicated = index.loc[index["id"].duplicated(), "id"].unique().tolist()
@@ -75,12 +78,16 @@ def _select(dataset_dir: Path, index: pd.DataFrame, split: str, ids: Sequence[in
         by_id = rows.set_index("id", drop=False)
         absent = [i for i in wanted if i not in by_id.index]
         if absent:
-            raise DataError(f"{dataset_dir / 'index.csv'}: id(s) {_preview(absent)} are not in split {split!r}; "
-                            "choose ids from that split, or rerun the download stage if the index is stale")
+            raise DataError(
+                f"{dataset_dir / 'index.csv'}: id(s) {_preview(absent)} are not in split {split!r}; "
+                "choose ids from that split, or rerun the download stage if the index is stale"
+            )
         rows = by_id.loc[wanted]
     if len(rows) == 0:
-        raise DataError(f"{dataset_dir}: split {split!r} selects no images; check the split sizes in the params "
-                        "and rerun the download stage")
+        raise DataError(
+            f"{dataset_dir}: split {split!r} selects no images; check the split sizes in the params "
+            "and rerun the download stage"
+        )
     return rows
 
 
@@ -101,8 +108,7 @@ def _open_rgb(path: Path, resolution: int) -> np.ndarray:
     return np.array(image)  # a writable copy: torch.from_numpy warns on read-only buffers
 
 
-def load_images(dataset_dir: str | Path, split: str, resolution: int,
-                ids: Sequence[int] | None = None) -> torch.Tensor:
+def load_images(dataset_dir: str | Path, split: str, resolution: int, ids: Sequence[int] | None = None) -> torch.Tensor:
     """Images of `split` (only `ids`, in that order, if given) as float32 (N, 3, R, R) in [-1, 1]."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -140,7 +146,9 @@ def load_user_image(path: str | Path, resolution: int, resize: bool = False) -> 
             )
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
+        image = image.crop((left, top, left + side, top + side)).resize(
+            (resolution, resolution), Image.Resampling.LANCZOS
+        )
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 

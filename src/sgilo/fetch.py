@@ -158,8 +158,15 @@ def _download_verified(job: _Job) -> Path:
 def _fetch_part(job: _Job) -> None:
     """Bring `job.part` to the whole payload, resuming after each mid-stream drop."""
     drops: list[str] = []
-    bar = tqdm(total=job.want.size, unit="B", unit_scale=True, desc=job.dest.name, file=sys.stderr,
-               disable=not job.progress, leave=False)
+    bar = tqdm(
+        total=job.want.size,
+        unit="B",
+        unit_scale=True,
+        desc=job.dest.name,
+        file=sys.stderr,
+        disable=not job.progress,
+        leave=False,
+    )
     with bar:
         while (offset := _usable_offset(job)) is not None:
             try:
@@ -249,8 +256,10 @@ def _open(job: _Job, headers: dict[str, str]) -> requests.Response:
         if url in seen:
             break
         seen.add(url)
-    raise job.error("Google Drive keeps answering with a confirmation page instead of the file",
-                    "open the URL in a browser to see why, or set a mirror")
+    raise job.error(
+        "Google Drive keeps answering with a confirmation page instead of the file",
+        "open the URL in a browser to see why, or set a mirror",
+    )
 
 
 def _get(job: _Job, url: str, headers: dict[str, str]) -> requests.Response:
@@ -258,13 +267,16 @@ def _get(job: _Job, url: str, headers: dict[str, str]) -> requests.Response:
         resp = job.session.get(url, headers=headers, stream=True, timeout=job.timeout)
     except requests.RequestException as exc:
         # Already retried with back-off by the session's Retry: resuming would only repeat that.
-        raise job.error(f"no usable response ({type(exc).__name__}: {exc})",
-                        "check the network and that the host is up, then rerun; or set a reachable mirror") from exc
+        raise job.error(
+            f"no usable response ({type(exc).__name__}: {exc})",
+            "check the network and that the host is up, then rerun; or set a reachable mirror",
+        ) from exc
     if resp.status_code in (200, 206) or (resp.status_code == 416 and "Range" in headers):
         return resp
     resp.close()
-    raise job.error(f"expected HTTP 200/206, got {resp.status_code} {resp.reason} from {resp.url}",
-                    _status_fix(resp.status_code))
+    raise job.error(
+        f"expected HTTP 200/206, got {resp.status_code} {resp.reason} from {resp.url}", _status_fix(resp.status_code)
+    )
 
 
 def _status_fix(status: int) -> str:
@@ -294,12 +306,16 @@ def _read_page(resp: requests.Response) -> str:
 
 def _next_url(job: _Job, page: str, page_url: str, url: str) -> str:
     if _QUOTA_RE.search(page):
-        raise job.error("Google Drive says the download quota of this file is exceeded",
-                        "retry later (the quota resets within a day) or set mirror_url to a copy with the same layout")
+        raise job.error(
+            "Google Drive says the download quota of this file is exceeded",
+            "retry later (the quota resets within a day) or set mirror_url to a copy with the same layout",
+        )
     target = _drive_confirm_url(page, page_url, url)
     if target is None:
-        raise job.error(f"expected the file, got an HTML page ({len(page)} characters) with no download link",
-                        "the URL points at a web page (login, preview, error), not the file; check it or set a mirror")
+        raise job.error(
+            f"expected the file, got an HTML page ({len(page)} characters) with no download link",
+            "the URL points at a web page (login, preview, error), not the file; check it or set a mirror",
+        )
     return target
 
 

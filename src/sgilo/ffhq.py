@@ -161,11 +161,23 @@ def download_ffhq(
     out.mkdir(parents=True, exist_ok=True)
     with make_session(retries, pool_size=workers) as session:
         meta_url = f"{mirror_url.rstrip('/')}/{METADATA_NAME}" if mirror_url else metadata_url
-        meta_path = download_file(meta_url, out / METADATA_NAME, size=metadata_size or None, md5=metadata_md5 or None,
-                                  session=session, timeout=timeout, progress=progress)
+        meta_path = download_file(
+            meta_url,
+            out / METADATA_NAME,
+            size=metadata_size or None,
+            md5=metadata_md5 or None,
+            session=session,
+            timeout=timeout,
+            progress=progress,
+        )
         # Not kept in a variable: the parsed 70,000-entry dict is large and only the specs are needed.
-        specs = select_files(load_metadata(meta_path), kind,  # type: ignore[arg-type]
-                             index_start, index_stop, mirror_url)
+        specs = select_files(
+            load_metadata(meta_path),
+            kind,  # type: ignore[arg-type]
+            index_start,
+            index_stop,
+            mirror_url,
+        )
         failures = _download_all(specs, out, session, timeout, workers, progress)
     if failures:
         raise _failure_report(failures, len(specs), out)
@@ -179,8 +191,9 @@ def _download_all(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ffhq")
     try:
         futures = {pool.submit(_fetch_one, spec, out, session, timeout): spec for spec in specs}
-        done = tqdm(as_completed(futures), total=len(futures), desc="FFHQ", unit="file", file=sys.stderr,
-                    disable=not progress)
+        done = tqdm(
+            as_completed(futures), total=len(futures), desc="FFHQ", unit="file", file=sys.stderr, disable=not progress
+        )
         for future in done:
             exc = future.exception()
             if exc is None:
@@ -219,17 +232,20 @@ def _failure_report(failures: list[tuple[FileSpec, str]], total: int, out: Path)
         lines.append(f"  ... and {len(failures) - _SHOWN_FAILURES} more")
     return DownloadError(
         f"FFHQ: {len(failures)} of {total} files failed; the other {total - len(failures)} are verified and kept "
-        f"under {out}, and {INDEX_NAME} was not written:\n" + "\n".join(lines)
+        f"under {out}, and {INDEX_NAME} was not written:\n"
+        + "\n".join(lines)
         + "\nFix: rerun to fetch only what is missing; if a file keeps failing, check its URL or set mirror_url"
     )
 
 
 def _write_index(specs: list[FileSpec], out: Path) -> pd.DataFrame:
-    index = pd.DataFrame({
-        "id": [spec.id for spec in specs],
-        "split": [spec.split for spec in specs],
-        "path": [spec.path for spec in specs],
-    })
+    index = pd.DataFrame(
+        {
+            "id": [spec.id for spec in specs],
+            "split": [spec.split for spec in specs],
+            "path": [spec.path for spec in specs],
+        }
+    )
     tmp = out / f"{INDEX_NAME}.tmp"
     index.to_csv(tmp, index=False)
     os.replace(tmp, out / INDEX_NAME)  # readers never see a half-written index

@@ -28,7 +28,9 @@ class GANTrainer:
         with torch.random.fork_rng():  # seeded initial weights, leaving the caller's global RNG untouched
             torch.manual_seed(seed)
             self.generator = Generator(**vars(architecture))
-            self.discriminator = Discriminator(architecture.size, architecture.channel_multiplier, train.disc_channel_max)
+            self.discriminator = Discriminator(
+                architecture.size, architecture.channel_multiplier, train.disc_channel_max
+            )
         self.g_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.g_optim = torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=(0.0, 0.99))
         # Lazy regularisation: R1 runs every r1_every steps, so D's Adam is rescaled as in StyleGAN2.
@@ -37,7 +39,9 @@ class GANTrainer:
         self.ema_beta = 0.5 ** (train.batch_size / max(train.ema_half_life_images, 1e-8))
 
     def batch_indices(self, step: int, n_images: int) -> Tensor:
-        return torch.randint(n_images, (self.train_config.batch_size,), generator=torch_generator(self.seed, "generator", "batch", step))
+        return torch.randint(
+            n_images, (self.train_config.batch_size,), generator=torch_generator(self.seed, "generator", "batch", step)
+        )
 
     def train_step(self, step: int, real: Tensor) -> dict[str, float]:
         """One discriminator step (with R1 when due), one generator step and the EMA update."""
@@ -120,7 +124,9 @@ def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int =
     a, b = a.flatten(1).double(), b.flatten(1).double()
     if a.shape != b.shape:
         raise ValueError(f"sliced_wasserstein needs sets of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    directions = torch.randn(a.shape[1], projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    directions = torch.randn(
+        a.shape[1], projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     directions /= directions.norm(dim=0, keepdim=True)
     pa, _ = torch.sort(a @ directions, dim=0)
     pb, _ = torch.sort(b @ directions, dim=0)

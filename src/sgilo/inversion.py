@@ -83,16 +83,29 @@ class Result:
     steps: int = 0
     history: list[float] = field(default_factory=list)  # mean measurement MSE per step
     z: Tensor | None = None  # (B, num_ws, style_dim): the Gaussianised latent before its leaky ReLU (to continue from)
-    failures: list[str | None] = field(default_factory=list)  # per image: None, or where its optimisation went non-finite
+    failures: list[str | None] = field(
+        default_factory=list
+    )  # per image: None, or where its optimisation went non-finite
 
     def repeat_interleave(self, repeats: int) -> Result:
         """Each image's iterate `repeats` times in a row: the start of several chains from one inversion."""
+
         def rep(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.repeat_interleave(repeats, 0)
 
         noise = [rep(n) for n in self.noise] if self.noise is not None else None
-        return Result(rep(self.image), rep(self.latent), rep(self.w_plus), noise, rep(self.loss), self.layer, self.steps,
-                      list(self.history), rep(self.z), [reason for reason in self.failures for _ in range(repeats)])
+        return Result(
+            rep(self.image),
+            rep(self.latent),
+            rep(self.w_plus),
+            noise,
+            rep(self.loss),
+            self.layer,
+            self.steps,
+            list(self.history),
+            rep(self.z),
+            [reason for reason in self.failures for _ in range(repeats)],
+        )
 
 
 def csgm_phases(steps: int, lr: float = 0.1) -> tuple[LayerPhase, ...]:
@@ -194,11 +207,15 @@ def generator_latents(generator: Generator, layer: int, z: Tensor, batch_size: i
     """(latents, w+) of the generator's own samples G(z) at layer `layer` (≥ 1): no truncation, the stored noise
     (as inversion uses), w+ the broadcast w."""
     w_plus = generator.mapping(z).unsqueeze(1).expand(-1, generator.num_ws, -1)
-    latents = torch.cat([encode(generator, layer, w_plus[i : i + batch_size], None) for i in range(0, len(z), batch_size)])
+    latents = torch.cat(
+        [encode(generator, layer, w_plus[i : i + batch_size], None) for i in range(0, len(z), batch_size)]
+    )
     return latents, w_plus
 
 
-def advance(generator: Generator, h: Tensor, start: int, stop: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None) -> Tensor:
+def advance(
+    generator: Generator, h: Tensor, start: int, stop: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None
+) -> Tensor:
     """Map the representation entering block `start` to the one entering block `stop` (start ≤ stop)."""
     if start == stop:
         return h
@@ -208,7 +225,9 @@ def advance(generator: Generator, h: Tensor, start: int, stop: int, w_plus: Tens
     return torch.cat([features, skip], 1)
 
 
-def decode(generator: Generator, h: Tensor | None, layer: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None = None) -> Tensor:
+def decode(
+    generator: Generator, h: Tensor | None, layer: int, w_plus: Tensor, noise: Sequence[Tensor | None] | None = None
+) -> Tensor:
     """G_{≥layer}(h): the image (B, 3, size, size) in about [-1, 1]."""
     if layer == 0:
         return generator.synthesis(w_plus, noise)
@@ -240,7 +259,9 @@ def invert(
     _check(generator, y, seeds, phases, options, perceptual)
     options = replace(options, precision=resolve(options.precision, y.device))
     if latent_step is not None and latent_step.layer not in [phase.layer for phase in phases]:
-        raise ValueError(f"latent_step acts on layer {latent_step.layer}, but no phase runs there (phases: {[s.layer for s in phases]})")
+        raise ValueError(
+            f"latent_step acts on layer {latent_step.layer}, but no phase runs there (phases: {[s.layer for s in phases]})"
+        )
     generator.requires_grad_(False)
     if not generator.gaussian_fitted:
         generator.fit_gaussian(100_000, torch_generator(0, "gaussian_fit"))
@@ -308,20 +329,33 @@ class _State:
         noise = [torch.cat(maps).to(device) for maps in zip(*noises)] if optimize_noise else None
         best_noise = [n.clone() for n in noise] if noise is not None else None
         inf = torch.full((len(seeds),), math.inf, device=device)
-        return cls(z=z, noise=noise, best_z=z.clone(), best_noise=best_noise, best_loss=inf, failures=[None] * len(seeds))
+        return cls(
+            z=z, noise=noise, best_z=z.clone(), best_noise=best_noise, best_loss=inf, failures=[None] * len(seeds)
+        )
 
     @classmethod
     def resume(cls, result: Result, count: int, first_layer: int) -> _State:
         """Continue from an earlier result, which becomes the best iterate so far."""
         if result.z is None or result.z.shape[0] != count:
-            raise ValueError(f"init: a result with z for {count} images is needed, got {None if result.z is None else result.z.shape[0]}")
+            raise ValueError(
+                f"init: a result with z for {count} images is needed, got {None if result.z is None else result.z.shape[0]}"
+            )
         if first_layer < result.layer:
-            raise ValueError(f"init ends at layer {result.layer}; the phases cannot start before it (first phase: layer {first_layer})")
+            raise ValueError(
+                f"init ends at layer {result.layer}; the phases cannot start before it (first phase: layer {first_layer})"
+            )
         noise = [n.clone() for n in result.noise] if result.noise is not None else None
         latent = result.latent.clone() if result.latent is not None else None
-        return cls(z=result.z.clone(), noise=noise, h=latent, best_z=result.z.clone(),
-                   best_noise=[n.clone() for n in noise] if noise is not None else None, best_h=latent, best_loss=result.loss.clone(),
-                   failures=list(result.failures) if result.failures else [None] * count)
+        return cls(
+            z=result.z.clone(),
+            noise=noise,
+            h=latent,
+            best_z=result.z.clone(),
+            best_noise=[n.clone() for n in noise] if noise is not None else None,
+            best_h=latent,
+            best_loss=result.loss.clone(),
+            failures=list(result.failures) if result.failures else [None] * count,
+        )
 
     @torch.no_grad()
     def flag(self, values: Tensor, what: str) -> None:
@@ -361,8 +395,18 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new.detach(), old)
 
 
-def _run_phase(generator, forward, y, state: _State, phase: LayerPhase, options: Options, perceptual, history, progress,
-               latent_step: LatentStep | None = None) -> None:
+def _run_phase(
+    generator,
+    forward,
+    y,
+    state: _State,
+    phase: LayerPhase,
+    options: Options,
+    perceptual,
+    history,
+    progress,
+    latent_step: LatentStep | None = None,
+) -> None:
     rows = first_w_row(phase.layer)
     z_active = state.z[:, rows:].clone().requires_grad_(True)
     variables = [z_active]
@@ -439,14 +483,18 @@ def image_shaped(y: Tensor) -> bool:
     return y.ndim == 4 and y.shape[1] == 3
 
 
-def _check(generator: Generator, y: Tensor, seeds: Sequence[int], phases: Sequence[LayerPhase], options: Options, perceptual) -> None:
+def _check(
+    generator: Generator, y: Tensor, seeds: Sequence[int], phases: Sequence[LayerPhase], options: Options, perceptual
+) -> None:
     if len(seeds) != y.shape[0]:
         raise ValueError(f"one seed per measurement: got {len(seeds)} seeds for a batch of {y.shape[0]}")
     if not phases:
         raise ValueError("phases: at least one phase is needed")
     for phase in phases:
         if not 0 <= phase.layer < generator.num_blocks:
-            raise ValueError(f"phase layer {phase.layer}: must be in [0, {generator.num_blocks - 1}] for a {generator.size}² generator")
+            raise ValueError(
+                f"phase layer {phase.layer}: must be in [0, {generator.num_blocks - 1}] for a {generator.size}² generator"
+            )
         if phase.steps < 0 or phase.lr <= 0 or (phase.radius is not None and phase.radius <= 0):
             raise ValueError(f"phase {phase}: steps must be >= 0, lr and radius > 0")
     layers = [phase.layer for phase in phases]
@@ -457,4 +505,6 @@ def _check(generator: Generator, y: Tensor, seeds: Sequence[int], phases: Sequen
     if options.perceptual > 0 and perceptual is None:
         raise ValueError("options.perceptual > 0 needs a perceptual distance (LPIPS); pass one or set the weight to 0")
     if options.perceptual > 0 and not image_shaped(y):
-        raise ValueError(f"a perceptual loss needs RGB image measurements (B, 3, H, W); got {tuple(y.shape)}: set its weight to 0 for this task")
+        raise ValueError(
+            f"a perceptual loss needs RGB image measurements (B, 3, H, W); got {tuple(y.shape)}: set its weight to 0 for this task"
+        )

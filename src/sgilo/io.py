@@ -64,8 +64,11 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         if exc.errno not in _NO_SPACE or isinstance(exc, DiskFullError):
             raise
         state = "the previous version is intact" if dest.exists() else "nothing was written"
-        raise DiskFullError(exc.errno, f"{dest}: out of disk space while writing it ({os.strerror(exc.errno)}); {state}. "
-                            f"Free space on the file system of {dest.parent} (or raise the file-size limit) and rerun") from exc
+        raise DiskFullError(
+            exc.errno,
+            f"{dest}: out of disk space while writing it ({os.strerror(exc.errno)}); {state}. "
+            f"Free space on the file system of {dest.parent} (or raise the file-size limit) and rerun",
+        ) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -158,7 +161,9 @@ def cell_path(folder: str | Path, task: str, level: float, method: str, suffix: 
     return Path(folder) / task / f"{level:g}" / f"{method}{suffix}"
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], dest: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], dest: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Tensors as safetensors (no code can hide in the file), atomically."""
     # Serialised in memory first, as in save_torch: the Rust writer's error would hide the errno of a full disk.
     data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
@@ -173,12 +178,24 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         with safetensors.safe_open(str(path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118 (safe_open is no dict)
     except (OSError, safetensors.SafetensorError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it") from exc
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it"
+        ) from exc
 
 
 # safetensors' dtype names (its documented header format) → torch dtypes
-_SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-                       "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_SAFETENSORS_DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
 
 
 class ShardRows:
@@ -199,7 +216,9 @@ class ShardRows:
             header, start = self._header(path)
             keys = sorted(k for k in header if k != "__metadata__")
             if self._files and keys != self.keys:
-                raise CheckpointError(f"{path}: keys {keys} differ from {self.paths[0]}'s {self.keys}; rerun the stage that writes it")
+                raise CheckpointError(
+                    f"{path}: keys {keys} differ from {self.paths[0]}'s {self.keys}; rerun the stage that writes it"
+                )
             self.keys = keys
             rows = {header[k]["shape"][0] if header[k]["shape"] else 1 for k in keys}
             if len(rows) != 1:
@@ -207,8 +226,10 @@ class ShardRows:
             counts.append(rows.pop())
             end = start + max((header[k]["data_offsets"][1] for k in keys), default=0)
             if path.stat().st_size < end:
-                raise CheckpointError(f"{path}: not a readable safetensors file (truncated: {path.stat().st_size} of {end} bytes); "
-                                      "delete it and rerun the stage that writes it")
+                raise CheckpointError(
+                    f"{path}: not a readable safetensors file (truncated: {path.stat().st_size} of {end} bytes); "
+                    "delete it and rerun the stage that writes it"
+                )
             self._files.append((os.open(path, os.O_RDONLY), header, start))
         self.offsets = torch.tensor([0, *counts]).cumsum(0)
 
@@ -219,9 +240,13 @@ class ShardRows:
                 size = int.from_bytes(handle.read(8), "little")
                 header = json.loads(handle.read(size))
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it") from exc
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file ({exc}); delete it and rerun the stage that writes it"
+            ) from exc
         if not isinstance(header, dict):
-            raise CheckpointError(f"{path}: not a readable safetensors file (no header); delete it and rerun the stage that writes it")
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file (no header); delete it and rerun the stage that writes it"
+            )
         return header, 8 + size
 
     def __len__(self) -> int:
@@ -251,8 +276,10 @@ class ShardRows:
             fd, header, start = self._files[shard]
             offset = start + header[key]["data_offsets"][0] + (row - int(self.offsets[shard])) * row_bytes
             if os.preadv(fd, [view[position * row_bytes : (position + 1) * row_bytes]], offset) != row_bytes:
-                raise CheckpointError(f"{self.paths[shard]}: not a readable safetensors file (truncated at {key} row {row}); "
-                                      "delete it and rerun the stage that writes it")
+                raise CheckpointError(
+                    f"{self.paths[shard]}: not a readable safetensors file (truncated at {key} row {row}); "
+                    "delete it and rerun the stage that writes it"
+                )
         if not buffer:
             return torch.empty((0, *row_shape), dtype=dtype)
         return torch.frombuffer(buffer, dtype=dtype).reshape(len(index), *row_shape)
@@ -266,8 +293,10 @@ class ShardRows:
             return torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
         data = os.pread(fd, end - begin, start + begin)
         if len(data) != end - begin:
-            raise CheckpointError(f"{self.paths[shard]}: not a readable safetensors file (truncated at {key}); "
-                                  "delete it and rerun the stage that writes it")
+            raise CheckpointError(
+                f"{self.paths[shard]}: not a readable safetensors file (truncated at {key}); "
+                "delete it and rerun the stage that writes it"
+            )
         return torch.frombuffer(bytearray(data), dtype=_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
 
     def column(self, key: str) -> torch.Tensor:

@@ -21,15 +21,40 @@ class MethodSpec:
     cli_weight: float | None = None  # `sgilo reconstruct --weight`'s default for a method with a prior weight
 
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
-    MethodSpec("csgm", "the Gaussianised w+ alone (layer 0), for as many steps as ILO's whole schedule", "tab:gray"),
-    MethodSpec("ilo", "ILO's schedule within its l1 balls (--radii)", "tab:blue", tuned="radius_scale", candidates="ilo_radius_scale"),
-    MethodSpec("ilo-unconstrained", "ILO's schedule without the balls", "tab:cyan"),
-    MethodSpec("sgilo", "ILO's phases below the prior's layer as the warm start, then Langevin chains with the prior", "tab:red",
-               uses_prior=True, tuned="weight", candidates="sgilo_weight", cli_weight=0.1),
-    MethodSpec("gnc", "the same warm start, then the GNC flow with the prior", "tab:green",
-               uses_prior=True, tuned="weight", candidates="gnc_weight", cli_weight=0.5),
-)}
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            "csgm", "the Gaussianised w+ alone (layer 0), for as many steps as ILO's whole schedule", "tab:gray"
+        ),
+        MethodSpec(
+            "ilo",
+            "ILO's schedule within its l1 balls (--radii)",
+            "tab:blue",
+            tuned="radius_scale",
+            candidates="ilo_radius_scale",
+        ),
+        MethodSpec("ilo-unconstrained", "ILO's schedule without the balls", "tab:cyan"),
+        MethodSpec(
+            "sgilo",
+            "ILO's phases below the prior's layer as the warm start, then Langevin chains with the prior",
+            "tab:red",
+            uses_prior=True,
+            tuned="weight",
+            candidates="sgilo_weight",
+            cli_weight=0.1,
+        ),
+        MethodSpec(
+            "gnc",
+            "the same warm start, then the GNC flow with the prior",
+            "tab:green",
+            uses_prior=True,
+            tuned="weight",
+            candidates="gnc_weight",
+            cli_weight=0.5,
+        ),
+    )
+}
 
 
 def method_names() -> tuple[str, ...]:

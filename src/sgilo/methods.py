@@ -63,12 +63,31 @@ class Method:
         """Optimisation steps per chain, for progress bars."""
         return sum(phase.steps for phase in self.schedule(phases))
 
-    def reconstruct(self, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], phases: Sequence[LayerPhase],
-                    options: Options, prior: LatentPrior | None, perceptual: Perceptual | None, progress, term: str) -> Reconstruction:
+    def reconstruct(
+        self,
+        generator,
+        forward: Callable[[Tensor], Tensor],
+        y: Tensor,
+        seeds: Sequence[int],
+        phases: Sequence[LayerPhase],
+        options: Options,
+        prior: LatentPrior | None,
+        perceptual: Perceptual | None,
+        progress,
+        term: str,
+    ) -> Reconstruction:
         schedule = self.schedule(phases)
         result = invert(generator, forward, y, list(seeds), schedule, options, perceptual, progress)
-        return Reconstruction(image=(result.image.clamp(-1, 1) + 1) / 2, loss=result.loss, steps=result.steps, phases=schedule,
-                              latent=result.latent, w_plus=result.w_plus, failures=result.failures, data_term=term)
+        return Reconstruction(
+            image=(result.image.clamp(-1, 1) + 1) / 2,
+            loss=result.loss,
+            steps=result.steps,
+            phases=schedule,
+            latent=result.latent,
+            w_plus=result.w_plus,
+            failures=result.failures,
+            data_term=term,
+        )
 
 
 class CSGM(Method):
@@ -104,7 +123,10 @@ class PriorMethod(Method):
 
     def run_phases(self, phases: Sequence[LayerPhase], prior_layer: int | None) -> list[LayerPhase]:
         config = self.config()
-        return [*warm_phases(self.schedule(phases), prior_layer), LayerPhase(prior_layer, config.steps, None, config.lr)]
+        return [
+            *warm_phases(self.schedule(phases), prior_layer),
+            LayerPhase(prior_layer, config.steps, None, config.lr),
+        ]
 
     def steps(self, phases: Sequence[LayerPhase]) -> int:
         schedule = self.schedule(phases)
@@ -114,13 +136,25 @@ class PriorMethod(Method):
     def sample(self, generator, forward, y, seeds, prior, phases, options, perceptual, progress) -> Posterior:
         raise NotImplementedError
 
-    def reconstruct(self, generator, forward, y, seeds, phases, options, prior, perceptual, progress, term) -> Reconstruction:
+    def reconstruct(
+        self, generator, forward, y, seeds, phases, options, prior, perceptual, progress, term
+    ) -> Reconstruction:
         if prior is None:
             raise ValueError(f"method {self.name} needs a score model (the score stage's model.pt)")
         post = self.sample(generator, forward, y, seeds, prior, self.schedule(phases), options, perceptual, progress)
-        return Reconstruction(image=(post.mean + 1) / 2, loss=post.loss.mean(1), steps=post.steps,
-                              phases=self.run_phases(phases, prior.layer), latent=post.latents, w_plus=post.w_plus,
-                              chains=self.chains(), samples=(post.samples + 1) / 2, std=post.std, failures=post.failures, data_term=term)
+        return Reconstruction(
+            image=(post.mean + 1) / 2,
+            loss=post.loss.mean(1),
+            steps=post.steps,
+            phases=self.run_phases(phases, prior.layer),
+            latent=post.latents,
+            w_plus=post.w_plus,
+            chains=self.chains(),
+            samples=(post.samples + 1) / 2,
+            std=post.std,
+            failures=post.failures,
+            data_term=term,
+        )
 
 
 class SGILO(PriorMethod):
@@ -133,7 +167,9 @@ class SGILO(PriorMethod):
         return self.setting.sgilo.chains
 
     def sample(self, generator, forward, y, seeds, prior, phases, options, perceptual, progress) -> Posterior:
-        return score_guided_ilo(generator, forward, y, seeds, prior, self.setting.sgilo, phases, options, perceptual, progress)
+        return score_guided_ilo(
+            generator, forward, y, seeds, prior, self.setting.sgilo, phases, options, perceptual, progress
+        )
 
 
 class GNC(PriorMethod):
@@ -171,18 +207,36 @@ def method_phases(name: str, phases: Sequence[LayerPhase], radius_scale: float =
     return method(name, Setting(radius_scale=radius_scale)).schedule(phases)
 
 
-def run_phases(name: str, phases: Sequence[LayerPhase], prior_layer: int | None = None, sgilo_config: SGILOConfig | None = None,
-               gnc_config: GNCConfig | None = None, radius_scale: float = 1.0) -> list[LayerPhase]:
+def run_phases(
+    name: str,
+    phases: Sequence[LayerPhase],
+    prior_layer: int | None = None,
+    sgilo_config: SGILOConfig | None = None,
+    gnc_config: GNCConfig | None = None,
+    radius_scale: float = 1.0,
+) -> list[LayerPhase]:
     """The phases a method runs, as its Reconstruction records them: `method_phases`; SGILO and GNC: the warm start,
     then the prior's phase at `prior_layer` (its steps and lr from the method's config)."""
     setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
     return method(name, setting).run_phases(phases, prior_layer)
 
 
-def reconstruct(name: str, generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], phases: Sequence[LayerPhase],
-                options: Options | None = None, *, radius_scale: float = 1.0, prior: LatentPrior | None = None,
-                sgilo_config: SGILOConfig | None = None, gnc_config: GNCConfig | None = None,
-                perceptual: Perceptual | None = None, progress: Callable[[int], None] | None = None) -> Reconstruction:
+def reconstruct(
+    name: str,
+    generator,
+    forward: Callable[[Tensor], Tensor],
+    y: Tensor,
+    seeds: Sequence[int],
+    phases: Sequence[LayerPhase],
+    options: Options | None = None,
+    *,
+    radius_scale: float = 1.0,
+    prior: LatentPrior | None = None,
+    sgilo_config: SGILOConfig | None = None,
+    gnc_config: GNCConfig | None = None,
+    perceptual: Perceptual | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Reconstruction:
     """Reconstruct a batch of measurements y = forward(x) (any operator on B images in [0, 1], e.g. a
     `build_operator(…).physics.A`); seeds[i] seeds image i's optimisation. SGILO and GNC need the prior (a score
     stage's model.pt, `LatentPrior.load`)."""
@@ -193,7 +247,9 @@ def reconstruct(name: str, generator, forward: Callable[[Tensor], Tensor], y: Te
         options = replace(options, perceptual=0.0)
     term = f"mse + {options.perceptual:g}·LPIPS" if options.perceptual > 0 else "mse"
     setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
-    return method(name, setting).reconstruct(generator, forward, y, seeds, phases, options, prior, perceptual, progress, term)
+    return method(name, setting).reconstruct(
+        generator, forward, y, seeds, phases, options, prior, perceptual, progress, term
+    )
 
 
 def total_steps(name: str, phases: Sequence[LayerPhase], sgilo_config: SGILOConfig, gnc_config: GNCConfig) -> int:

@@ -21,8 +21,9 @@ def image_metrics(x: Tensor, reference: Tensor) -> dict[str, Tensor]:
     so identical images score 80 dB rather than infinity.
     """
     if x.ndim != 4 or x.shape != reference.shape:
-        raise ValueError(f"x and reference must be (B, C, H, W) of one shape; got {tuple(x.shape)} and "
-                         f"{tuple(reference.shape)}")
+        raise ValueError(
+            f"x and reference must be (B, C, H, W) of one shape; got {tuple(x.shape)} and {tuple(reference.shape)}"
+        )
     with torch.no_grad():
         x, reference = x.detach().float().clamp(0, 1), reference.detach().float().clamp(0, 1)
         return {
@@ -56,7 +57,9 @@ def lpips_backbone_path(net: str = "vgg") -> Path:
 LPIPS_SIZE = 256
 
 
-def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu", size: int | None = LPIPS_SIZE) -> Callable[[Tensor, Tensor], Tensor]:
+def lpips_distance(
+    net: str = "vgg", device: str | torch.device = "cpu", size: int | None = LPIPS_SIZE
+) -> Callable[[Tensor, Tensor], Tensor]:
     """LPIPS (Zhang et al. 2018) between [0, 1] images, one differentiable value per image.
 
     Images larger than `size` (None: never) are first bicubically downsampled, with antialiasing, to size × size.
@@ -70,12 +73,16 @@ def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu", size: i
         )
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-    model = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True).net.to(device).eval().requires_grad_(False)
+    model = (
+        LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True).net.to(device).eval().requires_grad_(False)
+    )
 
     def shrink(image: Tensor) -> Tensor:
         if size is None or max(image.shape[-2:]) <= size:
             return image
-        return torch.nn.functional.interpolate(image, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        return torch.nn.functional.interpolate(
+            image, size=(size, size), mode="bicubic", antialias=True, align_corners=False
+        )
 
     def distance(x: Tensor, reference: Tensor) -> Tensor:
         return model(shrink(x), shrink(reference), normalize=True).reshape(x.shape[0])
@@ -84,7 +91,9 @@ def lpips_distance(net: str = "vgg", device: str | torch.device = "cpu", size: i
 
 
 # pytorch-fid's Inception weights (the TF FID Inception, ported); torch.hub looks for them under this name.
-FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 
 
 def fid_weights_path() -> Path:
@@ -95,12 +104,16 @@ def require_fid_weights() -> Path:
     """The Inception weights' path; MissingWeightsError (naming where to put them) when they are absent."""
     path = fid_weights_path()
     if not path.is_file():
-        raise MissingWeightsError(f"FID needs pytorch-fid's Inception weights {path.name} at {path} (from {FID_WEIGHTS_URL}); "
-                                  "place them there (or point TORCH_HOME elsewhere)")
+        raise MissingWeightsError(
+            f"FID needs pytorch-fid's Inception weights {path.name} at {path} (from {FID_WEIGHTS_URL}); "
+            "place them there (or point TORCH_HOME elsewhere)"
+        )
     return path
 
 
-def frechet_distance(images: Tensor, reference: Tensor, device: str | torch.device = "cpu", batch_size: int = 64) -> float:
+def frechet_distance(
+    images: Tensor, reference: Tensor, device: str | torch.device = "cpu", batch_size: int = 64
+) -> float:
     """FID (Heusel et al. 2017) between two sets of [0, 1] images, with pytorch-fid's Inception (pool3, 2048-d).
 
     Raises MissingWeightsError when the Inception weights are absent, instead of letting pytorch-fid download.
@@ -116,7 +129,12 @@ def frechet_distance(images: Tensor, reference: Tensor, device: str | torch.devi
 
     def statistics(batch: Tensor):
         with torch.no_grad():
-            features = torch.cat([model(chunk.to(device).float().clamp(0, 1))[0].flatten(1).double().cpu() for chunk in batch.split(batch_size)])
+            features = torch.cat(
+                [
+                    model(chunk.to(device).float().clamp(0, 1))[0].flatten(1).double().cpu()
+                    for chunk in batch.split(batch_size)
+                ]
+            )
         return features.mean(0).numpy(), torch.cov(features.T).numpy()
 
     return float(calculate_frechet_distance(*statistics(images), *statistics(reference)))

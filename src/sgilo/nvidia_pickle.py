@@ -94,9 +94,13 @@ def read_nvidia_pickle(path: str | Path) -> dict[str, Any]:
         with open(path, "rb") as handle:
             data = RestrictedUnpickler(handle).load()
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused: {exc}; only official stylegan2-ada-pytorch network pickles are accepted") from exc
+        raise CheckpointError(
+            f"{path}: refused: {exc}; only official stylegan2-ada-pytorch network pickles are accepted"
+        ) from exc
     except (EOFError, ValueError, TypeError, AttributeError, RuntimeError, IndexError, KeyError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); download it again") from exc
+        raise CheckpointError(
+            f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); download it again"
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("G_ema"), PersistentStub):
         raise CheckpointError(f"{path}: not a stylegan2-ada-pytorch network pickle (expected a dict with 'G_ema')")
     return data
@@ -126,7 +130,9 @@ def nvidia_to_rosinality(nv: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tens
     out["input.input"] = nv["synthesis.b4.const"].unsqueeze(0)
     _layer(out, nv, "synthesis.b4.conv1", "conv1", 0)
     _torgb(out, nv, "synthesis.b4.torgb", "to_rgb1")
-    resolutions = sorted(int(k.split(".")[1][1:]) for k in nv if k.startswith("synthesis.b") and k.endswith(".torgb.weight"))
+    resolutions = sorted(
+        int(k.split(".")[1][1:]) for k in nv if k.startswith("synthesis.b") and k.endswith(".torgb.weight")
+    )
     for res in resolutions[1:]:
         k = int(math.log2(res))
         _layer(out, nv, f"synthesis.b{res}.conv0", f"convs.{2 * k - 6}", 2 * k - 5)
@@ -168,4 +174,6 @@ def load_nvidia_generator_state(path: str | Path) -> tuple[dict[str, Tensor], Te
     try:
         return (*nvidia_to_rosinality(flatten_state(stub)), str(note))
     except KeyError as exc:
-        raise CheckpointError(f"{path}: G_ema lacks {exc}: not a StyleGAN2 generator in the stylegan2-ada-pytorch layout") from exc
+        raise CheckpointError(
+            f"{path}: G_ema lacks {exc}: not a StyleGAN2 generator in the stylegan2-ada-pytorch layout"
+        ) from exc

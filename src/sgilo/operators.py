@@ -211,8 +211,9 @@ def _super_resolution(spec: OperatorSpec, shape: Shape, seeds: tuple[int, ...]) 
             f"reflection); got factor {factor} for {height}x{width}; use a smaller factor or sr_filter='area'"
         )
     # Reflect padding: circular padding would blend the top row of a face into the bottom one.
-    return dinv.physics.Downsampling(img_size=shape, filter="bicubic" if factor > 1 else None, factor=factor,
-                                     padding="reflect")
+    return dinv.physics.Downsampling(
+        img_size=shape, filter="bicubic" if factor > 1 else None, factor=factor, padding="reflect"
+    )
 
 
 class AreaDownsampling(LinearPhysics):
@@ -240,6 +241,7 @@ class AreaDownsampling(LinearPhysics):
 
 # ---------------------------------------------------------------------------------------------- inpainting
 
+
 def _inpainting(spec: OperatorSpec, shape: Shape, seeds: tuple[int, ...]) -> LinearPhysics:
     channels, height, width = shape
     if spec.mask == "file":
@@ -256,7 +258,8 @@ def _seeded_mask(spec: OperatorSpec, shape: Shape, rng: torch.Generator) -> Tens
     if spec.mask == "random":
         # With an all-ones input mask deepinv keeps exactly int(level * H * W) pixels, drawn by randperm.
         generator = dinv.physics.generator.BernoulliSplittingMaskGenerator(
-            img_size=(1, height, width), split_ratio=spec.level, pixelwise=True, rng=rng)
+            img_size=(1, height, width), split_ratio=spec.level, pixelwise=True, rng=rng
+        )
         return generator.step(batch_size=None, input_mask=torch.ones(1, height, width))["mask"]
     side = _hole_side(spec.level, height, width)
     if spec.mask == "center":
@@ -265,7 +268,7 @@ def _seeded_mask(spec: OperatorSpec, shape: Shape, rng: torch.Generator) -> Tens
         top = int(torch.randint(height - side + 1, (1,), generator=rng))
         left = int(torch.randint(width - side + 1, (1,), generator=rng))
     mask = torch.ones(1, height, width)
-    mask[:, top:top + side, left:left + side] = 0
+    mask[:, top : top + side, left : left + side] = 0
     return mask
 
 
@@ -275,7 +278,8 @@ def _hole_side(keep_fraction: float, height: int, width: int) -> int:
     if side > min(height, width):
         raise ValueError(
             f"OperatorSpec.level (keep fraction) {keep_fraction} needs a {side}x{side} square hole, larger than "
-            f"the {height}x{width} image; use a larger level or mask='random'")
+            f"the {height}x{width} image; use a larger level or mask='random'"
+        )
     return side
 
 
@@ -296,7 +300,8 @@ def load_mask(path: str | Path, shape: Sequence[int]) -> Tensor:
     if grey.shape != (height, width):
         raise ValueError(
             f"mask file {path} is {grey.shape[0]}x{grey.shape[1]} (HxW); expected {height}x{width}, "
-            "the size of the images")
+            "the size of the images"
+        )
     return torch.from_numpy((grey >= 0.5).astype(np.float32)).unsqueeze(0)
 
 
@@ -312,6 +317,7 @@ def _grey_levels(image: Image.Image) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- compressed sensing
 
+
 def _resolve_cs_kind(spec: OperatorSpec, shape: Shape) -> str:
     if spec.cs_kind != "auto":
         return spec.cs_kind
@@ -325,7 +331,8 @@ def _compressed_sensing(spec: OperatorSpec, shape: Shape, seeds: tuple[int, ...]
     if kind == "gaussian" and m * n > GAUSSIAN_CS_MAX_ENTRIES:
         raise ValueError(
             f"OperatorSpec.cs_kind='gaussian' stores a dense {m}x{n} matrix per image, too large; "
-            "use cs_kind='structured' (or 'auto')")
+            "use cs_kind='structured' (or 'auto')"
+        )
     rngs = [torch_generator(seed, "operator") for seed in seeds]
     if kind == "gaussian":
         # deepinv draws A with i.i.d. N(0, 1/m) entries (E|Ax|^2 = |x|^2) and stores its pinv for A_dagger.
@@ -345,7 +352,7 @@ class PerImagePhysics(LinearPhysics):
     def _each(self, method: str, batch: Tensor) -> Tensor:
         if batch.shape[0] != len(self.operators):
             raise ValueError(f"batch has {batch.shape[0]} items but the operator was built for {len(self.operators)}")
-        return torch.cat([getattr(op, method)(batch[i:i + 1]) for i, op in enumerate(self.operators)])
+        return torch.cat([getattr(op, method)(batch[i : i + 1]) for i, op in enumerate(self.operators)])
 
     def A(self, x: Tensor, **kwargs) -> Tensor:
         return self._each("A", x)

@@ -76,16 +76,28 @@ class LatentPrior:
         return replace(self, model=self.model.to(device), w_plus_mean=self.w_plus_mean.to(device))
 
     def save(self, path: Path) -> None:
-        save_torch({"format": FORMAT, "model": {k: v.cpu() for k, v in self.model.state_dict().items()}, "config": self.model.config(),
-                    "scaler": self.scaler.state_dict(), "sde": self.sde_config, "layer": self.layer,
-                    "w_plus_mean": self.w_plus_mean.cpu(), "tau_fraction": self.tau_fraction}, path)
+        save_torch(
+            {
+                "format": FORMAT,
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+                "config": self.model.config(),
+                "scaler": self.scaler.state_dict(),
+                "sde": self.sde_config,
+                "layer": self.layer,
+                "w_plus_mean": self.w_plus_mean.cpu(),
+                "tau_fraction": self.tau_fraction,
+            },
+            path,
+        )
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> LatentPrior:
         """Read a score stage's model.pt; a file of another kind raises CheckpointError naming it."""
         state = load_torch(Path(path))
         if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not an sgilo score model (format {FORMAT}); point to the score stage's model.pt")
+            raise CheckpointError(
+                f"{path}: not an sgilo score model (format {FORMAT}); point to the score stage's model.pt"
+            )
         config = dict(state["config"])
         shape = config.pop("shape")
         model = ScoreViT(shape, **config)
@@ -93,8 +105,15 @@ class LatentPrior:
         model.eval().requires_grad_(False)
         sde_config = dict(state["sde"])
         sde = build_sde(sde_config["name"], sde_config["beta_min"], sde_config["beta_max"], sde_config["dt"])
-        prior = cls(model, LatentScaler.from_state_dict(state["scaler"]), sde, sde_config, int(state["layer"]),
-                    state["w_plus_mean"].float(), float(state.get("tau_fraction", 0.5)))
+        prior = cls(
+            model,
+            LatentScaler.from_state_dict(state["scaler"]),
+            sde,
+            sde_config,
+            int(state["layer"]),
+            state["w_plus_mean"].float(),
+            float(state.get("tau_fraction", 0.5)),
+        )
         return prior.to(device)
 
 
@@ -102,7 +121,9 @@ class LatentPrior:
 def sample_latents(prior: LatentPrior, n: int, seed: int, steps: int, device: torch.device | str = "cpu") -> Tensor:
     """n unconditional layer-k representations (de-normalised) from the reverse SDE."""
     shape = (n, *prior.shape)
-    u = reverse_sde_sample(prior.sde, prior.score, shape, torch_generator(seed, "prior_samples", device=device), steps=steps)
+    u = reverse_sde_sample(
+        prior.sde, prior.score, shape, torch_generator(seed, "prior_samples", device=device), steps=steps
+    )
     return prior.scaler.denormalize(u.float())
 
 
@@ -130,7 +151,9 @@ class _ChainNoise:
 def _vp_coefficients(prior: LatentPrior, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     known = prior.sde.marginal(torch.ones_like(like), t)
     if known is None:
-        raise ValueError(f"this step needs an SDE with a closed-form marginal (vp); the prior was trained with {prior.sde_config['name']!r}")
+        raise ValueError(
+            f"this step needs an SDE with a closed-form marginal (vp); the prior was trained with {prior.sde_config['name']!r}"
+        )
     mean, std = known
     return mean, per_item(std, like)
 
@@ -232,7 +255,9 @@ class Posterior:
     w_plus: Tensor  # (B, chains, num_ws, style_dim)
     loss: Tensor  # (B, chains) measurement MSE of each sample
     steps: int
-    failures: list[str | None]  # per measurement: None, or which chain went non-finite where (its estimate is not to be used)
+    failures: list[
+        str | None
+    ]  # per measurement: None, or which chain went non-finite where (its estimate is not to be used)
 
 
 def chain_seeds(seeds: Sequence[int], chains: int) -> list[int]:
@@ -257,13 +282,24 @@ def warm_phases(phases: Sequence[LayerPhase], layer: int) -> list[LayerPhase]:
     """ILO's schedule before the prior's layer: the warm start that SGILO and GNC continue from."""
     earlier = [phase for phase in phases if phase.layer < layer]
     if not earlier:
-        raise ValueError(f"the warm start needs ILO phases below the prior's layer {layer}; got layers {[s.layer for s in phases]}")
+        raise ValueError(
+            f"the warm start needs ILO phases below the prior's layer {layer}; got layers {[s.layer for s in phases]}"
+        )
     return earlier
 
 
-def score_guided_ilo(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], prior: LatentPrior,
-                     config: SGILOConfig, phases: Sequence[LayerPhase], options: Options | None = None, perceptual: Perceptual | None = None,
-                     progress: Callable[[int], None] | None = None) -> Posterior:
+def score_guided_ilo(
+    generator: Generator,
+    forward: Callable[[Tensor], Tensor],
+    y: Tensor,
+    seeds: Sequence[int],
+    prior: LatentPrior,
+    config: SGILOConfig,
+    phases: Sequence[LayerPhase],
+    options: Options | None = None,
+    perceptual: Perceptual | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Posterior:
     """Posterior samples for a batch y (B, …) measured by `forward` (any operator on B images in [0, 1]).
 
     The phases of `phases` (ILO's schedule) below the prior's layer are the warm start, run per chain from the
@@ -274,23 +310,53 @@ def score_guided_ilo(generator: Generator, forward: Callable[[Tensor], Tensor], 
     chains, seeds_ = config.chains, chain_seeds(seeds, config.chains)
     forward_, y_ = per_chain(forward, chains), y.repeat_interleave(chains, 0)
     if config.warm_start == "shared":
-        start = invert(generator, forward, y, list(seeds), warm_phases(phases, prior.layer), options, perceptual, progress)
+        start = invert(
+            generator, forward, y, list(seeds), warm_phases(phases, prior.layer), options, perceptual, progress
+        )
         start = start.repeat_interleave(chains)
     else:
         start = invert(generator, forward_, y_, seeds_, warm_phases(phases, prior.layer), options, perceptual, progress)
-    result = invert(generator, forward_, y_, seeds_, [LayerPhase(prior.layer, config.steps, None, config.lr)], replace(options, keep="last"),
-                    perceptual, progress, latent_step=SGLDStep(prior, config, seeds_, entries=y[0].numel()), init=start)
+    result = invert(
+        generator,
+        forward_,
+        y_,
+        seeds_,
+        [LayerPhase(prior.layer, config.steps, None, config.lr)],
+        replace(options, keep="last"),
+        perceptual,
+        progress,
+        latent_step=SGLDStep(prior, config, seeds_, entries=y[0].numel()),
+        init=start,
+    )
     return _posterior(result, len(seeds), chains)
 
 
-def gnc(generator: Generator, forward: Callable[[Tensor], Tensor], y: Tensor, seeds: Sequence[int], prior: LatentPrior,
-        config: GNCConfig, phases: Sequence[LayerPhase], options: Options | None = None, perceptual: Perceptual | None = None,
-        progress: Callable[[int], None] | None = None) -> Posterior:
+def gnc(
+    generator: Generator,
+    forward: Callable[[Tensor], Tensor],
+    y: Tensor,
+    seeds: Sequence[int],
+    prior: LatentPrior,
+    config: GNCConfig,
+    phases: Sequence[LayerPhase],
+    options: Options | None = None,
+    perceptual: Perceptual | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Posterior:
     """The GNC flow for a batch y (one deterministic chain per measurement; `forward` acts on B images)."""
     options = options or Options()
     schedule = [*warm_phases(phases, prior.layer), LayerPhase(prior.layer, config.steps, None, config.lr)]
-    result = invert(generator, forward, y, list(seeds), schedule, replace(options, keep="last"), perceptual, progress,
-                    latent_step=GNCStep(prior, config))
+    result = invert(
+        generator,
+        forward,
+        y,
+        list(seeds),
+        schedule,
+        replace(options, keep="last"),
+        perceptual,
+        progress,
+        latent_step=GNCStep(prior, config),
+    )
     return _posterior(result, len(seeds), 1)
 
 
@@ -299,16 +365,24 @@ def _posterior(result: Result, count: int, chains: int) -> Posterior:
     samples01 = (samples + 1) / 2
     # Bessel's correction: a few chains' spread without it is (chains − 1)/chains of the posterior variance on average.
     std = samples01.std(1, correction=1) if chains > 1 else torch.zeros_like(samples01[:, 0])
-    return Posterior(samples=samples, mean=samples.mean(1), std=std,
-                     latents=result.latent.reshape(count, chains, *result.latent.shape[1:]),
-                     w_plus=result.w_plus.reshape(count, chains, *result.w_plus.shape[1:]),
-                     loss=result.loss.reshape(count, chains), steps=result.steps, failures=_chain_failures(result.failures, count, chains))
+    return Posterior(
+        samples=samples,
+        mean=samples.mean(1),
+        std=std,
+        latents=result.latent.reshape(count, chains, *result.latent.shape[1:]),
+        w_plus=result.w_plus.reshape(count, chains, *result.w_plus.shape[1:]),
+        loss=result.loss.reshape(count, chains),
+        steps=result.steps,
+        failures=_chain_failures(result.failures, count, chains),
+    )
 
 
 def _chain_failures(failures: Sequence[str | None], count: int, chains: int) -> list[str | None]:
     """A measurement fails when any of its chains does: its posterior mean and spread would hold that chain."""
     out: list[str | None] = []
     for i in range(count):
-        reasons = [(j, reason) for j, reason in enumerate(failures[i * chains : (i + 1) * chains]) if reason is not None]
+        reasons = [
+            (j, reason) for j, reason in enumerate(failures[i * chains : (i + 1) * chains]) if reason is not None
+        ]
         out.append(None if not reasons else reasons[0][1] if chains == 1 else f"chain {reasons[0][0]}: {reasons[0][1]}")
     return out

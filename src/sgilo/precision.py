@@ -78,9 +78,17 @@ def _warn_slow_bf16(key: str, device_type: str) -> None:
     device = torch.device(device_type)
     measured = ""
     if device.type == "cpu":  # measured on the CPU only: there the fallback is the one that costs tens of times
-        measured = f" (measured now: a 3×3 convolution forward+backward is {bf16_slowdown(device):.1f}× slower than in fp32)"
-    log.warning("%s is bf16, but %s: bf16 autocast falls back to slow or emulated kernels here%s. Set %s to auto or fp32 "
-                "on this machine.", key, describe(device), measured, key)
+        measured = (
+            f" (measured now: a 3×3 convolution forward+backward is {bf16_slowdown(device):.1f}× slower than in fp32)"
+        )
+    log.warning(
+        "%s is bf16, but %s: bf16 autocast falls back to slow or emulated kernels here%s. Set %s to auto or fp32 "
+        "on this machine.",
+        key,
+        describe(device),
+        measured,
+        key,
+    )
 
 
 def bf16_slowdown(device: torch.device, repeats: int = 3) -> float:

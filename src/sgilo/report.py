@@ -24,7 +24,6 @@ import torch
 from matplotlib.figure import Figure
 
 from sgilo.config import TASK_LEVELS, hardest_level
-from sgilo.method_table import METHODS
 from sgilo.data import DataError
 from sgilo.figures import new_figure, save_figure
 from sgilo.io import (
@@ -33,14 +32,36 @@ from sgilo.io import (
     cell_path,
     load_safetensors,
 )
+from sgilo.method_table import METHODS
 
 METRICS = ("mse", "psnr", "ssim", "lpips")
-RECORD_COLUMNS = ("image_id", "seed", "task", "level", "method", *METRICS, "lpips_note", "seconds", "steps", "chains",
-                  "measurement_loss", "hyper", "failure")
+RECORD_COLUMNS = (
+    "image_id",
+    "seed",
+    "task",
+    "level",
+    "method",
+    *METRICS,
+    "lpips_note",
+    "seconds",
+    "steps",
+    "chains",
+    "measurement_loss",
+    "hyper",
+    "failure",
+)
 # n: images with metrics; failed: images whose optimisation went NaN or Inf (kept as records, left out of the means)
-TABLE_COLUMNS = ("task", "level", "method", "n", "failed",
-                 *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")),
-                 "seconds_per_image", "steps", "lpips_note")
+TABLE_COLUMNS = (
+    "task",
+    "level",
+    "method",
+    "n",
+    "failed",
+    *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high")),
+    "seconds_per_image",
+    "steps",
+    "lpips_note",
+)
 # Methods outside sgilo.method_table (whose colours are fixed) take these in turn.
 _OTHER_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:orange")
 _RERUN = "run the evaluate stage to write it"
@@ -68,7 +89,9 @@ def _read_cell(path: Path, cell: Cell) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable parquet file ({type(exc).__name__}: {exc}); delete it and {_RERUN}") from exc
+        raise DataError(
+            f"{path}: unreadable parquet file ({type(exc).__name__}: {exc}); delete it and {_RERUN}"
+        ) from exc
     missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; delete it and {_RERUN}")
@@ -84,8 +107,10 @@ def _read_cell(path: Path, cell: Cell) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ summary
 def summarize(records: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per (task, level, method) in order of first appearance: means over images with Student-t intervals."""
-    rows = [_summarize_cell(key, group, confidence)
-            for key, group in records.groupby(["task", "level", "method"], sort=False)]
+    rows = [
+        _summarize_cell(key, group, confidence)
+        for key, group in records.groupby(["task", "level", "method"], sort=False)
+    ]
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     table.attrs["confidence"] = confidence  # for figure captions; not written to the CSV
     return table
@@ -94,13 +119,22 @@ def summarize(records: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
 def _summarize_cell(key: tuple, group: pd.DataFrame, confidence: float) -> dict:
     task, level, method = key
     failed = group["failure"].fillna("") != ""
-    row = {"task": task, "level": float(level), "method": method, "n": int((~failed).sum()), "failed": int(failed.sum())}
+    row = {
+        "task": task,
+        "level": float(level),
+        "method": method,
+        "n": int((~failed).sum()),
+        "failed": int(failed.sum()),
+    }
     for metric in METRICS:
         mean, low, high = mean_interval(group.loc[~failed, metric].to_numpy(dtype=float), confidence)
         row.update({f"{metric}_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
     notes = [note for note in group["lpips_note"].fillna("") if note]
-    row.update(seconds_per_image=float(group["seconds"].mean()), steps=float(group["steps"].mean()),
-               lpips_note=notes[0] if notes else "")
+    row.update(
+        seconds_per_image=float(group["seconds"].mean()),
+        steps=float(group["steps"].mean()),
+        lpips_note=notes[0] if notes else "",
+    )
     return row
 
 
@@ -119,7 +153,9 @@ def mean_interval(values: np.ndarray, confidence: float) -> tuple[float, float, 
 PAIRED_COLUMNS = ("task", "level", "method", "other", "metric", "n", "difference", "ci_low", "ci_high", "wins")
 
 
-def paired_differences(records: pd.DataFrame, method: str = "sgilo", metric: str = "mse", confidence: float = 0.95) -> pd.DataFrame:
+def paired_differences(
+    records: pd.DataFrame, method: str = "sgilo", metric: str = "mse", confidence: float = 0.95
+) -> pd.DataFrame:
     """`method` − every other method, image by image, per (task, level): every method reconstructs the same
     measurements, so paired differences resolve what the per-method intervals of Table 1 cannot.
 
@@ -136,8 +172,20 @@ def paired_differences(records: pd.DataFrame, method: str = "sgilo", metric: str
             difference = (both[method] - both[other]).to_numpy(dtype=float)
             mean, low, high = mean_interval(difference, confidence)
             wins = int((difference < 0).sum() if lower_is_better else (difference > 0).sum())
-            rows.append({"task": task, "level": float(level), "method": method, "other": other, "metric": metric, "n": len(difference),
-                         "difference": mean, "ci_low": low, "ci_high": high, "wins": wins})
+            rows.append(
+                {
+                    "task": task,
+                    "level": float(level),
+                    "method": method,
+                    "other": other,
+                    "metric": metric,
+                    "n": len(difference),
+                    "difference": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "wins": wins,
+                }
+            )
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 
@@ -149,10 +197,20 @@ def describe_paired(paired: pd.DataFrame) -> str:
         parts = []
         for row in hardest.itertuples():
             below, above = ("better", "worse") if row.metric in ("mse", "lpips") else ("worse", "better")
-            verdict = (below if row.ci_high < 0 else above if row.ci_low > 0 else "not resolved") if not math.isnan(row.ci_low) else "n < 2"
-            parts.append(f"{row.other} {row.difference:+.4g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}], {row.wins}/{row.n} images, {verdict}")
+            verdict = (
+                (below if row.ci_high < 0 else above if row.ci_low > 0 else "not resolved")
+                if not math.isnan(row.ci_low)
+                else "n < 2"
+            )
+            parts.append(
+                f"{row.other} {row.difference:+.4g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}], {row.wins}/{row.n} images, {verdict}"
+            )
         first = hardest.iloc[0]
-        sentences.append(f"{task} at {first['level']:g}, {first['method']} − other ({first['metric'].upper()}): " + "; ".join(parts) + ".")
+        sentences.append(
+            f"{task} at {first['level']:g}, {first['method']} − other ({first['metric'].upper()}): "
+            + "; ".join(parts)
+            + "."
+        )
     return " ".join(sentences)
 
 
@@ -180,14 +238,18 @@ class FigureData:
 
 def load_figure_data(folder: Path, task: str, level: float, methods: Sequence[str]) -> FigureData:
     """The kept images of every method at (task, level), on the image ids all of them kept, in the first's order."""
-    loaded = {method: _read_images(cell_path(folder, task, level, method, ".safetensors"), method) for method in methods}
+    loaded = {
+        method: _read_images(cell_path(folder, task, level, method, ".safetensors"), method) for method in methods
+    }
     first = loaded[methods[0]]
     # Methods may keep different images (a cell rerun with another figure_images); a row must show one image throughout.
     shared = set.intersection(*(set(t["ids"].tolist()) for t in loaded.values()))
     ids = [i for i in first["ids"].tolist() if i in shared]
     picked = {method: _pick(tensors, ids) for method, tensors in loaded.items()}
     truth, measurement = picked[methods[0]]["truth"], picked[methods[0]]["measurement"]
-    per_method = {m: {k: v for k, v in t.items() if k not in ("ids", "truth", "measurement")} for m, t in picked.items()}
+    per_method = {
+        m: {k: v for k, v in t.items() if k not in ("ids", "truth", "measurement")} for m, t in picked.items()
+    }
     return FigureData(task, float(level), ids, truth, measurement, per_method)
 
 
@@ -204,7 +266,13 @@ def _read_images(path: Path, method: str) -> dict[str, torch.Tensor]:
         tensors, _ = load_safetensors(path)
     except CheckpointError as exc:
         raise DataError(str(exc)) from exc
-    needed = ("ids", "truth", "measurement", "reconstruction", *(("samples", "std") if method in METHODS and METHODS[method].uses_prior else ()))
+    needed = (
+        "ids",
+        "truth",
+        "measurement",
+        "reconstruction",
+        *(("samples", "std") if method in METHODS and METHODS[method].uses_prior else ()),
+    )
     missing = [key for key in needed if key not in tensors]
     if missing:
         raise DataError(f"{path}: missing tensor(s) {', '.join(missing)}; delete it and {_RERUN}")
@@ -241,8 +309,10 @@ def curve_data(table: pd.DataFrame, task: str) -> pd.DataFrame:
     metrics = [m for m in CURVE_METRICS if m != "lpips" or rows["lpips_mean"].notna().any()]
     methods = list(dict.fromkeys(rows["method"]))
     rows = rows.assign(order=rows["method"].map(methods.index)).sort_values(["order", "level"], kind="stable")
-    panels = [rows.assign(metric=m, mean=rows[f"{m}_mean"], ci_low=rows[f"{m}_ci_low"], ci_high=rows[f"{m}_ci_high"])
-              for m in metrics]
+    panels = [
+        rows.assign(metric=m, mean=rows[f"{m}_mean"], ci_low=rows[f"{m}_ci_low"], ci_high=rows[f"{m}_ci_high"])
+        for m in metrics
+    ]
     curves = pd.concat(panels, ignore_index=True)[list(CURVE_COLUMNS)]
     curves.attrs["confidence"] = table.attrs.get("confidence")
     return curves
@@ -306,11 +376,25 @@ def plot_speed(speed: pd.DataFrame, path: Path) -> None:
         # Error bars may not reach below zero: a Student-t bound <= 0 is drawn to the bottom of the log axis.
         below = (rows["mse_mean"] - rows["mse_ci_low"]).fillna(0).clip(lower=0)
         above = (rows["mse_ci_high"] - rows["mse_mean"]).fillna(0).clip(lower=0)
-        ax.errorbar(rows["seconds_per_image"], rows["mse_mean"], yerr=[below, above], fmt=markers[task],
-                    color=method_color(method, methods), capsize=2, linestyle="none", label=f"{method} ({task})")
+        ax.errorbar(
+            rows["seconds_per_image"],
+            rows["mse_mean"],
+            yerr=[below, above],
+            fmt=markers[task],
+            color=method_color(method, methods),
+            capsize=2,
+            linestyle="none",
+            label=f"{method} ({task})",
+        )
         for _, row in rows.iterrows():
-            ax.annotate(f"{row['level']:g}", (row["seconds_per_image"], row["mse_mean"]), xytext=(4, 3),
-                        textcoords="offset points", fontsize="xx-small", color=method_color(method, methods))
+            ax.annotate(
+                f"{row['level']:g}",
+                (row["seconds_per_image"], row["mse_mean"]),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize="xx-small",
+                color=method_color(method, methods),
+            )
     ax.set_xscale("log")
     ax.set_xlabel("seconds per image")
     ax.set_ylabel("MSE")
@@ -323,8 +407,11 @@ def plot_speed(speed: pd.DataFrame, path: Path) -> None:
 def plot_reconstructions(data: FigureData, path: Path) -> None:
     """Rows: images; columns: measurement, each method's reconstruction (with its MSE), truth."""
     names = list(data.methods)
-    columns = [("measurement", data.measurement), *((m, data.methods[m]["reconstruction"]) for m in names),
-               ("truth", data.truth)]
+    columns = [
+        ("measurement", data.measurement),
+        *((m, data.methods[m]["reconstruction"]) for m in names),
+        ("truth", data.truth),
+    ]
     fig = new_figure((1.7 * len(columns), 1.8 * max(1, len(data.ids)) + 0.6))
     for row, image_id in enumerate(data.ids):
         for col, (name, images) in enumerate(columns):
@@ -350,8 +437,11 @@ def plot_posterior(data: FigureData, path: Path, method: str = "sgilo", max_samp
     fig = new_figure((1.7 * columns + 0.4, 1.8 * max(1, len(data.ids)) + 0.6))
     std_max = float(std_maps.max()) if std_maps.numel() else 1.0
     for row, image_id in enumerate(data.ids):
-        panels = [("measurement", data.measurement[row]), *((f"sample {k + 1}", samples[row, k]) for k in range(count)),
-                  ("mean", tensors["samples"][row].mean(0))]
+        panels = [
+            ("measurement", data.measurement[row]),
+            *((f"sample {k + 1}", samples[row, k]) for k in range(count)),
+            ("mean", tensors["samples"][row].mean(0)),
+        ]
         for col, (name, image) in enumerate(panels):
             ax = _image_axes(fig, len(data.ids), columns, row, col, image)
             ax.set_title(name if row == 0 else "", fontsize="small")
@@ -364,8 +454,10 @@ def plot_posterior(data: FigureData, path: Path, method: str = "sgilo", max_samp
         ax = _image_axes(fig, len(data.ids), columns, row, columns - 1, data.truth[row])
         ax.set_title("truth" if row == 0 else "", fontsize="small")
     _empty_note(fig, data)
-    fig.suptitle(f"{method} posterior: {data.task}, {level_label(data.task)} = {data.level:g}, "
-                 f"{tensors['samples'].shape[1]} chains")
+    fig.suptitle(
+        f"{method} posterior: {data.task}, {level_label(data.task)} = {data.level:g}, "
+        f"{tensors['samples'].shape[1]} chains"
+    )
     save_figure(fig, path)
 
 
@@ -428,16 +520,20 @@ def describe_curves(table: pd.DataFrame, task: str) -> str:
 def describe_speed(table: pd.DataFrame) -> str:
     """The fastest and slowest methods, and the time the most accurate one at the hardest level costs there."""
     speed = table.groupby("method", sort=False)["seconds_per_image"].mean().sort_values()
-    sentence = (f"Averaged over cells, {speed.index[0]} is fastest ({speed.iloc[0]:.3g} s/image) and {speed.index[-1]} "
-                f"slowest ({speed.iloc[-1]:.3g} s/image)")
+    sentence = (
+        f"Averaged over cells, {speed.index[0]} is fastest ({speed.iloc[0]:.3g} s/image) and {speed.index[-1]} "
+        f"slowest ({speed.iloc[-1]:.3g} s/image)"
+    )
     task = table["task"].iloc[0]
     hardest = _at_hardest(table[table["task"] == task], task).dropna(subset=["mse_mean"])
     if hardest.empty or not hardest["seconds_per_image"].min() > 0:
         return sentence + "."
     best = hardest.sort_values("mse_mean").iloc[0]
     ratio = best["seconds_per_image"] / hardest["seconds_per_image"].min()
-    return (sentence + f". At {best['task']} {best['level']:g} the lowest-MSE method, {best['method']}, takes "
-            f"{ratio:.3g}× the time of the fastest method there.")
+    return (
+        sentence + f". At {best['task']} {best['level']:g} the lowest-MSE method, {best['method']}, takes "
+        f"{ratio:.3g}× the time of the fastest method there."
+    )
 
 
 def describe_reconstructions(data: FigureData) -> str:
@@ -447,8 +543,10 @@ def describe_reconstructions(data: FigureData) -> str:
     errors = {m: float(((t["reconstruction"] - data.truth) ** 2).mean()) for m, t in data.methods.items()}
     ranked = sorted(errors.items(), key=lambda item: item[1])
     listing = ", ".join(f"{m} {e:.3g}" for m, e in ranked)
-    return (f"On the {len(data.ids)} image(s) shown ({data.task}, {level_label(data.task)} = {data.level:g}), "
-            f"mean MSE: {listing}; lowest: {ranked[0][0]}.")
+    return (
+        f"On the {len(data.ids)} image(s) shown ({data.task}, {level_label(data.task)} = {data.level:g}), "
+        f"mean MSE: {listing}; lowest: {ranked[0][0]}."
+    )
 
 
 def describe_posterior(data: FigureData, method: str = "sgilo") -> str:
@@ -459,11 +557,17 @@ def describe_posterior(data: FigureData, method: str = "sgilo") -> str:
     spread = tensors["std"].mean(1).flatten().double()
     error = (tensors["samples"].mean(1) - data.truth).abs().mean(1).flatten().double()
     correlation = float(torch.corrcoef(torch.stack([spread, error]))[0, 1])
-    verdict = ("the std map says nothing about the error" if math.isnan(correlation)
-               else "larger spread where the mean is further off" if correlation > 0.1
-               else "the spread does not track the error")
-    return (f"Mean per-pixel posterior std {float(spread.mean()):.3g} over {tensors['samples'].shape[1]} chains; "
-            f"its pixel-wise correlation with |mean − truth| is r = {correlation:.2f} ({verdict}).")
+    verdict = (
+        "the std map says nothing about the error"
+        if math.isnan(correlation)
+        else "larger spread where the mean is further off"
+        if correlation > 0.1
+        else "the spread does not track the error"
+    )
+    return (
+        f"Mean per-pixel posterior std {float(spread.mean()):.3g} over {tensors['samples'].shape[1]} chains; "
+        f"its pixel-wise correlation with |mean − truth| is r = {correlation:.2f} ({verdict})."
+    )
 
 
 def _with_interval(row: pd.Series, metric: str) -> str:
@@ -472,11 +576,15 @@ def _with_interval(row: pd.Series, metric: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ markdown
-FIGURE_TITLES = {"reconstructions": "Reconstructions", "posterior": "Posterior samples and uncertainty",
-                 "speed": "Accuracy against time", "prior_samples": "Unconditional samples of the latent prior",
-                 "theory_gnc": "Theory: the GNC flow on a smoothed 1-D mixture (Kobler & Pock, Fig. 1)",
-                 "theory_langevin": "Theory: Langevin inverting random expansive ReLU generators (SGILO, Theorem 3.1)",
-                 "theory_igo": "Theory: IGO's non-affine forward iterates and the α of its loss"}
+FIGURE_TITLES = {
+    "reconstructions": "Reconstructions",
+    "posterior": "Posterior samples and uncertainty",
+    "speed": "Accuracy against time",
+    "prior_samples": "Unconditional samples of the latent prior",
+    "theory_gnc": "Theory: the GNC flow on a smoothed 1-D mixture (Kobler & Pock, Fig. 1)",
+    "theory_langevin": "Theory: Langevin inverting random expansive ReLU generators (SGILO, Theorem 3.1)",
+    "theory_igo": "Theory: IGO's non-affine forward iterates and the α of its loss",
+}
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -484,9 +592,20 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, row in table.iterrows():
         n = str(row["n"]) + (f" ({row['failed']} failed)" if row["failed"] else "")
-        rows.append([row["task"], f"{row['level']:g}", row["method"], n,
-                     *(_cell(row, m) for m in METRICS), f"{row['seconds_per_image']:.3g}", f"{row['steps']:g}"])
-    return pd.DataFrame(rows, columns=["task", "level", "method", "n", *(m.upper() for m in METRICS), "s/image", "steps"])
+        rows.append(
+            [
+                row["task"],
+                f"{row['level']:g}",
+                row["method"],
+                n,
+                *(_cell(row, m) for m in METRICS),
+                f"{row['seconds_per_image']:.3g}",
+                f"{row['steps']:g}",
+            ]
+        )
+    return pd.DataFrame(
+        rows, columns=["task", "level", "method", "n", *(m.upper() for m in METRICS), "s/image", "steps"]
+    )
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -499,13 +618,19 @@ def markdown_table(table: pd.DataFrame) -> str:
 def write_html_table(table: pd.DataFrame, path: Path, standin: str = "") -> None:
     """`table1.html`: the shown table as a page of its own, for Snakemake's report (which offers a CSV only as a
     download)."""
-    caption = f'<p style="color:#b00;font-weight:bold">{html.escape(standin)}: every number comes from random weights.</p>' if standin else ""
+    caption = (
+        f'<p style="color:#b00;font-weight:bold">{html.escape(standin)}: every number comes from random weights.</p>'
+        if standin
+        else ""
+    )
     body = shown_table(table).to_html(index=False, border=0, escape=True)
     with atomic_open(path) as handle:
-        handle.write('<!DOCTYPE html><html><head><meta charset="utf-8"><title>Table 1</title><style>'
-                     "body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse}"
-                     "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right} th{background:#f4f4f4}"
-                     f"</style></head><body>{caption}{body}</body></html>\n")
+        handle.write(
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Table 1</title><style>'
+            "body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse}"
+            "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right} th{background:#f4f4f4}"
+            f"</style></head><body>{caption}{body}</body></html>\n"
+        )
 
 
 def _cell(row: pd.Series, metric: str) -> str:

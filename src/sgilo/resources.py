@@ -47,8 +47,14 @@ DEVICES = {
     "cpu": Device("cpu", 0.030, 2.0, 0.7, 1.8, "fitted to make smoke-ffhq's jobs on the project's 2-core AVX2 machine"),
     # NVIDIA: 14.57 s per 1,000 1024² images on 8 A100s training StyleGAN2 config-f (stylegan3 docs/configs.md), of
     # which a third is taken for the generator's forward and backward: 0.04 s for its ~0.45 TFLOP here.
-    "a100": Device("a100", 11.0, 30.0, 3.0, 1.0, "NVIDIA's published StyleGAN2 config-f throughput on A100s; start-up and "
-                   "host memory assumed, not measured"),
+    "a100": Device(
+        "a100",
+        11.0,
+        30.0,
+        3.0,
+        1.0,
+        "NVIDIA's published StyleGAN2 config-f throughput on A100s; start-up and host memory assumed, not measured",
+    ),
 }
 
 
@@ -105,12 +111,18 @@ def _count(build: Callable[[], tuple[torch.nn.Module | None, Callable[[], torch.
             if backward:
                 out.float().sum().backward()
             del out
-    weights = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) if module is not None else 0
+    weights = (
+        sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+        if module is not None
+        else 0
+    )
     return Work(float(counter.get_total_flops()), float(live.peak), float(weights))
 
 
 @cache
-def generator_step(architecture: tuple[tuple[str, int], ...], layer: int, batch: int = 1, backward: bool = True) -> Work:
+def generator_step(
+    architecture: tuple[tuple[str, int], ...], layer: int, batch: int = 1, backward: bool = True
+) -> Work:
     """One ILO step from `layer` (frozen weights): the synthesis from there, forward and backward to the latents
     (`backward` False: the forward pass alone, as when decoding samples)."""
     from sgilo.inversion import decode
@@ -120,7 +132,9 @@ def generator_step(architecture: tuple[tuple[str, int], ...], layer: int, batch:
         generator = Generator(**dict(architecture)).requires_grad_(False)
         w = torch.zeros(batch, generator.num_ws, generator.style_dim, requires_grad=backward)
         channels, height, width = generator.layer_shape(layer) if layer else (0, 0, 0)
-        h = torch.zeros(batch, channels + 3, height, width, requires_grad=backward) if layer else None  # features + RGB skip
+        h = (
+            torch.zeros(batch, channels + 3, height, width, requires_grad=backward) if layer else None
+        )  # features + RGB skip
         return generator, lambda: decode(generator, h, layer, w)
 
     return _count(build, backward=backward)
@@ -162,7 +176,13 @@ def score_step(shape: tuple[int, ...], model: tuple[tuple[str, object], ...], ba
 def estimate(params: Params, device: Device) -> list[RuleEstimate]:
     """One estimate per rule of the workflow for `params` on `device`."""
     arch = tuple(sorted(vars(params.generator.architecture).items()))
-    size, invert, traj, score, evaluate = params.generator.architecture.size, params.invert, params.trajectories, params.score, params.evaluate
+    size, invert, traj, score, evaluate = (
+        params.generator.architecture.size,
+        params.invert,
+        params.trajectories,
+        params.score,
+        params.evaluate,
+    )
     from sgilo.stylegan2 import Generator
 
     with torch.device("meta"):
@@ -196,8 +216,11 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
         return RuleEstimate(rule, jobs, flop, seconds(flop, jobs) / 3600, ram, accelerator, disk_bytes / GIB, note)
 
     rows: list[RuleEstimate] = []
-    images = params.download.ffhq.index_stop - params.download.ffhq.index_start if params.download.dataset == "ffhq" else (
-        params.download.synthfaces.n_train + params.download.synthfaces.n_test)
+    images = (
+        params.download.ffhq.index_stop - params.download.ffhq.index_start
+        if params.download.dataset == "ffhq"
+        else (params.download.synthfaces.n_train + params.download.synthfaces.n_test)
+    )
     png = 3 * params.download.resolution**2 * 0.405  # FFHQ's 1024² PNGs: 89.1 GB for 70,000, 0.405 of the raw bytes
     rows.append(estimate_row("download", 1, 0.0, images * png, f"{images} images"))
     grid = generator_step(arch, 0, params.generator.grid_rows**2, backward=False)  # the sample grid: one forward pass
@@ -207,14 +230,31 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
     flop_image, activations = ilo(invert.phases, perceptual, invert.batch_size)
     lpips_weights = lpips_step(size).weights if perceptual else 0.0
     shard_bytes = invert.shard_size * 4 * (latent_numel + w_numel)
-    rows.append(estimate_row("invert", invert.shards, flop_image * invert.images, (invert.images + invert.generated) * 4 * (latent_numel + w_numel),
-                             f"{invert.images} images × {sum(s.steps for s in invert.phases)} steps", gen_weights + lpips_weights,
-                             activations, 2 * shard_bytes))
+    rows.append(
+        estimate_row(
+            "invert",
+            invert.shards,
+            flop_image * invert.images,
+            (invert.images + invert.generated) * 4 * (latent_numel + w_numel),
+            f"{invert.images} images × {sum(s.steps for s in invert.phases)} steps",
+            gen_weights + lpips_weights,
+            activations,
+            2 * shard_bytes,
+        )
+    )
     latents = invert.images + invert.generated
     dtype_bytes = torch.empty((), dtype=getattr(torch, traj.dtype)).element_size()
     traj_bytes = latents * traj.draws * (4 * latent_numel * dtype_bytes + 64)
-    rows.append(estimate_row("trajectories", invert.shards + invert.generated_shards + 1, 0.0, traj_bytes,
-                             f"{latents * traj.draws} draws", host=3 * shard_bytes))
+    rows.append(
+        estimate_row(
+            "trajectories",
+            invert.shards + invert.generated_shards + 1,
+            0.0,
+            traj_bytes,
+            f"{latents * traj.draws} draws",
+            host=3 * shard_bytes,
+        )
+    )
 
     model = tuple(sorted(vars(score.model).items()))
     train = score_step(latent_shape, model, score.batch_size, train=True)
@@ -223,10 +263,21 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
     score_flop = score.epochs * samples_count / score.batch_size * train.flop + score.sample_steps * sample.flop
     optimiser = 4 * train.weights  # weights, gradients, Adam's two moments; and the EMA copy
     decode = generator_step(arch, invert.layer, score.samples, backward=False).peak
-    rows.append(estimate_row("score", 1, score_flop, train.weights, f"{score.epochs} epochs × {int(samples_count)} samples",
-                             optimiser + gen_weights, max(train.peak, decode)))
+    rows.append(
+        estimate_row(
+            "score",
+            1,
+            score_flop,
+            train.weights,
+            f"{score.epochs} epochs × {int(samples_count)} samples",
+            optimiser + gen_weights,
+            max(train.peak, decode),
+        )
+    )
 
-    cells = [(task.task, level, method) for task in evaluate.tasks for level in task.levels for method in evaluate.methods]
+    cells = [
+        (task.task, level, method) for task in evaluate.tasks for level in task.levels for method in evaluate.methods
+    ]
     vit_fwd = score_step(latent_shape, model, 1, train=False).flop
     image_tasks = {"inpaint", "denoise", "sr"}
 
@@ -241,7 +292,9 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
         chains = evaluate.sgilo.chains if method == "sgilo" else 1
         config = evaluate.sgilo if method == "sgilo" else evaluate.gnc
         warm_flop, warm_act = ilo(warm_phases(schedule, invert.layer), uses_lpips, evaluate.batch_size * chains)
-        last_flop, last_act = ilo([type(schedule[0])(invert.layer, config.steps, None, config.lr)], uses_lpips, evaluate.batch_size * chains)
+        last_flop, last_act = ilo(
+            [type(schedule[0])(invert.layer, config.steps, None, config.lr)], uses_lpips, evaluate.batch_size * chains
+        )
         prior_calls = config.steps * (max(1, evaluate.sgilo.hot_steps) if method == "sgilo" else 1)
         return chains * (warm_flop + last_flop + prior_calls * vit_fwd), max(warm_act, last_act)
 
@@ -259,12 +312,31 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
     # Each cell keeps figure_images float32 images: truth, measurement, reconstruction, and for sgilo/gnc the
     # chains' samples and their spread.
     kept = min(evaluate.figure_images, evaluate.images) * 3 * size**2 * 4
-    figure_bytes = sum(kept * (3 + ((evaluate.sgilo.chains if m == "sgilo" else 1) + 1 if METHODS[m].uses_prior else 0)) for _, _, m in cells)
+    figure_bytes = sum(
+        kept * (3 + ((evaluate.sgilo.chains if m == "sgilo" else 1) + 1 if METHODS[m].uses_prior else 0))
+        for _, _, m in cells
+    )
     rows.append(estimate_row("tune", len(tune_jobs), tune_flop, 0.0, f"{len(tune_jobs)} cells", cell_weights, peak))
-    rows.append(estimate_row("evaluate", len(cells), eval_flop, figure_bytes, f"{len(cells)} cells × {evaluate.images} images", cell_weights, peak))
-    report_flop = params.report.fid_samples * (params.score.sample_steps * vit_fwd + generator_step(arch, invert.layer).flop / 3)
+    rows.append(
+        estimate_row(
+            "evaluate",
+            len(cells),
+            eval_flop,
+            figure_bytes,
+            f"{len(cells)} cells × {evaluate.images} images",
+            cell_weights,
+            peak,
+        )
+    )
+    report_flop = params.report.fid_samples * (
+        params.score.sample_steps * vit_fwd + generator_step(arch, invert.layer).flop / 3
+    )
     decode = generator_step(arch, invert.layer, min(64, max(1, params.report.fid_samples)), backward=False).peak
-    rows.append(estimate_row("report", 1, report_flop, 1e6 * len(cells), "Table 1, figures, FID", gen_weights + prior_weights, decode))
+    rows.append(
+        estimate_row(
+            "report", 1, report_flop, 1e6 * len(cells), "Table 1, figures, FID", gen_weights + prior_weights, decode
+        )
+    )
     return rows
 
 
@@ -276,11 +348,17 @@ def slurm_mem_mb(row: RuleEstimate, headroom: float = 1.5) -> int:
 def markdown(rows: list[RuleEstimate], device: Device) -> str:
     """The estimate as a Markdown table with a total line (the README's copy is checked against it)."""
     hours = "A100-hours" if device.name == "a100" else f"{device.name}-hours"
-    lines = [f"| rule | jobs | work | PFLOP | {hours} | host RAM per job (GiB) | accelerator memory per job (GiB) | disk (GiB) | SLURM mem_mb |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| rule | jobs | work | PFLOP | {hours} | host RAM per job (GiB) | accelerator memory per job (GiB) | disk (GiB) | SLURM mem_mb |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
-        lines.append(f"| {row.rule} | {row.jobs} | {row.note} | {row.flop / 1e15:.3g} | {row.hours:.3g} | {row.ram_gib:.1f} | "
-                     f"{row.accelerator_gib:.1f} | {row.disk_gib:.3g} | {slurm_mem_mb(row)} |")
-    lines.append(f"| total | {sum(r.jobs for r in rows)} | | {sum(r.flop for r in rows) / 1e15:.3g} | {sum(r.hours for r in rows):.3g} | | | "
-                 f"{sum(r.disk_gib for r in rows):.3g} | |")
+        lines.append(
+            f"| {row.rule} | {row.jobs} | {row.note} | {row.flop / 1e15:.3g} | {row.hours:.3g} | {row.ram_gib:.1f} | "
+            f"{row.accelerator_gib:.1f} | {row.disk_gib:.3g} | {slurm_mem_mb(row)} |"
+        )
+    lines.append(
+        f"| total | {sum(r.jobs for r in rows)} | | {sum(r.flop for r in rows) / 1e15:.3g} | {sum(r.hours for r in rows):.3g} | | | "
+        f"{sum(r.disk_gib for r in rows):.3g} | |"
+    )
     return "\n".join(lines)

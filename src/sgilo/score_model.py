@@ -69,7 +69,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.attn = SelfAttention(width, heads, head_dim, dropout)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp, width), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp, width), nn.Dropout(dropout)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
@@ -79,9 +81,22 @@ class Block(nn.Module):
 class ScoreViT(nn.Module):
     """ε-prediction ViT over a latent of shape `shape` (no batch): (C, H, W) or (N, D), patch size 1."""
 
-    def __init__(self, shape: Sequence[int], width: int = 1024, depth: int = 8, heads: int = 1, mlp: int = 4096,
-                 fourier_scale: float = 16.0, dropout: float = 0.0, igo: bool = False, igo_depth: int | None = None,
-                 head_dim: int = 64, skip_data_std: float | None = None, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        width: int = 1024,
+        depth: int = 8,
+        heads: int = 1,
+        mlp: int = 4096,
+        fourier_scale: float = 16.0,
+        dropout: float = 0.0,
+        igo: bool = False,
+        igo_depth: int | None = None,
+        head_dim: int = 64,
+        skip_data_std: float | None = None,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+    ) -> None:
         super().__init__()
         if skip_data_std is not None and skip_data_std <= 0:
             raise ValueError(f"ScoreViT skip_data_std must be positive or None, got {skip_data_std}")
@@ -95,10 +110,21 @@ class ScoreViT(nn.Module):
         igo_depth = max(1, depth // 2) if igo_depth is None else igo_depth
         if not 1 <= igo_depth <= depth:
             raise ValueError(f"ScoreViT igo_depth must be in [1, depth={depth}], got {igo_depth}")
-        self._config = {"shape": list(self.shape), "width": width, "depth": depth, "heads": heads, "mlp": mlp,
-                        "fourier_scale": float(fourier_scale), "dropout": float(dropout), "igo": bool(igo),
-                        "igo_depth": igo_depth, "head_dim": head_dim, "skip_data_std": skip_data_std,
-                        "beta_min": self.beta_min, "beta_max": self.beta_max}
+        self._config = {
+            "shape": list(self.shape),
+            "width": width,
+            "depth": depth,
+            "heads": heads,
+            "mlp": mlp,
+            "fourier_scale": float(fourier_scale),
+            "dropout": float(dropout),
+            "igo": bool(igo),
+            "igo_depth": igo_depth,
+            "head_dim": head_dim,
+            "skip_data_std": skip_data_std,
+            "beta_min": self.beta_min,
+            "beta_max": self.beta_max,
+        }
         self.igo, self.igo_depth = bool(igo), igo_depth
         # (C, H, W): H·W tokens of C entries; (N, D): N tokens of D entries.
         channels = self.shape[0] if len(self.shape) == 3 else self.shape[1]
@@ -201,8 +227,14 @@ def score_from_eps(model: nn.Module, sde_std_fn: Callable[[Tensor], Tensor]) -> 
     return score
 
 
-def dsm_loss(model: ScoreViT, x_t: Tensor, t: Tensor, eps: Tensor, intermediate: tuple[Tensor, Tensor, Tensor] | None = None,
-             alpha: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+def dsm_loss(
+    model: ScoreViT,
+    x_t: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    intermediate: tuple[Tensor, Tensor, Tensor] | None = None,
+    alpha: float = 1.0,
+) -> tuple[Tensor, dict[str, float]]:
     """Denoising score matching in ε form, the per-entry mean of (ε̂(x_t, t) − ε)² (≈1 for ε̂ = 0 at any latent size).
 
     `intermediate` = (x_τ, τ, ε_τ) adds IGO's regulariser R, the same loss through `forward_intermediate`:

@@ -67,7 +67,9 @@ class Trajectory:
     intermediates: dict[float, Tensor]  # fraction → x at fraction·t (exactly on the EM grid)
     target_eps: Tensor  # same shape as x_t
     target_std: Tensor  # (B,)
-    intermediate_targets: dict[float, tuple[Tensor, Tensor]] = field(default_factory=dict)  # fraction → (eps, std) of its last step
+    intermediate_targets: dict[float, tuple[Tensor, Tensor]] = field(
+        default_factory=dict
+    )  # fraction → (eps, std) of its last step
 
 
 class SDE:
@@ -95,8 +97,14 @@ class SDE:
         """Scale of the Langevin corrector's step (score_sde: α_i of the discretised chain; 1 in general)."""
         return torch.ones_like(t)
 
-    def simulate(self, x0: Tensor, t: float | Tensor, generator: torch.Generator, dt: float | None = None,
-                 keep: Iterable[float] = (0.5,)) -> Trajectory:
+    def simulate(
+        self,
+        x0: Tensor,
+        t: float | Tensor,
+        generator: torch.Generator,
+        dt: float | None = None,
+        keep: Iterable[float] = (0.5,),
+    ) -> Trajectory:
         """Euler–Maruyama from 0 to t (per item), keeping x at each fraction in `keep` of its own t.
 
         The path is cut at the kept times and each piece gets ceil(length/dt) equal steps, so every item
@@ -120,8 +128,9 @@ class SDE:
             start = end
         return Trajectory(x, intermediates, target_eps, target_std, targets)
 
-    def _euler_maruyama(self, x: Tensor, start: Tensor, end: Tensor, generator: torch.Generator,
-                        dt: float) -> tuple[Tensor, Tensor, Tensor]:
+    def _euler_maruyama(
+        self, x: Tensor, start: Tensor, end: Tensor, generator: torch.Generator, dt: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """EM from start to end (both (B,)); returns x_end and the (eps, std) of each item's last step."""
         steps, h = em_grid(start, end, dt)
         target_eps, target_std = torch.zeros_like(x), torch.zeros_like(start)
@@ -136,8 +145,9 @@ class SDE:
             x = torch.where(per_item(k < steps, x), x_next, x)  # finished items stay where they landed
         return x, target_eps, target_std
 
-    def sample_marginal(self, x0: Tensor, t: float | Tensor, generator: torch.Generator,
-                        dt: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def sample_marginal(
+        self, x0: Tensor, t: float | Tensor, generator: torch.Generator, dt: float | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(x_t, eps, std) with x_t = mean + std·eps: closed form when known, else the last EM step of
         `simulate` (dt is used only then). Either way −eps/std is the denoising score-matching target."""
         known = self.marginal(x0, t)
@@ -319,8 +329,9 @@ def target_std(sde: SDE, t: float | Tensor, dt: float | None = None, keep: Itera
     return sde.diffusion(t - h) * h.sqrt()
 
 
-def training_pairs(sde: SDE, x0: Tensor, t: Tensor, tau_fraction: float, generator: torch.Generator,
-                   dt: float | None = None) -> dict[str, Tensor]:
+def training_pairs(
+    sde: SDE, x0: Tensor, t: Tensor, tau_fraction: float, generator: torch.Generator, dt: float | None = None
+) -> dict[str, Tensor]:
     """Score-training pairs for a batch, each item at its own t: x_t with its denoising target (eps, std), and the
     intermediate iterate x_τ (τ = tau_fraction·t, on the same path) with its own target, IGO's second term.
 
@@ -330,9 +341,16 @@ def training_pairs(sde: SDE, x0: Tensor, t: Tensor, tau_fraction: float, generat
     if marginal_t is None:
         path = sde.simulate(x0, t, generator, dt=dt, keep=(tau_fraction,))
         eps_tau, std_tau = path.intermediate_targets[tau_fraction]
-        return {"t": t, "x_t": path.x_t, "eps": path.target_eps, "std": path.target_std,
-                "tau": tau_fraction * t,  # the simulated path lands exactly there
-                "x_tau": path.intermediates[tau_fraction], "eps_tau": eps_tau, "std_tau": std_tau}
+        return {
+            "t": t,
+            "x_t": path.x_t,
+            "eps": path.target_eps,
+            "std": path.target_std,
+            "tau": tau_fraction * t,  # the simulated path lands exactly there
+            "x_tau": path.intermediates[tau_fraction],
+            "eps_tau": eps_tau,
+            "std_tau": std_tau,
+        }
     tau = (tau_fraction * t).clamp_min(sde.eps)
     mean_tau, std_tau = sde.marginal(x0, tau)
     eps_tau = torch.randn(x0.shape, generator=generator)
@@ -342,11 +360,19 @@ def training_pairs(sde: SDE, x0: Tensor, t: Tensor, tau_fraction: float, generat
     bridge = (per_item(std_t, x0).square() - ratio.square() * per_item(std_tau, x0).square()).clamp_min(0).sqrt()
     x_t = ratio * x_tau + bridge * torch.randn(x0.shape, generator=generator)
     eps = (x_t - mean_t) / per_item(std_t, x0)
-    return {"t": t, "x_t": x_t, "eps": eps, "std": std_t, "tau": tau, "x_tau": x_tau, "eps_tau": eps_tau, "std_tau": std_tau}
+    return {
+        "t": t,
+        "x_t": x_t,
+        "eps": eps,
+        "std": std_t,
+        "tau": tau,
+        "x_tau": x_tau,
+        "eps_tau": eps_tau,
+        "std_tau": std_tau,
+    }
 
 
-def _langevin_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, generator: torch.Generator,
-                   snr: float) -> Tensor:
+def _langevin_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, generator: torch.Generator, snr: float) -> Tensor:
     """One Langevin corrector step with the step size set by a signal-to-noise ratio (Song et al. 2021).
 
     As in score_sde the norms are averaged over the batch: a per-item step (snr·|z|/|score|)² explodes for
@@ -363,9 +389,18 @@ def _langevin_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, generator:
     return x + per_item(step, x) * score + per_item((2.0 * step).sqrt(), x) * noise
 
 
-def reverse_sde_sample(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], generator: torch.Generator,
-                       steps: int = 500, corrector_steps: int = 1, snr: float = 0.16, x_T: Tensor | None = None,
-                       t_start: float | None = None, progress: Progress | None = None) -> Tensor:
+def reverse_sde_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape: Sequence[int],
+    generator: torch.Generator,
+    steps: int = 500,
+    corrector_steps: int = 1,
+    snr: float = 0.16,
+    x_T: Tensor | None = None,
+    t_start: float | None = None,
+    progress: Progress | None = None,
+) -> Tensor:
     """Predictor–corrector sampler: Langevin corrector, then an Euler–Maruyama step of the reverse SDE.
 
     Runs from t_start (default T) down to eps on `steps` equal steps; a t_start < T with x_T = a forward-
@@ -391,8 +426,15 @@ def reverse_sde_sample(sde: SDE, score_fn: ScoreFn, shape: Sequence[int], genera
     return x_mean if steps > 0 else x
 
 
-def probability_flow_sample(sde: SDE, score_fn: ScoreFn, x_T: Tensor, t_start: float | None = None,
-                            rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45") -> tuple[Tensor, int]:
+def probability_flow_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    t_start: float | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+) -> tuple[Tensor, int]:
     """Integrate the probability-flow ODE dx/dt = f − ½g²∇log p_t from t_start (default T) to eps.
 
     Uses scipy's adaptive `solve_ivp` on the flattened batch (in float64), so its step sizes are shared by

@@ -57,10 +57,20 @@ METRICS = {"metrics.json", "summary.json"}
 LOSS_HISTORIES = {  # path: (its own view, the id and view of its losses together)
     "results/generator/history.csv": (
         {"x": "step", "y": "g_loss", "title": "generator: G loss", "y_label": "G loss"},
-        ("generator-losses", {"x": "step", "y": ["d_loss", "g_loss"], "title": "generator: D and G losses"})),
+        ("generator-losses", {"x": "step", "y": ["d_loss", "g_loss"], "title": "generator: D and G losses"}),
+    ),
     "results/score/history.csv": (
-        {"x": "step", "y": "held_out_loss", "title": "score model: held-out loss (EMA weights)", "y_label": "held-out loss"},
-        ("score-losses", {"x": "step", "y": ["train_loss", "held_out_loss"], "title": "score model: training and held-out loss"})),
+        {
+            "x": "step",
+            "y": "held_out_loss",
+            "title": "score model: held-out loss (EMA weights)",
+            "y_label": "held-out loss",
+        },
+        (
+            "score-losses",
+            {"x": "step", "y": ["train_loss", "held_out_loss"], "title": "score model: training and held-out loss"},
+        ),
+    ),
 }
 CURVES = re.compile(r"results/plots/curves_(\w+)\.csv")
 SPEED = "results/plots/speed.csv"
@@ -73,11 +83,23 @@ def plot_view(path: str) -> dict[str, str] | None:
     if curves := CURVES.fullmatch(path):
         task = curves.group(1)
         level = TASK_LEVELS[task].label if task in TASK_LEVELS else "level"
-        return {"x": "level", "y": "mean", "template": "curves", "title": f"{task}: mean over test images by method",
-                "x_label": level, "y_label": "mean"}
+        return {
+            "x": "level",
+            "y": "mean",
+            "template": "curves",
+            "title": f"{task}: mean over test images by method",
+            "x_label": level,
+            "y_label": "mean",
+        }
     if path == SPEED:
-        return {"x": "seconds_per_image", "y": "mse_mean", "template": "speed", "title": "accuracy against time",
-                "x_label": "seconds per image", "y_label": "mean MSE"}
+        return {
+            "x": "seconds_per_image",
+            "y": "mse_mean",
+            "template": "speed",
+            "title": "accuracy against time",
+            "x_label": "seconds per image",
+            "y_label": "mean MSE",
+        }
     return None
 
 
@@ -145,7 +167,9 @@ def _snakemake_dag(root: Path, params_file: str, targets: Sequence[str]) -> Iter
         with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
             workflow_api = api.workflow(
                 resource_settings=ResourceSettings(cores=1),
-                config_settings=ConfigSettings(configfiles=[] if params_file == "params.yaml" else [root / params_file]),
+                config_settings=ConfigSettings(
+                    configfiles=[] if params_file == "params.yaml" else [root / params_file]
+                ),
                 storage_settings=StorageSettings(),
                 snakefile=root / "Snakefile",
                 workdir=root,
@@ -179,7 +203,9 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
         extra_outs = workflow.globals.get("DVC_OUTS", {})
 
     stages = []
-    for job in sorted(jobs, key=lambda job: (rule_order.index(job.rule.name), _stage_name(job.rule.name, dict(job.wildcards)))):
+    for job in sorted(
+        jobs, key=lambda job: (rule_order.index(job.rule.name), _stage_name(job.rule.name, dict(job.wildcards)))
+    ):
         if job.rule.norun:
             continue
         cmd = job.shellcmd.replace(executable, "python")
@@ -189,13 +215,15 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
         outs = [_relative(path, root) for path in job.output]
         outs = directories + [out for out in outs if not any(out.startswith(d + "/") for d in directories)]
         tracked = getattr(job.params, "tracked", {})
-        stages.append(DvcStage(
-            name=_stage_name(job.rule.name, dict(job.wildcards)),
-            cmd=" ".join(cmd.split()),
-            deps=tuple(dict.fromkeys(_relative(path, root) for path in job.input)),
-            params=tuple(key for key in tracked if _has_key(raw, key)),
-            outs=tuple(outs),
-        ))
+        stages.append(
+            DvcStage(
+                name=_stage_name(job.rule.name, dict(job.wildcards)),
+                cmd=" ".join(cmd.split()),
+                deps=tuple(dict.fromkeys(_relative(path, root) for path in job.input)),
+                params=tuple(key for key in tracked if _has_key(raw, key)),
+                outs=tuple(outs),
+            )
+        )
     names = [stage.name for stage in stages]
     if len(set(names)) != len(names):
         raise SharingError(f"two jobs map to one DVC stage name among {sorted(names)}")
@@ -208,7 +236,9 @@ def dvc_yaml(stages: Sequence[DvcStage], params_file: str = "params.yaml") -> st
     for stage in stages:
         entry: dict[str, Any] = {"cmd": stage.cmd, "deps": list(stage.deps)}
         if stage.params:
-            entry["params"] = list(stage.params) if params_file == "params.yaml" else [{params_file: list(stage.params)}]
+            entry["params"] = (
+                list(stage.params) if params_file == "params.yaml" else [{params_file: list(stage.params)}]
+            )
         metrics = [out for out in stage.outs if Path(out).name in METRICS]
         plots = [{out: view} for out in stage.outs if out not in metrics and (view := plot_view(out))]
         outs = [out for out in stage.outs if out not in metrics and not plot_view(out)]
@@ -217,8 +247,12 @@ def dvc_yaml(stages: Sequence[DvcStage], params_file: str = "params.yaml") -> st
                 entry[key] = value
         entries[stage.name] = entry
     top = top_level_plots([out for stage in stages for out in stage.outs])
-    body = yaml.safe_dump({"plots": top, "stages": entries} if top else {"stages": entries}, sort_keys=False,
-                          width=1000, default_flow_style=False)
+    body = yaml.safe_dump(
+        {"plots": top, "stages": entries} if top else {"stages": entries},
+        sort_keys=False,
+        width=1000,
+        default_flow_style=False,
+    )
     return HEADER.format(params=params_file) + body
 
 
@@ -301,9 +335,12 @@ def push(root: Path, remote: str | None = None, params_file: str = "params.yaml"
             f"{listed}: not written by Snakemake (changed since Snakemake finished their jobs, or unknown to it). "
             "`dvc repro` does this, and must not be used here (dvc.yaml's header says why). Rerun their rules "
             f"with Snakemake, which records what it writes: `snakemake --cores all{at} --forcerun {' '.join(foreign)}`, "
-            "then push again (outputs a plain `dvc pull` or `dvc checkout` wrote: `sgilo pull` instead).")
+            "then push again (outputs a plain `dvc pull` or `dvc checkout` wrote: `sgilo pull` instead)."
+        )
     if "Nothing to be done" not in _snakemake(root, params_file, target, "--dry-run"):
-        raise SharingError(f"snakemake still has jobs to run for {target}: run `snakemake --cores all{at}` before pushing")
+        raise SharingError(
+            f"snakemake still has jobs to run for {target}: run `snakemake --cores all{at}` before pushing"
+        )
     with _dvc_repo(root, remote, "dvc push", "check the remote (`dvc remote list`) and its credentials") as repo:
         repo.commit(force=True, relink=False)  # relink would rewrite the outputs, newer than what Snakemake recorded
         repo.push(remote=remote)
@@ -313,13 +350,17 @@ def pull(root: Path, remote: str | None = None, params_file: str = "params.yaml"
     """Download the outputs dvc.lock records, check them, and tell Snakemake they are up to date."""
     if not (root / "dvc.lock").is_file():
         raise SharingError(f"{root / 'dvc.lock'} not found: a teammate must `sgilo push` and commit dvc.lock first")
-    fix = ("The remote lacks these objects or holds damaged copies (they were not checked out): `sgilo push` again from "
-           "a clone whose outputs are complete, or rerun the stages with snakemake. Snakemake was not told anything.")
+    fix = (
+        "The remote lacks these objects or holds damaged copies (they were not checked out): `sgilo push` again from "
+        "a clone whose outputs are complete, or rerun the stages with snakemake. Snakemake was not told anything."
+    )
     with _dvc_repo(root, remote, "dvc pull", fix) as repo:
         repo.pull(remote=remote)
         changed = repo.status()
     if changed:
-        raise SharingError(f"after the pull, these stages do not match dvc.lock: {', '.join(sorted(changed))}. "
-                           "Snakemake was not told they are current; rerun them with snakemake.")
+        raise SharingError(
+            f"after the pull, these stages do not match dvc.lock: {', '.join(sorted(changed))}. "
+            "Snakemake was not told they are current; rerun them with snakemake."
+        )
     # a checkout writes files in any order: let Snakemake restore its order and record its metadata for every job
     _snakemake(root, params_file, target, "--touch", "--forceall")

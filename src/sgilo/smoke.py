@@ -84,36 +84,63 @@ def rosinality_to_nvidia(state: dict[str, Tensor], latent_avg: Tensor, size: int
     """The inverse of `sgilo.nvidia_pickle.nvidia_to_rosinality`, as a tree of NVIDIA module dicts."""
 
     def affine(src: str) -> dict:
-        return {"_parameters": {"weight": state[f"{src}.weight"], "bias": state[f"{src}.bias"]}, "_buffers": {}, "_modules": {}}
+        return {
+            "_parameters": {"weight": state[f"{src}.weight"], "bias": state[f"{src}.bias"]},
+            "_buffers": {},
+            "_modules": {},
+        }
 
     def layer(src: str, noise: int) -> dict:
         return {
-            "_parameters": {"weight": state[f"{src}.conv.weight"][0], "bias": state[f"{src}.activate.bias"],
-                            "noise_strength": state[f"{src}.noise.weight"][0]},
+            "_parameters": {
+                "weight": state[f"{src}.conv.weight"][0],
+                "bias": state[f"{src}.activate.bias"],
+                "noise_strength": state[f"{src}.noise.weight"][0],
+            },
             "_buffers": {"noise_const": state[f"noises.noise_{noise}"][0, 0], "resample_filter": torch.ones(4, 4) / 16},
             "_modules": {"affine": affine(f"{src}.conv.modulation")},
         }
 
     def torgb(src: str) -> dict:
-        return {"_parameters": {"weight": state[f"{src}.conv.weight"][0], "bias": state[f"{src}.bias"].reshape(3)},
-                "_buffers": {}, "_modules": {"affine": affine(f"{src}.conv.modulation")}}
+        return {
+            "_parameters": {"weight": state[f"{src}.conv.weight"][0], "bias": state[f"{src}.bias"].reshape(3)},
+            "_buffers": {},
+            "_modules": {"affine": affine(f"{src}.conv.modulation")},
+        }
 
     n_mlp = sum(1 for k in state if k.startswith("style.") and k.endswith(".weight"))
-    mapping = {"_parameters": {}, "_buffers": {"w_avg": latent_avg},
-               "_modules": {f"fc{i}": affine(f"style.{i + 1}") for i in range(n_mlp)}}
-    blocks = {"b4": {"_parameters": {"const": state["input.input"][0]}, "_buffers": {},
-                     "_modules": {"conv1": layer("conv1", 0), "torgb": torgb("to_rgb1")}}}
+    mapping = {
+        "_parameters": {},
+        "_buffers": {"w_avg": latent_avg},
+        "_modules": {f"fc{i}": affine(f"style.{i + 1}") for i in range(n_mlp)},
+    }
+    blocks = {
+        "b4": {
+            "_parameters": {"const": state["input.input"][0]},
+            "_buffers": {},
+            "_modules": {"conv1": layer("conv1", 0), "torgb": torgb("to_rgb1")},
+        }
+    }
     for k in range(3, int(math.log2(size)) + 1):
-        blocks[f"b{2**k}"] = {"_parameters": {}, "_buffers": {"resample_filter": torch.ones(4, 4) / 16},
-                              "_modules": {"conv0": layer(f"convs.{2 * k - 6}", 2 * k - 5),
-                                           "conv1": layer(f"convs.{2 * k - 5}", 2 * k - 4),
-                                           "torgb": torgb(f"to_rgbs.{k - 3}")}}
+        blocks[f"b{2**k}"] = {
+            "_parameters": {},
+            "_buffers": {"resample_filter": torch.ones(4, 4) / 16},
+            "_modules": {
+                "conv0": layer(f"convs.{2 * k - 6}", 2 * k - 5),
+                "conv1": layer(f"convs.{2 * k - 5}", 2 * k - 4),
+                "torgb": torgb(f"to_rgbs.{k - 3}"),
+            },
+        }
     synthesis = {"_parameters": {}, "_buffers": {}, "_modules": blocks, "architecture": "skip"}
     return {"_parameters": {}, "_buffers": {}, "_modules": {"mapping": mapping, "synthesis": synthesis}}
 
 
-def write_nvidia_pickle(path: str | Path, tree: dict, resolution: int = 1024,
-                        module_src: str = "raise SystemExit('module_src must never be executed')") -> None:
+def write_nvidia_pickle(
+    path: str | Path,
+    tree: dict,
+    resolution: int = 1024,
+    module_src: str = "raise SystemExit('module_src must never be executed')",
+) -> None:
     """Write `{G, D, G_ema, augment_pipe, training_set_kwargs}` the way torch_utils.persistence pickles it.
 
     Stand-in modules named `torch_utils.persistence` and `dnnlib.util` exist only while pickling, so the file
@@ -138,29 +165,56 @@ def write_nvidia_pickle(path: str | Path, tree: dict, resolution: int = 1024,
 
     class Persistent:
         def __init__(self, class_name: str, node: dict):
-            self.meta = {"type": "class", "version": 6, "module_src": module_src, "class_name": class_name,
-                         "state": _state(node)}
+            self.meta = {
+                "type": "class",
+                "version": 6,
+                "module_src": module_src,
+                "class_name": class_name,
+                "state": _state(node),
+            }
 
         def __reduce__(self):
             return (_reconstruct_persistent_obj, (self.meta,))
 
     def _state(node: dict) -> dict:
-        params = collections.OrderedDict((k, torch.nn.Parameter(v.clone(), requires_grad=False)) for k, v in node["_parameters"].items())
+        params = collections.OrderedDict(
+            (k, torch.nn.Parameter(v.clone(), requires_grad=False)) for k, v in node["_parameters"].items()
+        )
         buffers = collections.OrderedDict((k, v.clone()) for k, v in node["_buffers"].items())
         modules = collections.OrderedDict((k, Persistent(k, v)) for k, v in node["_modules"].items())
         extra = {k: v for k, v in node.items() if not k.startswith("_")}
         # Real NVIDIA modules carry numpy float64 gains (weight_gain, act_gain) in their __dict__.
-        return {"training": False, "weight_gain": np.float64(0.125), "act_gain": np.sqrt(np.float64(2.0)), "_parameters": params,
-                "_buffers": buffers, "_modules": modules, "_non_persistent_buffers_set": set(), **extra}
+        return {
+            "training": False,
+            "weight_gain": np.float64(0.125),
+            "act_gain": np.sqrt(np.float64(2.0)),
+            "_parameters": params,
+            "_buffers": buffers,
+            "_modules": modules,
+            "_non_persistent_buffers_set": set(),
+            **extra,
+        }
 
     generator = Persistent("Generator", tree)
-    payload = {"G": generator, "D": Persistent("Discriminator", {"_parameters": {}, "_buffers": {}, "_modules": {}}),
-               "G_ema": generator, "augment_pipe": None,
-               "training_set_kwargs": EasyDict(resolution=resolution, path="ffhq.zip"),
-               STANDIN_KEY: STANDIN_NOTE}
-    saved = {name: sys.modules.get(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")}
-    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-                        "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util})
+    payload = {
+        "G": generator,
+        "D": Persistent("Discriminator", {"_parameters": {}, "_buffers": {}, "_modules": {}}),
+        "G_ema": generator,
+        "augment_pipe": None,
+        "training_set_kwargs": EasyDict(resolution=resolution, path="ffhq.zip"),
+        STANDIN_KEY: STANDIN_NOTE,
+    }
+    saved = {
+        name: sys.modules.get(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")
+    }
+    sys.modules.update(
+        {
+            "torch_utils": types.ModuleType("torch_utils"),
+            "torch_utils.persistence": persistence,
+            "dnnlib": types.ModuleType("dnnlib"),
+            "dnnlib.util": util,
+        }
+    )
     try:
         with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
             pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -219,14 +273,19 @@ def fid_inception_state_dict(seed: int) -> dict[str, Tensor]:
     class _Built(Exception):
         pass
 
-    with _seeded(seed), mock.patch.object(inception, "_inception_v3", keep), \
-            mock.patch.object(inception, "load_state_dict_from_url", side_effect=_Built):
+    with (
+        _seeded(seed),
+        mock.patch.object(inception, "_inception_v3", keep),
+        mock.patch.object(inception, "load_state_dict_from_url", side_effect=_Built),
+    ):
         try:
             inception.fid_inception_v3()
         except _Built:
             pass
     if not built:
-        raise RuntimeError("pytorch_fid.inception.fid_inception_v3 no longer builds through _inception_v3; update sgilo.smoke")
+        raise RuntimeError(
+            "pytorch_fid.inception.fid_inception_v3 no longer builds through _inception_v3; update sgilo.smoke"
+        )
     return built[0].state_dict()
 
 
@@ -235,8 +294,11 @@ def write_torch_weights(torch_home: Path, seed: int) -> list[Path]:
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for url, build in ((LPIPS_BACKBONES["vgg"], partial(torchvision_state_dict, "vgg16")),
-                       (LPIPS_BACKBONES["alex"], partial(torchvision_state_dict, "alexnet")), (FID_WEIGHTS_URL, fid_inception_state_dict)):
+    for url, build in (
+        (LPIPS_BACKBONES["vgg"], partial(torchvision_state_dict, "vgg16")),
+        (LPIPS_BACKBONES["alex"], partial(torchvision_state_dict, "alexnet")),
+        (FID_WEIGHTS_URL, fid_inception_state_dict),
+    ):
         path = folder / url.rsplit("/", 1)[1]
         if not path.is_file():
             with atomic_path(path) as tmp:
@@ -253,8 +315,14 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 def _record(url: str, file_path: str, data: bytes, pixels: np.ndarray) -> dict:
-    return {"file_url": url, "file_path": file_path, "file_size": len(data), "file_md5": hashlib.md5(data).hexdigest(),
-            "pixel_size": list(pixels.shape[:2]), "pixel_md5": hashlib.md5(pixels.tobytes()).hexdigest()}
+    return {
+        "file_url": url,
+        "file_path": file_path,
+        "file_size": len(data),
+        "file_md5": hashlib.md5(data).hexdigest(),
+        "pixel_size": list(pixels.shape[:2]),
+        "pixel_md5": hashlib.md5(pixels.tobytes()).hexdigest(),
+    }
 
 
 def write_ffhq(served: Path, count: int, resolution: int, seed: int, base_url: str) -> Path:
@@ -269,7 +337,11 @@ def write_ffhq(served: Path, count: int, resolution: int, seed: int, base_url: s
         pixels, _ = render_face(seed, idx, resolution)
         records = {}
         for kind, (folder, side) in FFHQ_FOLDERS.items():
-            view = pixels if side == resolution else np.asarray(Image.fromarray(pixels).resize((side, side), Image.LANCZOS))
+            view = (
+                pixels
+                if side == resolution
+                else np.asarray(Image.fromarray(pixels).resize((side, side), Image.LANCZOS))
+            )
             file_path = f"{folder}/{idx // 1000 * 1000:05d}/{idx:05d}.png"
             data = _png(view)
             target = served / file_path
@@ -279,9 +351,16 @@ def write_ffhq(served: Path, count: int, resolution: int, seed: int, base_url: s
             records[kind] = _record(f"{base_url}/{file_path}", file_path, data, view)
         metadata[str(idx)] = {
             "category": "training" if idx < n_train else "validation",
-            "metadata": {"photo_url": "", "photo_title": f"synthetic face {idx} (sgilo smoke run)",
-                         "author": "sgilo.synthfaces", "country": "", "license": "Public Domain Mark",
-                         "license_url": "", "date_uploaded": "", "date_crawled": ""},
+            "metadata": {
+                "photo_url": "",
+                "photo_title": f"synthetic face {idx} (sgilo smoke run)",
+                "author": "sgilo.synthfaces",
+                "country": "",
+                "license": "Public Domain Mark",
+                "license_url": "",
+                "date_uploaded": "",
+                "date_crawled": "",
+            },
             "image": records["images"],
             "thumbnail": records["thumbnails"],
         }
@@ -305,15 +384,19 @@ def write_standins(params: Params, served: Path, torch_home: Path, seed: int = 0
 # ------------------------------------------------------------------------------------------------ server
 def _server_address(params: Params) -> tuple[str, int]:
     """The one local host:port that every URL of the profile points at (refused otherwise: nothing else is served)."""
-    urls = {"download.ffhq.mirror_url": params.download.ffhq.mirror_url,
-            "download.ffhq.metadata_url": params.download.ffhq.metadata_url,
-            "generator.pretrained.url": params.generator.pretrained.url}
+    urls = {
+        "download.ffhq.mirror_url": params.download.ffhq.mirror_url,
+        "download.ffhq.metadata_url": params.download.ffhq.metadata_url,
+        "generator.pretrained.url": params.generator.pretrained.url,
+    }
     hosts = {}
     for key, url in urls.items():
         parts = urlsplit(url)
         if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
-            raise SystemExit(f"error: {key} = {url!r}: the smoke run serves its stand-ins on 127.0.0.1:<port>; "
-                             "point every URL of the profile there")
+            raise SystemExit(
+                f"error: {key} = {url!r}: the smoke run serves its stand-ins on 127.0.0.1:<port>; "
+                "point every URL of the profile there"
+            )
         hosts[key] = (parts.hostname, parts.port)
     if len(set(hosts.values())) != 1:
         raise SystemExit(f"error: the profile's URLs point at more than one server: {hosts}")
@@ -340,13 +423,29 @@ def serve(folder: Path, host: str, port: int) -> Iterator[str]:
         server.server_close()
 
 
-def run_workflow(params_file: Path, workdir: Path, torch_home: Path, cores: str = "all", extra: Sequence[str] = (),
-                 **kwargs) -> subprocess.CompletedProcess:
+def run_workflow(
+    params_file: Path, workdir: Path, torch_home: Path, cores: str = "all", extra: Sequence[str] = (), **kwargs
+) -> subprocess.CompletedProcess:
     """`snakemake results/table1.csv` for a params file, writing in `workdir`, with TORCH_HOME at the stand-ins."""
     if not SNAKEFILE.is_file():
-        raise SystemExit(f"error: no Snakefile at {SNAKEFILE}: run the smoke run from a clone installed with `pip install -e .`")
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
-               "--cores", str(cores), *extra, "results/table1.csv", "--configfile", str(Path(params_file).resolve())]
+        raise SystemExit(
+            f"error: no Snakefile at {SNAKEFILE}: run the smoke run from a clone installed with `pip install -e .`"
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--cores",
+        str(cores),
+        *extra,
+        "results/table1.csv",
+        "--configfile",
+        str(Path(params_file).resolve()),
+    ]
     return subprocess.run(command, env={**os.environ, "TORCH_HOME": str(torch_home)}, check=False, **kwargs)
 
 
@@ -354,7 +453,12 @@ def run_workflow(params_file: Path, workdir: Path, torch_home: Path, cores: str 
 def check_table(table: Path, params: Params) -> pd.DataFrame:
     """Every task × level × method of the profile has a row, and no row counts a failed image."""
     frame = pd.read_csv(table)
-    expected = {(t.task, float(level), method) for t in params.evaluate.tasks for level in t.levels for method in params.evaluate.methods}
+    expected = {
+        (t.task, float(level), method)
+        for t in params.evaluate.tasks
+        for level in t.levels
+        for method in params.evaluate.methods
+    }
     present = {(row.task, float(row.level), row.method) for row in frame.itertuples()}
     missing = expected - present
     if missing:
@@ -370,8 +474,13 @@ def benchmark_table(folder: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(folder.rglob("*.tsv")):
         frame = pd.read_csv(path, sep="\t")
-        rows.append({"job": str(path.relative_to(folder).with_suffix("")), "wall_s": float(frame["s"].iloc[-1]),
-                     "max_rss_mib": float(frame["max_rss"].iloc[-1]) if str(frame["max_rss"].iloc[-1]) != "-" else math.nan})
+        rows.append(
+            {
+                "job": str(path.relative_to(folder).with_suffix("")),
+                "wall_s": float(frame["s"].iloc[-1]),
+                "max_rss_mib": float(frame["max_rss"].iloc[-1]) if str(frame["max_rss"].iloc[-1]) != "-" else math.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=["job", "wall_s", "max_rss_mib"])
 
 
@@ -380,21 +489,35 @@ def against_model(jobs: pd.DataFrame, params: Params) -> pd.DataFrame:
     from sgilo.resources import DEVICES, estimate
 
     rule_of = jobs["job"].str.split("/").str[0]  # logs/benchmarks/<rule>.tsv or <rule>/<wildcards>.tsv
-    measured = jobs.assign(rule=rule_of).groupby("rule").agg(jobs=("job", "size"), seconds=("wall_s", "sum"), rss_gib=("max_rss_mib", "max"))
+    measured = (
+        jobs.assign(rule=rule_of)
+        .groupby("rule")
+        .agg(jobs=("job", "size"), seconds=("wall_s", "sum"), rss_gib=("max_rss_mib", "max"))
+    )
     measured["rss_gib"] /= 1024
     rows = []
     for row in estimate(params, DEVICES["cpu"]):
         if row.rule in measured.index:
             m = measured.loc[row.rule]
-            rows.append({"rule": row.rule, "jobs": int(m.jobs), "seconds": m.seconds, "model_seconds": row.hours * 3600,
-                         "rss_gib": m.rss_gib, "model_ram_gib": row.ram_gib})
+            rows.append(
+                {
+                    "rule": row.rule,
+                    "jobs": int(m.jobs),
+                    "seconds": m.seconds,
+                    "model_seconds": row.hours * 3600,
+                    "rss_gib": m.rss_gib,
+                    "model_ram_gib": row.ram_gib,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("profiles/ffhq-smoke/params.yaml"))
-    parser.add_argument("--workdir", type=Path, default=Path("smoke-ffhq"), help="where the run writes (data/, results/, logs/)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("smoke-ffhq"), help="where the run writes (data/, results/, logs/)"
+    )
     parser.add_argument("--cores", default="all", help="snakemake --cores")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stand-in images and weights")
     parser.add_argument("--build-only", action="store_true", help="write the stand-ins and stop")
@@ -403,7 +526,9 @@ def main(argv: list[str] | None = None) -> None:
     params_file = args.params.resolve()
     params = load_params(params_file)
     if params.download.dataset != "ffhq" or params.generator.source != "pretrained":
-        raise SystemExit(f"error: {params_file}: the smoke run is for FFHQ profiles (download.dataset: ffhq, generator.source: pretrained)")
+        raise SystemExit(
+            f"error: {params_file}: the smoke run is for FFHQ profiles (download.dataset: ffhq, generator.source: pretrained)"
+        )
     workdir = args.workdir.resolve()
     served, torch_home = workdir / "standins" / "served", workdir / "standins" / "torch"
     started = time.perf_counter()
@@ -417,15 +542,19 @@ def main(argv: list[str] | None = None) -> None:
         done = run_workflow(params_file, workdir, torch_home, args.cores, args.snakemake_args)
     wall = time.perf_counter() - started
     if done.returncode:
-        raise SystemExit(f"error: snakemake exited with {done.returncode} after {wall:.0f} s; logs in {workdir / 'logs'}")
+        raise SystemExit(
+            f"error: snakemake exited with {done.returncode} after {wall:.0f} s; logs in {workdir / 'logs'}"
+        )
     check_table(workdir / "results" / "table1.csv", params)
     jobs = benchmark_table(workdir / "logs" / "benchmarks")
     print(jobs.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     print("\nMeasured against the resource model (sgilo.resources, device cpu):")
     print(against_model(jobs, params).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"\nsmoke run passed in {wall / 60:.1f} min on {os.cpu_count()} CPUs "
-          f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}); every number in {workdir / 'results'} "
-          "comes from random weights")
+    print(
+        f"\nsmoke run passed in {wall / 60:.1f} min on {os.cpu_count()} CPUs "
+        f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}); every number in {workdir / 'results'} "
+        "comes from random weights"
+    )
 
 
 if __name__ == "__main__":

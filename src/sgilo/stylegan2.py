@@ -90,7 +90,9 @@ class Upsample(nn.Module):
 class EqualLinear(nn.Module):
     """Linear layer with equalized learning rate: weights stored at unit scale, scaled at run time."""
 
-    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activation: bool = False):
+    def __init__(
+        self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activation: bool = False
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
@@ -105,7 +107,9 @@ class EqualLinear(nn.Module):
 
 
 class EqualConv2d(nn.Module):
-    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
+    def __init__(
+        self, in_channel: int, out_channel: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channel, in_channel, kernel_size, kernel_size))
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
@@ -128,7 +132,15 @@ class FusedLeakyReLU(nn.Module):
 class ModulatedConv2d(nn.Module):
     """Style-modulated (and optionally demodulated) convolution."""
 
-    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, demodulate: bool = True, upsample: bool = False):
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+    ):
         super().__init__()
         self.upsample, self.demodulate = upsample, demodulate
         if upsample:
@@ -208,19 +220,39 @@ def channel_count(resolution: int, channel_multiplier: int, channel_max: int) ->
 
 def same_architecture(a: dict[str, int], b: dict[str, int]) -> bool:
     """Whether two constructor configs build the same network (channel tables, not how they are written)."""
+
     def table(c: dict[str, int]) -> tuple:
         sizes = [2**r for r in range(2, int(math.log2(c["size"])) + 1)]
-        return (c["size"], c["style_dim"], c["n_mlp"], [channel_count(s, c["channel_multiplier"], c["channel_max"]) for s in sizes])
+        return (
+            c["size"],
+            c["style_dim"],
+            c["n_mlp"],
+            [channel_count(s, c["channel_multiplier"], c["channel_max"]) for s in sizes],
+        )
 
     return table(a) == table(b)
 
 
 class Generator(nn.Module):
-    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2, channel_max: int = 512, lr_mlp: float = 0.01):
+    def __init__(
+        self,
+        size: int,
+        style_dim: int = 512,
+        n_mlp: int = 8,
+        channel_multiplier: int = 2,
+        channel_max: int = 512,
+        lr_mlp: float = 0.01,
+    ):
         super().__init__()
         if size < 4 or size & (size - 1):
             raise ValueError(f"generator size must be a power of two >= 4, got {size}")
-        self.config = {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": channel_multiplier, "channel_max": channel_max}
+        self.config = {
+            "size": size,
+            "style_dim": style_dim,
+            "n_mlp": n_mlp,
+            "channel_multiplier": channel_multiplier,
+            "channel_max": channel_max,
+        }
         # Non-empty for stand-in weights (sgilo.smoke): kept through save/load and written on every figure and table.
         self.standin = ""
         self.size, self.style_dim = size, style_dim
@@ -228,8 +260,12 @@ class Generator(nn.Module):
         self.num_blocks = self.log_size - 1
         self.num_ws = 2 * self.log_size - 2
         self.num_noises = 2 * self.log_size - 3
-        self.channels = {2**r: channel_count(2**r, channel_multiplier, channel_max) for r in range(2, self.log_size + 1)}
-        self.style = nn.Sequential(PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)])
+        self.channels = {
+            2**r: channel_count(2**r, channel_multiplier, channel_max) for r in range(2, self.log_size + 1)
+        }
+        self.style = nn.Sequential(
+            PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)]
+        )
         self.input = ConstantInput(self.channels[4])
         self.conv1 = StyledConv(self.channels[4], self.channels[4], style_dim)
         self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False)
@@ -278,19 +314,35 @@ class Generator(nn.Module):
         """w+ (B, num_ws, style_dim) or w (B, style_dim) → image (B, 3, size, size), about [-1, 1]."""
         return self.synthesis_from(0, None, None, w_plus, noise)
 
-    def synthesis_features(self, w_plus: Tensor, layer: int, noise: Sequence[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
+    def synthesis_features(
+        self, w_plus: Tensor, layer: int, noise: Sequence[Tensor | None] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The (features, skip) pair that enters block `layer`: what ILO at layer `layer` optimises."""
         self.layer_shape(layer)
         features, skip = self._blocks(0, layer, None, None, self._broadcast(w_plus), self._noise(noise))
         return features, skip
 
-    def synthesis_from(self, layer: int, features: Tensor | None, skip: Tensor | None, w_plus: Tensor, noise: Sequence[Tensor | None] | None = None) -> Tensor:
+    def synthesis_from(
+        self,
+        layer: int,
+        features: Tensor | None,
+        skip: Tensor | None,
+        w_plus: Tensor,
+        noise: Sequence[Tensor | None] | None = None,
+    ) -> Tensor:
         """Run blocks `layer`… to the image, starting from a given feature map and skip image (layer 0: none)."""
         _, skip = self._blocks(layer, self.num_blocks, features, skip, self._broadcast(w_plus), self._noise(noise))
         return skip
 
-    def synthesis_between(self, start: int, stop: int, features: Tensor | None, skip: Tensor | None, w_plus: Tensor,
-                          noise: Sequence[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
+    def synthesis_between(
+        self,
+        start: int,
+        stop: int,
+        features: Tensor | None,
+        skip: Tensor | None,
+        w_plus: Tensor,
+        noise: Sequence[Tensor | None] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Run blocks `start`…`stop − 1`: the (features, skip) entering block `start` → those entering `stop`."""
         return self._blocks(start, stop, features, skip, self._broadcast(w_plus), self._noise(noise))
 
@@ -298,7 +350,9 @@ class Generator(nn.Module):
         if w_plus.ndim == 2:
             return w_plus.unsqueeze(1).expand(-1, self.num_ws, -1)
         if w_plus.ndim != 3 or w_plus.shape[1:] != (self.num_ws, self.style_dim):
-            raise ValueError(f"w_plus must be (B, {self.num_ws}, {self.style_dim}) or (B, {self.style_dim}), got {tuple(w_plus.shape)}")
+            raise ValueError(
+                f"w_plus must be (B, {self.num_ws}, {self.style_dim}) or (B, {self.style_dim}), got {tuple(w_plus.shape)}"
+            )
         return w_plus
 
     def _noise(self, noise: Sequence[Tensor | None] | None) -> list[Tensor]:
@@ -309,7 +363,9 @@ class Generator(nn.Module):
             raise ValueError(f"noise must be a list of {self.num_noises} maps (or None), got {len(noise)}")
         return [s if n is None else n for n, s in zip(noise, stored)]
 
-    def _blocks(self, start: int, stop: int, x: Tensor | None, skip: Tensor | None, w: Tensor, noise: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _blocks(
+        self, start: int, stop: int, x: Tensor | None, skip: Tensor | None, w: Tensor, noise: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
         for b in range(start, stop):
             if b == 0:
                 x = self.conv1(self.input(w.shape[0]), w[:, 0], noise[0])
@@ -339,7 +395,9 @@ class Generator(nn.Module):
         return (sum(w.sum(0) for w in self._mapped(n, generator, batch)) / n).float()
 
     @torch.no_grad()
-    def fit_gaussian(self, n: int, generator: torch.Generator | None = None, batch: int = 4096) -> tuple[Tensor, Tensor]:
+    def fit_gaussian(
+        self, n: int, generator: torch.Generator | None = None, batch: int = 4096
+    ) -> tuple[Tensor, Tensor]:
         """Mean and std of LeakyReLU_5(w) over `n` random z, i.e. w with the mapping's last activation undone.
 
         In that space w is close to Gaussian, so optimising a unit Gaussian z with w = LeakyReLU_0.2(std·z + mean)
@@ -364,7 +422,9 @@ class Generator(nn.Module):
 
 # ------------------------------------------------------------------------------------------ discriminator
 class ConvLayer(nn.Sequential):
-    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, downsample: bool = False, activate: bool = True):
+    def __init__(
+        self, in_channel: int, out_channel: int, kernel_size: int, downsample: bool = False, activate: bool = True
+    ):
         layers: list[nn.Module] = []
         stride, padding = 1, kernel_size // 2
         if downsample:
@@ -432,11 +492,21 @@ def infer_config(state_dict: dict[str, Tensor]) -> dict[str, int]:
         if out_ch < channel_max:
             channel_multiplier = max(1, out_ch * res // 16384)
             break
-    return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": channel_multiplier, "channel_max": channel_max}
+    return {
+        "size": size,
+        "style_dim": style_dim,
+        "n_mlp": n_mlp,
+        "channel_multiplier": channel_multiplier,
+        "channel_max": channel_max,
+    }
 
 
 def generator_from_state(
-    state_dict: dict[str, Tensor], latent_avg: Tensor | None, config: dict[str, int] | None, source: str, gaussian_fit: dict[str, Tensor] | None = None
+    state_dict: dict[str, Tensor],
+    latent_avg: Tensor | None,
+    config: dict[str, int] | None,
+    source: str,
+    gaussian_fit: dict[str, Tensor] | None = None,
 ) -> Generator:
     """Build a generator and load `state_dict` with strict key and shape matching."""
     config = dict(config) if config else infer_config(state_dict)
@@ -489,7 +559,13 @@ def _load_torch_generator(path: Path) -> Generator:
     if not isinstance(checkpoint, dict) or "g_ema" not in checkpoint:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path}: expected a dict with 'g_ema' (rosinality layout), found {keys}")
-    generator = generator_from_state(checkpoint["g_ema"], checkpoint.get("latent_avg"), checkpoint.get("config"), str(path), checkpoint.get("gaussian_fit"))
+    generator = generator_from_state(
+        checkpoint["g_ema"],
+        checkpoint.get("latent_avg"),
+        checkpoint.get("config"),
+        str(path),
+        checkpoint.get("gaussian_fit"),
+    )
     generator.standin = str(checkpoint.get("standin", ""))
     return generator
 
@@ -497,9 +573,17 @@ def _load_torch_generator(path: Path) -> Generator:
 def save_generator(generator: Generator, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the project's format: rosinality's keys plus the constructor config, atomically."""
     state = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
-    payload = {"format": FORMAT, "config": dict(generator.config), "g_ema": state, "latent_avg": generator.w_avg.detach().cpu().clone()}
+    payload = {
+        "format": FORMAT,
+        "config": dict(generator.config),
+        "g_ema": state,
+        "latent_avg": generator.w_avg.detach().cpu().clone(),
+    }
     if generator.gaussian_fitted:
-        payload["gaussian_fit"] = {"mean": generator.w_gauss_mean.detach().cpu().clone(), "std": generator.w_gauss_std.detach().cpu().clone()}
+        payload["gaussian_fit"] = {
+            "mean": generator.w_gauss_mean.detach().cpu().clone(),
+            "std": generator.w_gauss_std.detach().cpu().clone(),
+        }
     if generator.standin:
         payload["standin"] = generator.standin
     save_torch({**payload, **(extra or {})}, path)

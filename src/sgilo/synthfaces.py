@@ -184,8 +184,9 @@ class _Pen:
     def px(self, length: float) -> int:
         return max(1, round(length * 0.5 * self.size))
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, fill: Any = None, outline: Any = None,
-                width: float = 0.0) -> None:
+    def ellipse(
+        self, cx: float, cy: float, rx: float, ry: float, fill: Any = None, outline: Any = None, width: float = 0.0
+    ) -> None:
         self.draw.ellipse(self.box(cx, cy, rx, ry), fill=fill, outline=outline, width=self.px(width) if width else 0)
 
     def poly(self, points: Sequence[tuple[float, float]], fill: Any) -> None:
@@ -233,8 +234,15 @@ def _head_outline(g: _Geom, jaw: float, grow: float = 1.0, n: int = 56) -> list[
 def _draw_body(pen: _Pen, g: _Geom, skin: np.ndarray, a: dict[str, Any]) -> None:
     neck_w = 0.42 * g.hw
     neck = _shade(skin, 0.78)
-    pen.poly([(g.hx - neck_w, g.hy + 0.4 * g.hh), (g.hx + neck_w, g.hy + 0.4 * g.hh),
-              (g.hx + neck_w * 1.1, 1.1), (g.hx - neck_w * 1.1, 1.1)], neck)
+    pen.poly(
+        [
+            (g.hx - neck_w, g.hy + 0.4 * g.hh),
+            (g.hx + neck_w, g.hy + 0.4 * g.hh),
+            (g.hx + neck_w * 1.1, 1.1),
+            (g.hx - neck_w * 1.1, 1.1),
+        ],
+        neck,
+    )
     top = g.chin_y + 0.08
     pen.ellipse(g.hx, top + 0.5, 2.3 * g.hw, 0.5, fill=_shade(_rgb(a["clothes_color"]), 1.0))
     pen.ellipse(g.hx, top, neck_w * 1.1, 0.07, fill=neck)
@@ -251,8 +259,11 @@ def _draw_back_hair(pen: _Pen, g: _Geom, hair: tuple, a: dict[str, Any]) -> None
     if style == "long":
         bottom = g.hy + g.hh * a["hair_length"]
         pen.ellipse(g.hx, g.hy - 0.15 * g.hh, 1.28 * g.hw, 0.98 * g.hh, fill=hair)
-        pen.draw.rounded_rectangle([*pen.p(g.hx - 1.28 * g.hw, g.hy - 0.15 * g.hh), *pen.p(g.hx + 1.28 * g.hw, bottom)],
-                                   radius=pen.px(0.35 * g.hw), fill=hair)
+        pen.draw.rounded_rectangle(
+            [*pen.p(g.hx - 1.28 * g.hw, g.hy - 0.15 * g.hh), *pen.p(g.hx + 1.28 * g.hw, bottom)],
+            radius=pen.px(0.35 * g.hw),
+            fill=hair,
+        )
     elif style == "bun":
         pen.ellipse(g.hx, g.hy - 1.02 * g.hh, 0.38 * g.hw, 0.34 * g.hw, fill=hair)
     elif style == "bald":
@@ -387,11 +398,15 @@ def _draw_glasses(pen: _Pen, g: _Geom, a: dict[str, Any]) -> None:
         if a["glasses_shape"] == "round":
             pen.ellipse(cx, g.ey, rx, ry, outline=color, width=width)
         else:
-            pen.draw.rounded_rectangle(pen.box(cx, g.ey, rx, ry), radius=pen.px(0.3 * ry), outline=color,
-                                       width=pen.px(width))
+            pen.draw.rounded_rectangle(
+                pen.box(cx, g.ey, rx, ry), radius=pen.px(0.3 * ry), outline=color, width=pen.px(width)
+            )
         pen.line([(cx + side * rx, g.ey - 0.3 * ry), (g.hx + side * 0.98 * g.hw, g.ey - 0.1 * ry)], color, width)
-    pen.line([(g.fx - g.ex + rx, g.ey - 0.25 * ry), (g.fx, g.ey - 0.4 * ry), (g.fx + g.ex - rx, g.ey - 0.25 * ry)],
-             color, width)
+    pen.line(
+        [(g.fx - g.ex + rx, g.ey - 0.25 * ry), (g.fx, g.ey - 0.4 * ry), (g.fx + g.ex - rx, g.ey - 0.25 * ry)],
+        color,
+        width,
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -480,8 +495,11 @@ def _is_done(path: Path, seed: int, index: int, resolution: int) -> bool:
     try:
         with Image.open(path) as im:
             im.load()
-            return (im.size == (resolution, resolution) and im.mode == "RGB"
-                    and im.text.get(PNG_KEY) == _stamp(seed, index, resolution))
+            return (
+                im.size == (resolution, resolution)
+                and im.mode == "RGB"
+                and im.text.get(PNG_KEY) == _stamp(seed, index, resolution)
+            )
     except (OSError, SyntaxError, ValueError):
         return False
 
@@ -502,8 +520,9 @@ def _clean_stale(images: Path, total: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def write_synthfaces(out_dir: str | Path, seed: int, n_train: int, n_test: int, resolution: int,
-                     progress: bool = True) -> pd.DataFrame:
+def write_synthfaces(
+    out_dir: str | Path, seed: int, n_train: int, n_test: int, resolution: int, progress: bool = True
+) -> pd.DataFrame:
     """Write `images/{id:06d}.png` and `index.csv` (id, split, path, attributes...) under `out_dir`; resumable."""
     _check_resolution(resolution)
     _check_seed_index(seed, 0)

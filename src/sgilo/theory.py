@@ -80,7 +80,11 @@ def global_basin(mixture: Mixture1D, lo: float, hi: float, points: int = 200_001
     rising = np.diff(energy)
     left = next((i + 1 for i in range(best - 1, -1, -1) if rising[i] > 0), None)  # a maximum at i + 1
     right = next((i for i in range(best, len(rising)) if rising[i] < 0), None)  # a maximum at i
-    return float(grid[best]), float(grid[left]) if left is not None else lo, float(grid[right]) if right is not None else hi
+    return (
+        float(grid[best]),
+        float(grid[left]) if left is not None else lo,
+        float(grid[right]) if right is not None else hi,
+    )
 
 
 def min_curvature(mixture: Mixture1D, lo: float, hi: float, sigmas: np.ndarray, points: int = 4001) -> np.ndarray:
@@ -133,8 +137,10 @@ def spurious_scale(depth: int) -> float:
     for _ in range(depth - 1):
         theta = angles[-1]
         angles.append(math.acos(min(1.0, max(-1.0, ((math.pi - theta) * math.cos(theta) + math.sin(theta)) / math.pi))))
-    return sum(math.sin(angles[i]) / math.pi * math.prod((math.pi - angles[j]) / math.pi for j in range(i + 1, depth))
-               for i in range(depth))
+    return sum(
+        math.sin(angles[i]) / math.pi * math.prod((math.pi - angles[j]) / math.pi for j in range(i + 1, depth))
+        for i in range(depth)
+    )
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,9 @@ class ReLUInversion:
 
     @classmethod
     def random(cls, widths: list[int], measurements: int, noise: float, rng: np.random.Generator) -> ReLUInversion:
-        weights = tuple(rng.normal(0.0, 1.0 / math.sqrt(n_out), (n_out, n_in)) for n_in, n_out in itertools.pairwise(widths))
+        weights = tuple(
+            rng.normal(0.0, 1.0 / math.sqrt(n_out), (n_out, n_in)) for n_in, n_out in itertools.pairwise(widths)
+        )
         sensing = rng.normal(0.0, 1.0 / math.sqrt(measurements), (measurements, widths[-1]))
         z_star = rng.normal(size=widths[0])
         z_star /= np.linalg.norm(z_star)
@@ -197,8 +205,16 @@ class ReLUInversion:
         return 2.0**self.depth * projected.T @ projected
 
 
-def langevin(problem: ReLUInversion, starts: np.ndarray, steps: int, step_size: float, beta: np.ndarray,
-             sign_flip: np.ndarray, rng: np.random.Generator, record_every: int = 10) -> dict[str, np.ndarray]:
+def langevin(
+    problem: ReLUInversion,
+    starts: np.ndarray,
+    steps: int,
+    step_size: float,
+    beta: np.ndarray,
+    sign_flip: np.ndarray,
+    rng: np.random.Generator,
+    record_every: int = 10,
+) -> dict[str, np.ndarray]:
     """Runs every row of `starts` (B, k) for `steps` iterations of z ← z − η∇f(z) + sqrt(2η/β) ξ.
 
     `beta` (B,) may be inf (gradient descent); rows with `sign_flip` replace z by −z whenever that lowers f, Huang et
@@ -220,7 +236,12 @@ def langevin(problem: ReLUInversion, starts: np.ndarray, steps: int, step_size: 
             better = flip & (problem.loss(-z) < problem.loss(z))
             z[better] = -z[better]
         z = z - step_size * problem.gradient(z) + noise * rng.standard_normal(z.shape)
-    return {"iterations": np.array(iterations), "to_truth": np.array(to_truth), "to_spurious": np.array(to_spurious), "final": z}
+    return {
+        "iterations": np.array(iterations),
+        "to_truth": np.array(to_truth),
+        "to_spurious": np.array(to_spurious),
+        "final": z,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------

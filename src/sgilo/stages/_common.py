@@ -21,8 +21,12 @@ log = logging.getLogger("sgilo")
 def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml, the demo profile)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads (Snakemake passes the rule's; default: the stage's params key, 0 there = every core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (Snakemake passes the rule's; default: the stage's params key, 0 there = every core)",
+    )
     return parser
 
 

@@ -22,9 +22,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         f = config.ffhq
         index = download_ffhq(
-            args.out, metadata_url=f.metadata_url, metadata_md5=f.metadata_md5, metadata_size=f.metadata_size,
-            kind=f.kind, index_start=f.index_start, index_stop=f.index_stop, mirror_url=f.mirror_url,
-            workers=f.workers, retries=f.retries, timeout=f.timeout_s,
+            args.out,
+            metadata_url=f.metadata_url,
+            metadata_md5=f.metadata_md5,
+            metadata_size=f.metadata_size,
+            kind=f.kind,
+            index_start=f.index_start,
+            index_stop=f.index_stop,
+            mirror_url=f.mirror_url,
+            workers=f.workers,
+            retries=f.retries,
+            timeout=f.timeout_s,
         )
     counts = index["split"].value_counts().to_dict()
     log.info("%s ready in %s: %s", config.dataset, args.out, counts)

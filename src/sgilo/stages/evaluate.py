@@ -72,11 +72,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="--tune: the JSON to write; else the evaluate folder")
     args, params = start(parser, argv)
     config = params.evaluate
-    grid = [(entry.task, level, method) for entry in config.tasks for level in entry.levels for method in config.methods]
+    grid = [
+        (entry.task, level, method) for entry in config.tasks for level in entry.levels for method in config.methods
+    ]
     if (args.task, args.level, args.method) not in grid:
-        parser.error(f"{args.task} at {args.level:g} with {args.method} is not in evaluate.tasks × evaluate.methods of {args.params}")
+        parser.error(
+            f"{args.task} at {args.level:g} with {args.method} is not in evaluate.tasks × evaluate.methods of {args.params}"
+        )
     if not args.tune and args.tuned is None and spec(args.method).tuned:
-        parser.error(f"method {args.method} tunes {spec(args.method).tuned}: give --tuned (the tune step's JSON) or --tune")
+        parser.error(
+            f"method {args.method} tunes {spec(args.method).tuned}: give --tuned (the tune step's JSON) or --tune"
+        )
     if spec(args.method).uses_prior and args.score is None:
         parser.error(f"--score: methods {', '.join(prior_methods())} need the score stage's model.pt")
     set_threads(args.threads or config.threads)
@@ -99,22 +105,36 @@ class Runner:
         self.params, self.args, self.device = params, args, device
         self.task, self.level, self.method = task, float(level), method
         config = params.evaluate
-        self.spec = OperatorSpec(self.task, self.level, noise_std=config.noise_std, mask=config.mask, sr_filter=config.sr_filter,
-                                 cs_kind=config.cs_kind)
+        self.spec = OperatorSpec(
+            self.task,
+            self.level,
+            noise_std=config.noise_std,
+            mask=config.mask,
+            sr_filter=config.sr_filter,
+            cs_kind=config.cs_kind,
+        )
         self.generator: Generator = load_generator(args.generator).to(device)
         self.prior = LatentPrior.load(args.score, device) if spec(self.method).uses_prior else None
         if self.prior is not None and self.prior.layer != params.invert.layer:
-            raise SystemExit(f"error: {args.score} models layer {self.prior.layer}, but invert.layer is {params.invert.layer}; rerun the score stage")
+            raise SystemExit(
+                f"error: {args.score} models layer {self.prior.layer}, but invert.layer is {params.invert.layer}; rerun the score stage"
+            )
         invert = params.invert
         self.phases = [LayerPhase(**to_dict(s)) for s in invert.phases]
         self.precision = resolve(config.precision, device, "evaluate.precision")
-        self.options = Options(geocross=invert.geocross, perceptual=invert.perceptual, optimize_noise=invert.optimize_noise,
-                               precision=self.precision)
+        self.options = Options(
+            geocross=invert.geocross,
+            perceptual=invert.perceptual,
+            optimize_noise=invert.optimize_noise,
+            precision=self.precision,
+        )
         self.perceptual = lpips_distance("vgg", device) if invert.perceptual > 0 else None
         ids = sorted(read_index(args.data).query("split == 'test'")["id"].tolist())
         needed = config.tune.validation + config.images
         if len(ids) < needed:
-            raise DataError(f"{args.data}: the test split has {len(ids)} images; evaluate.tune.validation + evaluate.images needs {needed}")
+            raise DataError(
+                f"{args.data}: the test split has {len(ids)} images; evaluate.tune.validation + evaluate.images needs {needed}"
+            )
         self.validation_ids, self.test_ids = ids[: config.tune.validation], ids[config.tune.validation : needed]
 
     def seed(self, image_id: int) -> int:
@@ -124,7 +144,9 @@ class Runner:
         config = self.params.evaluate
         return total_steps(self.method, self.phases, config.sgilo, config.gnc)
 
-    def run(self, ids: Sequence[int], hyper: dict[str, float], progress=None) -> tuple[torch.Tensor, Operator, torch.Tensor, Reconstruction, float]:
+    def run(
+        self, ids: Sequence[int], hyper: dict[str, float], progress=None
+    ) -> tuple[torch.Tensor, Operator, torch.Tensor, Reconstruction, float]:
         """(truth, operator, y, reconstruction, seconds) for a batch of images, truth in [0, 1]."""
         config = self.params.evaluate
         truth = ((load_images(self.args.data, "test", self.generator.size, list(ids)) + 1) / 2).to(self.device)
@@ -135,9 +157,21 @@ class Runner:
         for key, value in hyper.items():
             setting = with_tuned(setting, self.method, key, value)
         started = time.perf_counter()
-        result = reconstruct(self.method, self.generator, operator.physics.A, y, seeds, self.phases, self.options,
-                             radius_scale=setting.radius_scale, prior=self.prior, sgilo_config=setting.sgilo,
-                             gnc_config=setting.gnc, perceptual=self.perceptual, progress=progress)
+        result = reconstruct(
+            self.method,
+            self.generator,
+            operator.physics.A,
+            y,
+            seeds,
+            self.phases,
+            self.options,
+            radius_scale=setting.radius_scale,
+            prior=self.prior,
+            sgilo_config=setting.sgilo,
+            gnc_config=setting.gnc,
+            perceptual=self.perceptual,
+            progress=progress,
+        )
         return truth, operator, y, result, time.perf_counter() - started
 
     def batches(self, ids: Sequence[int]) -> list[list[int]]:
@@ -150,8 +184,17 @@ def _resume_key(runner: Runner, ids: Sequence[int], **extra) -> str:
     bytes of the generator (and prior), and `extra` (evaluate: the hyper-parameters)."""
     params = runner.params
     inputs = [runner.args.generator, *([runner.args.score] if spec(runner.method).uses_prior else [])]
-    return fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "evaluate": to_dict(params.evaluate), **extra,
-                        "precision": runner.precision, "ids": list(ids)}, *inputs)
+    return fingerprint(
+        {
+            "seed": params.seed,
+            "invert": to_dict(params.invert),
+            "evaluate": to_dict(params.evaluate),
+            **extra,
+            "precision": runner.precision,
+            "ids": list(ids),
+        },
+        *inputs,
+    )
 
 
 def _bar(runner: Runner, images: int, desc: str) -> tqdm:
@@ -169,8 +212,18 @@ def tune(runner: Runner, out: Path) -> None:
     to `<out's folder>/partial/<out's name>.pt`, so a killed job resumes where it stopped, with the same choice."""
     method = runner.method
     if spec(method).tuned is None:
-        save_json({"task": runner.task, "level": runner.level, "method": method, "key": None, "candidates": [], "chosen": {},
-                   "precision": runner.precision}, out)
+        save_json(
+            {
+                "task": runner.task,
+                "level": runner.level,
+                "method": method,
+                "key": None,
+                "candidates": [],
+                "chosen": {},
+                "precision": runner.precision,
+            },
+            out,
+        )
         return
     key, field_name = spec(method).tuned, spec(method).candidates
     candidates = getattr(runner.params.evaluate.tune, field_name)
@@ -179,29 +232,61 @@ def tune(runner: Runner, out: Path) -> None:
     partial = out.parent / "partial" / f"{out.stem}.pt"
     resume_key = _resume_key(runner, ids)
     done = resume_batches(partial, resume_key, "the tuning")
-    log.info("tuning %s on %d validation image(s): %d of %d candidate batches to run", key, len(ids), len(work) - len(done), len(work))
+    log.info(
+        "tuning %s on %d validation image(s): %d of %d candidate batches to run",
+        key,
+        len(ids),
+        len(work) - len(done),
+        len(work),
+    )
     with _bar(runner, len(ids) * len(candidates), f"tune {runner.task} {runner.level:g} {method}") as bar:
         bar.update(sum(len(batch) for _, batch in work[: len(done)]) * runner.steps())
-        for value, batch in work[len(done):]:
+        for value, batch in work[len(done) :]:
             truth, _, _, result, _ = runner.run(batch, {key: value}, progress=_advance(bar, len(batch)))
             ok = torch.tensor([reason is None for reason in result.failures], device=truth.device)
-            done.append({"value": value, "failed": int((~ok).sum()),
-                         "mse": image_metrics(result.image[ok], truth[ok])["mse"].cpu() if bool(ok.any()) else torch.zeros(0)})
+            done.append(
+                {
+                    "value": value,
+                    "failed": int((~ok).sum()),
+                    "mse": image_metrics(result.image[ok], truth[ok])["mse"].cpu()
+                    if bool(ok.any())
+                    else torch.zeros(0),
+                }
+            )
             save_torch({"fingerprint": resume_key, "batches": done}, partial)
     scores = []
     for value in candidates:
         mine = [b for b in done if b["value"] == value]
         mse_all = torch.cat([b["mse"] for b in mine])
-        scores.append({key: value, "mse": float(mse_all.mean()) if len(mse_all) else None, "failed": sum(b["failed"] for b in mine)})
+        scores.append(
+            {
+                key: value,
+                "mse": float(mse_all.mean()) if len(mse_all) else None,
+                "failed": sum(b["failed"] for b in mine),
+            }
+        )
         log.info("%s = %g: validation MSE %s (%d failed)", key, value, scores[-1]["mse"], scores[-1]["failed"])
     if all(s["mse"] is None for s in scores):
         discard_checkpoint(partial)
-        raise SystemExit(f"error: every candidate of {key} made all validation images fail (NaN or Inf in the optimisation) for "
-                         f"{runner.task} {runner.level:g} {method}; lower the step sizes in invert.phases / evaluate.{method}")
+        raise SystemExit(
+            f"error: every candidate of {key} made all validation images fail (NaN or Inf in the optimisation) for "
+            f"{runner.task} {runner.level:g} {method}; lower the step sizes in invert.phases / evaluate.{method}"
+        )
     # A candidate that makes images fail is not chosen over one that does not.
     best = min(scores, key=lambda s: (s["failed"], s["mse"] if s["mse"] is not None else math.inf))
-    save_json({"task": runner.task, "level": runner.level, "method": method, "key": key, "validation_ids": ids,
-               "candidates": scores, "chosen": {key: best[key]}, "precision": runner.precision}, out)
+    save_json(
+        {
+            "task": runner.task,
+            "level": runner.level,
+            "method": method,
+            "key": key,
+            "validation_ids": ids,
+            "candidates": scores,
+            "chosen": {key: best[key]},
+            "precision": runner.precision,
+        },
+        out,
+    )
     discard_checkpoint(partial)
 
 
@@ -216,22 +301,41 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
     batches = runner.batches(runner.test_ids)
     with _bar(runner, len(runner.test_ids), f"evaluate {runner.task} {runner.level:g} {method}") as bar:
         bar.update(sum(len(b["records"]) for b in done) * runner.steps())
-        for batch in batches[len(done):]:
+        for batch in batches[len(done) :]:
             truth, operator, y, result, seconds = runner.run(batch, hyper, progress=_advance(bar, len(batch)))
             keep = max(0, params.evaluate.figure_images - sum(len(b["figures"]["ids"]) for b in done))
-            done.append(_batch_records(runner, batch, hyper, truth, operator.naive(y), result, seconds, lpips, lpips_note, keep))
+            done.append(
+                _batch_records(runner, batch, hyper, truth, operator.naive(y), result, seconds, lpips, lpips_note, keep)
+            )
             save_torch({"fingerprint": key, "batches": done}, partial)
     records = pd.DataFrame([r for b in done for r in b["records"]])
     _write_figure_data(runner, done, cell_path(out, runner.task, runner.level, method, ".safetensors"))
     with atomic_path(parquet) as tmp:
         records.to_parquet(tmp, index=False)
     discard_checkpoint(partial)
-    log.info("%s %g %s: mean PSNR %.2f dB, MSE %.5f over %d images", runner.task, runner.level, method, records["psnr"].mean(),
-             records["mse"].mean(), len(records))
+    log.info(
+        "%s %g %s: mean PSNR %.2f dB, MSE %.5f over %d images",
+        runner.task,
+        runner.level,
+        method,
+        records["psnr"].mean(),
+        records["mse"].mean(),
+        len(records),
+    )
 
 
-def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, naive, result: Reconstruction, seconds: float,
-                   lpips, lpips_note: str, keep: int) -> dict[str, Any]:
+def _batch_records(
+    runner: Runner,
+    batch: list[int],
+    hyper: dict,
+    truth,
+    naive,
+    result: Reconstruction,
+    seconds: float,
+    lpips,
+    lpips_note: str,
+    keep: int,
+) -> dict[str, Any]:
     """The batch's records, and its first `keep` images for the report's figures. A failed image (its optimisation
     went NaN or Inf) keeps its record, with the reason and no metrics, so the report counts it and leaves it out."""
     image = torch.nan_to_num(result.image, nan=0.0, posinf=1.0, neginf=0.0)
@@ -242,20 +346,52 @@ def _batch_records(runner: Runner, batch: list[int], hyper: dict, truth, naive, 
     for i, image_id in enumerate(batch):
         failure = result.failures[i]
         if failure is not None:
-            log.warning("%s %g %s: image %d failed (%s); its record is kept without metrics", runner.task, runner.level, runner.method,
-                        image_id, failure)
-        records.append({
-            "image_id": int(image_id), "seed": runner.seed(image_id), "task": runner.task, "level": runner.level, "method": runner.method,
-            **{metric: nan if failure else float(value) for metric, value in
-               (("mse", quality["mse"][i]), ("psnr", quality["psnr"][i]), ("ssim", quality["ssim"][i]), ("lpips", distance[i]))},
-            "lpips_note": lpips_note, "seconds": seconds / len(batch), "steps": runner.steps(), "chains": result.chains,
-            "measurement_loss": nan if failure else float(result.loss[i]), "hyper": json.dumps(hyper, sort_keys=True),
-            "failure": failure or "", "precision": runner.precision, "data_term": result.data_term,
-        })
-    figures = {"ids": torch.tensor(batch), "truth": truth.cpu(), "measurement": naive.clamp(0, 1).cpu(),
-               "reconstruction": image.clamp(0, 1).cpu()}
+            log.warning(
+                "%s %g %s: image %d failed (%s); its record is kept without metrics",
+                runner.task,
+                runner.level,
+                runner.method,
+                image_id,
+                failure,
+            )
+        records.append(
+            {
+                "image_id": int(image_id),
+                "seed": runner.seed(image_id),
+                "task": runner.task,
+                "level": runner.level,
+                "method": runner.method,
+                **{
+                    metric: nan if failure else float(value)
+                    for metric, value in (
+                        ("mse", quality["mse"][i]),
+                        ("psnr", quality["psnr"][i]),
+                        ("ssim", quality["ssim"][i]),
+                        ("lpips", distance[i]),
+                    )
+                },
+                "lpips_note": lpips_note,
+                "seconds": seconds / len(batch),
+                "steps": runner.steps(),
+                "chains": result.chains,
+                "measurement_loss": nan if failure else float(result.loss[i]),
+                "hyper": json.dumps(hyper, sort_keys=True),
+                "failure": failure or "",
+                "precision": runner.precision,
+                "data_term": result.data_term,
+            }
+        )
+    figures = {
+        "ids": torch.tensor(batch),
+        "truth": truth.cpu(),
+        "measurement": naive.clamp(0, 1).cpu(),
+        "reconstruction": image.clamp(0, 1).cpu(),
+    }
     if result.samples is not None:
-        figures |= {"samples": torch.nan_to_num(result.samples, nan=0.0).clamp(0, 1).cpu(), "std": torch.nan_to_num(result.std, nan=0.0).cpu()}
+        figures |= {
+            "samples": torch.nan_to_num(result.samples, nan=0.0).clamp(0, 1).cpu(),
+            "std": torch.nan_to_num(result.std, nan=0.0).cpu(),
+        }
     return {"records": records, "figures": {k: v[:keep] for k, v in figures.items()}}
 
 

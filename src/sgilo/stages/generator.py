@@ -41,7 +41,9 @@ HISTORY_FIELDS = ("step", "d_loss", "g_loss", "r1")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--data", type=Path, help="dataset folder from the download stage (source: train)")
-    parser.add_argument("--cache", type=Path, default=Path("data/weights"), help="where official weights are downloaded")
+    parser.add_argument(
+        "--cache", type=Path, default=Path("data/weights"), help="where official weights are downloaded"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/generator")
     args, params = start(parser, argv)
     set_threads(args.threads or params.generator.train.threads)
@@ -50,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.data is None:
             parser.error("--data is required when generator.source is 'train'")
         real = load_images(args.data, "train", params.generator.architecture.size)
-        generator, metrics = train(params, real, fingerprint({"seed": params.seed, "generator": to_dict(params.generator)}, args.data / "index.csv"), args.out)
+        generator, metrics = train(
+            params,
+            real,
+            fingerprint({"seed": params.seed, "generator": to_dict(params.generator)}, args.data / "index.csv"),
+            args.out,
+        )
     else:
         real = None  # the sliced Wasserstein check is for the demo's small images
         generator, metrics = fetch_pretrained(params, args.cache)
@@ -72,7 +79,10 @@ def train(params: Params, images: torch.Tensor, fingerprint: str, out: Path) -> 
         ran += 1
         progress.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}", refresh=False)
         if (step + 1) % every == 0 and step + 1 < steps:
-            save_torch({"fingerprint": fingerprint, "step": step + 1, "trainer": trainer.state_dict(), "history": history}, state_path)
+            save_torch(
+                {"fingerprint": fingerprint, "step": step + 1, "trainer": trainer.state_dict(), "history": history},
+                state_path,
+            )
     seconds = time.perf_counter() - run_started
     _write_history(history, out / "history.csv")
     tail = history[-50:]
@@ -117,7 +127,9 @@ def fetch_pretrained(params: Params, cache: Path) -> tuple[Generator, dict[str, 
     source = params.generator.pretrained
     dest = cache / Path(source.url.split("?")[0]).name
     session = make_session(retries=params.download.ffhq.retries)
-    download_file(source.url, dest, md5=source.md5 or None, sha256=source.sha256 or None, session=session, progress=True)
+    download_file(
+        source.url, dest, md5=source.md5 or None, sha256=source.sha256 or None, session=session, progress=True
+    )
     generator = load_generator(dest)
     expected = vars(params.generator.architecture)
     if not same_architecture(generator.config, expected):
@@ -130,11 +142,15 @@ def fetch_pretrained(params: Params, cache: Path) -> tuple[Generator, dict[str, 
 
 # -------------------------------------------------------------------------------------------------- outputs
 @torch.no_grad()
-def finish(params: Params, generator: Generator, metrics: dict[str, Any], real: torch.Tensor | None, out: Path, seconds: float) -> None:
+def finish(
+    params: Params, generator: Generator, metrics: dict[str, Any], real: torch.Tensor | None, out: Path, seconds: float
+) -> None:
     config = params.generator
     generator = generator.eval().requires_grad_(False)
     if not generator.w_avg.abs().sum():
-        generator.w_avg.copy_(generator.mean_latent(config.latent_avg_samples, torch_generator(params.seed, "generator", "latent_avg")))
+        generator.w_avg.copy_(
+            generator.mean_latent(config.latent_avg_samples, torch_generator(params.seed, "generator", "latent_avg"))
+        )
     if not generator.gaussian_fitted:
         generator.fit_gaussian(config.latent_avg_samples, torch_generator(params.seed, "generator", "gaussian_fit"))
     count = config.grid_rows**2
@@ -146,7 +162,9 @@ def finish(params: Params, generator: Generator, metrics: dict[str, Any], real: 
     if real is not None:
         metrics.update(_sample_quality(params, generator, real))
     metrics["seconds"] = seconds
-    save_generator(generator, out / "generator.pt", extra={"sgilo_params": {"seed": params.seed, "generator": to_dict(config)}})
+    save_generator(
+        generator, out / "generator.pt", extra={"sgilo_params": {"seed": params.seed, "generator": to_dict(config)}}
+    )
     save_json(metrics, out / "metrics.json")
     discard_checkpoint(out / "resume" / "state.pt")
     log.info("generator written to %s: %s", out, json.dumps(metrics, sort_keys=True))

@@ -54,7 +54,9 @@ FORMAT = "sgilo.invert/1"
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--data", required=True, type=Path, help="dataset folder from the download stage")
-    parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint (results/generator/generator.pt)")
+    parser.add_argument(
+        "--generator", required=True, type=Path, help="generator checkpoint (results/generator/generator.pt)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/invert")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--shard", type=int, help="invert this shard only")
@@ -63,10 +65,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, params = start(parser, argv)
     config = params.invert
     if args.shard is not None and not 0 <= args.shard < config.shards:
-        parser.error(f"--shard {args.shard}: invert.images={config.images} in shards of {config.shard_size} gives shards 0…{config.shards - 1}")
+        parser.error(
+            f"--shard {args.shard}: invert.images={config.images} in shards of {config.shard_size} gives shards 0…{config.shards - 1}"
+        )
     if args.generated is not None and not 0 <= args.generated < config.generated_shards:
-        parser.error(f"--generated {args.generated}: invert.generated={config.generated} in shards of {config.generated_shard_size} gives "
-                     + (f"shards 0…{config.generated_shards - 1}" if config.generated_shards else "none (set invert.generated > 0)"))
+        parser.error(
+            f"--generated {args.generated}: invert.generated={config.generated} in shards of {config.generated_shard_size} gives "
+            + (
+                f"shards 0…{config.generated_shards - 1}"
+                if config.generated_shards
+                else "none (set invert.generated > 0)"
+            )
+        )
     set_threads(args.threads or config.threads)
     everything = args.shard is None and args.generated is None and not args.summary
     if not args.summary:
@@ -88,12 +98,22 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def shard_ids(config: InvertConfig, train_ids: Sequence[int], shard: int) -> list[int]:
     if len(train_ids) < config.images:
-        raise ValueError(f"invert.images is {config.images} but the data set has only {len(train_ids)} training images; lower invert.images")
+        raise ValueError(
+            f"invert.images is {config.images} but the data set has only {len(train_ids)} training images; lower invert.images"
+        )
     return list(train_ids[shard * config.shard_size : min((shard + 1) * config.shard_size, config.images)])
 
 
 # ------------------------------------------------------------------------------------------------ one shard
-def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | None, data: Path, generator_path: Path, shard: int, out: Path) -> None:
+def invert_shard(
+    params: Params,
+    generator: Generator,
+    perceptual: Perceptual | None,
+    data: Path,
+    generator_path: Path,
+    shard: int,
+    out: Path,
+) -> None:
     config = params.invert
     ids = shard_ids(config, read_index(data).query("split == 'train'")["id"].tolist(), shard)
     partial_path = out / "partial" / f"shard-{shard:05d}.pt"
@@ -101,31 +121,65 @@ def invert_shard(params: Params, generator: Generator, perceptual: Perceptual | 
     precision = resolve(config.precision, device, "invert.precision")
     # What a partial shard must match to be resumed: params, the precision they resolved to, generator weights and
     # the image ids.
-    key = fingerprint({"seed": params.seed, "invert": to_dict(params.invert), "precision": precision, "ids": ids}, generator_path)
+    key = fingerprint(
+        {"seed": params.seed, "invert": to_dict(params.invert), "precision": precision, "ids": ids}, generator_path
+    )
     done = resume_batches(partial_path, key, "the shard")
     batches = [ids[i : i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
     phases = [LayerPhase(**to_dict(s)) for s in config.phases]
-    options = Options(geocross=config.geocross, perceptual=config.perceptual, optimize_noise=config.optimize_noise, precision=precision)
+    options = Options(
+        geocross=config.geocross,
+        perceptual=config.perceptual,
+        optimize_noise=config.optimize_noise,
+        precision=precision,
+    )
     steps = sum(s.steps for s in phases)
-    progress = tqdm(total=len(ids) * steps, initial=len(done) * steps, desc=f"invert shard {shard}", unit="img·step", mininterval=5.0)
-    for batch in batches[len(done):]:
+    progress = tqdm(
+        total=len(ids) * steps,
+        initial=len(done) * steps,
+        desc=f"invert shard {shard}",
+        unit="img·step",
+        mininterval=5.0,
+    )
+    for batch in batches[len(done) :]:
         target = load_images(data, "train", generator.size, batch)
         target01 = ((target + 1) / 2).to(device)
         seeds = [item_seed(params.seed, "invert", image_id) for image_id in batch]
-        result = invert(generator, _identity, target01, seeds, phases, options, perceptual, progress=functools.partial(_advance, progress, len(batch)))
+        result = invert(
+            generator,
+            _identity,
+            target01,
+            seeds,
+            phases,
+            options,
+            perceptual,
+            progress=functools.partial(_advance, progress, len(batch)),
+        )
         quality = image_metrics((torch.nan_to_num(result.image).clamp(-1, 1) + 1) / 2, target01)
         for image_id, reason in zip(batch, result.failures):
             if reason is not None:
                 log.warning("shard %d: image %d failed (%s); it is left out of the shard", shard, image_id, reason)
-        done.append({
-            "ids": torch.tensor(batch), "latents": result.latent.cpu(), "w_plus": result.w_plus.cpu(),
-            "loss": result.loss.cpu(), "psnr": quality["psnr"].cpu(), "failures": list(result.failures),
-        })
+        done.append(
+            {
+                "ids": torch.tensor(batch),
+                "latents": result.latent.cpu(),
+                "w_plus": result.w_plus.cpu(),
+                "loss": result.loss.cpu(),
+                "psnr": quality["psnr"].cpu(),
+                "failures": list(result.failures),
+            }
+        )
         save_torch({"fingerprint": key, "batches": done}, partial_path)
     progress.close()
     kept = _write_shard(done, params, shard, shard_file(out, shard), generator, precision)
     discard_checkpoint(partial_path)
-    log.info("shard %d: %d images, %d failed, mean PSNR %.2f dB", shard, len(ids), len(ids) - len(kept["ids"]), float(kept["psnr"].mean()))
+    log.info(
+        "shard %d: %d images, %d failed, mean PSNR %.2f dB",
+        shard,
+        len(ids),
+        len(ids) - len(kept["ids"]),
+        float(kept["psnr"].mean()),
+    )
 
 
 def _advance(progress: tqdm, images: int, steps: int) -> None:
@@ -136,15 +190,19 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _write_shard(done: list[dict], params: Params, shard: int, dest: Path, generator: Generator, precision: str) -> dict[str, torch.Tensor]:
+def _write_shard(
+    done: list[dict], params: Params, shard: int, dest: Path, generator: Generator, precision: str
+) -> dict[str, torch.Tensor]:
     """Write the shard's images that did not fail; the failed ones are named, with their reasons, in its metadata
     ("failures": {id: reason}), so that no later stage trains on a diverged latent. Returns the tensors written."""
     failures = [reason for b in done for reason in b.get("failures", [None] * len(b["ids"]))]
     ids = torch.cat([b["ids"] for b in done])
     ok = torch.tensor([reason is None for reason in failures])
     if not bool(ok.any()):
-        raise SystemExit(f"error: every image of invert shard {shard} failed ({failures[0]}, …); nothing was written to {dest}. "
-                         "Lower the step sizes (lr) in invert.phases or use invert.precision fp32")
+        raise SystemExit(
+            f"error: every image of invert shard {shard} failed ({failures[0]}, …); nothing was written to {dest}. "
+            "Lower the step sizes (lr) in invert.phases or use invert.precision fp32"
+        )
     tensors = {key: torch.cat([b[key] for b in done])[ok].contiguous() for key in done[0] if key != "failures"}
     metadata = {
         "format": FORMAT,
@@ -168,12 +226,26 @@ def generate_shard(params: Params, generator: Generator, shard: int, out: Path) 
     size = config.generated_shard_size
     ids = list(range(shard * size, min((shard + 1) * size, config.generated)))
     device = next(generator.parameters()).device
-    z = torch.stack([torch.randn(generator.style_dim, generator=torch_generator(params.seed, "generated", j)) for j in ids]).to(device)
+    z = torch.stack(
+        [torch.randn(generator.style_dim, generator=torch_generator(params.seed, "generated", j)) for j in ids]
+    ).to(device)
     latents, w_plus = generator_latents(generator, config.layer, z, config.batch_size)
-    metadata = {"format": FORMAT, "shard": str(shard), "layer": str(config.layer), "generator": json.dumps(generator.config),
-                "source": "generator"}
-    save_safetensors({"ids": torch.tensor(ids), "latents": latents.float().cpu().contiguous(), "w_plus": w_plus.float().cpu().contiguous()},
-                     shard_file(out, shard, "generated"), metadata)
+    metadata = {
+        "format": FORMAT,
+        "shard": str(shard),
+        "layer": str(config.layer),
+        "generator": json.dumps(generator.config),
+        "source": "generator",
+    }
+    save_safetensors(
+        {
+            "ids": torch.tensor(ids),
+            "latents": latents.float().cpu().contiguous(),
+            "w_plus": w_plus.float().cpu().contiguous(),
+        },
+        shard_file(out, shard, "generated"),
+        metadata,
+    )
     log.info("generated shard %d: %d latents of layer %d", shard, len(ids), config.layer)
 
 
@@ -190,16 +262,19 @@ def summarize(config: InvertConfig, out: Path) -> None:
         failures |= json.loads(metadata.get("failures", "{}"))
         precisions.add(metadata.get("precision", "unrecorded"))
     psnr_all, loss_all = torch.cat(psnr), torch.cat(loss)
-    save_json({
-        "images": len(psnr_all),
-        "failed": len(failures),
-        "failures": failures,
-        "psnr_mean": float(psnr_all.mean()),
-        "psnr_min": float(psnr_all.min()),
-        "psnr_median": float(psnr_all.median()),
-        "loss_mean": float(loss_all.mean()),
-        "precision": ", ".join(sorted(precisions)),  # as each shard resolved invert.precision
-    }, out / "summary.json")
+    save_json(
+        {
+            "images": len(psnr_all),
+            "failed": len(failures),
+            "failures": failures,
+            "psnr_mean": float(psnr_all.mean()),
+            "psnr_min": float(psnr_all.min()),
+            "psnr_median": float(psnr_all.median()),
+            "loss_mean": float(loss_all.mean()),
+            "precision": ", ".join(sorted(precisions)),  # as each shard resolved invert.precision
+        },
+        out / "summary.json",
+    )
 
 
 if __name__ == "__main__":

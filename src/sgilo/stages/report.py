@@ -44,14 +44,23 @@ from sgilo.stylegan2 import load_generator
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--evaluate", required=True, type=Path, help="the evaluate stage's folder, e.g. results/evaluate")
+    parser.add_argument(
+        "--evaluate", required=True, type=Path, help="the evaluate stage's folder, e.g. results/evaluate"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results")
     parser.add_argument("--score", type=Path, help="the score stage's model.pt: adds the prior's samples and FID")
     parser.add_argument("--generator", type=Path, help="generator checkpoint (with --score)")
     parser.add_argument("--data", type=Path, help="dataset folder: the FID's reference images (with --score)")
-    parser.add_argument("--invert-summary", type=Path, help="the invert stage's summary.json: how well the prior's training latents fit")
-    parser.add_argument("--theory", type=Path, nargs="*", default=[],
-                        help="theory rules' results (results/theory/<name>.json, the figure beside it as <name>.png)")
+    parser.add_argument(
+        "--invert-summary", type=Path, help="the invert stage's summary.json: how well the prior's training latents fit"
+    )
+    parser.add_argument(
+        "--theory",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="theory rules' results (results/theory/<name>.json, the figure beside it as <name>.png)",
+    )
     args, params = start(parser, argv)
     if args.score is not None and (args.generator is None or args.data is None):
         parser.error("--score needs --generator and --data")
@@ -79,20 +88,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         key = f"theory_{path.stem}"
         figures[key], notes[key] = path.with_suffix(".png"), json.loads(path.read_text())["note"]
     figures = {key: os.path.relpath(path, args.out) for key, path in figures.items()}  # links relative to report.md
-    notes["table"] = (f"Means over the n test images of each cell, with {params.report.confidence:.0%} Student-t "
-                      "intervals of the mean in brackets (none below two images).")
+    notes["table"] = (
+        f"Means over the n test images of each cell, with {params.report.confidence:.0%} Student-t "
+        "intervals of the mean in brackets (none below two images)."
+    )
     if args.invert_summary is not None:
         inverted = json.loads(args.invert_summary.read_text())
-        notes["table"] += (f" The prior was trained on {inverted['images']} training images ILO-inverted at a mean PSNR of "
-                           f"{inverted['psnr_mean']:.2f} dB (minimum {inverted['psnr_min']:.2f} dB).")
+        notes["table"] += (
+            f" The prior was trained on {inverted['images']} training images ILO-inverted at a mean PSNR of "
+            f"{inverted['psnr_mean']:.2f} dB (minimum {inverted['psnr_min']:.2f} dB)."
+        )
     if len(paired):
         notes["paired"] = report.describe_paired(paired)
     report.write_markdown(table, figures, notes, args.out / "report.md")
     log.info("wrote %s with %d figures", args.out / "report.md", len(figures))
 
 
-def draw_figures(params: Params, table: pd.DataFrame, evaluate: Path,
-                 folder: Path) -> tuple[dict[str, Path], dict[str, str], dict[str, pd.DataFrame]]:
+def draw_figures(
+    params: Params, table: pd.DataFrame, evaluate: Path, folder: Path
+) -> tuple[dict[str, Path], dict[str, str], dict[str, pd.DataFrame]]:
     """Every figure in `folder`; returns {key: path}, {key: a sentence computed from the numbers} and, for the curves
     and speed figures, {key: the frame the figure was drawn from}."""
     paths = {f"curves_{t.task}": folder / f"curves_{t.task}.png" for t in params.evaluate.tasks}
@@ -103,7 +117,9 @@ def draw_figures(params: Params, table: pd.DataFrame, evaluate: Path,
         notes[f"curves_{t.task}"] = report.describe_curves(table, t.task)
     # The image figures show one cell level: the first task's hardest, where the methods differ most.
     first = params.evaluate.tasks[0]
-    images = report.load_figure_data(evaluate, first.task, hardest_level(first.task, first.levels), params.evaluate.methods)
+    images = report.load_figure_data(
+        evaluate, first.task, hardest_level(first.task, first.levels), params.evaluate.methods
+    )
     paths["reconstructions"] = folder / "reconstructions.png"
     report.plot_reconstructions(images, paths["reconstructions"])
     notes["reconstructions"] = report.describe_reconstructions(images)
@@ -149,8 +165,10 @@ def prior_section(params: Params, args, out: Path) -> tuple[Path, str]:
         result["fid"] = frechet_distance((images + 1) / 2, reference, device)
     save_json(result, out / "prior.json")
     if result["fid"] is not None:
-        note = (f"{count} samples of the latent score model decoded by the generator (later w+ rows at their training mean); "
-                f"FID {result['fid']:.1f} against {len(reference)} training images (small sets bias FID upwards).")
+        note = (
+            f"{count} samples of the latent score model decoded by the generator (later w+ rows at their training mean); "
+            f"FID {result['fid']:.1f} against {len(reference)} training images (small sets bias FID upwards)."
+        )
     else:
         note = f"{count} samples of the latent score model decoded by the generator (later w+ rows at their training mean). {result['fid_note']}"
     return path, note

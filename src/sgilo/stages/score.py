@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from sgilo.config import Params, to_dict
 from sgilo.data import caption_png, save_image_grid
+from sgilo.figures import new_figure, save_figure
 from sgilo.io import (
     ShardRows,
     atomic_open,
@@ -36,7 +37,6 @@ from sgilo.io import (
 from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
 from sgilo.precision import autocast, resolve
-from sgilo.figures import new_figure, save_figure
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, seeded_score_vit
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
@@ -56,7 +56,9 @@ HISTORY_FIELDS = ("epoch", "step", "train_loss", "held_out_loss")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--trajectories", required=True, type=Path, help="the trajectories stage's folder")
-    parser.add_argument("--invert", required=True, type=Path, help="the invert stage's folder (for the w+ of later layers)")
+    parser.add_argument(
+        "--invert", required=True, type=Path, help="the invert stage's folder (for the w+ of later layers)"
+    )
     parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint, to decode samples")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/score")
     args, params = start(parser, argv)
@@ -64,9 +66,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = pick_device(params.score.device, "score.device")
     precision = resolve(params.score.precision, device, "score.precision")
     data = load_trajectories(params, args.trajectories)
-    _, ema, history, seconds = train(params, data, args.out / "resume" / "state.pt", device, precision, fingerprint(
-        {"seed": params.seed, "score": to_dict(params.score), "precision": precision, "trajectories": to_dict(params.trajectories)},
-        args.trajectories / "stats.safetensors"))
+    _, ema, history, seconds = train(
+        params,
+        data,
+        args.out / "resume" / "state.pt",
+        device,
+        precision,
+        fingerprint(
+            {
+                "seed": params.seed,
+                "score": to_dict(params.score),
+                "precision": precision,
+                "trajectories": to_dict(params.trajectories),
+            },
+            args.trajectories / "stats.safetensors",
+        ),
+    )
     finish(params, args, ema, history, seconds, data, device, precision)
 
 
@@ -85,8 +100,14 @@ def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
     if len(train) == 0:
         raise SystemExit("error: no training samples: lower trajectories.held_out or raise invert.images")
     stats = load_safetensors(folder / "stats.safetensors")[0]
-    return {"store": store, "train": train, "held_out": held_out, "scaler": LatentScaler.from_state_dict(stats),
-            "data_std": float(stats["data_std"]), "shape": store.shape("x_t")[1:]}
+    return {
+        "store": store,
+        "train": train,
+        "held_out": held_out,
+        "scaler": LatentScaler.from_state_dict(stats),
+        "data_std": float(stats["data_std"]),
+        "shape": store.shape("x_t")[1:],
+    }
 
 
 def read_batch(store: ShardRows, rows: torch.Tensor, keys: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -97,8 +118,9 @@ def read_batch(store: ShardRows, rows: torch.Tensor, keys: Sequence[str]) -> dic
 def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> ScoreViT:
     """Initialised from the params' seed alone, leaving the global RNG as it was."""
     traj = params.trajectories
-    return seeded_score_vit(shape, to_dict(params.score.model), params.seed, data_std,
-                            beta_min=traj.beta_min, beta_max=traj.beta_max)
+    return seeded_score_vit(
+        shape, to_dict(params.score.model), params.seed, data_std, beta_min=traj.beta_min, beta_max=traj.beta_max
+    )
 
 
 def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, precision: str, key: str):
@@ -123,26 +145,66 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
     steps_per_epoch = math.ceil(count / config.batch_size)
     started = time.perf_counter()
     if not history:
-        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "held_out_loss": held_out_loss(params, ema, data, device)})
+        history.append(
+            {
+                "epoch": 0,
+                "step": 0,
+                "train_loss": float("nan"),
+                "held_out_loss": held_out_loss(params, ema, data, device),
+            }
+        )
     for epoch in range(first_epoch, config.epochs):
         order = torch.randperm(count, generator=torch_generator(params.seed, "score", "epoch", epoch))
         losses = []
-        for batch in tqdm(order.split(config.batch_size), desc=f"score epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, mininterval=5.0):
+        for batch in tqdm(
+            order.split(config.batch_size),
+            desc=f"score epoch {epoch + 1}/{config.epochs}",
+            total=steps_per_epoch,
+            mininterval=5.0,
+        ):
             rows = read_batch(data["store"], data["train"][batch], keys)
-            logs = _step(params, model, ema, optimizer, {k: v.to(device) for k, v in rows.items()}, step, device, precision)
+            logs = _step(
+                params, model, ema, optimizer, {k: v.to(device) for k, v in rows.items()}, step, device, precision
+            )
             losses.append(logs["loss_t"])
             step += 1
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / len(losses),
-                        "held_out_loss": held_out_loss(params, ema, data, device)})
-        log.info("epoch %d: train %.4f, held-out %.4f", epoch + 1, history[-1]["train_loss"], history[-1]["held_out_loss"])
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": sum(losses) / len(losses),
+                "held_out_loss": held_out_loss(params, ema, data, device),
+            }
+        )
+        log.info(
+            "epoch %d: train %.4f, held-out %.4f", epoch + 1, history[-1]["train_loss"], history[-1]["held_out_loss"]
+        )
         if epoch + 1 < config.epochs:
-            save_torch({"fingerprint": key, "epoch": epoch + 1, "step": step, "history": history, "model": model.state_dict(),
-                        "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}, state_path)
+            save_torch(
+                {
+                    "fingerprint": key,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "history": history,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                },
+                state_path,
+            )
     return model, ema, history, time.perf_counter() - started
 
 
-def _step(params: Params, model, ema, optimizer, batch: dict[str, torch.Tensor], step: int, device: torch.device,
-          precision: str) -> dict[str, float]:
+def _step(
+    params: Params,
+    model,
+    ema,
+    optimizer,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
     config = params.score
     for group in optimizer.param_groups:
         group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
@@ -175,8 +237,16 @@ def held_out_loss(params: Params, model, data: dict[str, Any], device: torch.dev
 
 
 # -------------------------------------------------------------------------------------------------- outputs
-def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: float, data: dict[str, Any], device: torch.device,
-           precision: str) -> None:
+def finish(
+    params: Params,
+    args,
+    ema: ScoreViT,
+    history: list[dict],
+    seconds: float,
+    data: dict[str, Any],
+    device: torch.device,
+    precision: str,
+) -> None:
     out: Path = args.out
     config, traj = params.score, params.trajectories
     sde_config = {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
@@ -185,8 +255,15 @@ def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: fl
     # summed a shard at a time.
     inverted = ShardRows([shard_file(args.invert, i) for i in range(params.invert.shards)])
     w_sum = sum(inverted.column_part("w_plus", i).double().sum(0, keepdim=True) for i in range(params.invert.shards))
-    prior = LatentPrior(ema.eval(), data["scaler"], build_sde(**sde_config), sde_config, params.invert.layer,
-                        (w_sum / len(inverted)).float().to(device), traj.tau_fraction)
+    prior = LatentPrior(
+        ema.eval(),
+        data["scaler"],
+        build_sde(**sde_config),
+        sde_config,
+        params.invert.layer,
+        (w_sum / len(inverted)).float().to(device),
+        traj.tau_fraction,
+    )
     latents = sample_latents(prior, config.samples, params.seed, config.sample_steps, device)
     images = decode_latents(generator, prior, latents)
     save_image_grid(images.clamp(-1, 1), out / "samples.png", nrow=max(1, int(math.sqrt(config.samples))))
@@ -194,9 +271,16 @@ def finish(params: Params, args, ema: ScoreViT, history: list[dict], seconds: fl
     _plot(history, out / "loss.png")
     for figure in ("samples.png", "loss.png"):
         caption_png(out / figure, generator.standin)
-    metrics = {"held_out_loss_initial": history[0]["held_out_loss"], "held_out_loss_final": history[-1]["held_out_loss"],
-               "parameters": count_parameters(ema), "train_samples": len(data["train"]), "held_out_samples": len(data["held_out"]),
-               "seconds": seconds, "precision": precision, "device": str(device)}
+    metrics = {
+        "held_out_loss_initial": history[0]["held_out_loss"],
+        "held_out_loss_final": history[-1]["held_out_loss"],
+        "parameters": count_parameters(ema),
+        "train_samples": len(data["train"]),
+        "held_out_samples": len(data["held_out"]),
+        "seconds": seconds,
+        "precision": precision,
+        "device": str(device),
+    }
     prior.save(out / "model.pt")
     save_json(metrics, out / "metrics.json")
     discard_checkpoint(out / "resume" / "state.pt")

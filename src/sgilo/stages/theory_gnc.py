@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from sgilo.config import TheoryGNCConfig
-from sgilo.io import save_json
 from sgilo.figures import new_figure, save_figure
+from sgilo.io import save_json
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import (
     Mixture1D,
@@ -53,8 +53,13 @@ def run(config: TheoryGNCConfig) -> dict:
     starts = np.linspace(lo, hi, config.starts)
     basin = global_basin(mixture, lo, hi)
     initial = np.geomspace(config.sigma_min, config.sigma_max, config.initial_sigmas)
-    grid = [[attainment(gnc_flow(mixture, starts, sigma_schedule(sigma0, config.sigma_min, steps)), basin)
-             for steps in config.steps] for sigma0 in initial]
+    grid = [
+        [
+            attainment(gnc_flow(mixture, starts, sigma_schedule(sigma0, config.sigma_min, steps)), basin)
+            for steps in config.steps
+        ]
+        for sigma0 in initial
+    ]
     descent = [attainment(gradient_descent(mixture, starts, steps, config.gd_lr), basin) for steps in config.steps]
     # the claim: once some flow length brings every start to the global minimum, a larger σ_0 needs no more steps
     fewest = [next((steps for steps, rate in zip(config.steps, row) if rate == 1.0), None) for row in grid]
@@ -65,17 +70,28 @@ def run(config: TheoryGNCConfig) -> dict:
     curvature = min_curvature(mixture, lo, hi, sigmas)
     threshold = convexity_threshold(sigmas, curvature)
     claim = bool(reached) and monotone and max(descent) < 1.0
-    note = (f"The smoothed energy is convex from σ = {threshold:.3g}; "
-            + (f"from σ₀ = {initial[first]:.3g} the GNC flow brings all {config.starts} starts to the global minimum "
-               f"in {fewest[first]} steps" if reached else "no GNC flow tried brings every start to the global minimum")
-            + f", plain gradient descent at most {max(descent):.0%} of them. "
-            + ("Agrees with Kobler & Pock's Fig. 1." if claim else "Does not agree with Kobler & Pock's Fig. 1."))
+    note = (
+        f"The smoothed energy is convex from σ = {threshold:.3g}; "
+        + (
+            f"from σ₀ = {initial[first]:.3g} the GNC flow brings all {config.starts} starts to the global minimum "
+            f"in {fewest[first]} steps"
+            if reached
+            else "no GNC flow tried brings every start to the global minimum"
+        )
+        + f", plain gradient descent at most {max(descent):.0%} of them. "
+        + ("Agrees with Kobler & Pock's Fig. 1." if claim else "Does not agree with Kobler & Pock's Fig. 1.")
+    )
     return {
-        "global_minimum": basin[0], "basin": [basin[1], basin[2]],
+        "global_minimum": basin[0],
+        "basin": [basin[1], basin[2]],
         "convex_from_sigma": threshold,
-        "initial_sigmas": initial.tolist(), "steps": list(config.steps), "gnc_attainment": grid,
-        "gradient_descent_attainment": descent, "fewest_steps_for_all": fewest,
-        "claim_holds": claim, "note": note,
+        "initial_sigmas": initial.tolist(),
+        "steps": list(config.steps),
+        "gnc_attainment": grid,
+        "gradient_descent_attainment": descent,
+        "fewest_steps_for_all": fewest,
+        "claim_holds": claim,
+        "note": note,
         "curvature_sigmas": sigmas.tolist(),
         "min_curvature": curvature.tolist(),
     }
@@ -94,16 +110,31 @@ def plot(config: TheoryGNCConfig, result: dict, dest: Path) -> None:
     energies.set(xlabel="x", ylabel="E(x, σ) − min", title="smoothed energy")
     energies.legend(fontsize=8)
     steps, initial = np.array(result["steps"]), np.array(result["initial_sigmas"])
-    image = rates.pcolormesh(steps, initial, np.array(result["gnc_attainment"]), shading="nearest", vmin=0, vmax=1, cmap="viridis")
-    rates.contour(steps, initial, np.array(result["gnc_attainment"]), levels=[0.5, 0.9, 0.999], colors="w", linewidths=0.8)
+    image = rates.pcolormesh(
+        steps, initial, np.array(result["gnc_attainment"]), shading="nearest", vmin=0, vmax=1, cmap="viridis"
+    )
+    rates.contour(
+        steps, initial, np.array(result["gnc_attainment"]), levels=[0.5, 0.9, 0.999], colors="w", linewidths=0.8
+    )
     rates.axhline(result["convex_from_sigma"], color="r", lw=0.8, ls="--")
-    rates.set(xscale="log", yscale="log", xlabel="flow steps", ylabel="initial smoothing σ₀",
-              title=f"GNC flow: share reaching the global minimum\n(gradient descent: ≤ {max(result['gradient_descent_attainment']):.2f})")
+    rates.set(
+        xscale="log",
+        yscale="log",
+        xlabel="flow steps",
+        ylabel="initial smoothing σ₀",
+        title=f"GNC flow: share reaching the global minimum\n(gradient descent: ≤ {max(result['gradient_descent_attainment']):.2f})",
+    )
     fig.colorbar(image, ax=rates)
     curvature.plot(result["curvature_sigmas"], result["min_curvature"])
     curvature.set(xscale="log", yscale="symlog")
     curvature.axhline(0, color="k", lw=0.8)
-    curvature.axvline(result["convex_from_sigma"], color="r", lw=0.8, ls="--", label=f"convex from σ = {result['convex_from_sigma']:.3g}")
+    curvature.axvline(
+        result["convex_from_sigma"],
+        color="r",
+        lw=0.8,
+        ls="--",
+        label=f"convex from σ = {result['convex_from_sigma']:.3g}",
+    )
     curvature.set(xlabel="σ", ylabel="min over x of ∂²E/∂x²", title="convexity of the smoothed energy")
     curvature.legend(fontsize=8)
     save_figure(fig, dest)

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from sgilo.config import Params, to_dict
+from sgilo.figures import new_figure, save_figure
 from sgilo.io import load_safetensors, save_json
 from sgilo.latents import LatentScaler
-from sgilo.figures import new_figure, save_figure
 from sgilo.score_model import dsm_loss, score_from_eps, seeded_score_vit
 from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std, training_pairs
 from sgilo.seeding import torch_generator
@@ -32,8 +32,15 @@ from sgilo.theory import energy_distance, ring_of_gaussians
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--latents", required=True, type=Path, help="an invert shard, e.g. results/invert/shards/shard-00000.safetensors")
-    parser.add_argument("--stats", required=True, type=Path, help="the trajectories stage's stats.safetensors (the latent scaling)")
+    parser.add_argument(
+        "--latents",
+        required=True,
+        type=Path,
+        help="an invert shard, e.g. results/invert/shards/shard-00000.safetensors",
+    )
+    parser.add_argument(
+        "--stats", required=True, type=Path, help="the trajectories stage's stats.safetensors (the latent scaling)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder for igo.json and igo.png")
     args, params = start(parser, argv)
     set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
@@ -53,7 +60,9 @@ def sde_for(params: Params, name: str) -> SDE:
 
 def toy_set(params: Params, purpose: str) -> torch.Tensor:
     config = params.theory_igo
-    return ring_of_gaussians(config.points, config.modes, config.radius, config.std, torch_generator(params.seed, "theory_igo", purpose))
+    return ring_of_gaussians(
+        config.points, config.modes, config.radius, config.std, torch_generator(params.seed, "theory_igo", purpose)
+    )
 
 
 def run(params: Params, latents: torch.Tensor) -> tuple[dict, dict]:
@@ -73,9 +82,17 @@ def run(params: Params, latents: torch.Tensor) -> tuple[dict, dict]:
                 for label, x in ((f"τ = {fraction * t:g}", path.intermediates[fraction]), (f"t = {t:g}", path.x_t)):
                     pair = _pair(x)
                     scatter[(source, name, label)] = pair
-                    iterates.append({"source": source, "sde": name, "time": label, "mean": pair.mean(0).tolist(),
-                                     "std": pair.std(0).tolist(), "energy_to_data": energy_distance(pair, pair0),
-                                     "energy_to_gaussian": energy_distance(pair, gaussian)})
+                    iterates.append(
+                        {
+                            "source": source,
+                            "sde": name,
+                            "time": label,
+                            "mean": pair.mean(0).tolist(),
+                            "std": pair.std(0).tolist(),
+                            "energy_to_data": energy_distance(pair, pair0),
+                            "energy_to_gaussian": energy_distance(pair, gaussian),
+                        }
+                    )
     test = toy_set(params, "test")
     floor = energy_distance(sources["toy"][: config.samples], test[: config.samples])
     alphas = []
@@ -85,19 +102,38 @@ def run(params: Params, latents: torch.Tensor) -> tuple[dict, dict]:
         alphas.append(summary)
         scatter[("alpha", alpha)] = samples
     checks = _checks(params, iterates, alphas, floor)
-    by_alpha = "; ".join(f"α = {a['alpha']:g}: energy distance {a['energy_distance']:.3f}, held-out L {a['held_out_l']:.3f}, "
-                         f"R {a['held_out_r']:.3f}" for a in alphas)
+    by_alpha = "; ".join(
+        f"α = {a['alpha']:g}: energy distance {a['energy_distance']:.3f}, held-out L {a['held_out_l']:.3f}, "
+        f"R {a['held_out_r']:.3f}"
+        for a in alphas
+    )
     final = max(config.times)
-    ends = ", ".join(f"{i['sde']} {i['energy_to_gaussian']:.3f}" for i in iterates if i["source"] == "toy" and i["time"] == f"t = {final:g}")
-    note = (f"At t = {final:g} the toy set's forward iterates are within energy distance {ends} of N(0, I) (two toy samples: "
-            f"{floor:.3f}); on the toy set, {by_alpha}. "
-            + ("Agrees with IGO: the non-affine processes reach the sampler's prior, and mixing in R(x_τ) (α = 0.5) trains the "
-               "intermediate generator with samples within 2× of α = 1's energy distance." if all(checks.values()) else
-               "Inconclusive: the toy score model does not learn the set at this budget (α = 1: energy distance above 3× "
-               "two data samples'), so the α comparison says little." if not checks.get("toy_model_learns_the_set", True) else
-               "Does not fully agree with IGO: " + ", ".join(k for k, ok in checks.items() if not ok) + " failed."))
-    result = {"iterates": iterates, "alphas": alphas, "energy_floor": floor, "checks": checks,
-              "claim_holds": all(checks.values()), "note": note}
+    ends = ", ".join(
+        f"{i['sde']} {i['energy_to_gaussian']:.3f}"
+        for i in iterates
+        if i["source"] == "toy" and i["time"] == f"t = {final:g}"
+    )
+    note = (
+        f"At t = {final:g} the toy set's forward iterates are within energy distance {ends} of N(0, I) (two toy samples: "
+        f"{floor:.3f}); on the toy set, {by_alpha}. "
+        + (
+            "Agrees with IGO: the non-affine processes reach the sampler's prior, and mixing in R(x_τ) (α = 0.5) trains the "
+            "intermediate generator with samples within 2× of α = 1's energy distance."
+            if all(checks.values())
+            else "Inconclusive: the toy score model does not learn the set at this budget (α = 1: energy distance above 3× "
+            "two data samples'), so the α comparison says little."
+            if not checks.get("toy_model_learns_the_set", True)
+            else "Does not fully agree with IGO: " + ", ".join(k for k, ok in checks.items() if not ok) + " failed."
+        )
+    )
+    result = {
+        "iterates": iterates,
+        "alphas": alphas,
+        "energy_floor": floor,
+        "checks": checks,
+        "claim_holds": all(checks.values()),
+        "note": note,
+    }
     return result, scatter
 
 
@@ -117,7 +153,9 @@ def _checks(params: Params, iterates: list[dict], alphas: list[dict], floor: flo
         checks["toy_model_learns_the_set"] = full["energy_distance"] <= 3 * floor
         checks["alpha_half_trains_intermediate_generator"] = half["held_out_r"] < full["held_out_r"]
         # IGO's Fig. 10-11: robust to α, the samples degrading only gradually as weight moves to R(x_τ)
-        checks["alpha_half_samples_comparable_to_alpha_one"] = half["energy_distance"] <= 2 * full["energy_distance"] + floor
+        checks["alpha_half_samples_comparable_to_alpha_one"] = (
+            half["energy_distance"] <= 2 * full["energy_distance"] + floor
+        )
     return checks
 
 
@@ -130,37 +168,78 @@ def _draws(params: Params, points: torch.Tensor, purpose: str) -> dict[str, torc
     t = sde.eps + (sde.T - sde.eps) * torch.rand(len(x0), generator=generator)
     pairs = training_pairs(sde, x0, t, params.trajectories.tau_fraction, generator)
     token = (len(x0), 1, 2)  # ScoreViT's (N, D) layout: one token of two entries
-    return {"t": pairs["t"], "tau": pairs["tau"], **{key: pairs[key].reshape(token) for key in ("x_t", "eps", "x_tau", "eps_tau")}}
+    return {
+        "t": pairs["t"],
+        "tau": pairs["tau"],
+        **{key: pairs[key].reshape(token) for key in ("x_t", "eps", "x_tau", "eps_tau")},
+    }
 
 
-def train_and_sample(params: Params, alpha: float, data: dict[str, torch.Tensor], held_out: dict[str, torch.Tensor],
-                     data_std: float, test: torch.Tensor) -> tuple[dict, torch.Tensor]:
+def train_and_sample(
+    params: Params,
+    alpha: float,
+    data: dict[str, torch.Tensor],
+    held_out: dict[str, torch.Tensor],
+    data_std: float,
+    test: torch.Tensor,
+) -> tuple[dict, torch.Tensor]:
     """Trains a fresh model on `data` with weight α on L(x_t); its held-out L and R, and its samples against `test`."""
     config = params.theory_igo
     traj = params.trajectories
-    model = seeded_score_vit((1, 2), to_dict(config.model), params.seed, data_std, igo=True, igo_depth=1, head_dim=32,
-                             beta_min=traj.beta_min, beta_max=traj.beta_max)
+    model = seeded_score_vit(
+        (1, 2),
+        to_dict(config.model),
+        params.seed,
+        data_std,
+        igo=True,
+        igo_depth=1,
+        head_dim=32,
+        beta_min=traj.beta_min,
+        beta_max=traj.beta_max,
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     order = torch_generator(params.seed, "theory_igo", "batches", str(alpha))
     for _ in range(config.steps):
         idx = torch.randint(len(data["t"]), (config.batch_size,), generator=order)
-        loss, _ = dsm_loss(model, data["x_t"][idx], data["t"][idx], data["eps"][idx],
-                           intermediate=(data["x_tau"][idx], data["tau"][idx], data["eps_tau"][idx]), alpha=alpha)
+        loss, _ = dsm_loss(
+            model,
+            data["x_t"][idx],
+            data["t"][idx],
+            data["eps"][idx],
+            intermediate=(data["x_tau"][idx], data["tau"][idx], data["eps_tau"][idx]),
+            alpha=alpha,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        _, logs = dsm_loss(model, held_out["x_t"], held_out["t"], held_out["eps"],
-                           intermediate=(held_out["x_tau"], held_out["tau"], held_out["eps_tau"]), alpha=0.5)
+        _, logs = dsm_loss(
+            model,
+            held_out["x_t"],
+            held_out["t"],
+            held_out["eps"],
+            intermediate=(held_out["x_tau"], held_out["tau"], held_out["eps_tau"]),
+            alpha=0.5,
+        )
     sde = sde_for(params, config.sde)
     score = score_from_eps(model, lambda t: target_std(sde, t, keep=(params.trajectories.tau_fraction,)))
-    samples = reverse_sde_sample(sde, score, (config.samples, 1, 2), torch_generator(params.seed, "theory_igo", "samples", str(alpha)),
-                                 steps=config.sample_steps).reshape(-1, 2)
+    samples = reverse_sde_sample(
+        sde,
+        score,
+        (config.samples, 1, 2),
+        torch_generator(params.seed, "theory_igo", "samples", str(alpha)),
+        steps=config.sample_steps,
+    ).reshape(-1, 2)
     finite = samples[torch.isfinite(samples).all(1)]
     distance = energy_distance(finite, test[: config.samples]) if len(finite) else math.inf
-    summary = {"alpha": alpha, "held_out_l": logs["loss_t"], "held_out_r": logs["loss_tau"], "energy_distance": distance,
-               "finite_samples": len(finite)}
+    summary = {
+        "alpha": alpha,
+        "held_out_l": logs["loss_t"],
+        "held_out_r": logs["loss_tau"],
+        "energy_distance": distance,
+        "finite_samples": len(finite),
+    }
     return summary, finite
 
 
@@ -186,7 +265,10 @@ def plot(params: Params, result: dict, scatter: dict, dest: Path) -> None:
     for c, summary in enumerate(result["alphas"]):
         points = scatter[("alpha", summary["alpha"])]
         bottom[c].scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color="C1")
-        bottom[c].set_title(f"{config.sde} samples, α = {summary['alpha']:g}\nenergy distance {summary['energy_distance']:.3f}", fontsize=7)
+        bottom[c].set_title(
+            f"{config.sde} samples, α = {summary['alpha']:g}\nenergy distance {summary['energy_distance']:.3f}",
+            fontsize=7,
+        )
         bottom[c].set(xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), xticks=[], yticks=[])
     bars = bottom[len(result["alphas"])]
     labels = [f"{a['alpha']:g}" for a in result["alphas"]]

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from sgilo.config import Params, TheoryLangevinConfig
-from sgilo.io import save_json
 from sgilo.figures import new_figure, save_figure
+from sgilo.io import save_json
 from sgilo.seeding import numpy_generator
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import ReLUInversion, expansive_widths, langevin, spurious_scale
@@ -50,7 +50,10 @@ def run(params: Params) -> dict:
     config = params.theory_langevin
     mixing = [mixing_run(config, params.seed, arch.depth, k) for arch in config.architectures for k in arch.latents]
     spread = spread_run(config, params.seed)
-    growth = {str(depth): _growth([m for m in mixing if m["depth"] == depth]) for depth in sorted({m["depth"] for m in mixing})}
+    growth = {
+        str(depth): _growth([m for m in mixing if m["depth"] == depth])
+        for depth in sorted({m["depth"] for m in mixing})
+    }
     sgld_reaches = min(m["groups"][f"sgld/{s}"]["reached"] for m in mixing for s in ("random", "spurious"))
     gd_stuck = max(m["groups"]["gd/spurious"]["stuck"] for m in mixing)
     flips_reach = min(m["groups"]["gd_flip/random"]["reached"] for m in mixing)
@@ -62,15 +65,28 @@ def run(params: Params) -> dict:
         "spread_matches_laplace_at_largest_beta": 0.8 <= ratio <= 1.25,
     }
     slopes = ", ".join(f"depth {d}: k^{g['slope']:.2f}" for d, g in growth.items() if g["slope"] is not None)
-    note = (f"SGLD without sign flips comes within {config.success_radius:g} of z* for at least {sgld_reaches:.0%} of chains "
-            f"in every configuration, from random starts and from beside −ρ_d z*, where plain gradient descent stays in "
-            f"up to {gd_stuck:.0%} of them (with sign flips it reaches z* in at least {flips_reach:.0%}); iterations to "
-            f"reach z* grow like {slopes or 'n/a'}; the stationary spread falls as β^{spread['slope']:.2f} "
-            f"(theory −0.5), {ratio:.2f}× the Laplace prediction at the largest β. "
-            + ("Agrees with Theorem 3.1." if all(checks.values()) else
-               "Does not fully agree with Theorem 3.1: " + ", ".join(k for k, ok in checks.items() if not ok) + " failed."))
-    return {"mixing": mixing, "growth": growth, "spread": spread, "checks": checks,
-            "claim_holds": all(checks.values()), "note": note}
+    note = (
+        f"SGLD without sign flips comes within {config.success_radius:g} of z* for at least {sgld_reaches:.0%} of chains "
+        f"in every configuration, from random starts and from beside −ρ_d z*, where plain gradient descent stays in "
+        f"up to {gd_stuck:.0%} of them (with sign flips it reaches z* in at least {flips_reach:.0%}); iterations to "
+        f"reach z* grow like {slopes or 'n/a'}; the stationary spread falls as β^{spread['slope']:.2f} "
+        f"(theory −0.5), {ratio:.2f}× the Laplace prediction at the largest β. "
+        + (
+            "Agrees with Theorem 3.1."
+            if all(checks.values())
+            else "Does not fully agree with Theorem 3.1: "
+            + ", ".join(k for k, ok in checks.items() if not ok)
+            + " failed."
+        )
+    )
+    return {
+        "mixing": mixing,
+        "growth": growth,
+        "spread": spread,
+        "checks": checks,
+        "claim_holds": all(checks.values()),
+        "note": note,
+    }
 
 
 def mixing_run(config: TheoryLangevinConfig, seed: int, depth: int, latent: int) -> dict:
@@ -79,7 +95,9 @@ def mixing_run(config: TheoryLangevinConfig, seed: int, depth: int, latent: int)
     chains, rho = config.chains, spurious_scale(depth)
     random_starts = rng.standard_normal((chains, latent)) / math.sqrt(latent)  # ‖z₀‖ ≈ 1 = ‖z*‖
     directions = rng.standard_normal((chains, latent))
-    spurious_starts = -rho * problem.z_star + config.spurious_start * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    spurious_starts = -rho * problem.z_star + config.spurious_start * directions / np.linalg.norm(
+        directions, axis=1, keepdims=True
+    )
     starts = {"random": random_starts, "spurious": spurious_starts}
     beta_sgld = config.beta_per_latent * latent
     rows = np.concatenate([starts[where] for _, where in GROUPS])
@@ -90,11 +108,20 @@ def mixing_run(config: TheoryLangevinConfig, seed: int, depth: int, latent: int)
     groups = {}
     for g, (method, where) in enumerate(GROUPS):
         part = slice(g * chains, (g + 1) * chains)
-        groups[f"{method}/{where}"] = _summarize(trace["iterations"], trace["to_truth"][:, part], trace["to_spurious"][:, part],
-                                                 config.success_radius)
-    return {"depth": depth, "latent": latent, "widths": problem.widths, "measurements": len(problem.y), "rho": rho,
-            "beta": beta_sgld, "hessian_eigenvalues": [float(eigenvalues.min()), float(eigenvalues.max())],
-            "iterations": trace["iterations"].tolist(), "groups": groups}
+        groups[f"{method}/{where}"] = _summarize(
+            trace["iterations"], trace["to_truth"][:, part], trace["to_spurious"][:, part], config.success_radius
+        )
+    return {
+        "depth": depth,
+        "latent": latent,
+        "widths": problem.widths,
+        "measurements": len(problem.y),
+        "rho": rho,
+        "beta": beta_sgld,
+        "hessian_eigenvalues": [float(eigenvalues.min()), float(eigenvalues.max())],
+        "iterations": trace["iterations"].tolist(),
+        "groups": groups,
+    }
 
 
 def _summarize(iterations: np.ndarray, to_truth: np.ndarray, to_spurious: np.ndarray, radius: float) -> dict:
@@ -129,13 +156,25 @@ def spread_run(config: TheoryLangevinConfig, seed: int) -> dict:
     betas = np.array(config.spread_betas_per_latent) * latent
     beta = np.repeat(betas, config.chains)
     rows = np.repeat(problem.z_star[None], len(beta), axis=0)
-    trace = langevin(problem, rows, config.steps, config.step_size, beta, np.zeros(len(beta), bool), rng, record_every=1)
+    trace = langevin(
+        problem, rows, config.steps, config.step_size, beta, np.zeros(len(beta), bool), rng, record_every=1
+    )
     settled = trace["to_truth"][len(trace["iterations"]) // 2 :]
-    measured = [float(np.sqrt(np.mean(np.square(settled[:, i * config.chains : (i + 1) * config.chains])))) for i in range(len(betas))]
+    measured = [
+        float(np.sqrt(np.mean(np.square(settled[:, i * config.chains : (i + 1) * config.chains]))))
+        for i in range(len(betas))
+    ]
     trace_inverse = float(np.trace(np.linalg.inv(problem.hessian_at_truth())))
     predicted = [math.sqrt(trace_inverse / b) for b in betas]
     slope = float(np.polyfit(np.log(betas), np.log(measured), 1)[0])
-    return {"depth": depth, "latent": latent, "betas": betas.tolist(), "measured": measured, "predicted": predicted, "slope": slope}
+    return {
+        "depth": depth,
+        "latent": latent,
+        "betas": betas.tolist(),
+        "measured": measured,
+        "predicted": predicted,
+        "slope": slope,
+    }
 
 
 def plot(result: dict, dest: Path) -> None:
@@ -147,11 +186,20 @@ def plot(result: dict, dest: Path) -> None:
         for m in (m for m in result["mixing"] if m["depth"] == depth):
             color = colors.setdefault(m["latent"], f"C{len(colors)}")
             for where, style in (("random", "-"), ("spurious", "--")):
-                ax.plot(m["iterations"], m["groups"][f"sgld/{where}"]["median"], style, color=color,
-                        label=f"k = {m['latent']}" if where == "random" else None)
+                ax.plot(
+                    m["iterations"],
+                    m["groups"][f"sgld/{where}"]["median"],
+                    style,
+                    color=color,
+                    label=f"k = {m['latent']}" if where == "random" else None,
+                )
             ax.plot(m["iterations"], m["groups"]["gd/spurious"]["median"], ":", color=color)
-        ax.set(yscale="log", xlabel="iteration", ylabel="median ‖z − z*‖",
-               title=f"depth {depth}: SGLD from random starts (—) and beside −ρz* (--); GD beside −ρz* (···)")
+        ax.set(
+            yscale="log",
+            xlabel="iteration",
+            ylabel="median ‖z − z*‖",
+            title=f"depth {depth}: SGLD from random starts (—) and beside −ρz* (--); GD beside −ρz* (···)",
+        )
         ax.title.set_fontsize(8)
         ax.legend(fontsize=8)
     times = axes[-2]
@@ -160,14 +208,24 @@ def plot(result: dict, dest: Path) -> None:
         if reached:
             label = f"depth {depth}" + (f": ∝ k^{growth['slope']:.2f}" if growth["slope"] is not None else "")
             times.plot(*zip(*reached), "o-", label=label)
-    times.set(xscale="log", yscale="log", xlabel="latent size k", ylabel="iterations (median chain)",
-              title="SGLD iterations to reach z*")
+    times.set(
+        xscale="log",
+        yscale="log",
+        xlabel="latent size k",
+        ylabel="iterations (median chain)",
+        title="SGLD iterations to reach z*",
+    )
     times.legend(fontsize=8)
     spread = result["spread"]
     axes[-1].plot(spread["betas"], spread["measured"], "o-", label=f"measured (∝ β^{spread['slope']:.2f})")
     axes[-1].plot(spread["betas"], spread["predicted"], "k--", label="Laplace: sqrt(tr H⁻¹ / β)")
-    axes[-1].set(xscale="log", yscale="log", xlabel="β", ylabel="RMS ‖z − z*‖ at stationarity",
-                 title=f"stationary spread (depth {spread['depth']}, k = {spread['latent']})")
+    axes[-1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="β",
+        ylabel="RMS ‖z − z*‖ at stationarity",
+        title=f"stationary spread (depth {spread['depth']}, k = {spread['latent']})",
+    )
     axes[-1].legend(fontsize=8)
     save_figure(fig, dest)
 

@@ -36,14 +36,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--stats", action="store_true", help="only fit the latent scaling")
     which.add_argument("--shard", type=int, help="only write this shard")
-    which.add_argument("--generated", type=int, metavar="SHARD", help="only write this shard of the generator's latents")
+    which.add_argument(
+        "--generated", type=int, metavar="SHARD", help="only write this shard of the generator's latents"
+    )
     args, params = start(parser, argv)
     set_threads(args.threads or params.trajectories.threads)
     shards, generated = params.invert.shards, params.invert.generated_shards
     if args.shard is not None and not 0 <= args.shard < shards:
         parser.error(f"--shard {args.shard}: the invert stage wrote shards 0…{shards - 1}")
     if args.generated is not None and not 0 <= args.generated < generated:
-        parser.error(f"--generated {args.generated}: the invert stage drew " + (f"shards 0…{generated - 1}" if generated else "none (invert.generated is 0)"))
+        parser.error(
+            f"--generated {args.generated}: the invert stage drew "
+            + (f"shards 0…{generated - 1}" if generated else "none (invert.generated is 0)")
+        )
     everything = args.shard is None and args.generated is None and not args.stats
     if args.stats or everything:
         fit_stats(params, args.invert, args.out)
@@ -61,7 +66,9 @@ def fit_stats(params: Params, invert: Path, out: Path) -> None:
     """Scaling from the training latents only: held-out latents must not leak into it. Two passes over the shards,
     one shard in memory at a time (range, then the scaled data's spread), so memory does not grow with the data."""
     inverted = [(ShardRows([shard_file(invert, shard)]), True) for shard in range(params.invert.shards)]
-    inverted += [(ShardRows([shard_file(invert, shard, "generated")]), False) for shard in range(params.invert.generated_shards)]
+    inverted += [
+        (ShardRows([shard_file(invert, shard, "generated")]), False) for shard in range(params.invert.generated_shards)
+    ]
 
     counts: list[int] = []
 
@@ -81,7 +88,9 @@ def fit_stats(params: Params, invert: Path, out: Path) -> None:
     log.info("latent scaling fitted on %d training latents", sum(counts))
 
 
-def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, out: Path, kind: str = "shards") -> None:
+def write_shard(
+    params: Params, scaler: LatentScaler, invert: Path, shard: int, out: Path, kind: str = "shards"
+) -> None:
     """kind "shards": an invert shard (image ids); "generated": a shard of generator latents (draw ids, own seeds)."""
     config = params.trajectories
     tensors, _ = load_safetensors(shard_file(invert, shard, kind))
@@ -94,7 +103,9 @@ def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, 
         held_out = torch.zeros(len(tensors["ids"]), dtype=torch.bool)
         seed_keys = ("trajectories", "generated")
     label = f"trajectories {'shard' if kind == 'shards' else 'generated shard'} {shard}"
-    records: dict[str, list[torch.Tensor]] = {k: [] for k in ("ids", "held_out", "t", "x_t", "eps", "std", "tau", "x_tau", "eps_tau", "std_tau")}
+    records: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("ids", "held_out", "t", "x_t", "eps", "std", "tau", "x_tau", "eps_tau", "std_tau")
+    }
     for i, image_id in enumerate(tqdm(tensors["ids"].tolist(), desc=label, mininterval=5.0)):
         draws = forward_draws(sde, x0[i], config, torch_generator(params.seed, *seed_keys, image_id))
         for key, value in draws.items():
@@ -109,7 +120,9 @@ def write_shard(params: Params, scaler: LatentScaler, invert: Path, shard: int, 
     save_safetensors(out_tensors, shard_file(out, shard, kind), metadata)
 
 
-def forward_draws(sde: SDE, x0: torch.Tensor, config: TrajectoriesConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def forward_draws(
+    sde: SDE, x0: torch.Tensor, config: TrajectoriesConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """`draws` samples (t, x_t, target) of one latent, plus x_τ on the same path and its target."""
     x0 = x0.unsqueeze(0).expand(config.draws, *x0.shape)
     t = sde.eps + (sde.T - sde.eps) * torch.rand(config.draws, generator=generator)
