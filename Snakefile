@@ -10,7 +10,8 @@ from functools import reduce
 from pathlib import Path
 
 from sgilo import code_graph
-from sgilo.config import ConfigError, layered_params, to_dict, write_layered
+from sgilo.config import layered_params, write_layered
+from sgilo.loader import ConfigError, to_dict
 
 # Snakemake's configuration, validated by sgilo.config: params.yaml is the default config file; `--configfile FILE`
 # selects a profile instead of it (a profile is complete on its own: keys it leaves out take the code's defaults, not

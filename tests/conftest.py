@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from sgilo.config import merge
+from sgilo.loader import merge
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,13 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgilo.config import (
-    ConfigError,
+    GNCConfig,
     Params,
+    TheoryGNCConfig,
+    TheoryIGOConfig,
+    TrajectoriesConfig,
     layered_params,
     load_params,
-    to_dict,
     write_layered,
 )
+from sgilo.loader import ConfigError, SectionError, to_dict
 
 from conftest import REPO, write_params
 
@@ -82,6 +85,21 @@ def test_round_trip_through_plain_data(tmp_path):
             "trajectories.sde",
             "has gnc",
         ),
+        # rules between one section's own keys: the section dataclass's __post_init__ (SectionError)
+        (
+            {"trajectories": {"beta_min": 5.0, "beta_max": 1.0}},
+            "trajectories.beta_max",
+            "must be >= trajectories.beta_min",
+        ),
+        ({"evaluate": {"gnc": {"t_min": 0.5, "t_max": 0.1}}}, "evaluate.gnc.t_min", "must be <= t_max"),
+        ({"evaluate": {"tasks": [{"task": "cs", "levels": [0.1]}] * 2}}, "evaluate.tasks", "each task once"),
+        (
+            {"evaluate": {"tasks": [{"task": "inpaint", "levels": [1.5]}]}},
+            "evaluate.tasks[0].levels",
+            "fractions in (0, 1]",
+        ),
+        ({"invert": {"layer": 1}}, "invert.phases", "must rise and end at invert.layer (1)"),
+        ({"theory_igo": {"sde": "ou"}}, "theory_igo.sde", "unknown SDE 'ou'"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path, overrides, key, expected):
@@ -90,6 +108,23 @@ def test_bad_values_name_file_and_key(tmp_path, overrides, key, expected):
         load_params(path)
     message = str(error.value)
     assert str(path) in message and key in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "keys"),
+    [
+        (TrajectoriesConfig, {"beta_min": 5.0, "beta_max": 1.0}, "beta_max"),
+        (GNCConfig, {"t_min": 0.5, "t_max": 0.1}, "t_min"),
+        (TheoryIGOConfig, {"times": ()}, "times and .alphas"),
+        (TheoryGNCConfig, {"means": (0.0,)}, "weights, .means and .stds"),
+    ],
+)
+def test_a_sections_own_rules_hold_wherever_it_is_built(section, values, keys):
+    """The rules between a section's own keys live beside its dataclass: code that builds one directly (the CLI, a
+    benchmark) meets them too, not only a params file."""
+    with pytest.raises(SectionError) as error:
+        section(**values)
+    assert error.value.keys == keys
 
 
 def test_an_old_profile_with_invert_stages_is_told_the_new_key(tmp_path):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgilo.config import ConfigError, load_params
+from sgilo.config import load_params
 from sgilo.io import load_torch
+from sgilo.loader import ConfigError
 from sgilo.score_model import ScoreViT
 from sgilo.stages import score as score_stage
 

@@ -11,7 +11,8 @@ import pytest
 from scipy.signal import argrelextrema
 from scipy.stats import norm
 
-from sgilo.config import ConfigError, TheoryGNCConfig, load_params
+from sgilo.config import TheoryGNCConfig, load_params
+from sgilo.loader import ConfigError
 from sgilo.theory import (
     Mixture1D,
     attainment,

@@ -9,9 +9,10 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from sgilo.config import ConfigError, load_params
+from sgilo.config import load_params
 from sgilo.io import save_safetensors
 from sgilo.latents import LatentScaler
+from sgilo.loader import ConfigError
 from sgilo.seeding import torch_generator
 from sgilo.stages import theory_igo
 from sgilo.theory import energy_distance, ring_of_gaussians

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from sgilo.config import ConfigError, load_params
+from sgilo.config import load_params
+from sgilo.loader import ConfigError
 from sgilo.stages.theory_langevin import problem_for
 from sgilo.theory import ReLUInversion, expansive_widths, langevin, spurious_scale
 

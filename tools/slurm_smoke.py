@@ -57,7 +57,7 @@ sys.path[:0] = [str(REPO / "tools"), str(REPO / "benchmarks"), str(REPO / "tests
 from kill_anywhere import differences, outputs, project_env  # the one output comparison  # noqa: E402
 from slurm_cluster import ACCOUNT, LocalCluster, Node, install_packages, machine_node  # noqa: E402
 
-from sgilo.config import merge  # noqa: E402
+from sgilo.loader import merge  # noqa: E402
 
 from conftest import copy_project  # the tiny profile the suite uses  # noqa: E402
 

@@ -14,16 +14,11 @@ import torch
 from tqdm import tqdm
 
 from sgilo.allocator import retain_freed_memory
-from sgilo.config import (
-    ConfigError,
-    GNCConfig,
-    SGILOConfig,
-    load_params,
-    to_dict,
-)
+from sgilo.config import GNCConfig, SGILOConfig, load_params
 from sgilo.data import DataError, load_user_image, save_image_grid
 from sgilo.inversion import LayerPhase, Options, ilo_radii
 from sgilo.io import CheckpointError, DiskFullError, save_json, save_safetensors
+from sgilo.loader import ConfigError, to_dict
 from sgilo.method_table import METHODS, method_names
 from sgilo.methods import reconstruct, run_phases, total_steps
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance

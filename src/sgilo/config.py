@@ -4,18 +4,18 @@ Each top-level section of the params file loads into a frozen dataclass. Loading
 value of the wrong type or one out of range raises `ConfigError` naming the file, the dotted key and what is
 expected, so a typo in a profile fails before any stage starts work.
 
-Range constraints live next to the field as metadata (`min`, `max`, `power_of_two`), keeping one place per rule.
+One place per rule: a range lives next to its field as metadata (`bounds`); a rule between one section's own keys is
+that dataclass's `__post_init__` (raising `SectionError`, so building a section in code meets it too); only rules
+that tie sections together are `_check_across_sections`. The generic loading (`from_dict`, YAML, merging) is
+`sgilo.loader`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import tempfile
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,22 +23,15 @@ from typing import Any, Literal
 
 import yaml
 
+from sgilo.loader import ConfigError, SectionError, bounds, from_dict, merge, read_yaml, typed
 from sgilo.method_table import METHODS, method_names, prior_methods
-
-
-class ConfigError(ValueError):
-    """A params file that cannot be used; the message names the file, the key and the fix."""
-
-
-def _rng(lo: float | None = None, hi: float | None = None, **extra: Any) -> dict[str, Any]:
-    return {"min": lo, "max": hi, **extra}
 
 
 # ----------------------------------------------------------------------------------------------- download
 @dataclass(frozen=True)
 class SynthfacesConfig:
-    n_train: int = field(default=2048, metadata=_rng(1))
-    n_test: int = field(default=64, metadata=_rng(1))
+    n_train: int = field(default=2048, metadata=bounds(1))
+    n_test: int = field(default=64, metadata=bounds(1))
 
 
 @dataclass(frozen=True)
@@ -46,20 +39,20 @@ class FFHQConfig:
     # Empty: fetch each file from its `file_url` in the metadata; else `<mirror_url>/<file_path>`.
     mirror_url: str = ""
     metadata_url: str = "https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA"
-    metadata_size: int = field(default=267793842, metadata=_rng(0))
+    metadata_size: int = field(default=267793842, metadata=bounds(0))
     metadata_md5: str = "425ae20f06a4da1d4dc0f46d40ba5fd6"
     kind: Literal["thumbnails", "images"] = "thumbnails"
-    index_start: int = field(default=0, metadata=_rng(0, 70000))
-    index_stop: int = field(default=70000, metadata=_rng(1, 70000))
-    workers: int = field(default=8, metadata=_rng(1, 128))
-    retries: int = field(default=5, metadata=_rng(0, 100))
-    timeout_s: float = field(default=60.0, metadata=_rng(0.1))
+    index_start: int = field(default=0, metadata=bounds(0, 70000))
+    index_stop: int = field(default=70000, metadata=bounds(1, 70000))
+    workers: int = field(default=8, metadata=bounds(1, 128))
+    retries: int = field(default=5, metadata=bounds(0, 100))
+    timeout_s: float = field(default=60.0, metadata=bounds(0.1))
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
     dataset: Literal["synthfaces", "ffhq"] = "synthfaces"
-    resolution: int = field(default=32, metadata=_rng(32, 1024, power_of_two=True))
+    resolution: int = field(default=32, metadata=bounds(32, 1024, power_of_two=True))
     synthfaces: SynthfacesConfig = SynthfacesConfig()
     ffhq: FFHQConfig = FFHQConfig()
 
@@ -69,30 +62,30 @@ class DownloadConfig:
 class ArchitectureConfig:
     """StyleGAN2 hyper-parameters; rosinality's config-f is size 1024, 512, 8, 2, 512."""
 
-    size: int = field(default=32, metadata=_rng(4, 1024, power_of_two=True))
-    style_dim: int = field(default=512, metadata=_rng(1))
-    n_mlp: int = field(default=8, metadata=_rng(1))
-    channel_multiplier: int = field(default=2, metadata=_rng(1))
-    channel_max: int = field(default=512, metadata=_rng(1))
+    size: int = field(default=32, metadata=bounds(4, 1024, power_of_two=True))
+    style_dim: int = field(default=512, metadata=bounds(1))
+    n_mlp: int = field(default=8, metadata=bounds(1))
+    channel_multiplier: int = field(default=2, metadata=bounds(1))
+    channel_max: int = field(default=512, metadata=bounds(1))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """GAN training as in StyleGAN2: non-saturating logistic loss, lazy R1, EMA generator."""
 
-    steps: int = field(default=2000, metadata=_rng(1))
-    batch_size: int = field(default=32, metadata=_rng(1))
-    lr: float = field(default=0.002, metadata=_rng(0.0))
-    r1_gamma: float = field(default=0.1, metadata=_rng(0.0))
-    r1_every: int = field(default=16, metadata=_rng(1))
-    ema_half_life_images: float = field(default=10000.0, metadata=_rng(0.0))
-    mixing_prob: float = field(default=0.9, metadata=_rng(0.0, 1.0))
-    checkpoint_every: int = field(default=200, metadata=_rng(1))
-    disc_channel_max: int = field(default=128, metadata=_rng(1))
+    steps: int = field(default=2000, metadata=bounds(1))
+    batch_size: int = field(default=32, metadata=bounds(1))
+    lr: float = field(default=0.002, metadata=bounds(0.0))
+    r1_gamma: float = field(default=0.1, metadata=bounds(0.0))
+    r1_every: int = field(default=16, metadata=bounds(1))
+    ema_half_life_images: float = field(default=10000.0, metadata=bounds(0.0))
+    mixing_prob: float = field(default=0.9, metadata=bounds(0.0, 1.0))
+    checkpoint_every: int = field(default=200, metadata=bounds(1))
+    disc_channel_max: int = field(default=128, metadata=bounds(1))
     precision: Literal["auto", "fp32", "bf16"] = (
         "auto"  # sgilo.precision: auto is bf16 only where the CPU has it natively
     )
-    threads: int = field(default=0, metadata=_rng(0))
+    threads: int = field(default=0, metadata=bounds(0))
 
 
 @dataclass(frozen=True)
@@ -110,8 +103,8 @@ class GeneratorConfig:
     architecture: ArchitectureConfig = ArchitectureConfig()
     train: TrainConfig = TrainConfig()
     pretrained: PretrainedConfig = PretrainedConfig()
-    latent_avg_samples: int = field(default=10000, metadata=_rng(1))
-    grid_rows: int = field(default=8, metadata=_rng(1, 64))
+    latent_avg_samples: int = field(default=10000, metadata=bounds(1))
+    grid_rows: int = field(default=8, metadata=bounds(1, 64))
 
 
 # ------------------------------------------------------------------------------------------------- invert
@@ -119,11 +112,11 @@ class GeneratorConfig:
 class PhaseConfig:
     """One ILO phase: optimise the input of generator block `layer` (0 = the w+ latent, i.e. CSGM)."""
 
-    layer: int = field(default=0, metadata=_rng(0))
-    steps: int = field(default=100, metadata=_rng(0))
-    lr: float = field(default=0.1, metadata=_rng(0.0))
+    layer: int = field(default=0, metadata=bounds(0))
+    steps: int = field(default=100, metadata=bounds(0))
+    lr: float = field(default=0.1, metadata=bounds(0.0))
     radius: float | None = field(
-        default=None, metadata=_rng(0.0)
+        default=None, metadata=bounds(0.0)
     )  # l1 radius around the previous layer's range; null = unconstrained
 
 
@@ -131,27 +124,27 @@ class PhaseConfig:
 class InvertConfig:
     """ILO inversion of the training images into the layer-`layer` representation the score model learns."""
 
-    layer: int = field(default=2, metadata=_rng(1))
+    layer: int = field(default=2, metadata=bounds(1))
     phases: tuple[PhaseConfig, ...] = (
         PhaseConfig(0, 40),
         PhaseConfig(1, 30, radius=150.0),
         PhaseConfig(2, 30, radius=300.0),
     )
-    geocross: float = field(default=0.01, metadata=_rng(0.0))
-    perceptual: float = field(default=0.0, metadata=_rng(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
+    geocross: float = field(default=0.01, metadata=bounds(0.0))
+    perceptual: float = field(default=0.0, metadata=bounds(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
     optimize_noise: bool = False
-    images: int = field(default=512, metadata=_rng(1))  # the first `images` training images, in index order
+    images: int = field(default=512, metadata=bounds(1))  # the first `images` training images, in index order
     # Layer-k latents drawn from the generator itself (z ~ N(0, I), its stored noise): extra training data for the
     # prior, from the distribution of the generator's own intermediate layer (the paper's second kind of prior).
-    generated: int = field(default=0, metadata=_rng(0))
+    generated: int = field(default=0, metadata=bounds(0))
     generated_shard_size: int = field(
-        default=1024, metadata=_rng(1)
+        default=1024, metadata=bounds(1)
     )  # one cheap forward pass each: larger than shard_size
-    shard_size: int = field(default=128, metadata=_rng(1))
-    batch_size: int = field(default=32, metadata=_rng(1))
+    shard_size: int = field(default=128, metadata=bounds(1))
+    batch_size: int = field(default=32, metadata=bounds(1))
     precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=_rng(0))
+    threads: int = field(default=0, metadata=bounds(0))
 
     @property
     def shards(self) -> int:
@@ -161,6 +154,11 @@ class InvertConfig:
     def generated_shards(self) -> int:
         return -(-self.generated // self.generated_shard_size)
 
+    def __post_init__(self) -> None:
+        layers = [phase.layer for phase in self.phases]
+        if not layers or layers != sorted(layers) or layers[-1] != self.layer:
+            raise SectionError("phases", f"phase layers must rise and end at invert.layer ({self.layer}), got {layers}")
+
 
 # ------------------------------------------------------------------------------------------- trajectories
 @dataclass(frozen=True)
@@ -168,14 +166,18 @@ class TrajectoriesConfig:
     """Forward-SDE samples of the (normalised) invert latents, cached for score training."""
 
     sde: Literal["vp", "linear", "catmap", "lotka_volterra"] = "vp"  # vp: closed form; others: Euler–Maruyama
-    beta_min: float = field(default=0.1, metadata=_rng(0.0))
-    beta_max: float = field(default=20.0, metadata=_rng(0.0))
-    draws: int = field(default=8, metadata=_rng(1))  # samples of t per latent
-    dt: float = field(default=0.01, metadata=_rng(1e-5, 1.0))  # Euler–Maruyama step of the simulated SDEs
-    tau_fraction: float = field(default=0.5, metadata=_rng(0.01, 1.0))  # keep x_τ at τ = tau_fraction·t
-    held_out: float = field(default=0.1, metadata=_rng(0.0, 0.9))  # fraction of latents kept for the held-out loss
+    beta_min: float = field(default=0.1, metadata=bounds(0.0))
+    beta_max: float = field(default=20.0, metadata=bounds(0.0))
+    draws: int = field(default=8, metadata=bounds(1))  # samples of t per latent
+    dt: float = field(default=0.01, metadata=bounds(1e-5, 1.0))  # Euler–Maruyama step of the simulated SDEs
+    tau_fraction: float = field(default=0.5, metadata=bounds(0.01, 1.0))  # keep x_τ at τ = tau_fraction·t
+    held_out: float = field(default=0.1, metadata=bounds(0.0, 0.9))  # fraction of latents kept for the held-out loss
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    threads: int = field(default=0, metadata=_rng(0))
+    threads: int = field(default=0, metadata=bounds(0))
+
+    def __post_init__(self) -> None:
+        if self.beta_max < self.beta_min:
+            raise SectionError("beta_max", f"({self.beta_max}) must be >= trajectories.beta_min ({self.beta_min})")
 
 
 # -------------------------------------------------------------------------------------------------- score
@@ -183,12 +185,12 @@ class TrajectoriesConfig:
 class ScoreModelConfig:
     """ScoreViT: the latent as tokens (patch size 1), Gaussian Fourier time features; paper: 8, 1024, 1, 4096."""
 
-    width: int = field(default=128, metadata=_rng(1))
-    depth: int = field(default=4, metadata=_rng(1))
-    heads: int = field(default=4, metadata=_rng(1))
-    mlp: int = field(default=256, metadata=_rng(1))
-    fourier_scale: float = field(default=16.0, metadata=_rng(0.0))
-    dropout: float = field(default=0.0, metadata=_rng(0.0, 1.0))
+    width: int = field(default=128, metadata=bounds(1))
+    depth: int = field(default=4, metadata=bounds(1))
+    heads: int = field(default=4, metadata=bounds(1))
+    mlp: int = field(default=256, metadata=bounds(1))
+    fourier_scale: float = field(default=16.0, metadata=bounds(0.0))
+    dropout: float = field(default=0.0, metadata=bounds(0.0, 1.0))
     skip: bool = True  # ε̂ = c(t)·x + network: a linear restoring force off the data (see docs/score.md)
 
 
@@ -197,18 +199,18 @@ class ScoreConfig:
     """Denoising score matching on the cached trajectories (AdamW, warm-up, clipping, EMA)."""
 
     model: ScoreModelConfig = ScoreModelConfig()
-    epochs: int = field(default=20, metadata=_rng(1))
-    batch_size: int = field(default=128, metadata=_rng(1))
-    lr: float = field(default=3e-4, metadata=_rng(0.0))
-    weight_decay: float = field(default=0.0, metadata=_rng(0.0))
-    warmup_steps: int = field(default=100, metadata=_rng(0))
-    grad_clip: float = field(default=1.0, metadata=_rng(0.0))
-    ema_decay: float = field(default=0.999, metadata=_rng(0.0, 1.0))
-    samples: int = field(default=16, metadata=_rng(1))  # unconditional samples decoded into the grid
-    sample_steps: int = field(default=200, metadata=_rng(1))
+    epochs: int = field(default=20, metadata=bounds(1))
+    batch_size: int = field(default=128, metadata=bounds(1))
+    lr: float = field(default=3e-4, metadata=bounds(0.0))
+    weight_decay: float = field(default=0.0, metadata=bounds(0.0))
+    warmup_steps: int = field(default=100, metadata=bounds(0))
+    grad_clip: float = field(default=1.0, metadata=bounds(0.0))
+    ema_decay: float = field(default=0.999, metadata=bounds(0.0, 1.0))
+    samples: int = field(default=16, metadata=bounds(1))  # unconditional samples decoded into the grid
+    sample_steps: int = field(default=200, metadata=bounds(1))
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=_rng(0))
+    threads: int = field(default=0, metadata=bounds(0))
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -260,18 +262,20 @@ class SGILOConfig:
     """
 
     steps: int = field(
-        default=60, metadata=_rng(1)
+        default=60, metadata=bounds(1)
     )  # replaces ILO's last phase (the earlier phases are the warm start)
-    lr: float = field(default=0.05, metadata=_rng(0.0))  # adam: its lr on the measurement loss (constant: a sampler)
-    weight: float = field(default=0.1, metadata=_rng(0.0))  # λ: the step η = λ·s² (the SGILO code's "temperature" 0.1)
-    temperature: float = field(default=1.0, metadata=_rng(0.0))  # T of the Langevin noise sqrt(2ηT); 0: no noise
-    t0: float = field(default=0.01, metadata=_rng(1e-3, 1.0))  # hot start: perturb to t0 along the forward SDE …
+    lr: float = field(default=0.05, metadata=bounds(0.0))  # adam: its lr on the measurement loss (constant: a sampler)
+    weight: float = field(
+        default=0.1, metadata=bounds(0.0)
+    )  # λ: the step η = λ·s² (the SGILO code's "temperature" 0.1)
+    temperature: float = field(default=1.0, metadata=bounds(0.0))  # T of the Langevin noise sqrt(2ηT); 0: no noise
+    t0: float = field(default=0.01, metadata=bounds(1e-3, 1.0))  # hot start: perturb to t0 along the forward SDE …
     hot_steps: int = field(
-        default=5, metadata=_rng(0)
+        default=5, metadata=bounds(0)
     )  # … and run this many reverse-SDE steps back (0: one Tweedie step)
     data_step: Literal["adam", "langevin"] = "adam"
-    measurement_std: float = field(default=0.0, metadata=_rng(0.0))  # langevin: σ_y of the likelihood (> 0 needed)
-    chains: int = field(default=4, metadata=_rng(1))  # posterior samples per measurement, in one batch
+    measurement_std: float = field(default=0.0, metadata=bounds(0.0))  # langevin: σ_y of the likelihood (> 0 needed)
+    chains: int = field(default=4, metadata=bounds(1))  # posterior samples per measurement, in one batch
     # per_chain: every chain runs its own ILO warm start from its own seed (dispersed starts, as multi-chain MCMC
     # wants: chains can land in different modes); shared: one warm start per measurement, chains branch at layer k.
     warm_start: Literal["per_chain", "shared"] = "per_chain"
@@ -285,18 +289,24 @@ class SGILOConfig:
 class GNCConfig:
     """The GNC flow: the prior's smoothing annealed from t_max to t_min, z ← z + λ·(D(z, σ_i) − z) after each data step."""
 
-    steps: int = field(default=60, metadata=_rng(1))
-    lr: float = field(default=0.05, metadata=_rng(0.0))
-    weight: float = field(default=0.5, metadata=_rng(0.0, 1.0))  # λ = 1 is Kobler & Pock's full σ²-preconditioned step
-    t_max: float = field(default=0.3, metadata=_rng(1e-3, 1.0))  # large smoothing: a convex energy
-    t_min: float = field(default=0.005, metadata=_rng(1e-3, 1.0))
+    steps: int = field(default=60, metadata=bounds(1))
+    lr: float = field(default=0.05, metadata=bounds(0.0))
+    weight: float = field(
+        default=0.5, metadata=bounds(0.0, 1.0)
+    )  # λ = 1 is Kobler & Pock's full σ²-preconditioned step
+    t_max: float = field(default=0.3, metadata=bounds(1e-3, 1.0))  # large smoothing: a convex energy
+    t_min: float = field(default=0.005, metadata=bounds(1e-3, 1.0))
+
+    def __post_init__(self) -> None:
+        if self.t_min > self.t_max:
+            raise SectionError("t_min", f"({self.t_min}) must be <= t_max ({self.t_max})")
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     """Per task, level and method, the key hyper-parameter is chosen on separate validation images (lowest MSE)."""
 
-    validation: int = field(default=4, metadata=_rng(1))  # images before the test images in the test split (paper: 8)
+    validation: int = field(default=4, metadata=bounds(1))  # images before the test images in the test split (paper: 8)
     ilo_radius_scale: tuple[float, ...] = (0.25, 1.0, 4.0)  # × every invert.phases radius
     sgilo_weight: tuple[float, ...] = (0.03, 0.1, 0.3)
     gnc_weight: tuple[float, ...] = (0.25, 0.5, 1.0)
@@ -311,31 +321,53 @@ class EvaluateConfig:
         TaskLevelsConfig("cs", (0.01, 0.03, 0.1)),
     )
     methods: tuple[str, ...] = field(default_factory=method_names)  # rows of sgilo.method_table
-    images: int = field(default=8, metadata=_rng(1))  # test images, after the validation ones
-    noise_std: float = field(default=0.0, metadata=_rng(0.0))  # extra Gaussian measurement noise, every task
+    images: int = field(default=8, metadata=bounds(1))  # test images, after the validation ones
+    noise_std: float = field(default=0.0, metadata=bounds(0.0))  # extra Gaussian measurement noise, every task
     mask: Literal["random", "center", "box"] = "random"
     cs_kind: Literal["auto", "gaussian", "structured"] = "auto"
     sr_filter: Literal["area", "bicubic"] = "area"
-    batch_size: int = field(default=8, metadata=_rng(1))  # images per batch (SGILO: × chains)
+    batch_size: int = field(default=8, metadata=bounds(1))  # images per batch (SGILO: × chains)
     sgilo: SGILOConfig = SGILOConfig()
     gnc: GNCConfig = GNCConfig()
     tune: TuneConfig = TuneConfig()
-    figure_images: int = field(default=4, metadata=_rng(0))  # reconstructions kept per shard for the report's figures
+    figure_images: int = field(default=4, metadata=bounds(0))  # reconstructions kept per shard for the report's figures
     precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=_rng(0))
+    threads: int = field(default=0, metadata=bounds(0))
+
+    def __post_init__(self) -> None:
+        for i, entry in enumerate(self.tasks):
+            where = f"tasks[{i}].levels"
+            if not entry.levels:
+                raise SectionError(where, f"give at least one level for task {entry.task!r}")
+            if entry.task in ("inpaint", "cs") and not all(0 < level <= 1 for level in entry.levels):
+                raise SectionError(where, f"{entry.task} levels are fractions in (0, 1], got {list(entry.levels)}")
+            if entry.task == "denoise" and not all(level >= 0 for level in entry.levels):
+                raise SectionError(
+                    where, f"denoise levels are noise σ >= 0 on the [0, 1] scale, got {list(entry.levels)}"
+                )
+        tasks = [entry.task for entry in self.tasks]
+        if len(set(tasks)) != len(tasks):
+            raise SectionError("tasks", f"each task once (list its levels together), got {tasks}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise SectionError("methods", f"unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+        for method in self.methods:
+            candidates = METHODS[method].candidates
+            if candidates is not None and not hasattr(self.tune, candidates):
+                raise SectionError("methods", f"{method} tunes from evaluate.tune.{candidates}, which the params lack")
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     """Aggregation into results/table1.csv and the figures."""
 
-    confidence: float = field(default=0.95, metadata=_rng(0.5, 0.999))  # Student-t intervals over test images
+    confidence: float = field(default=0.95, metadata=bounds(0.5, 0.999))  # Student-t intervals over test images
     fid_samples: int = field(
-        default=256, metadata=_rng(0)
+        default=256, metadata=bounds(0)
     )  # unconditional prior samples for FID (needs Inception weights)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=_rng(0))
+    threads: int = field(default=0, metadata=bounds(0))
 
 
 @dataclass(frozen=True)
@@ -346,17 +378,36 @@ class TheoryGNCConfig:
     means: tuple[float, ...] = (-0.8, -0.35, 0.05, 0.45, 0.85)
     stds: tuple[float, ...] = (0.08, 0.1, 0.06, 0.12, 0.07)
     domain: tuple[float, float] = (-1.0, 1.0)
-    starts: int = field(default=201, metadata=_rng(2))  # equally spaced initial positions on the domain
-    sigma_min: float = field(default=0.01, metadata=_rng(1e-4))  # the schedules' last σ
-    sigma_max: float = field(default=3.0, metadata=_rng(1e-4))  # the largest initial σ_0 tried
-    initial_sigmas: int = field(default=25, metadata=_rng(2))  # σ_0 values, log-spaced from sigma_min to sigma_max
+    starts: int = field(default=201, metadata=bounds(2))  # equally spaced initial positions on the domain
+    sigma_min: float = field(default=0.01, metadata=bounds(1e-4))  # the schedules' last σ
+    sigma_max: float = field(default=3.0, metadata=bounds(1e-4))  # the largest initial σ_0 tried
+    initial_sigmas: int = field(default=25, metadata=bounds(2))  # σ_0 values, log-spaced from sigma_min to sigma_max
     steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # flow lengths tried (gradient descent: the same)
-    gd_lr: float = field(default=0.0036, metadata=_rng(0.0))  # about the narrowest component's variance: stable
+    gd_lr: float = field(default=0.0036, metadata=bounds(0.0))  # about the narrowest component's variance: stable
+
+    def __post_init__(self) -> None:
+        if not len(self.weights) == len(self.means) == len(self.stds) >= 1:
+            raise SectionError(
+                "weights, .means and .stds",
+                f"one entry per component each, got {len(self.weights)}, {len(self.means)} and {len(self.stds)}",
+            )
+        if min(self.weights) <= 0 or abs(sum(self.weights) - 1) > 1e-6 or min(self.stds) <= 0:
+            raise SectionError("weights", f"must be positive and sum to 1 (got {sum(self.weights):g}), stds positive")
+        if (
+            not self.domain[0] < self.domain[1]
+            or not self.sigma_min < self.sigma_max
+            or not self.steps
+            or min(self.steps) < 1
+        ):
+            raise SectionError(
+                "domain, .sigma_min, .sigma_max and .steps",
+                "domain must be [low, high] with low < high, sigma_min < sigma_max, and steps positive integers",
+            )
 
 
 @dataclass(frozen=True)
 class LangevinArchitectureConfig:
-    depth: int = field(default=2, metadata=_rng(1))
+    depth: int = field(default=2, metadata=bounds(1))
     latents: tuple[int, ...] = (2, 4, 8, 16)  # latent sizes k run at this depth
 
 
@@ -368,17 +419,31 @@ class TheoryLangevinConfig:
         LangevinArchitectureConfig(2, (2, 4, 8, 16)),
         LangevinArchitectureConfig(3, (2,)),
     )
-    expansion: float = field(default=10.0, metadata=_rng(1.0))  # n_i = ⌈expansion · n_(i−1)⌉
-    measurements_per_latent: float = field(default=8.0, metadata=_rng(0.0))  # m = ⌈· k⌉ rows of A
-    noise: float = field(default=0.0, metadata=_rng(0.0))  # std of ‖e‖ in y = A G(z*) + e
-    chains: int = field(default=12, metadata=_rng(1))  # per method and start
-    steps: int = field(default=800, metadata=_rng(1))
-    step_size: float = field(default=0.05, metadata=_rng(1e-6))  # η, in units where the Hessian at z* is about I
-    beta_per_latent: float = field(default=50.0, metadata=_rng(1e-6))  # β = this · k: a stationary spread near 1/√this
+    expansion: float = field(default=10.0, metadata=bounds(1.0))  # n_i = ⌈expansion · n_(i−1)⌉
+    measurements_per_latent: float = field(default=8.0, metadata=bounds(0.0))  # m = ⌈· k⌉ rows of A
+    noise: float = field(default=0.0, metadata=bounds(0.0))  # std of ‖e‖ in y = A G(z*) + e
+    chains: int = field(default=12, metadata=bounds(1))  # per method and start
+    steps: int = field(default=800, metadata=bounds(1))
+    step_size: float = field(default=0.05, metadata=bounds(1e-6))  # η, in units where the Hessian at z* is about I
+    beta_per_latent: float = field(
+        default=50.0, metadata=bounds(1e-6)
+    )  # β = this · k: a stationary spread near 1/√this
     spread_betas_per_latent: tuple[float, ...] = (25.0, 100.0, 400.0, 1600.0, 6400.0)  # the β sweep
     spread_architecture: LangevinArchitectureConfig = LangevinArchitectureConfig(2, (8,))  # its (depth, k)
-    success_radius: float = field(default=0.35, metadata=_rng(0.0))  # ‖z − z*‖ ≤ this: reached z* (‖z*‖ = 1)
-    spurious_start: float = field(default=0.01, metadata=_rng(0.0))  # norm of the perturbation of −ρ_d z* starts
+    success_radius: float = field(default=0.35, metadata=bounds(0.0))  # ‖z − z*‖ ≤ this: reached z* (‖z*‖ = 1)
+    spurious_start: float = field(default=0.01, metadata=bounds(0.0))  # norm of the perturbation of −ρ_d z* starts
+
+    def __post_init__(self) -> None:
+        for i, arch in enumerate((*self.architectures, self.spread_architecture)):
+            name = f"architectures[{i}]" if i < len(self.architectures) else "spread_architecture"
+            if not arch.latents or min(arch.latents) < 1:
+                raise SectionError(f"{name}.latents", "give at least one latent size, each >= 1")
+        spread = self.spread_betas_per_latent
+        if len(self.spread_architecture.latents) != 1 or len(spread) < 2 or min(spread) <= 0:
+            raise SectionError(
+                "spread_architecture.latents and .spread_betas_per_latent",
+                "spread_architecture.latents takes one latent size and spread_betas_per_latent at least two positive values",
+            )
 
 
 @dataclass(frozen=True)
@@ -389,26 +454,38 @@ class TheoryIGOConfig:
 
     sdes: tuple[str, ...] = ("catmap", "lotka_volterra")  # the forward processes shown
     times: tuple[float, ...] = (0.2, 1.0)  # t; each with its x_τ, τ = tau_fraction · t
-    latents: int = field(default=128, metadata=_rng(1))  # demo latents shown (from invert shard 0)
-    modes: int = field(default=8, metadata=_rng(1))  # toy set: Gaussians on a ring
-    radius: float = field(default=0.6, metadata=_rng(0.0))
-    std: float = field(default=0.05, metadata=_rng(0.0))
-    points: int = field(default=2048, metadata=_rng(2))  # toy training points (as many again held out)
+    latents: int = field(default=128, metadata=bounds(1))  # demo latents shown (from invert shard 0)
+    modes: int = field(default=8, metadata=bounds(1))  # toy set: Gaussians on a ring
+    radius: float = field(default=0.6, metadata=bounds(0.0))
+    std: float = field(default=0.05, metadata=bounds(0.0))
+    points: int = field(default=2048, metadata=bounds(2))  # toy training points (as many again held out)
     sde: str = "catmap"  # the forward process the α sweep trains on
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # α·L(x_t) + (1 − α)·R(x_τ)
-    draws: int = field(default=4, metadata=_rng(1))  # forward draws of t per training point
+    draws: int = field(default=4, metadata=bounds(1))  # forward draws of t per training point
     model: ScoreModelConfig = ScoreModelConfig(width=32, depth=2, heads=1, mlp=64)
-    steps: int = field(default=300, metadata=_rng(1))
-    batch_size: int = field(default=512, metadata=_rng(1))
-    lr: float = field(default=0.005, metadata=_rng(0.0))
-    samples: int = field(default=512, metadata=_rng(2))  # reverse-SDE samples per α for the energy distance
-    sample_steps: int = field(default=100, metadata=_rng(1))
+    steps: int = field(default=300, metadata=bounds(1))
+    batch_size: int = field(default=512, metadata=bounds(1))
+    lr: float = field(default=0.005, metadata=bounds(0.0))
+    samples: int = field(default=512, metadata=bounds(2))  # reverse-SDE samples per α for the energy distance
+    sample_steps: int = field(default=100, metadata=bounds(1))
+
+    def __post_init__(self) -> None:
+        for name in self.sdes:
+            if name not in ("catmap", "lotka_volterra", "linear"):
+                raise SectionError("sdes", f"{name!r} is not a simulated SDE; use catmap, lotka_volterra or linear")
+        if self.sde not in ("vp", "catmap", "lotka_volterra", "linear"):
+            raise SectionError("sde", f"unknown SDE {self.sde!r}; use vp, catmap, lotka_volterra or linear")
+        times_ok = self.times and all(0 < t <= 1 for t in self.times)
+        if not times_ok or not self.alphas or not all(0 <= a <= 1 for a in self.alphas):
+            raise SectionError(
+                "times and .alphas", "times must lie in (0, 1] and alphas in [0, 1], at least one of each"
+            )
 
 
 # -------------------------------------------------------------------------------------------------- params
 @dataclass(frozen=True)
 class Params:
-    seed: int = field(default=0, metadata=_rng(0))
+    seed: int = field(default=0, metadata=bounds(0))
     download: DownloadConfig = DownloadConfig()
     generator: GeneratorConfig = GeneratorConfig()
     invert: InvertConfig = InvertConfig()
@@ -436,13 +513,13 @@ def layered_params(
     and `--config`. Each layer is validated as it is added, so an error names the file (or `--config`) that brought
     the bad key. Returns the params and the merged plain data they were built from."""
     first, *rest = files
-    raw = _read_yaml(first)
+    raw = read_yaml(first)
     params = _validated(raw, str(first))
     for path in rest:
-        raw = merge(raw, _read_yaml(path))
+        raw = merge(raw, read_yaml(path))
         params = _validated(raw, str(path))
     if overrides:
-        raw = merge(raw, _typed(dict(overrides)))
+        raw = merge(raw, typed(dict(overrides)))
         params = _validated(raw, "--config")
     return params, raw
 
@@ -460,61 +537,20 @@ def write_layered(raw: Mapping[str, Any], folder: str | Path) -> Path:
     return dest
 
 
-def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """`extra` laid over `base`: mappings merge key by key, anything else (lists included) replaces."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
-    return out
-
-
-def _typed(value: Any) -> Any:
-    # Snakemake parses a nested --config value (`invert={images: 1024}`) with YAML's BaseLoader, which leaves every
-    # scalar a string: read those strings as a params file would.
-    if isinstance(value, Mapping):
-        return {key: _typed(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_typed(item) for item in value]
-    return yaml.safe_load(value) if isinstance(value, str) and value else value
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"{path}: params file not found; pass --params PATH (e.g. params.yaml or profiles/<name>/params.yaml)"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level: expected a mapping of keys, got {_describe(raw)}")
-    return raw or {}
-
-
 def _validated(raw: dict[str, Any], source: str) -> Params:
-    params = from_dict(Params, raw, source=source)
+    params = from_dict(Params, raw, source=source, retired=RETIRED)
     _check_across_sections(params, source)
     return params
 
 
 def _check_across_sections(params: Params, source: str) -> None:
-    """Rules that tie keys of different sections together; each message names the keys to change."""
+    """Rules that tie keys of different sections together; each message names the keys to change. (A rule between one
+    section's own keys is that dataclass's __post_init__.)"""
     blocks = params.generator.architecture.size.bit_length() - 2  # blocks at 4², 8², …, size²
     invert = params.invert
     if not invert.layer < blocks:
         raise ConfigError(
             f"{source}: invert.layer: a {params.generator.architecture.size}² generator has blocks 0…{blocks - 1}; the layer must be in [1, {blocks - 1}]"
-        )
-    layers = [phase.layer for phase in invert.phases]
-    if not layers or layers != sorted(layers) or layers[-1] != invert.layer:
-        raise ConfigError(
-            f"{source}: invert.phases: phase layers must rise and end at invert.layer ({invert.layer}), got {layers}"
-        )
-    if params.trajectories.beta_max < params.trajectories.beta_min:
-        raise ConfigError(
-            f"{source}: trajectories.beta_max ({params.trajectories.beta_max}) must be >= trajectories.beta_min ({params.trajectories.beta_min})"
         )
     if params.download.dataset == "synthfaces" and invert.images > params.download.synthfaces.n_train:
         raise ConfigError(
@@ -527,39 +563,15 @@ def _check_across_sections(params: Params, source: str) -> None:
             f"{source}: evaluate.images + evaluate.tune.validation ({needed}) exceeds download.synthfaces.n_test "
             f"({params.download.synthfaces.n_test}); lower them or raise n_test"
         )
-    if evaluate.gnc.t_min > evaluate.gnc.t_max:
-        raise ConfigError(
-            f"{source}: evaluate.gnc.t_min ({evaluate.gnc.t_min}) must be <= evaluate.gnc.t_max ({evaluate.gnc.t_max})"
-        )
+    size = params.generator.architecture.size
     for i, entry in enumerate(evaluate.tasks):
-        if not entry.levels:
-            raise ConfigError(f"{source}: evaluate.tasks[{i}].levels: give at least one level for task {entry.task!r}")
-        if entry.task in ("inpaint", "cs") and not all(0 < level <= 1 for level in entry.levels):
+        if entry.task != "sr":
+            continue
+        bad = [level for level in entry.levels if level < 1 or not float(level).is_integer() or size % int(level)]
+        if bad:
             raise ConfigError(
-                f"{source}: evaluate.tasks[{i}].levels: {entry.task} levels are fractions in (0, 1], got {list(entry.levels)}"
-            )
-        if entry.task == "denoise" and not all(level >= 0 for level in entry.levels):
-            raise ConfigError(
-                f"{source}: evaluate.tasks[{i}].levels: denoise levels are noise σ >= 0 on the [0, 1] scale, got {list(entry.levels)}"
-            )
-        if entry.task == "sr":
-            size = params.generator.architecture.size
-            bad = [level for level in entry.levels if level < 1 or not float(level).is_integer() or size % int(level)]
-            if bad:
-                raise ConfigError(
-                    f"{source}: evaluate.tasks[{i}].levels: sr levels are integer downsampling factors >= 1 that divide "
-                    f"generator.architecture.size ({size}); {bad} do not"
-                )
-    unknown = [m for m in evaluate.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(
-            f"{source}: evaluate.methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}"
-        )
-    for method in evaluate.methods:
-        candidates = METHODS[method].candidates
-        if candidates is not None and not hasattr(evaluate.tune, candidates):
-            raise ConfigError(
-                f"{source}: evaluate.methods: {method} tunes from evaluate.tune.{candidates}, which the params lack"
+                f"{source}: evaluate.tasks[{i}].levels: sr levels are integer downsampling factors >= 1 that divide "
+                f"generator.architecture.size ({size}); {bad} do not"
             )
     with_prior = [m for m in evaluate.methods if m in prior_methods()]
     if with_prior and params.trajectories.sde not in CLOSED_FORM_SDES:
@@ -568,55 +580,6 @@ def _check_across_sections(params: Params, source: str) -> None:
             f"which need an SDE with a closed-form marginal ({', '.join(CLOSED_FORM_SDES)}); set trajectories.sde to vp "
             "or drop those methods (the non-affine drifts are for the IGO theory experiments)"
         )
-    tasks = [entry.task for entry in evaluate.tasks]
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"{source}: evaluate.tasks: each task once (list its levels together), got {tasks}")
-    gnc = params.theory_gnc
-    if not len(gnc.weights) == len(gnc.means) == len(gnc.stds) >= 1:
-        raise ConfigError(
-            f"{source}: theory_gnc.weights, .means and .stds: one entry per component each, got "
-            f"{len(gnc.weights)}, {len(gnc.means)} and {len(gnc.stds)}"
-        )
-    if min(gnc.weights) <= 0 or abs(sum(gnc.weights) - 1) > 1e-6 or min(gnc.stds) <= 0:
-        raise ConfigError(
-            f"{source}: theory_gnc: weights must be positive and sum to 1 (got {sum(gnc.weights):g}), stds positive"
-        )
-    if not gnc.domain[0] < gnc.domain[1] or not gnc.sigma_min < gnc.sigma_max or not gnc.steps or min(gnc.steps) < 1:
-        raise ConfigError(
-            f"{source}: theory_gnc: domain must be [low, high] with low < high, sigma_min < sigma_max, "
-            "and steps positive integers"
-        )
-    langevin = params.theory_langevin
-    for i, arch in enumerate((*langevin.architectures, langevin.spread_architecture)):
-        name = f"architectures[{i}]" if i < len(langevin.architectures) else "spread_architecture"
-        if not arch.latents or min(arch.latents) < 1:
-            raise ConfigError(f"{source}: theory_langevin.{name}.latents: give at least one latent size, each >= 1")
-    if (
-        len(langevin.spread_architecture.latents) != 1
-        or len(langevin.spread_betas_per_latent) < 2
-        or min(langevin.spread_betas_per_latent) <= 0
-    ):
-        raise ConfigError(
-            f"{source}: theory_langevin: spread_architecture.latents takes one latent size and "
-            "spread_betas_per_latent at least two positive values"
-        )
-    igo = params.theory_igo
-    for name in igo.sdes:
-        if name not in ("catmap", "lotka_volterra", "linear"):
-            raise ConfigError(
-                f"{source}: theory_igo.sdes: {name!r} is not a simulated SDE; use catmap, lotka_volterra or linear"
-            )
-    if igo.sde not in ("vp", "catmap", "lotka_volterra", "linear"):
-        raise ConfigError(
-            f"{source}: theory_igo.sde: unknown SDE {igo.sde!r}; use vp, catmap, lotka_volterra or linear"
-        )
-    if (
-        not igo.times
-        or not all(0 < t <= 1 for t in igo.times)
-        or not igo.alphas
-        or not all(0 <= a <= 1 for a in igo.alphas)
-    ):
-        raise ConfigError(f"{source}: theory_igo: times must lie in (0, 1] and alphas in [0, 1], at least one of each")
 
 
 # Keys that profiles used to have, with what replaced them: an old profile fails with the fix, not a bare "unknown key".
@@ -628,92 +591,3 @@ RETIRED = {
     "score.igo_alpha": "see score.igo: IGO's α is measured by the theory_igo stage (theory_igo.alphas)",
     "invert.stages": "renamed invert.phases (ILO's layer phases; 'stage' now means only a pipeline stage): rename the key, its entries stay the same",
 }
-
-
-def from_dict(cls: type, raw: Any, source: str = "<params>", prefix: str = "") -> Any:
-    """Build dataclass `cls` from plain data, rejecting unknown keys, wrong types and out-of-range values."""
-    where = prefix.rstrip(".") or "top level"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {_describe(raw)}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(map(str, raw)) - set(known))
-    for key in unknown:
-        if prefix + key in RETIRED:
-            raise ConfigError(f"{source}: {prefix}{key} is no longer a key: {RETIRED[prefix + key]}")
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys under {where}: {', '.join(sorted(known))}"
-        )
-    values = {
-        name: _convert(hints[name], raw[name], f, source, prefix + name) for name, f in known.items() if name in raw
-    }
-    try:
-        return cls(**values)
-    except ValueError as exc:  # a rule between the section's own keys (its __post_init__)
-        raise ConfigError(f"{source}: {where}: {exc}") from exc
-
-
-def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, source, key + ".")
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(
-                f"{source}: {key}: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}"
-            )
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _convert(args[0], value, f, source, key)
-    if origin is tuple:
-        (item,) = typing.get_args(hint)[:1]
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key}: expected a list, got {_describe(value)}")
-        return tuple(_convert(item, v, f, source, f"{key}[{i}]") for i, v in enumerate(value))
-    return _check_scalar(hint, value, f, source, key)
-
-
-def _check_scalar(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:
-    # bool is an int subclass in Python: `steps: true` must not pass as 1.
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(hint)
-    if ok is None:
-        raise TypeError(f"config field {key} has unsupported type {hint!r}")
-    if not ok:
-        raise ConfigError(f"{source}: {key}: expected {hint.__name__}{_range_text(f)}, got {_describe(value)}")
-    value = float(value) if hint is float else value
-    if hint is float and not math.isfinite(value):  # .nan passes every range comparison; .inf is no setting either
-        raise ConfigError(f"{source}: {key}: expected a finite float{_range_text(f)}, got {value!r}")
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{source}: {key}: expected {hint.__name__}{_range_text(f)}, got {value!r}")
-    if f.metadata.get("power_of_two") and value & (value - 1):
-        raise ConfigError(f"{source}: {key}: expected a power of two{_range_text(f)}, got {value!r}")
-    return value
-
-
-def _range_text(f: dataclasses.Field) -> str:
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if lo is not None and hi is not None:
-        return f" in [{lo}, {hi}]"
-    if lo is not None:
-        return f" >= {lo}"
-    if hi is not None:
-        return f" <= {hi}"
-    return ""
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain-data form of a config, for the JSON saved beside every artifact."""
-    return dataclasses.asdict(config)

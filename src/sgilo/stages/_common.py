@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from sgilo.allocator import retain_freed_memory
-from sgilo.config import ConfigError, Params, load_params
+from sgilo.config import Params, load_params
 from sgilo.data import DataError
 from sgilo.io import CheckpointError, DiskFullError
+from sgilo.loader import ConfigError
 
 log = logging.getLogger("sgilo")
 

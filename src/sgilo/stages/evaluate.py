@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from sgilo.config import Params, to_dict
+from sgilo.config import Params
 from sgilo.data import DataError, load_images, read_index
 from sgilo.inversion import LayerPhase, Options
 from sgilo.io import (
@@ -39,6 +39,7 @@ from sgilo.io import (
     save_safetensors,
     save_torch,
 )
+from sgilo.loader import to_dict
 from sgilo.method_table import prior_methods, spec
 from sgilo.methods import Reconstruction, Setting, reconstruct, total_steps, with_tuned
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sgilo.config import Params, to_dict
+from sgilo.config import Params
 from sgilo.data import caption_png, load_images, save_image_grid
 from sgilo.fetch import download_file, make_session
 from sgilo.gan import GANTrainer, sliced_wasserstein
@@ -31,6 +31,7 @@ from sgilo.io import (
     save_json,
     save_torch,
 )
+from sgilo.loader import to_dict
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import log, set_threads, stage_parser, start
 from sgilo.stylegan2 import Generator, load_generator, same_architecture, save_generator

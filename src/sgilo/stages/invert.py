@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sgilo.config import InvertConfig, Params, to_dict
+from sgilo.config import InvertConfig, Params
 from sgilo.data import load_images, read_index
 from sgilo.inversion import LayerPhase, Options, Perceptual, generator_latents, invert
 from sgilo.io import (
@@ -35,6 +35,7 @@ from sgilo.io import (
     save_torch,
     shard_file,
 )
+from sgilo.loader import to_dict
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
 from sgilo.precision import resolve
 from sgilo.seeding import item_seed, torch_generator

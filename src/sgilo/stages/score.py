@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sgilo.config import Params, to_dict
+from sgilo.config import Params
 from sgilo.data import caption_png, save_image_grid
 from sgilo.figures import new_figure, save_figure
 from sgilo.io import (
@@ -35,6 +35,7 @@ from sgilo.io import (
     shard_file,
 )
 from sgilo.latents import LatentScaler
+from sgilo.loader import to_dict
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
 from sgilo.precision import autocast, resolve
 from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, seeded_score_vit

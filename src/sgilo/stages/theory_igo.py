@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from sgilo.config import Params, to_dict
+from sgilo.config import Params
 from sgilo.figures import new_figure, save_figure
 from sgilo.io import load_safetensors, save_json
 from sgilo.latents import LatentScaler
+from sgilo.loader import to_dict
 from sgilo.score_model import dsm_loss, score_from_eps, seeded_score_vit
 from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std, training_pairs
 from sgilo.seeding import torch_generator

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sgilo.config import Params, TrajectoriesConfig, to_dict
+from sgilo.config import Params, TrajectoriesConfig
 from sgilo.io import ShardRows, load_safetensors, save_safetensors, shard_file
 from sgilo.latents import LatentScaler, pooled_std, split_held_out
+from sgilo.loader import to_dict
 from sgilo.sde import SDE, build_sde, training_pairs
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
