@@ -11,6 +11,7 @@ not followed: they change with the environment, which the lock file pins, not wi
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 
@@ -47,7 +48,8 @@ def _imported_names(path: Path, name: str) -> set[str]:
     return names
 
 
-def sources(module: str, root: Path) -> list[Path]:
+@functools.cache  # the Snakefile asks for a stage's files once per rule it runs; each parse is paid at start-up
+def sources(module: str, root: Path) -> tuple[Path, ...]:
     """The files module `module` (dotted, e.g. "sgilo.stages.invert") runs from the package tree under `root` (the
     folder holding the top-level package, e.g. src/): its own file, the modules it imports from that package,
     transitively, and their packages' `__init__.py`, sorted."""
@@ -67,4 +69,4 @@ def sources(module: str, root: Path) -> list[Path]:
         for imported in _imported_names(path, name):
             if imported.split(".")[0] == top and (found := module_file(imported, root)) is not None:
                 todo.append((imported, found))
-    return sorted(seen)
+    return tuple(sorted(seen))
