@@ -297,10 +297,14 @@ class Generator(nn.Module):
         return [getattr(self.noises, f"noise_{j}") for j in range(self.num_noises)]
 
     def random_noise(self, batch: int, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Fresh per-image noise maps, ordered like `noises.noise_j`."""
+        """Fresh per-image noise maps, ordered like `noises.noise_j`, on the model's device.
+
+        They are drawn on `generator`'s device, so a seeded CPU generator gives the same maps to a model on the GPU.
+        """
         device = self.input.input.device
+        draw_on = generator.device if generator is not None else device
         shapes = [n.shape[-1] for n in self.stored_noise()]
-        return [torch.randn(batch, 1, r, r, device=device, generator=generator) for r in shapes]
+        return [torch.randn(batch, 1, r, r, device=draw_on, generator=generator).to(device) for r in shapes]
 
     def layer_shape(self, layer: int) -> tuple[int, int, int]:
         """(C, H, W) of the feature map that enters block `layer` (1 <= layer < num_blocks)."""
