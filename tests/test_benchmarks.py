@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,13 @@ def positive(cells: list[str]) -> bool:
 
 def within_the_fixture_tolerance(cells: list[str]) -> bool:
     return all(float(cell) <= 1e-3 for cell in cells)  # tests/test_stylegan2.py's TOLERANCE
+
+
+def verdicts(targeted: list[bool]) -> Callable[[list[str]], bool]:
+    """A verdict (yes, or a bold no) on the rows with a target, and none on the others."""
+    return lambda cells: (
+        [cell != "–" for cell in cells] == targeted and all(cell in ("yes", "**no**", "–") for cell in cells)
+    )
 
 
 # The smoke command of each script, as its docstring gives it → the tables it must print: columns it must have, and
@@ -78,6 +86,26 @@ SMOKE_RUNS = {
                 "`sgilo dvc-sync --check` (tiny profile)",
             ],
             "median s": positive,
+        }
+    ],
+    ("speed.py", "--smoke"): [
+        {
+            "measure": [
+                "GEMM 256²",
+                "generator fwd+bwd",
+                "ILO step, layer 0, noise",
+                "ILO step, layer 3, noise",
+                "LPIPS-squeeze fwd+bwd (256²)",
+                "ILO step, layer 0, noise, LPIPS-squeeze",
+                "ILO step, layer 3, noise, LPIPS-squeeze",
+                "ILO step, layer 0, noise",
+                "ILO step, layer 0, noise",
+                "ScoreViT 0M fwd+bwd",
+                "SGILO Langevin step, layer 2",
+            ],
+            "batch": ["1", "1", "1", "1", "1", "1", "1", "1", "2", "2", "1"],
+            "s/step": positive,
+            "met": verdicts([False, True, True, True, False, True, True, False, True, False, False]),
         }
     ],
     ("stylegan2_reference.py", "--smoke"): [
