@@ -358,3 +358,32 @@ def test_hot_start_with_narrow_gaussian_score() -> None:
     # posterior of x0 given x_t: per-coordinate RMS to x0 ≈ 0.034 here, against sqrt(2)·sigma0 ≈ 0.071 cold
     assert float((hot - x0).pow(2).mean().sqrt()) < 0.045
     assert float((cold - x0).pow(2).mean().sqrt()) > 0.06
+
+
+def test_the_sampler_draws_its_steps_noise_from_the_source_it_is_given() -> None:
+    """SGILO's hot start runs this loop with one noise stream per chain; the draws it makes are part of the result."""
+    sde = VPSDE()
+    score = gaussian_score(sde, MU, 0.3)
+    x_t = torch.randn(6, 2, generator=gen(40))
+    drawn: list[tuple[int, ...]] = []
+
+    def counted(like: Tensor) -> Tensor:
+        drawn.append(tuple(like.shape))
+        return torch.randn(like.shape, generator=stream)
+
+    stream = gen(41)
+    hot = reverse_sde_sample(
+        sde, score, x_t.shape, None, steps=6, corrector_steps=0, x_T=x_t, t_start=0.5, noise=counted
+    )
+    assert drawn == [(6, 2)] * 5  # one draw per step but the last, which returns the mean
+    drawn.clear()
+    stream = gen(41)
+    reverse_sde_sample(sde, score, x_t.shape, None, steps=6, corrector_steps=1, x_T=x_t, t_start=0.5, noise=counted)
+    assert len(drawn) == 6 + 5  # the corrector's draws come from the same source
+    # A generator is the same as its noise source, and the result is the source's alone.
+    from_generator = reverse_sde_sample(
+        sde, score, x_t.shape, gen(41), steps=6, corrector_steps=0, x_T=x_t, t_start=0.5
+    )
+    assert torch.equal(from_generator, hot)
+    with pytest.raises(ValueError, match="a generator or a noise source"):
+        reverse_sde_sample(sde, score, x_t.shape, None, steps=2, x_T=x_t)

@@ -196,14 +196,18 @@ class SGLDStep:
         """Perturb to t0 along the forward SDE, then the reverse SDE back to ~0 (the hot-start sampler)."""
         prior, t0 = self.prior, self.config.t0
         mean, std = _vp_coefficients(prior, time_vector(t0, u), u)
-        x = mean * u + std * self.noise(u)
-        grid = torch.linspace(t0, prior.sde.eps, self.config.hot_steps + 1).tolist()
-        for k in range(self.config.hot_steps):
-            t, h = time_vector(grid[k], x), grid[k] - grid[k + 1]
-            x = x - prior.sde.reverse_drift(x, t, prior.score(x, t)) * h
-            if k + 1 < self.config.hot_steps:  # the last step returns the mean, as score_sde's samplers do
-                x = x + per_item(prior.sde.diffusion(t) * math.sqrt(h), x) * self.noise(x)
-        return x
+        x_t0 = mean * u + std * self.noise(u)
+        return reverse_sde_sample(
+            prior.sde,
+            prior.score,
+            u.shape,
+            None,
+            steps=self.config.hot_steps,
+            corrector_steps=0,
+            x_T=x_t0,
+            t_start=t0,
+            noise=self.noise,
+        )
 
     def _tweedie(self, u: Tensor) -> Tensor:
         return _denoise(self.prior, u, self.config.t0)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]  # score_fn(x, t) -> ∇x log p_t(x), t a (B,) tensor
 Progress = Callable[[int, int], None]  # progress(step_done, steps_total)
+Noise = Callable[[Tensor], Tensor]  # noise(like) -> standard normal draws shaped like `like`, on its device and dtype
 
 # float32 times like 0.3 make t/dt come out as 30.000001; without the slack that would cost an extra step.
 _STEP_COUNT_SLACK = 1e-6
@@ -46,6 +47,11 @@ def _normal(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> T
     """Standard normal noise from `generator`, moved to `like`'s device (see the module notes)."""
     noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=like.dtype)
     return noise.to(like.device)
+
+
+def generator_noise(generator: torch.Generator) -> Noise:
+    """A noise source drawing from one `torch.Generator` (the samplers' default)."""
+    return lambda like: _normal(like.shape, generator, like)
 
 
 def em_grid(start: Tensor, end: Tensor, dt: float) -> tuple[Tensor, Tensor]:
@@ -372,7 +378,7 @@ def training_pairs(
     }
 
 
-def _langevin_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, generator: torch.Generator, snr: float) -> Tensor:
+def _langevin_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, noise_source: Noise, snr: float) -> Tensor:
     """One Langevin corrector step with the step size set by a signal-to-noise ratio (Song et al. 2021).
 
     As in score_sde the norms are averaged over the batch: a per-item step (snr·|z|/|score|)² explodes for
@@ -380,7 +386,7 @@ def _langevin_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, generator:
     generator that draws its noise. A batch whose score is exactly zero takes no step.
     """
     score = score_fn(x, t)
-    noise = _normal(x.shape, generator, x)
+    noise = noise_source(x)
     score_norm = score.reshape(x.shape[0], -1).norm(dim=1).mean()
     noise_norm = noise.reshape(x.shape[0], -1).norm(dim=1).mean()
     if float(score_norm) == 0.0:
@@ -393,37 +399,49 @@ def reverse_sde_sample(
     sde: SDE,
     score_fn: ScoreFn,
     shape: Sequence[int],
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     steps: int = 500,
     corrector_steps: int = 1,
     snr: float = 0.16,
     x_T: Tensor | None = None,
     t_start: float | None = None,
     progress: Progress | None = None,
+    noise: Noise | None = None,
 ) -> Tensor:
     """Predictor–corrector sampler: Langevin corrector, then an Euler–Maruyama step of the reverse SDE.
 
     Runs from t_start (default T) down to eps on `steps` equal steps; a t_start < T with x_T = a forward-
     perturbed input is the hot start / SDEdit use; pass corrector_steps=0 there, because the Langevin
     step is set by snr and not by the time step, so at small t it re-samples within the mode and forgets
-    x_T. Starts from x_T if given, else a prior draw. The last
-    step returns the mean (no noise added at eps), as score_sde does. Runs without autograd: a score_fn
-    that needs gradients must enable them itself.
+    x_T. Starts from x_T if given, else a prior draw from `generator`. The steps' noise comes from `noise`
+    (default: `generator`), so a caller with its own streams (SGILO's one per chain) runs this same loop. The last
+    step returns the mean and draws no noise, as score_sde does. Runs without autograd: a score_fn that needs
+    gradients must enable them itself.
     """
+    if noise is None:
+        if generator is None:
+            raise ValueError("reverse_sde_sample needs a generator or a noise source")
+        noise = generator_noise(generator)
     t_start = sde.T if t_start is None else float(t_start)
-    grid = np.linspace(t_start, sde.eps, steps + 1)
+    grid = torch.linspace(t_start, sde.eps, steps + 1).tolist()
     with torch.no_grad():
-        x = sde.prior_sample(shape, generator) if x_T is None else x_T.clone()
+        if x_T is None:
+            if generator is None:
+                raise ValueError("a prior draw (no x_T) needs a generator")
+            x = sde.prior_sample(shape, generator)
+        else:
+            x = x_T.clone()
         for k in range(steps):
-            t = time_vector(float(grid[k]), x)
+            t = time_vector(grid[k], x)
             for _ in range(corrector_steps):
-                x = _langevin_step(sde, score_fn, x, t, generator, snr)
-            h = float(grid[k] - grid[k + 1])
-            x_mean = x - sde.reverse_drift(x, t, score_fn(x, t)) * h
-            x = x_mean + per_item(sde.diffusion(t) * math.sqrt(h), x) * _normal(x.shape, generator, x)
+                x = _langevin_step(sde, score_fn, x, t, noise, snr)
+            h = grid[k] - grid[k + 1]
+            x = x - sde.reverse_drift(x, t, score_fn(x, t)) * h
+            if k + 1 < steps:
+                x = x + per_item(sde.diffusion(t) * math.sqrt(h), x) * noise(x)
             if progress is not None:
                 progress(k + 1, steps)
-    return x_mean if steps > 0 else x
+    return x
 
 
 def probability_flow_sample(
