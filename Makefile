@@ -10,9 +10,9 @@ TARGET ?= results/table1.csv   # the main job; `make table TARGET=all` also buil
 table: setup
 	$(BIN)/snakemake --cores all $(TARGET)
 
-## make test: set up .venv, check the code's lint and format (ruff), then run the test suite.
+## make test: set up .venv, check the code's lint and format (ruff), then run the test suite (its 25 slowest tests listed last).
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## make lint: ruff's checks and its formatter's check (configuration: pyproject.toml); `make format` applies both fixes.
 lint: setup

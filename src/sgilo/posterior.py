@@ -33,7 +33,7 @@ from sgilo.config import GNCConfig, SGILOConfig
 from sgilo.inversion import LayerPhase, Options, Perceptual, Result, decode, invert
 from sgilo.io import CheckpointError, load_torch, save_torch
 from sgilo.latents import LatentScaler
-from sgilo.score_model import ScoreViT
+from sgilo.score_model import ScoreViT, score_from_eps
 from sgilo.sde import (
     SDE,
     build_sde,
@@ -70,7 +70,7 @@ class LatentPrior:
         return target_std(self.sde, t, self.sde_config["dt"], keep=(self.tau_fraction,)).to(t.device, t.dtype)
 
     def score(self, u: Tensor, t: Tensor) -> Tensor:
-        return -self.model(u, t) / per_item(self.std(t), u)
+        return score_from_eps(self.model, self.std)(u, t)
 
     def to(self, device: torch.device | str) -> LatentPrior:
         return replace(self, model=self.model.to(device), w_plus_mean=self.w_plus_mean.to(device))
