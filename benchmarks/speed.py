@@ -129,7 +129,6 @@ def ilo_step(
     precision: str,
     device: torch.device,
     perceptual=None,
-    optimize_noise: bool = True,
 ) -> list[float]:
     """Seconds per step of each phase at `layers`: ILO on 50 % inpainting of the generator's own samples."""
     seeds = list(range(batch))
@@ -137,7 +136,9 @@ def ilo_step(
     forward = build_operator(OperatorSpec("inpaint", 0.5), tuple(truth.shape[1:]), seeds, device).physics.A
     y = forward(truth)
     radii = ilo_radii(generator, layers)
-    options = Options(precision=precision, optimize_noise=optimize_noise, perceptual=1.0 if perceptual else 0.0)
+    options = Options(
+        precision=precision, optimize_noise=True, perceptual=1.0 if perceptual else 0.0
+    )  # as profiles/ffhq
     times = []
     for layer, radius in zip(layers, radii):
         phase = LayerPhase(layer, steps, radius, 0.1)
