@@ -29,7 +29,7 @@ from sgilo.inversion import LayerPhase, Options
 from sgilo.latents import LatentScaler
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior, score_guided_ilo
-from sgilo.score_model import ScoreViT, count_parameters
+from sgilo.score_model import Preconditioned, ScoreViT, count_parameters
 from sgilo.sde import build_sde
 from sgilo.stylegan2 import Generator
 
@@ -57,13 +57,12 @@ def build(config: str, device: torch.device) -> tuple[Generator, LatentPrior]:
     generator = generator.to(device).eval().requires_grad_(False)
     channels, height, width = generator.layer_shape(c["layer"])
     shape = (channels + 3, height, width)
-    model = ScoreViT(shape, **c["score"], skip_data_std=0.2).to(device).eval().requires_grad_(False)
-    sde = build_sde("vp")
+    model = Preconditioned(ScoreViT(shape, **c["score"]), build_sde("vp"), data_std=0.2)
+    model = model.to(device).eval().requires_grad_(False)
     scaler = LatentScaler(-torch.ones(shape[0]), torch.ones(shape[0]))
     prior = LatentPrior(
         model,
         scaler,
-        sde,
         {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
         c["layer"],
         torch.zeros(1, generator.num_ws, generator.style_dim, device=device),

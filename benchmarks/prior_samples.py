@@ -33,7 +33,7 @@ from sgilo.inversion import generator_latents
 from sgilo.io import load_safetensors, save_safetensors, shard_file
 from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
-from sgilo.score_model import ScoreViT
+from sgilo.score_model import Preconditioned, ScoreViT
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
 from sgilo.stylegan2 import Generator, load_generator, save_generator
@@ -52,12 +52,11 @@ def smoke_inputs(folder: Path) -> tuple[Path, Path, Path]:
         latents, _ = generator_latents(generator, SMOKE_LAYER, torch.randn(8, generator.style_dim))
     save_safetensors({"ids": torch.arange(8), "latents": latents}, shard_file(folder / "invert", 0))
     channels = latents.shape[1]
-    model = ScoreViT(tuple(latents.shape[1:]), width=16, depth=1, heads=1, mlp=32, skip_data_std=0.2).eval()
     sde_config = {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}
+    backbone = ScoreViT(tuple(latents.shape[1:]), width=16, depth=1, heads=1, mlp=32)
     prior = LatentPrior(
-        model,
+        Preconditioned(backbone, build_sde(**sde_config), data_std=0.2).eval(),
         LatentScaler(-torch.ones(channels), torch.ones(channels)),
-        build_sde(**sde_config),
         sde_config,
         SMOKE_LAYER,
         torch.zeros(1, generator.num_ws, generator.style_dim),

@@ -5,7 +5,7 @@ data loading, gradient clipping and EMA: forward + `dsm_loss` + backward + AdamW
 the model's latent shape (one batch per row, drawn once). Sampling rows run `sgilo.sde.reverse_sde_sample`
 (VP-SDE, one Langevin corrector step per predictor step, so 2 score evaluations per step) and
 `sgilo.sde.probability_flow_sample` (scipy RK45, rtol = atol = 1e-5, which copies every evaluation to the CPU
-in float64) through `score_from_eps`. Weights are random (speed does not depend on them); the model's skip
+in float64) through `Preconditioned.score`. Weights are random (speed does not depend on them); the model's skip
 c(t)·x keeps the samplers stable, and every sampling row starts from the same initial weights and seed.
 bf16 is `torch.autocast` around the model only: the sampler's arithmetic stays in float32.
 
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from sgilo.precision import autocast
-from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, score_from_eps
+from sgilo.score_model import Preconditioned, ScoreViT, count_parameters, dsm_loss
 from sgilo.sde import VPSDE, probability_flow_sample, reverse_sde_sample
 
 from _common import add_smoke, ints, machine, names_from, smoke_run
@@ -46,13 +46,13 @@ CONFIGS = {
 }
 
 
-def build_model(config: str, device: torch.device) -> ScoreViT:
+def build_model(config: str, device: torch.device) -> Preconditioned:
     torch.manual_seed(0)
-    return ScoreViT(**CONFIGS[config], skip_data_std=SKIP_DATA_STD).to(device)
+    return Preconditioned(ScoreViT(**CONFIGS[config]), VPSDE(), data_std=SKIP_DATA_STD).to(device)
 
 
 def measure_training(
-    model: ScoreViT, batch: int, precision: str, steps: int, warmup: int, lr: float, device: torch.device
+    model: Preconditioned, batch: int, precision: str, steps: int, warmup: int, lr: float, device: torch.device
 ) -> dict[str, float]:
     model.train()
     generator = torch.Generator(device=device).manual_seed(batch)
@@ -88,7 +88,7 @@ def measure_training(
 
 
 def measure_sampling(
-    model: ScoreViT,
+    model: Preconditioned,
     initial: dict[str, Tensor],
     sampler: str,
     batch: int,
@@ -98,8 +98,7 @@ def measure_sampling(
 ) -> dict[str, float]:
     model.load_state_dict(initial)  # the training rows moved the weights; every sampling row starts from the same
     model.eval()
-    sde = VPSDE(model.beta_min, model.beta_max)
-    score = score_from_eps(model, lambda t: sde.marginal(torch.ones_like(t), t)[1])
+    sde, score = model.sde, model.score
     calls = [0]
 
     def score_fn(x: Tensor, t: Tensor) -> Tensor:

@@ -503,17 +503,16 @@ def _score_model(tiny: Path) -> Path:
     """A random latent score model for the tiny generator's layer 2 (16 features + 3 skip channels at 8²)."""
     from sgilo.latents import LatentScaler
     from sgilo.posterior import LatentPrior
-    from sgilo.score_model import ScoreViT
+    from sgilo.score_model import Preconditioned, ScoreViT
     from sgilo.sde import build_sde
 
     path = tiny / "score.pt"
     if not path.exists():
         torch.manual_seed(0)
-        model = ScoreViT((19, 8, 8), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3)
+        backbone = ScoreViT((19, 8, 8), width=16, depth=1, heads=2, mlp=32)
         LatentPrior(
-            model,
+            Preconditioned(backbone, build_sde("vp"), data_std=0.3),
             LatentScaler(-torch.ones(19) * 3, torch.ones(19) * 3),
-            build_sde("vp"),
             {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
             2,
             torch.zeros(1, 8, 16),

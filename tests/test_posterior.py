@@ -27,7 +27,7 @@ from sgilo.posterior import (
     score_guided_ilo,
     warm_phases,
 )
-from sgilo.score_model import ScoreViT
+from sgilo.score_model import Preconditioned, ScoreViT
 from sgilo.sde import build_sde
 from sgilo.stylegan2 import Generator
 
@@ -55,9 +55,8 @@ def _identity_scaler(channels: int) -> LatentScaler:
 def _gaussian_prior(mean: float, std: float) -> LatentPrior:
     sde = build_sde("vp")
     return LatentPrior(
-        GaussianEps(mean, std, sde),
+        Preconditioned(GaussianEps(mean, std, sde), sde),
         _identity_scaler(SHAPE[0]),
-        sde,
         {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
         layer=1,
         w_plus_mean=torch.zeros(1, 4, 8),
@@ -114,12 +113,11 @@ def test_tweedie_mode_without_noise_is_deterministic_and_contracts_to_the_mean()
 
 def test_prior_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = ScoreViT((5, 2, 2), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3).eval()
     sde = build_sde("vp")
+    model = Preconditioned(ScoreViT((5, 2, 2), width=16, depth=1, heads=2, mlp=32), sde, data_std=0.3).eval()
     prior = LatentPrior(
         model,
         LatentScaler(torch.zeros(5), torch.ones(5) * 2),
-        sde,
         {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
         layer=1,
         w_plus_mean=torch.randn(1, 4, 8),
@@ -128,11 +126,47 @@ def test_prior_checkpoint_round_trip(tmp_path):
     loaded = LatentPrior.load(tmp_path / "model.pt")
     x, t = torch.randn(3, 5, 2, 2), torch.rand(3)
     torch.testing.assert_close(loaded.score(x, t), prior.score(x, t))
-    assert loaded.layer == 1 and loaded.shape == (5, 2, 2)
+    assert loaded.layer == 1 and loaded.shape == (5, 2, 2) and loaded.model.data_std == 0.3
     torch.testing.assert_close(loaded.scaler.maximum, prior.scaler.maximum)
     save_torch({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt.*score stage's model.pt"):
         LatentPrior.load(tmp_path / "other.pt")
+
+
+def test_a_format_1_checkpoint_loads_to_the_same_scores_and_a_mismatched_one_is_refused(tmp_path):
+    """Format 1 kept the skip's data std and the schedule in the ScoreViT's config (before `Preconditioned`)."""
+    torch.manual_seed(0)
+    sde_config = {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}
+    backbone = ScoreViT((5, 2, 2), width=16, depth=1, heads=2, mlp=32)
+    current = LatentPrior(
+        # as loaded: without gradients (torch's kernels for it differ from those with them in the last bits)
+        Preconditioned(backbone, build_sde(**sde_config), data_std=0.3).eval().requires_grad_(False),
+        LatentScaler(torch.zeros(5), torch.ones(5) * 2),
+        sde_config,
+        layer=1,
+        w_plus_mean=torch.randn(1, 4, 8),
+    )
+    old = {
+        "format": "sgilo.score/1",
+        "model": backbone.state_dict(),
+        "config": {**backbone.config(), "skip_data_std": 0.3, "beta_min": 0.1, "beta_max": 20.0},
+        "scaler": current.scaler.state_dict(),
+        "sde": sde_config,
+        "layer": 1,
+        "w_plus_mean": current.w_plus_mean,
+        "tau_fraction": 0.5,
+    }
+    save_torch(old, tmp_path / "v1.pt")
+    loaded = LatentPrior.load(tmp_path / "v1.pt")
+    x, t = torch.randn(3, 5, 2, 2), torch.rand(3)
+    with torch.no_grad():
+        assert torch.equal(loaded.score(x, t), current.score(x, t))
+    save_torch({**old, "config": {**old["config"], "beta_max": 10.0}}, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="mismatch.pt.*rerun the score stage"):
+        LatentPrior.load(tmp_path / "mismatch.pt")
+    save_torch({**old, "format": "sgilo.score/9"}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="future.pt.*'sgilo.score/9'"):
+        LatentPrior.load(tmp_path / "future.pt")
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -142,14 +176,12 @@ def tiny():
     generator = Generator(size=16, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16).eval()
     generator.fit_gaussian(500, torch.Generator().manual_seed(0))
     channels = 16 + 3  # features + RGB skip entering block 1 (4×4)
-    model = (
-        ScoreViT((channels, 4, 4), width=16, depth=1, heads=2, mlp=32, skip_data_std=0.3).eval().requires_grad_(False)
-    )
     sde = build_sde("vp")
+    backbone = ScoreViT((channels, 4, 4), width=16, depth=1, heads=2, mlp=32)
+    model = Preconditioned(backbone, sde, data_std=0.3).eval().requires_grad_(False)
     prior = LatentPrior(
         model,
         LatentScaler(-torch.ones(channels) * 2, torch.ones(channels) * 2),
-        sde,
         {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
         layer=1,
         w_plus_mean=torch.zeros(1, generator.num_ws, 16),
@@ -332,9 +364,8 @@ def _linear_gaussian_problem(score_scale: float = 1.0):
     sde = build_sde("vp")
     scaler = LatentScaler(torch.tensor([-1.0, -2.0, 0.0, -3.0]), torch.tensor([1.0, 1.0, 4.0, 1.0]))
     prior = LatentPrior(
-        FullGaussianEps(mean, cov, sde, score_scale),
+        Preconditioned(FullGaussianEps(mean, cov, sde, score_scale), sde),
         scaler,
-        sde,
         {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
         layer=1,
         w_plus_mean=torch.zeros(1, 2, 4),

@@ -10,11 +10,12 @@ import torch
 
 from sgilo.score_model import (
     GaussianFourierTime,
+    Preconditioned,
     ScoreViT,
     count_parameters,
     dsm_loss,
-    score_from_eps,
 )
+from sgilo.sde import VPSDE, build_sde
 
 TINY = {"width": 32, "depth": 2, "heads": 2, "mlp": 64, "head_dim": 16}
 BETA_MIN, BETA_MAX = 0.1, 20.0
@@ -124,12 +125,27 @@ def test_dsm_training_reduces_held_out_loss():
     assert final < 0.2 * initial, (initial, final)  # typically ~0.03x
 
 
-def test_score_from_eps_divides_by_sigma():
-    model = tiny((5, 7))
+def test_the_score_is_minus_eps_over_the_sdes_marginal_std():
+    model = Preconditioned(tiny((5, 7)), VPSDE(BETA_MIN, BETA_MAX), data_std=0.5)
     x, t = torch.randn(3, 5, 7), torch.tensor([0.1, 0.5, 1.0])
-    score = score_from_eps(model, lambda t: 2 * t)
+    _, sigma = vp_marginal(torch.ones(3), t)
     with torch.no_grad():
-        torch.testing.assert_close(score(x, t), -model(x, t) / (2 * t)[:, None, None])
+        torch.testing.assert_close(model.score(x, t), -model(x, t) / sigma[:, None, None])
+        # a scalar time applies to every item
+        torch.testing.assert_close(model.score(x, torch.tensor(0.5)), model.score(x, torch.full((3,), 0.5)))
+
+
+def test_a_drift_sdes_score_divides_by_its_last_em_steps_std():
+    """No marginal: σ(t) is the std of the EM step that reached t, the target the trajectories were drawn with."""
+    sde = build_sde("catmap", BETA_MIN, BETA_MAX, dt=0.05)
+    model = Preconditioned(tiny((5, 7)), sde, data_std=0.5, keep=(0.5,))
+    x, t = torch.randn(2, 5, 7), torch.tensor([0.3, 0.7])
+    h = [0.15 / 3, 0.35 / 7]  # [τ, t] = [t/2, t] in ceil(length/dt) equal steps
+    std = torch.tensor(
+        [math.sqrt((BETA_MIN + (ti - hi) * (BETA_MAX - BETA_MIN)) * hi) for ti, hi in zip((0.3, 0.7), h)]
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model.score(x, t), -model(x, t) / std[:, None, None], rtol=1e-4, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------- IGO
@@ -218,9 +234,10 @@ def test_bad_shapes_name_the_expected_shape():
 
 def test_skip_connection_is_the_gaussian_optimum_and_grows_with_x():
     torch.manual_seed(0)
-    model = ScoreViT((3, 2, 2), width=8, depth=1, heads=1, mlp=8, skip_data_std=0.5).eval()
-    torch.nn.init.zeros_(model.head.weight)
-    torch.nn.init.zeros_(model.head.bias)
+    backbone = ScoreViT((3, 2, 2), width=8, depth=1, heads=1, mlp=8)
+    model = Preconditioned(backbone, VPSDE(BETA_MIN, BETA_MAX), data_std=0.5).eval()
+    torch.nn.init.zeros_(backbone.head.weight)
+    torch.nn.init.zeros_(backbone.head.bias)
     x = torch.randn(4, 3, 2, 2)
     t = torch.tensor([1e-3, 0.3, 0.7, 1.0])
     log_a = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1
@@ -230,6 +247,6 @@ def test_skip_connection_is_the_gaussian_optimum_and_grows_with_x():
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), expected)
         torch.testing.assert_close(model(10 * x, t), 10 * expected)  # a restoring force that scales with x
-    assert ScoreViT(**model.config()).skip_data_std == 0.5
-    with pytest.raises(ValueError, match="skip_data_std"):
-        ScoreViT((3, 2, 2), width=8, depth=1, heads=1, mlp=8, skip_data_std=-1.0)
+    assert set(model.state_dict()) == {f"backbone.{key}" for key in backbone.state_dict()}  # no state of its own
+    with pytest.raises(ValueError, match="data_std"):
+        Preconditioned(backbone, VPSDE(), data_std=-1.0)

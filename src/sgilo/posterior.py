@@ -33,19 +33,21 @@ from sgilo.config import GNCConfig, SGILOConfig
 from sgilo.inversion import LayerPhase, Options, Perceptual, Result, decode, invert
 from sgilo.io import CheckpointError, load_torch, save_torch
 from sgilo.latents import LatentScaler
-from sgilo.score_model import ScoreViT, score_from_eps
+from sgilo.score_model import Preconditioned, ScoreViT
 from sgilo.sde import (
     SDE,
     build_sde,
     per_item,
     reverse_sde_sample,
-    target_std,
     time_vector,
 )
 from sgilo.seeding import item_seed, torch_generator
 from sgilo.stylegan2 import Generator
 
-FORMAT = "sgilo.score/1"
+# 2: the skip c(t)·x and the SDE moved from the ScoreViT's config to the checkpoint's "data_std" and "sde"
+# (`Preconditioned`); format 1 files still load, to the same outputs.
+FORMAT = "sgilo.score/2"
+FORMATS_READ = ("sgilo.score/1", FORMAT)
 
 
 # --------------------------------------------------------------------------------------------------- prior
@@ -53,39 +55,39 @@ FORMAT = "sgilo.score/1"
 class LatentPrior:
     """A trained score model of the layer-`layer` representations, with everything needed to use it."""
 
-    model: ScoreViT  # predicts ε on scaled latents
+    model: Preconditioned  # predicts ε on scaled latents; holds the SDE
     scaler: LatentScaler
-    sde: SDE
-    sde_config: dict  # name, beta_min, beta_max, dt: how the training targets were drawn
+    sde_config: dict  # name, beta_min, beta_max, dt: how the training targets were drawn (`build_sde`)
     layer: int
     w_plus_mean: Tensor  # (1, num_ws, style_dim): w+ for the later blocks when sampling unconditionally
-    tau_fraction: float = 0.5
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.model.shape)
 
-    def std(self, t: Tensor) -> Tensor:
-        """σ(t) that turns ε̂ into a score, as in training (the marginal std, or the last EM step's)."""
-        return target_std(self.sde, t, self.sde_config["dt"], keep=(self.tau_fraction,)).to(t.device, t.dtype)
+    @property
+    def sde(self) -> SDE:
+        return self.model.sde
 
     def score(self, u: Tensor, t: Tensor) -> Tensor:
-        return score_from_eps(self.model, self.std)(u, t)
+        return self.model.score(u, t)
 
     def to(self, device: torch.device | str) -> LatentPrior:
         return replace(self, model=self.model.to(device), w_plus_mean=self.w_plus_mean.to(device))
 
     def save(self, path: Path) -> None:
+        backbone: ScoreViT = self.model.backbone
         save_torch(
             {
                 "format": FORMAT,
-                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "config": self.model.config(),
+                "model": {k: v.cpu() for k, v in backbone.state_dict().items()},
+                "config": backbone.config(),
+                "data_std": self.model.data_std,
                 "scaler": self.scaler.state_dict(),
                 "sde": self.sde_config,
                 "layer": self.layer,
                 "w_plus_mean": self.w_plus_mean.cpu(),
-                "tau_fraction": self.tau_fraction,
+                "tau_fraction": self.model.keep[0],
             },
             path,
         )
@@ -94,27 +96,40 @@ class LatentPrior:
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> LatentPrior:
         """Read a score stage's model.pt; a file of another kind raises CheckpointError naming it."""
         state = load_torch(Path(path))
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in FORMATS_READ:
+            found = state.get("format") if isinstance(state, dict) else None
             raise CheckpointError(
-                f"{path}: not an sgilo score model (format {FORMAT}); point to the score stage's model.pt"
+                f"{path}: not an sgilo score model of a format this code reads ({', '.join(FORMATS_READ)}; the file "
+                f"has {found!r}); point to the score stage's model.pt, or rerun the score stage to rewrite it"
             )
         config = dict(state["config"])
         shape = config.pop("shape")
-        model = ScoreViT(shape, **config)
-        model.load_state_dict(state["model"])
-        model.eval().requires_grad_(False)
         sde_config = dict(state["sde"])
+        data_std = _format1_skip(path, config, sde_config) if state["format"] == "sgilo.score/1" else state["data_std"]
+        backbone = ScoreViT(shape, **config)
+        backbone.load_state_dict(state["model"])
         sde = build_sde(sde_config["name"], sde_config["beta_min"], sde_config["beta_max"], sde_config["dt"])
+        model = Preconditioned(backbone, sde, data_std, keep=(float(state.get("tau_fraction", 0.5)),))
+        model.eval().requires_grad_(False)
         prior = cls(
             model,
             LatentScaler.from_state_dict(state["scaler"]),
-            sde,
             sde_config,
             int(state["layer"]),
             state["w_plus_mean"].float(),
-            float(state.get("tau_fraction", 0.5)),
         )
         return prior.to(device)
+
+
+def _format1_skip(path: str | Path, config: dict, sde_config: dict) -> float | None:
+    """A format-1 ScoreViT config carried the skip's data std and the schedule: pops them, returns the std."""
+    schedule = (config.pop("beta_min", 0.1), config.pop("beta_max", 20.0))
+    if schedule != (sde_config["beta_min"], sde_config["beta_max"]):
+        raise CheckpointError(
+            f"{path}: the model's skip used β_min, β_max = {schedule}, its SDE {sde_config['beta_min']}, "
+            f"{sde_config['beta_max']}; this code keeps one schedule per model: rerun the score stage"
+        )
+    return config.pop("skip_data_std", None)
 
 
 @torch.no_grad()

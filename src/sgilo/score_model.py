@@ -4,10 +4,12 @@ The latent is read as tokens with patch size 1: a (C, H, W) feature map gives H�
 (N, D) latent such as w+ (18, 512) gives N tokens of D entries. Time enters as Gaussian random Fourier
 features (Tancik et al. 2020, as in Song et al.'s score models), added to every token.
 
-The network predicts ε rather than the score, so its output has unit scale at every t; the score is
-−ε̂/σ(t) (`score_from_eps`). With `igo=True` it also carries the Intermediate Generator of IGO (Mishra et
-al.): D_τ ∘ s_τ ∘ E_τ, a shallow encoder/decoder pair around the first `igo_depth` blocks of the shared
-trunk, trained on the intermediate forward iterate x_τ with α·L(x_t) + (1−α)·R(x_τ) (`dsm_loss`).
+`ScoreViT` is the plain backbone F(x, t). `Preconditioned` wraps it as the SDE sees it (EDM's split, Karras
+et al. 2022): the prediction ε̂ = F + c(t)·x, with the skip c(t) from the SDE's own mean coefficient, and the
+score −ε̂/σ(t). The network predicts ε rather than the score, so its output has unit scale at every t. With
+`igo=True` the backbone also carries the Intermediate Generator of IGO (Mishra et al.): D_τ ∘ s_τ ∘ E_τ, a
+shallow encoder/decoder pair around the first `igo_depth` blocks of the shared trunk, trained on the
+intermediate forward iterate x_τ with α·L(x_t) + (1−α)·R(x_τ) (`dsm_loss`).
 
 Paper size (8 blocks, width 1024, 1 head, MLP 4096) is ≈70M parameters because attention works in
 `heads · head_dim` = 64 dimensions (the reference code's `dim_head=64`), not in the full width.
@@ -16,11 +18,13 @@ Paper size (8 blocks, width 1024, 1 head, MLP 4096) is ≈70M parameters because
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from sgilo.sde import SDE, VPSchedule, per_item, target_std
 
 TIME_FEATURES = 256  # sin + cos of 128 random frequencies; the MLP lifts them to the width
 
@@ -79,7 +83,9 @@ class Block(nn.Module):
 
 
 class ScoreViT(nn.Module):
-    """ε-prediction ViT over a latent of shape `shape` (no batch): (C, H, W) or (N, D), patch size 1."""
+    """The backbone ViT over a latent of shape `shape` (no batch): (C, H, W) or (N, D), patch size 1.
+
+    Its output is the residual F(x, t) that `Preconditioned` turns into ε̂; the backbone knows no SDE."""
 
     def __init__(
         self,
@@ -93,14 +99,8 @@ class ScoreViT(nn.Module):
         igo: bool = False,
         igo_depth: int | None = None,
         head_dim: int = 64,
-        skip_data_std: float | None = None,
-        beta_min: float = 0.1,
-        beta_max: float = 20.0,
     ) -> None:
         super().__init__()
-        if skip_data_std is not None and skip_data_std <= 0:
-            raise ValueError(f"ScoreViT skip_data_std must be positive or None, got {skip_data_std}")
-        self.skip_data_std, self.beta_min, self.beta_max = skip_data_std, float(beta_min), float(beta_max)
         self.shape = _check_shape(shape)
         for name, value in (("width", width), ("depth", depth), ("heads", heads), ("mlp", mlp), ("head_dim", head_dim)):
             if not isinstance(value, int) or value < 1:
@@ -121,9 +121,6 @@ class ScoreViT(nn.Module):
             "igo": bool(igo),
             "igo_depth": igo_depth,
             "head_dim": head_dim,
-            "skip_data_std": skip_data_std,
-            "beta_min": self.beta_min,
-            "beta_max": self.beta_max,
         }
         self.igo, self.igo_depth = bool(igo), igo_depth
         # (C, H, W): H·W tokens of C entries; (N, D): N tokens of D entries.
@@ -141,33 +138,17 @@ class ScoreViT(nn.Module):
             self.decoder_tau = nn.Linear(width, channels)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """ε̂(x, t), the same shape as x; t is (B,) in (0, 1] (a scalar is broadcast)."""
+        """F(x, t), the same shape as x; t is (B,) in (0, 1] (a scalar is broadcast)."""
         h = self._trunk(self.embed(self._to_tokens(x)), self._time_features(t, x), self.blocks)
-        return self._from_tokens(self.head(self.norm(h)), x) + self._skip(x, t)
+        return self._from_tokens(self.head(self.norm(h)), x)
 
     def forward_intermediate(self, x_tau: Tensor, t: Tensor) -> Tensor:
-        """IGO's intermediate generator D_τ ∘ s_τ ∘ E_τ: ε̂ of x_τ at time t = τ, through the first igo_depth blocks."""
+        """IGO's intermediate generator D_τ ∘ s_τ ∘ E_τ: F of x_τ at time t = τ, through the first igo_depth blocks."""
         if not self.igo:
             raise ValueError("forward_intermediate needs a ScoreViT built with igo=True")
         blocks = self.blocks[: self.igo_depth]
         h = self._trunk(self.encoder_tau(self._to_tokens(x_tau)), self._time_features(t, x_tau), blocks)
-        return self._from_tokens(self.decoder_tau(self.norm_tau(h)), x_tau) + self._skip(x_tau, t)
-
-    def _skip(self, x: Tensor, t: Tensor) -> Tensor | float:
-        """c(t)·x, the optimal ε̂ for data N(0, s²I) under the VP schedule: σ/(a²s² + σ²) with x_t = a·x0 + σ·ε.
-
-        The trunk ends in a LayerNorm, so on its own its output cannot grow with x; off the data (where a
-        reverse-time sampler drifts) ε̂ then stops pulling x back and samples diverge. The skip gives the
-        network a linear restoring force and leaves it only the residual to learn (EDM-style preconditioning).
-        """
-        if self.skip_data_std is None:
-            return 0.0
-        t = t.to(x.dtype).reshape(-1) * torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        log_a = -0.25 * t.square() * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-        a2 = torch.exp(2 * log_a)
-        sigma = (1 - a2).clamp_min(1e-12).sqrt()
-        c = sigma / (a2 * self.skip_data_std**2 + sigma.square())
-        return c.reshape(-1, *([1] * (x.ndim - 1))) * x
+        return self._from_tokens(self.decoder_tau(self.norm_tau(h)), x_tau)
 
     def config(self) -> dict:
         """Constructor keyword arguments (JSON-able): a checkpoint is state_dict() + config()."""
@@ -198,16 +179,87 @@ class ScoreViT(nn.Module):
         return self.time(t)
 
 
-def seeded_score_vit(shape: Sequence[int], options: dict, seed: int, data_std: float, **settings) -> ScoreViT:
-    """A ScoreViT initialised from `seed` alone, leaving the global RNG as it was.
+class Preconditioned(nn.Module):
+    """The score model as the SDE sees it: ε̂(x, t) = F(x, t) + c(t)·x around a backbone F, and the score −ε̂/σ(t).
 
-    `options` is a params `*.model` mapping (width, depth, …; its `skip` turns on the skip connection for data of
-    std `data_std`); `settings` (igo, beta_min, …) go to ScoreViT as they are."""
+    c(t) = σ/(a²s² + σ²) is the optimal ε̂ for data N(0, s²I) when x_t = a·x0 + σ·ε, with a = m(t) the SDE's mean
+    coefficient (`VPSchedule.log_mean_coeff`; a DriftSDE uses its schedule's) and σ² = 1 − a². The backbone ends in
+    a LayerNorm, so on its own its output cannot grow with x; off the data (where a reverse-time sampler drifts) ε̂
+    then stops pulling x back and samples diverge. The skip gives the network a linear restoring force and leaves
+    it only the residual to learn. `data_std` None: no skip.
+
+    The score divides by σ(t) = `target_std(sde, t, keep=keep)`, the std its training targets were drawn with (the
+    marginal's for an SDE that has one). Parameters and state dict are the backbone's alone.
+    """
+
+    def __init__(
+        self, backbone: ScoreViT, sde: SDE, data_std: float | None = None, keep: Sequence[float] = (0.5,)
+    ) -> None:
+        super().__init__()
+        if not isinstance(sde, VPSchedule):
+            raise ValueError(f"Preconditioned needs an SDE on the VP schedule (vp or a DriftSDE), got {sde!r}")
+        if data_std is not None and not data_std > 0:
+            raise ValueError(f"Preconditioned data_std must be positive or None, got {data_std}")
+        self.backbone, self.sde, self.keep = backbone, sde, tuple(float(k) for k in keep)
+        self.data_std = None if data_std is None else float(data_std)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.backbone.shape
+
+    @property
+    def igo(self) -> bool:
+        return bool(getattr(self.backbone, "igo", False))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """ε̂(x, t), the same shape as x; t is (B,) in (0, 1] (a scalar is broadcast)."""
+        return self.backbone(x, t) + self.skip(x, t)
+
+    def forward_intermediate(self, x_tau: Tensor, t: Tensor) -> Tensor:
+        """ε̂ of IGO's intermediate generator at x_τ, time t = τ (`ScoreViT.forward_intermediate`)."""
+        return self.backbone.forward_intermediate(x_tau, t) + self.skip(x_tau, t)
+
+    def skip(self, x: Tensor, t: Tensor) -> Tensor | float:
+        """c(t)·x (class docstring)."""
+        if self.data_std is None:
+            return 0.0
+        t = t.to(x.dtype).reshape(-1) * torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        a2 = torch.exp(2 * self.sde.log_mean_coeff(t))
+        # 1 − a², not the marginal's −expm1(2 log a): this is the arithmetic every trained checkpoint was fitted
+        # with, and the two differ in the last bits, so loading one must give its exact outputs.
+        sigma = (1 - a2).clamp_min(1e-12).sqrt()
+        c = sigma / (a2 * self.data_std**2 + sigma.square())
+        return per_item(c, x) * x
+
+    def std(self, t: Tensor) -> Tensor:
+        """σ(t) that turns ε̂ into a score, as in training (the marginal std, or the last EM step's)."""
+        return target_std(self.sde, t, keep=self.keep).to(t.device, t.dtype)
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        """∇log p_t(x) ≈ −ε̂(x, t)/σ(t)."""
+        t = torch.as_tensor(t, device=x.device)
+        return -self(x, t) / per_item(self.std(t).to(x.dtype), x)
+
+
+def preconditioned_score_vit(
+    shape: Sequence[int],
+    options: dict,
+    seed: int,
+    sde: SDE,
+    data_std: float,
+    keep: Sequence[float] = (0.5,),
+    **settings,
+) -> Preconditioned:
+    """A `Preconditioned` ScoreViT whose backbone is initialised from `seed` alone, leaving the global RNG as it was.
+
+    `options` is a params `*.model` mapping (width, depth, …; its `skip` turns on the skip for data of std
+    `data_std`); `settings` (igo, head_dim, …) go to ScoreViT as they are."""
     options = dict(options)
     skip = options.pop("skip", True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ScoreViT(shape, skip_data_std=data_std if skip else None, **options, **settings)
+        backbone = ScoreViT(shape, **options, **settings)
+    return Preconditioned(backbone, sde, data_std if skip else None, keep)
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -217,18 +269,8 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def score_from_eps(model: nn.Module, sde_std_fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    """score(x, t) = −ε̂(x, t)/σ(t): samplers want the score, the model predicts ε; σ is the SDE's marginal std."""
-
-    def score(x: Tensor, t: Tensor) -> Tensor:
-        sigma = torch.as_tensor(sde_std_fn(t), dtype=x.dtype, device=x.device)
-        return -model(x, t) / sigma.reshape(sigma.shape + (1,) * (x.dim() - sigma.dim()))
-
-    return score
-
-
 def dsm_loss(
-    model: ScoreViT,
+    model: nn.Module,
     x_t: Tensor,
     t: Tensor,
     eps: Tensor,
@@ -236,6 +278,8 @@ def dsm_loss(
     alpha: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Denoising score matching in ε form, the per-entry mean of (ε̂(x_t, t) − ε)² (≈1 for ε̂ = 0 at any latent size).
+
+    `model`: the ε̂ model, `Preconditioned` (or a bare ScoreViT: ε̂ = F, no skip).
 
     `intermediate` = (x_τ, τ, ε_τ) adds IGO's regulariser R, the same loss through `forward_intermediate`:
     α·L(x_t) + (1−α)·R(x_τ). A term with weight 0 is still logged but computed without a graph, so it costs

@@ -173,7 +173,7 @@ class SDE:
         return self.drift(x, t) - 0.5 * per_item(self.diffusion(t) ** 2, x) * score
 
 
-class _VPSchedule(SDE):
+class VPSchedule(SDE):
     """The VP noise schedule β(t) = β_min + t(β_max − β_min), g(t) = sqrt(β(t)), shared by VPSDE and DriftSDE."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
@@ -189,16 +189,19 @@ class _VPSchedule(SDE):
         """1 − β_i of the discrete chain with N steps, as in score_sde's Langevin corrector for the VP-SDE."""
         return 1.0 - self.beta(t) / self.N
 
+    def log_mean_coeff(self, t: Tensor) -> Tensor:
+        """log m(t) = −¼t²(β_max − β_min) − ½tβ_min: the VP-SDE's p_t(x | x0) has mean m(t)·x0 and var 1 − m(t)².
 
-class VPSDE(_VPSchedule):
+        On the schedule rather than VPSDE because a DriftSDE's score model is preconditioned with the VP
+        coefficients of the same schedule (`sgilo.score_model.Preconditioned`)."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+
+class VPSDE(VPSchedule):
     """Variance-preserving SDE (Song et al. 2021): f = −½β(t)x, g = sqrt(β(t)); p_t(x | x0) is Gaussian."""
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         return -0.5 * per_item(self.beta(t), x) * x
-
-    def log_mean_coeff(self, t: Tensor) -> Tensor:
-        """log m(t) = −¼t²(β_max − β_min) − ½tβ_min, so mean = m(t)·x0 and var = 1 − m(t)²."""
-        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def marginal(self, x0: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
         log_mean = self.log_mean_coeff(time_vector(t, x0))
@@ -212,7 +215,7 @@ class Drift(Protocol):
     def __call__(self, x: Tensor, beta: Tensor) -> Tensor: ...
 
 
-class DriftSDE(_VPSchedule):
+class DriftSDE(VPSchedule):
     """dx = f(x, t) dt + sqrt(β(t)) dW for any `Drift` f: the non-affine forward processes of IGO.
 
     There is no closed-form marginal, so training pairs come from `simulate`. `prior_sample` is a standard

@@ -38,7 +38,7 @@ from sgilo.latents import LatentScaler
 from sgilo.loader import to_dict
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
 from sgilo.precision import autocast, resolve
-from sgilo.score_model import ScoreViT, count_parameters, dsm_loss, seeded_score_vit
+from sgilo.score_model import Preconditioned, count_parameters, dsm_loss, preconditioned_score_vit
 from sgilo.sde import build_sde
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import (
@@ -116,12 +116,23 @@ def read_batch(store: ShardRows, rows: torch.Tensor, keys: Sequence[str]) -> dic
 
 
 # ------------------------------------------------------------------------------------------------ training
-def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> ScoreViT:
-    """Initialised from the params' seed alone, leaving the global RNG as it was."""
+def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> Preconditioned:
+    """Initialised from the params' seed alone, leaving the global RNG as it was; preconditioned for the SDE the
+    trajectories were drawn with."""
     traj = params.trajectories
-    return seeded_score_vit(
-        shape, to_dict(params.score.model), params.seed, data_std, beta_min=traj.beta_min, beta_max=traj.beta_max
+    return preconditioned_score_vit(
+        shape, to_dict(params.score.model), params.seed, sde_of(params), data_std, keep=(traj.tau_fraction,)
     )
+
+
+def sde_config(params: Params) -> dict:
+    """The SDE the trajectories were drawn with, as the checkpoint stores it (`build_sde`'s arguments)."""
+    traj = params.trajectories
+    return {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
+
+
+def sde_of(params: Params):
+    return build_sde(**sde_config(params))
 
 
 def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, precision: str, key: str):
@@ -136,8 +147,8 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
     if state_path.exists():
         state = load_torch(state_path)
         if state.get("fingerprint") == key:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
+            model.backbone.load_state_dict(state["model"])
+            ema.backbone.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             first_epoch, step, history = state["epoch"], state["step"], state["history"]
             log.info("resuming after epoch %d", first_epoch)
@@ -187,8 +198,9 @@ def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.
                     "epoch": epoch + 1,
                     "step": step,
                     "history": history,
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
+                    # the backbones' weights: the preconditioning has no state of its own
+                    "model": model.backbone.state_dict(),
+                    "ema": ema.backbone.state_dict(),
                     "optimizer": optimizer.state_dict(),
                 },
                 state_path,
@@ -241,7 +253,7 @@ def held_out_loss(params: Params, model, data: dict[str, Any], device: torch.dev
 def finish(
     params: Params,
     args,
-    ema: ScoreViT,
+    ema: Preconditioned,
     history: list[dict],
     seconds: float,
     data: dict[str, Any],
@@ -249,21 +261,14 @@ def finish(
     precision: str,
 ) -> None:
     out: Path = args.out
-    config, traj = params.score, params.trajectories
-    sde_config = {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
+    config = params.score
     generator = load_generator(args.generator).to(device)
     # The later layers' w+ for decoding: the mean over the inversions of real images (generated latents left out),
     # summed a shard at a time.
     inverted = ShardRows([shard_file(args.invert, i) for i in range(params.invert.shards)])
     w_sum = sum(inverted.column_part("w_plus", i).double().sum(0, keepdim=True) for i in range(params.invert.shards))
     prior = LatentPrior(
-        ema.eval(),
-        data["scaler"],
-        build_sde(**sde_config),
-        sde_config,
-        params.invert.layer,
-        (w_sum / len(inverted)).float().to(device),
-        traj.tau_fraction,
+        ema.eval(), data["scaler"], sde_config(params), params.invert.layer, (w_sum / len(inverted)).float().to(device)
     )
     latents = sample_latents(prior, config.samples, params.seed, config.sample_steps, device)
     images = decode_latents(generator, prior, latents)

@@ -24,8 +24,8 @@ from sgilo.figures import new_figure, save_figure
 from sgilo.io import load_safetensors, save_json
 from sgilo.latents import LatentScaler
 from sgilo.loader import to_dict
-from sgilo.score_model import dsm_loss, score_from_eps, seeded_score_vit
-from sgilo.sde import SDE, build_sde, reverse_sde_sample, target_std, training_pairs
+from sgilo.score_model import dsm_loss, preconditioned_score_vit
+from sgilo.sde import SDE, build_sde, reverse_sde_sample, training_pairs
 from sgilo.seeding import torch_generator
 from sgilo.stages._common import entry, log, set_threads, stage_parser, start
 from sgilo.theory import energy_distance, ring_of_gaussians
@@ -187,16 +187,17 @@ def train_and_sample(
     """Trains a fresh model on `data` with weight α on L(x_t); its held-out L and R, and its samples against `test`."""
     config = params.theory_igo
     traj = params.trajectories
-    model = seeded_score_vit(
+    sde = sde_for(params, config.sde)
+    model = preconditioned_score_vit(
         (1, 2),
         to_dict(config.model),
         params.seed,
+        sde,
         data_std,
+        keep=(traj.tau_fraction,),
         igo=True,
         igo_depth=1,
         head_dim=32,
-        beta_min=traj.beta_min,
-        beta_max=traj.beta_max,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     order = torch_generator(params.seed, "theory_igo", "batches", str(alpha))
@@ -223,11 +224,9 @@ def train_and_sample(
             intermediate=(held_out["x_tau"], held_out["tau"], held_out["eps_tau"]),
             alpha=0.5,
         )
-    sde = sde_for(params, config.sde)
-    score = score_from_eps(model, lambda t: target_std(sde, t, keep=(params.trajectories.tau_fraction,)))
     samples = reverse_sde_sample(
         sde,
-        score,
+        model.score,
         (config.samples, 1, 2),
         torch_generator(params.seed, "theory_igo", "samples", str(alpha)),
         steps=config.sample_steps,
