@@ -1,9 +1,9 @@
 """Peak RSS of the trajectories and score stages at N and at 4N invert shards: memory must not grow with the data.
 
 Writes N (then 4N) invert shards of synthetic layer-k latents of the FFHQ profile's shape (515×16×16, float32) and a
-random 32² generator whose layer 3 has that shape, then runs, as Snakemake does, `sgilo.stages.trajectories --stats`,
-one trajectory shard per invert shard, and `sgilo.stages.score` (a small ViT, one epoch, two samples), each as its
-own process; each one's peak RSS comes from `wait4`. Prints one row per stage: RSS at N, at 4N, and their ratio.
+random 32² generator whose layer 3 has that shape, then runs, as Snakemake does, `sgilo.stages.trajectories` (the
+scaling, then one trajectory shard per invert shard) and `sgilo.stages.score` (a small ViT, one epoch, two samples),
+each as its own process; each one's peak RSS comes from `wait4`. Prints one row per stage: RSS at N, at 4N, and their ratio.
 
     python benchmarks/memory.py                 # N = 4 shards of 128 latents; results: docs/benchmarks.md
     python benchmarks/memory.py --smoke         # N = 1 shard of 8 latents: checks that the script runs
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from sgilo.io import save_safetensors, shard_file
+from sgilo.io import save_safetensors
 from sgilo.stylegan2 import Generator, save_generator
 
 from _common import add_smoke, machine, smoke_run
@@ -65,7 +65,8 @@ def params(shards: int, per_shard: int) -> dict:
     }
 
 
-def write_inputs(root: Path, shards: int, per_shard: int, generator: Generator) -> Path:
+def write_inputs(root: Path, shards: int, per_shard: int, generator: Generator) -> tuple[Path, list[Path]]:
+    """The params file and the invert shards, under `root`."""
     config = params(shards, per_shard)
     (root / "params.yaml").write_text(yaml.safe_dump(config))
     gen = torch.Generator().manual_seed(0)
@@ -77,10 +78,10 @@ def write_inputs(root: Path, shards: int, per_shard: int, generator: Generator) 
                 "latents": torch.randn(per_shard, 515, 16, 16, generator=gen),
                 "w_plus": torch.randn(per_shard, generator.num_ws, ARCHITECTURE["style_dim"], generator=gen),
             },
-            shard_file(root / "invert", shard),
+            root / "invert" / f"{shard}.safetensors",
         )
     save_generator(generator, root / "generator.pt")
-    return root / "params.yaml"
+    return root / "params.yaml", [root / "invert" / f"{shard}.safetensors" for shard in range(shards)]
 
 
 def peak_rss_mib(command: list[str], cwd: Path) -> tuple[float, float]:
@@ -97,28 +98,30 @@ def peak_rss_mib(command: list[str], cwd: Path) -> tuple[float, float]:
 def measure(shards: int, per_shard: int, generator: Generator) -> dict[str, tuple[float, float]]:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        params_file = write_inputs(root, shards, per_shard, generator)
-        stage = [sys.executable, "-m"]
-        common = ["--params", str(params_file), "--invert", str(root / "invert"), "--out", str(root / "trajectories")]
-        result = {"trajectories --stats": peak_rss_mib([*stage, "sgilo.stages.trajectories", *common, "--stats"], root)}
+        params_file, latents = write_inputs(root, shards, per_shard, generator)
+        stage = [sys.executable, "-m", "sgilo.stages.trajectories", "--params", str(params_file)]
+        stats = root / "trajectories" / "stats.safetensors"
+        result = {
+            "trajectories (scaling)": peak_rss_mib([*stage, "--latents", *map(str, latents), "--out", str(stats)], root)
+        }
+        trajectories = [root / "trajectories" / path.name for path in latents]
         shard_runs = [
-            peak_rss_mib([*stage, "sgilo.stages.trajectories", *common, "--shard", str(i)], root) for i in range(shards)
+            peak_rss_mib(
+                [*stage, "--latents", str(path), "--stats", str(stats), "--shard-index", str(i), "--out", str(out)],
+                root,
+            )
+            for i, (path, out) in enumerate(zip(latents, trajectories))
         ]
-        result["trajectories --shard (largest)"] = max(shard_runs)
+        result["trajectories shard (largest)"] = max(shard_runs)
+        score = root / "score"
         result["score"] = peak_rss_mib(
             [
-                *stage,
-                "sgilo.stages.score",
-                "--params",
-                str(params_file),
-                "--trajectories",
-                str(root / "trajectories"),
-                "--invert",
-                str(root / "invert"),
-                "--generator",
-                str(root / "generator.pt"),
-                "--out",
-                str(root / "score"),
+                *(sys.executable, "-m", "sgilo.stages.score", "--params", str(params_file)),
+                *("--trajectories", *map(str, trajectories), "--stats", str(stats)),
+                *("--invert", *map(str, latents), "--generator", str(root / "generator.pt")),
+                *("--model", str(score / "model.pt"), "--samples", str(score / "samples.png")),
+                *("--loss", str(score / "loss.png"), "--history", str(score / "history.csv")),
+                *("--metrics", str(score / "metrics.json")),
             ],
             root,
         )

@@ -7,13 +7,14 @@ from the generator with fresh seeds (two sets; not the training draws). Prints t
 (`sgilo.gan.sliced_wasserstein`, the demo's weight-free sample-quality figure) of every set to the first half of
 each reference, so a reference's second set gives the floor; writes a figure with one row of images per set.
 
-    python benchmarks/prior_samples.py --models results/score/model.pt /tmp/old/model.pt \\
+    python benchmarks/prior_samples.py --latents results/invert/shards/*.safetensors \\
+        --models results/score/model.pt /tmp/old/model.pt \\
         --names "with generated latents" "inversions only" --figure docs/demo-prior-samples.png
 
     python benchmarks/prior_samples.py --smoke     # an untrained toy prior, a random toy generator: checks that it runs
 
-The generator and the invert folder default to a finished pipeline's (results/); every model must have been
-trained on that generator's latents. The smoke run needs none: it writes a random 32² generator, 8 of its own
+The generator defaults to a finished pipeline's (results/); the invert shards are given with --latents; every model
+must have been trained on that generator's latents. The smoke run needs none: it writes a random 32² generator, 8 of its own
 layer-2 latents as the "inverted" shard and an untrained score model to a temporary folder, and draws 4 samples of
 3 steps per set.
 """
@@ -30,7 +31,7 @@ import torch
 from sgilo.data import save_image_grid
 from sgilo.gan import sliced_wasserstein
 from sgilo.inversion import generator_latents
-from sgilo.io import load_safetensors, save_safetensors, shard_file
+from sgilo.io import load_safetensors, save_safetensors
 from sgilo.latents import LatentScaler
 from sgilo.posterior import LatentPrior, decode_latents, sample_latents
 from sgilo.score_model import Preconditioned, ScoreViT
@@ -50,7 +51,7 @@ def smoke_inputs(folder: Path) -> tuple[Path, Path, Path]:
     save_generator(generator, folder / "generator.pt")
     with torch.no_grad():
         latents, _ = generator_latents(generator, SMOKE_LAYER, torch.randn(8, generator.style_dim))
-    save_safetensors({"ids": torch.arange(8), "latents": latents}, shard_file(folder / "invert", 0))
+    save_safetensors({"ids": torch.arange(8), "latents": latents}, folder / "invert-shard.safetensors")
     channels = latents.shape[1]
     sde_config = {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01}
     backbone = ScoreViT(tuple(latents.shape[1:]), width=16, depth=1, heads=1, mlp=32)
@@ -62,13 +63,13 @@ def smoke_inputs(folder: Path) -> tuple[Path, Path, Path]:
         torch.zeros(1, generator.num_ws, generator.style_dim),
     )
     prior.save(folder / "model.pt")
-    return folder / "generator.pt", folder / "invert", folder / "model.pt"
+    return folder / "generator.pt", folder / "invert-shard.safetensors", folder / "model.pt"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", type=Path, default=Path("results/generator/generator.pt"))
-    parser.add_argument("--invert", type=Path, default=Path("results/invert"), help="the invert stage's folder")
+    parser.add_argument("--latents", type=Path, nargs="+", help="the invert stage's shards (required but with --smoke)")
     parser.add_argument(
         "--models", type=Path, nargs="+", help="score stage model.pt files to compare (required but with --smoke)"
     )
@@ -84,11 +85,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sgilo-prior-samples-") as folder:
         if args.smoke:
-            generator, invert, model = smoke_inputs(Path(folder))
+            generator, latents, model = smoke_inputs(Path(folder))
             smoke_run(
                 args,
                 generator=generator,
-                invert=invert,
+                latents=[latents],
                 models=[model],
                 names=["untrained toy prior"],
                 samples=4,
@@ -100,8 +101,8 @@ def main() -> None:
 
 
 def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not args.models:
-        parser.error("give --models (or --smoke)")
+    if not args.models or not args.latents:
+        parser.error("give --latents and --models (or --smoke)")
     names = args.names or [str(m) for m in args.models]
     if len(names) != len(args.models):
         parser.error("--names needs one label per model")
@@ -114,12 +115,9 @@ def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("the models learn different layers")
     decoder = priors[0]  # every model of one invert run has the same mean w+
 
-    shards = sorted((args.invert / "shards").glob("shard-*.safetensors"))
-    inverted = torch.cat([load_safetensors(path)[0]["latents"] for path in shards])
+    inverted = torch.cat([load_safetensors(path)[0]["latents"] for path in args.latents])
     if len(inverted) < 2 * n:
-        parser.error(
-            f"{len(inverted)} inverted latents in {args.invert}; --samples may be at most {len(inverted) // 2}"
-        )
+        parser.error(f"{len(inverted)} inverted latents in --latents; --samples may be at most {len(inverted) // 2}")
     order = torch.randperm(len(inverted), generator=torch_generator(args.seed, "prior_samples", "inverted"))
     z = torch.randn(2 * n, generator.style_dim, generator=torch_generator(args.seed, "prior_samples", "generated"))
     drawn, _ = generator_latents(generator, layer, z)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from sgilo.config import load_params
 from sgilo.loader import merge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,9 +143,107 @@ def run_stage(stage: str, *args: str, cwd: Path, check: bool = True) -> subproce
     return result
 
 
+def shard_path(folder: Path, shard: int, kind: str = "shards") -> Path:
+    """Where these tests keep a shard: the workflow's layout (workflow/rules/invert.smk and trajectories.smk), kind
+    "shards" for the inverted images, "generated" for the latents drawn from the generator."""
+    return folder / kind / f"shard-{shard:05d}.safetensors"
+
+
+def shard_paths(params: Path, folder: Path, kind: str = "shards") -> list[Path]:
+    """Every shard of `kind` that `params` makes, in order, under `folder`."""
+    config = load_params(params).invert
+    return [shard_path(folder, i, kind) for i in range(config.shards if kind == "shards" else config.generated_shards)]
+
+
+def invert_all(root: Path, params: Path, out: Path, data: Path | None = None, generator: Path | None = None) -> None:
+    """The invert stage as the workflow runs it (a job per shard, a job per generated shard, then the summary), its
+    files laid out under `out` as the rules lay them out under results/invert."""
+    data, generator = data or root / "synthfaces", generator or root / "generator.pt"
+    common = ["--params", str(params), "--generator", str(generator)]
+    for i, path in enumerate(shard_paths(params, out)):
+        run_stage("invert", *common, "--data", str(data), "--shard-index", str(i), "--out", str(path), cwd=root)
+    for i, path in enumerate(shard_paths(params, out, "generated")):
+        run_stage("invert", *common, "--generated-index", str(i), "--out", str(path), cwd=root)
+    shards = [str(path) for path in shard_paths(params, out)]
+    run_stage("invert", "--params", str(params), "--shards", *shards, "--out", str(out / "summary.json"), cwd=root)
+
+
+def latents_argv(params: Path, invert: Path) -> list[str]:
+    """--latents and --generated-latents: every invert shard and generated shard under `invert`."""
+    shards, generated = shard_paths(params, invert), shard_paths(params, invert, "generated")
+    return ["--latents", *map(str, shards), "--generated-latents", *map(str, generated)]
+
+
+def trajectories_all(root: Path, params: Path, invert: Path, out: Path) -> None:
+    """The trajectories stage as the workflow runs it (the scaling, then a job per shard), laid out under `out` as
+    the rules lay it out under results/trajectories."""
+    stats = out / "stats.safetensors"
+    run_stage("trajectories", "--params", str(params), *latents_argv(params, invert), "--out", str(stats), cwd=root)
+    for kind, flag in (("shards", "--latents"), ("generated", "--generated-latents")):
+        for i, (latents, path) in enumerate(zip(shard_paths(params, invert, kind), shard_paths(params, out, kind))):
+            run_stage(
+                "trajectories",
+                *("--params", str(params), flag, str(latents), "--stats", str(stats)),
+                *("--shard-index", str(i), "--out", str(path)),
+                cwd=root,
+            )
+
+
+def score_argv(params: Path, trajectories: Path, invert: Path, generator: Path, out: Path) -> list[str]:
+    """The score stage's arguments for the trajectories and invert shards under those folders, writing into `out`
+    what the workflow writes into results/score."""
+    files = [*shard_paths(params, trajectories), *shard_paths(params, trajectories, "generated")]
+    return [
+        *("--params", str(params), "--trajectories", *map(str, files)),
+        *("--stats", str(trajectories / "stats.safetensors"), "--invert", *map(str, shard_paths(params, invert))),
+        *("--generator", str(generator)),
+        *("--model", str(out / "model.pt"), "--samples", str(out / "samples.png"), "--loss", str(out / "loss.png")),
+        *("--history", str(out / "history.csv"), "--metrics", str(out / "metrics.json")),
+    ]
+
+
+def cell_file(folder: Path, task: str, level: float, method: str, suffix: str) -> Path:
+    """Where these tests keep an evaluate cell's file: the workflow's layout (workflow/rules/evaluate.smk)."""
+    return folder / task / f"{level:g}" / f"{method}{suffix}"
+
+
+def cell_argv(folder: Path, task: str, level: float, method: str) -> list[str]:
+    """The evaluate stage's --records and --figures for a cell, laid out under `folder` as the rules do."""
+    return [
+        *("--records", str(cell_file(folder, task, level, method, ".parquet"))),
+        *("--figures", str(cell_file(folder, task, level, method, ".safetensors"))),
+    ]
+
+
+def report_argv(params: Path, evaluate: Path, out: Path) -> list[str]:
+    """The report stage's arguments for every cell of `params` under `evaluate`, writing into `out` what the workflow
+    writes into results/ (workflow/rules/report.smk)."""
+    config = load_params(params).evaluate
+    cells = [(t.task, level, method) for t in config.tasks for level in t.levels for method in config.methods]
+    tasks = [t.task for t in config.tasks]
+    posterior = ["--posterior", str(out / "figures" / "posterior.png")] if "sgilo" in config.methods else []
+    return [
+        *("--params", str(params), "--records", *(str(cell_file(evaluate, *c, ".parquet")) for c in cells)),
+        *("--images", *(str(cell_file(evaluate, *c, ".safetensors")) for c in cells)),
+        *("--table", str(out / "table1.csv"), "--table-html", str(out / "table1.html")),
+        *("--metrics", str(out / "metrics.json"), "--paired", str(out / "paired.csv")),
+        *("--curves", *(str(out / "figures" / f"curves_{task}.png") for task in tasks)),
+        *("--curve-data", *(str(out / "plots" / f"curves_{task}.csv") for task in tasks)),
+        *("--reconstructions", str(out / "figures" / "reconstructions.png"), *posterior),
+        *("--speed", str(out / "figures" / "speed.png"), "--speed-data", str(out / "plots" / "speed.csv")),
+        *("--markdown", str(out / "report.md")),
+    ]
+
+
+def prior_argv(out: Path) -> list[str]:
+    """The report stage's --prior-samples and --prior (with --score), where the workflow writes them under results/."""
+    return ["--prior-samples", str(out / "figures" / "prior_samples.png"), "--prior", str(out / "prior.json")]
+
+
 def tiny_workspace(root: Path, overrides: dict | None = None, upto: str = "generator") -> Path:
     """`root` with params.yaml, the downloaded tiny data set and a random tiny generator (training is the generator
-    stage's business), then the later stages up to `upto` ("generator", "invert", "trajectories" or "score")."""
+    stage's business), then the later stages up to `upto` ("generator", "invert", "trajectories" or "score"), laid
+    out under invert/, trajectories/ and score/ as the workflow lays them out under results/."""
     params = write_params(root / "params.yaml", overrides)
     run_stage("download", "--params", str(params), "--out", str(root / "synthfaces"), cwd=root)
     from sgilo.stylegan2 import Generator, save_generator
@@ -154,44 +253,12 @@ def tiny_workspace(root: Path, overrides: dict | None = None, upto: str = "gener
     generator.fit_gaussian(1000, torch.Generator().manual_seed(0))
     save_generator(generator, root / "generator.pt")
     if upto in ("invert", "trajectories", "score"):
-        run_stage(
-            "invert",
-            "--params",
-            str(params),
-            "--data",
-            str(root / "synthfaces"),
-            "--generator",
-            str(root / "generator.pt"),
-            "--out",
-            str(root / "invert"),
-            cwd=root,
-        )
+        invert_all(root, params, root / "invert")
     if upto in ("trajectories", "score"):
-        run_stage(
-            "trajectories",
-            "--params",
-            str(params),
-            "--invert",
-            str(root / "invert"),
-            "--out",
-            str(root / "trajectories"),
-            cwd=root,
-        )
+        trajectories_all(root, params, root / "invert", root / "trajectories")
     if upto == "score":
-        run_stage(
-            "score",
-            "--params",
-            str(params),
-            "--trajectories",
-            str(root / "trajectories"),
-            "--invert",
-            str(root / "invert"),
-            "--generator",
-            str(root / "generator.pt"),
-            "--out",
-            str(root / "score"),
-            cwd=root,
-        )
+        argv = score_argv(params, root / "trajectories", root / "invert", root / "generator.pt", root / "score")
+        run_stage("score", *argv, cwd=root)
     return root
 
 

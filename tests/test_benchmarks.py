@@ -209,7 +209,7 @@ def test_precision_benchmark_runs_and_says_what_auto_resolves_to():
 
 
 def test_prior_samples_compares_models_with_both_references(tmp_path):
-    from conftest import tiny_workspace
+    from conftest import shard_paths, tiny_workspace
 
     root = tiny_workspace(tmp_path, upto="score")
     figure = tmp_path / "prior.png"
@@ -219,8 +219,8 @@ def test_prior_samples_compares_models_with_both_references(tmp_path):
             str(BENCHMARKS / "prior_samples.py"),
             "--generator",
             str(root / "generator.pt"),
-            "--invert",
-            str(root / "invert"),
+            "--latents",
+            *(str(path) for path in shard_paths(root / "params.yaml", root / "invert")),
             "--models",
             str(root / "score" / "model.pt"),
             "--names",
@@ -256,8 +256,8 @@ def test_prior_samples_compares_models_with_both_references(tmp_path):
             str(BENCHMARKS / "prior_samples.py"),
             "--generator",
             str(root / "generator.pt"),
-            "--invert",
-            str(root / "invert"),
+            "--latents",
+            *(str(path) for path in shard_paths(root / "params.yaml", root / "invert")),
             "--models",
             str(root / "score" / "model.pt"),
             "--samples",
@@ -284,5 +284,5 @@ def test_memory_benchmark_runs_each_stage_at_n_and_4n():
     rows = [
         line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
     ][1:]
-    assert [row[0].strip() for row in rows] == ["trajectories --stats", "trajectories --shard (largest)", "score"]
+    assert [row[0].strip() for row in rows] == ["trajectories (scaling)", "trajectories shard (largest)", "score"]
     assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)

@@ -22,7 +22,16 @@ from sgilo.report import summarize
 from sgilo.stages import evaluate as evaluate_stage
 from sgilo.stylegan2 import load_generator
 
-from conftest import kill_stage_when, run_stage, tiny_workspace, write_params
+from conftest import (
+    cell_argv,
+    cell_file,
+    kill_stage_when,
+    prior_argv,
+    report_argv,
+    run_stage,
+    tiny_workspace,
+    write_params,
+)
 
 COLUMNS = [
     "image_id",
@@ -73,10 +82,15 @@ def _argv(root: Path, method: str, *extra: str) -> list[str]:
     ]
 
 
+def _cell(folder: Path, method: str) -> list[str]:
+    """--records and --figures of the inpaint 0.25 cell of `method`, under `folder` as the workflow lays them out."""
+    return cell_argv(folder, "inpaint", 0.25, method)
+
+
 def _tune_and_evaluate(root: Path, method: str, out: Path) -> pd.DataFrame:
     tuned = out / "tune" / f"{method}.json"
     run_stage("evaluate", *_argv(root, method, "--tune", "--out", str(tuned)), cwd=root)
-    run_stage("evaluate", *_argv(root, method, "--tuned", str(tuned), "--out", str(out / "evaluate")), cwd=root)
+    run_stage("evaluate", *_argv(root, method, "--tuned", str(tuned), *_cell(out / "evaluate", method)), cwd=root)
     return pd.read_parquet(out / "evaluate" / "inpaint" / "0.25" / f"{method}.parquet")
 
 
@@ -132,7 +146,7 @@ def test_ilo_recovers_test_images_the_generator_made(workspace, tmp_path):
     ]
     params = write_params(tmp_path / "params.yaml", {"invert": {"phases": long_schedule}})
     (tmp_path / "tuned.json").write_text(json.dumps({"chosen": {"radius_scale": 1.0}}))
-    argv = _argv(workspace, "ilo", "--tuned", str(tmp_path / "tuned.json"), "--out", str(tmp_path / "evaluate"))
+    argv = _argv(workspace, "ilo", "--tuned", str(tmp_path / "tuned.json"), *_cell(tmp_path / "evaluate", "ilo"))
     argv[argv.index("--params") + 1], argv[argv.index("--data") + 1] = str(params), str(data)
     evaluate_stage.main(argv)
     records = pd.read_parquet(tmp_path / "evaluate" / "inpaint" / "0.25" / "ilo.parquet")
@@ -178,7 +192,8 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     out = workspace / "crash"
     tuned = out / "ilo.json"
     run_stage("evaluate", *_argv(workspace, "ilo", "--tune", "--out", str(tuned)), cwd=workspace)
-    argv = _argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "evaluate"))
+    argv = _argv(workspace, "ilo", "--tuned", str(tuned), *_cell(out / "evaluate", "ilo"))
+    partial = cell_file(out / "evaluate", "inpaint", 0.25, "ilo", ".parquet").parent / "partial"
     original, calls = evaluate_stage._batch_records, []
 
     def crash_on_second_batch(*args, **kwargs):
@@ -190,7 +205,7 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     monkeypatch.setattr(evaluate_stage, "_batch_records", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_stage.main(argv)
-    assert (out / "evaluate" / "partial" / "inpaint-0.25-ilo.pt").exists()
+    assert [p.name for p in partial.iterdir()] == ["ilo.pt"]  # beside the records, named after them
     monkeypatch.setattr(evaluate_stage, "_batch_records", original)
     resumed_batches = []
     monkeypatch.setattr(
@@ -198,9 +213,9 @@ def test_a_crashed_cell_resumes_at_its_next_batch(workspace, monkeypatch):
     )
     evaluate_stage.main(argv)
     assert len(resumed_batches) == 1  # 3 images in batches of 2: only the second batch ran again
-    assert not (out / "evaluate" / "partial").exists()
+    assert not partial.exists()
     resumed = pd.read_parquet(out / "evaluate" / "inpaint" / "0.25" / "ilo.parquet")
-    run_stage("evaluate", *_argv(workspace, "ilo", "--tuned", str(tuned), "--out", str(out / "clean")), cwd=workspace)
+    run_stage("evaluate", *_argv(workspace, "ilo", "--tuned", str(tuned), *_cell(out / "clean", "ilo")), cwd=workspace)
     clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "ilo.parquet")
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), clean.drop(columns="seconds"))
 
@@ -222,7 +237,7 @@ def test_tuning_killed_with_sigkill_resumes_to_the_same_choice(workspace):
 
 def test_an_image_going_non_finite_gets_a_failed_record_and_the_cell_goes_on(workspace, monkeypatch):
     out = workspace / "failing"
-    evaluate_stage.main(_argv(workspace, "csgm", "--out", str(out / "clean")))
+    evaluate_stage.main(_argv(workspace, "csgm", *_cell(out / "clean", "csgm")))
     real = evaluate_stage.load_images
 
     def load(data, split, size, ids):  # image 50 reads as NaN: its measurement, and so its loss, are NaN
@@ -231,7 +246,7 @@ def test_an_image_going_non_finite_gets_a_failed_record_and_the_cell_goes_on(wor
         return images
 
     monkeypatch.setattr(evaluate_stage, "load_images", load)
-    evaluate_stage.main(_argv(workspace, "csgm", "--out", str(out / "poisoned")))
+    evaluate_stage.main(_argv(workspace, "csgm", *_cell(out / "poisoned", "csgm")))
     clean = pd.read_parquet(out / "clean" / "inpaint" / "0.25" / "csgm.parquet")
     poisoned = pd.read_parquet(out / "poisoned" / "inpaint" / "0.25" / "csgm.parquet")
     assert poisoned["image_id"].tolist() == [49, 50, 51]
@@ -263,7 +278,7 @@ def test_lpips_is_recorded_when_its_weights_are_present(workspace, tmp_path):
     backbone = home / "hub" / "checkpoints" / lpips_backbone_path("alex").name
     backbone.parent.mkdir(parents=True)
     torch.save(torchvision.models.alexnet().state_dict(), backbone)
-    argv = _argv(workspace, "csgm", "--out", str(tmp_path / "evaluate"))
+    argv = _argv(workspace, "csgm", *_cell(tmp_path / "evaluate", "csgm"))
     result = subprocess.run(
         [sys.executable, "-m", "sgilo.stages.evaluate", *argv],
         cwd=workspace,
@@ -297,20 +312,10 @@ def test_report_turns_the_cells_into_table_figures_and_prior_samples(workspace, 
     monkeypatch.setenv("TORCH_HOME", str(workspace / "no-weights"))
     run_stage(
         "report",
-        "--params",
-        str(workspace / "params.yaml"),
-        "--evaluate",
-        str(out / "evaluate"),
-        "--score",
-        str(workspace / "score" / "model.pt"),
-        "--generator",
-        str(workspace / "generator.pt"),
-        "--data",
-        str(workspace / "synthfaces"),
-        "--invert-summary",
-        str(workspace / "invert" / "summary.json"),
-        "--out",
-        str(out),
+        *report_argv(workspace / "params.yaml", out / "evaluate", out),
+        *("--score", str(workspace / "score" / "model.pt"), "--generator", str(workspace / "generator.pt")),
+        *("--data", str(workspace / "synthfaces"), "--invert-summary", str(workspace / "invert" / "summary.json")),
+        *prior_argv(out),
         cwd=workspace,
     )
     table = pd.read_csv(out / "table1.csv")
@@ -353,7 +358,7 @@ def test_a_new_method_is_a_table_row_and_one_class(workspace, tmp_path, monkeypa
     argv = ["--params", str(params), *_argv(workspace, "ilo-half-lr")[2:]]
     tuned = tmp_path / "tune.json"
     evaluate_stage.main([*argv, "--tune", "--out", str(tuned)])
-    evaluate_stage.main([*argv, "--tuned", str(tuned), "--out", str(tmp_path / "evaluate")])
+    evaluate_stage.main([*argv, "--tuned", str(tuned), *_cell(tmp_path / "evaluate", "ilo-half-lr")])
     records = pd.read_parquet(tmp_path / "evaluate" / "inpaint" / "0.25" / "ilo-half-lr.parquet")
     assert records["method"].eq("ilo-half-lr").all() and len(records) == 3
     assert json.loads(tuned.read_text())["key"] == "radius_scale"

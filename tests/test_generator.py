@@ -31,8 +31,16 @@ def dataset(tmp_path_factory) -> Path:
     return root / "synthfaces"
 
 
+def _outputs(out: Path, history: bool = True) -> list[str]:
+    """The generator stage's output flags, writing into `out` what the workflow writes into results/generator."""
+    files = {"generator": "generator.pt", "samples": "samples.png", "metrics": "metrics.json"}
+    files |= {"history": "history.csv"} if history else {}
+    return [item for flag, name in files.items() for item in (f"--{flag}", str(out / name))]
+
+
 def _train(params: Path, dataset: Path, out: Path) -> subprocess.CompletedProcess:
-    return run_stage("generator", "--params", str(params), "--data", str(dataset), "--out", str(out), cwd=out.parent)
+    argv = ["--params", str(params), "--data", str(dataset), *_outputs(out)]
+    return run_stage("generator", *argv, cwd=out.parent)
 
 
 def test_training_writes_a_loadable_generator_grid_and_metrics(tmp_path, dataset, tiny_params):
@@ -45,7 +53,7 @@ def test_training_writes_a_loadable_generator_grid_and_metrics(tmp_path, dataset
     assert metrics["swd_fake_vs_real"] > 0 and metrics["swd_real_vs_real"] > 0
     assert (out / "samples.png").stat().st_size > 0
     assert len((out / "history.csv").read_text().splitlines()) == 13
-    assert not (out / "resume" / "state.pt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["generator.pt", "history.csv", "metrics.json", "samples.png"]
     assert "generator" in result.stderr  # tqdm progress goes to the rule's log
 
 
@@ -57,7 +65,7 @@ def test_kill_during_training_then_rerun_gives_identical_weights(tmp_path, datas
     killed = tmp_path / "killed"
     kill_stage_when(
         "generator",
-        ["--params", str(params), "--data", str(dataset), "--out", str(killed)],
+        ["--params", str(params), "--data", str(dataset), *_outputs(killed)],
         tmp_path,
         killed / "resume" / "state.pt",
     )
@@ -105,7 +113,8 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
     }
     params = write_params(tmp_path / "params.yaml", overrides)
     out = tmp_path / "results" / "generator"
-    run_stage("generator", "--params", str(params), "--cache", str(tmp_path / "cache"), "--out", str(out), cwd=tmp_path)
+    argv = ["--params", str(params), "--cache", str(tmp_path / "cache"), *_outputs(out, history=False)]
+    run_stage("generator", *argv, cwd=tmp_path)
     converted = load_generator(out / "generator.pt")
     assert torch.equal(converted.state_dict()["convs.1.conv.weight"], state["convs.1.conv.weight"])
     assert torch.allclose(converted.w_avg, 0.1 * torch.ones(16))
@@ -125,8 +134,7 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
         str(wrong),
         "--cache",
         str(tmp_path / "cache"),
-        "--out",
-        str(tmp_path / "o2"),
+        *_outputs(tmp_path / "o2", history=False),
         cwd=tmp_path,
         check=False,
     )
@@ -162,7 +170,7 @@ def test_training_on_a_trivial_set_brings_the_samples_near_it(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest and computes the same everywhere
     try:
-        trained, _ = train(params, real, "trivial", tmp_path / "generator")
+        trained, _ = train(params, real, "trivial", tmp_path / "state.pt", tmp_path / "history.csv")
     finally:
         torch.set_num_threads(threads)
     z = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))

@@ -13,7 +13,7 @@ from sgilo.inversion import decode
 from sgilo.io import load_safetensors
 from sgilo.stylegan2 import load_generator
 
-from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
+from conftest import TINY, invert_all, kill_stage_when, run_stage, shard_path, tiny_workspace, write_params
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _invert(root: Path, params: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The invert stage writing the file `out` (extra: --shard-index I or --generated-index I)."""
     return run_stage(
         "invert",
         "--params",
@@ -41,9 +42,9 @@ def _invert(root: Path, params: Path, out: Path, *extra: str, check: bool = True
 
 def test_shards_hold_latents_ids_and_quality(workspace):
     out = workspace / "all"
-    _invert(workspace, workspace / "params.yaml", out)
-    first, meta = load_safetensors(out / "shards" / "shard-00000.safetensors")
-    second, _ = load_safetensors(out / "shards" / "shard-00001.safetensors")
+    invert_all(workspace, workspace / "params.yaml", out)
+    first, meta = load_safetensors(shard_path(out, 0))
+    second, _ = load_safetensors(shard_path(out, 1))
     assert first["ids"].tolist() == list(range(8)) and second["ids"].tolist() == list(range(8, 12))
     channels = TINY["generator"]["architecture"]["channel_max"]
     assert first["latents"].shape == (8, channels + 3, 8, 8)  # the input of block 2 of a 32² generator
@@ -62,20 +63,36 @@ def test_shards_hold_latents_ids_and_quality(workspace):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 12 and summary["precision"] == "fp32"
     assert summary["psnr_mean"] == pytest.approx(float(torch.cat([first["psnr"], second["psnr"]]).mean()), rel=1e-5)
-    assert not (out / "partial").exists()
-    generated, _ = load_safetensors(out / "generated" / "shard-00000.safetensors")  # run with no flag: drawn too
+    assert not (out / "shards" / "partial").exists()
+    generated, _ = load_safetensors(shard_path(out, 0, "generated"))
     assert generated["ids"].tolist() == list(range(TINY["invert"]["generated"]))
+    # What the stage wrote is exactly what it was told to write.
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "generated/shard-00000.safetensors",
+        "shards/shard-00000.safetensors",
+        "shards/shard-00001.safetensors",
+        "summary.json",
+    ]
 
 
 def test_one_shard_per_job_then_summary(workspace):
     out = workspace / "jobs"
-    _invert(workspace, workspace / "params.yaml", out, "--shard", "1")
-    assert (out / "shards" / "shard-00001.safetensors").exists() and not (
-        out / "shards" / "shard-00000.safetensors"
-    ).exists()
-    missing = _invert(workspace, workspace / "params.yaml", out, "--summary", check=False)
-    assert missing.returncode != 0 and "shard-00000" in missing.stderr
-    bad = _invert(workspace, workspace / "params.yaml", out, "--shard", "2", check=False)
+    _invert(workspace, workspace / "params.yaml", out / "one.safetensors", "--shard-index", "1")
+    assert [p.name for p in out.iterdir()] == ["one.safetensors"]
+    shards = [str(out / "zero.safetensors"), str(out / "one.safetensors")]
+    missing = run_stage(
+        "invert",
+        "--params",
+        str(workspace / "params.yaml"),
+        "--shards",
+        *shards,
+        "--out",
+        str(out / "s.json"),
+        cwd=workspace,
+        check=False,
+    )
+    assert missing.returncode != 0 and "zero.safetensors" in missing.stderr
+    bad = _invert(workspace, workspace / "params.yaml", out / "two.safetensors", "--shard-index", "2", check=False)
     assert bad.returncode == 2 and "shards 0…1" in bad.stderr
 
 
@@ -91,10 +108,10 @@ def test_killed_shard_resumes_to_identical_output(workspace):
             }
         },
     )
-    straight = workspace / "straight"
-    _invert(workspace, slow, straight, "--shard", "0")
-    killed = workspace / "killed"
-    partial = killed / "partial" / "shard-00000.pt"
+    straight = workspace / "straight" / "shard-00000.safetensors"
+    _invert(workspace, slow, straight, "--shard-index", "0")
+    killed = workspace / "killed" / "shard-00000.safetensors"
+    partial = killed.parent / "partial" / "shard-00000.pt"
     kill_stage_when(
         "invert",
         [
@@ -106,19 +123,17 @@ def test_killed_shard_resumes_to_identical_output(workspace):
             str(workspace / "generator.pt"),
             "--out",
             str(killed),
-            "--shard",
+            "--shard-index",
             "0",
         ],
         workspace,
         partial,
     )
-    assert not (killed / "shards" / "shard-00000.safetensors").exists(), (
-        "the shard finished before it could be killed; raise steps"
-    )
-    rerun = _invert(workspace, slow, killed, "--shard", "0")
+    assert not killed.exists(), "the shard finished before it could be killed; raise steps"
+    rerun = _invert(workspace, slow, killed, "--shard-index", "0")
     assert "resuming after" in rerun.stderr
-    expected, _ = load_safetensors(straight / "shards" / "shard-00000.safetensors")
-    got, _ = load_safetensors(killed / "shards" / "shard-00000.safetensors")
+    expected, _ = load_safetensors(straight)
+    got, _ = load_safetensors(killed)
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
@@ -126,18 +141,18 @@ def test_killed_shard_resumes_to_identical_output(workspace):
 
 
 def test_stale_partial_from_other_params_is_not_resumed(workspace):
-    out = workspace / "stale"
+    out = workspace / "stale" / "shard-00000.safetensors"
     params = workspace / "params.yaml"
-    partial = out / "partial" / "shard-00000.pt"
+    partial = out.parent / "partial" / "shard-00000.pt"
     partial.parent.mkdir(parents=True)
     torch.save({"fingerprint": "something else", "batches": []}, partial)
-    result = _invert(workspace, params, out, "--shard", "0")
+    result = _invert(workspace, params, out, "--shard-index", "0")
     assert "starting the shard again" in result.stderr
 
 
 def test_more_images_than_the_data_set_has_is_a_clear_error(workspace):
     params = write_params(workspace / "too_many.yaml", {"invert": {"images": 100}})
-    result = _invert(workspace, params, workspace / "x", check=False)
+    result = _invert(workspace, params, workspace / "x.safetensors", "--shard-index", "0", check=False)
     assert result.returncode == 2
     assert "invert.images" in result.stderr and "n_train" in result.stderr
 
@@ -169,13 +184,16 @@ def test_an_image_going_non_finite_is_left_out_with_its_reason_and_the_shard_kep
         "--generator",
         str(workspace / "generator.pt"),
     ]
-    clean = workspace / "clean"
-    invert_stage.main([*argv, "--out", str(clean), "--shard", "0"])
+    clean = workspace / "clean.safetensors"
+    invert_stage.main([*argv, "--out", str(clean), "--shard-index", "0"])
     _poison_image(monkeypatch, 4)
     poisoned = workspace / "poisoned"
-    invert_stage.main([*argv, "--out", str(poisoned)])
-    expected, _ = load_safetensors(clean / "shards" / "shard-00000.safetensors")
-    got, meta = load_safetensors(poisoned / "shards" / "shard-00000.safetensors")
+    for i in range(2):
+        invert_stage.main([*argv, "--out", str(shard_path(poisoned, i)), "--shard-index", str(i)])
+    shards = [str(shard_path(poisoned, i)) for i in range(2)]
+    invert_stage.main(["--params", argv[1], "--shards", *shards, "--out", str(poisoned / "summary.json")])
+    expected, _ = load_safetensors(clean)
+    got, meta = load_safetensors(shard_path(poisoned, 0))
     assert got["ids"].tolist() == [0, 1, 2, 3, 5, 6, 7]
     keep = [0, 1, 2, 3, 5, 6, 7]
     for key in expected:
@@ -185,14 +203,7 @@ def test_an_image_going_non_finite_is_left_out_with_its_reason_and_the_shard_kep
     assert summary["images"] == 11 and summary["failed"] == 1 and list(summary["failures"]) == ["4"]
     # The next stage trains on the kept latents only.
     run_stage(
-        "trajectories",
-        "--params",
-        str(workspace / "params.yaml"),
-        "--invert",
-        str(poisoned),
-        "--out",
-        str(workspace / "traj"),
-        cwd=workspace,
+        "trajectories", "--params", argv[1], "--latents", *shards, "--out", str(workspace / "stats"), cwd=workspace
     )
 
 
@@ -211,22 +222,22 @@ def test_a_shard_whose_images_all_fail_writes_nothing_and_says_what_to_change(wo
                 "--generator",
                 str(workspace / "generator.pt"),
                 "--out",
-                str(workspace / "none"),
-                "--shard",
+                str(workspace / "none" / "shard.safetensors"),
+                "--shard-index",
                 "0",
             ]
         )
-    assert not (workspace / "none" / "shards" / "shard-00000.safetensors").exists()
+    assert not (workspace / "none" / "shard.safetensors").exists()
 
 
 def test_generated_shards_hold_the_generators_own_layer_k_latents(workspace):
     params = write_params(workspace / "generated.yaml", {"invert": {"generated": 11, "generated_shard_size": 8}})
     out = workspace / "generated"
-    _invert(workspace, params, out, "--generated", "1")
-    _invert(workspace, params, out, "--generated", "0")
-    assert not (out / "shards").exists() and not (out / "summary.json").exists()  # no inversion ran
-    first, meta = load_safetensors(out / "generated" / "shard-00000.safetensors")
-    second, _ = load_safetensors(out / "generated" / "shard-00001.safetensors")
+    _invert(workspace, params, shard_path(out, 1, "generated"), "--generated-index", "1")
+    _invert(workspace, params, shard_path(out, 0, "generated"), "--generated-index", "0")
+    assert [p.name for p in out.iterdir()] == ["generated"]  # no inversion ran
+    first, meta = load_safetensors(shard_path(out, 0, "generated"))
+    second, _ = load_safetensors(shard_path(out, 1, "generated"))
     assert first["ids"].tolist() == list(range(8)) and second["ids"].tolist() == [8, 9, 10]
     assert meta["source"] == "generator" and meta["layer"] == "2"
     # Each latent is on the generator's range: decoded from layer 2 on with its w+, it is the generator's own image,
@@ -246,20 +257,20 @@ def test_generated_shards_hold_the_generators_own_layer_k_latents(workspace):
     _invert(
         workspace,
         write_params(workspace / "regrouped.yaml", {"invert": {"generated": 11, "generated_shard_size": 4}}),
-        regrouped,
-        "--generated",
+        regrouped / "third.safetensors",
+        "--generated-index",
         "2",
     )
-    third, _ = load_safetensors(regrouped / "generated" / "shard-00002.safetensors")
+    third, _ = load_safetensors(regrouped / "third.safetensors")
     assert third["ids"].tolist() == [8, 9, 10]
     torch.testing.assert_close(third["latents"], second["latents"], atol=1e-6, rtol=0)
-    bad = _invert(workspace, params, out, "--generated", "2", check=False)
+    bad = _invert(workspace, params, out / "bad.safetensors", "--generated-index", "2", check=False)
     assert bad.returncode == 2 and "shards 0…1" in bad.stderr
     none = _invert(
         workspace,
         write_params(workspace / "none.yaml", {"invert": {"generated": 0}}),
-        out,
-        "--generated",
+        out / "none.safetensors",
+        "--generated-index",
         "0",
         check=False,
     )

@@ -136,8 +136,8 @@ def test_the_generator_stage_records_its_resolved_precision(tmp_path):
         str(params),
         "--data",
         str(tmp_path / "synthfaces"),
-        "--out",
-        str(tmp_path / "generator"),
+        *("--generator", str(tmp_path / "generator" / "generator.pt"), "--samples", str(tmp_path / "samples.png")),
+        *("--metrics", str(tmp_path / "generator" / "metrics.json"), "--history", str(tmp_path / "history.csv")),
         cwd=tmp_path,
     )
     metrics = json.loads((tmp_path / "generator" / "metrics.json").read_text())

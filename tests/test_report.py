@@ -16,10 +16,10 @@ from PIL import Image
 
 from sgilo import report
 from sgilo.data import DataError
-from sgilo.io import cell_path, save_safetensors
+from sgilo.io import save_safetensors
 from sgilo.stages import report as report_stage
 
-from conftest import run_stage, write_params
+from conftest import cell_file, report_argv, run_stage, write_params
 
 TASKS = {"inpaint": (0.05, 0.25), "cs": (0.03, 0.1)}
 METHODS = ("csgm", "ilo", "sgilo")
@@ -81,10 +81,11 @@ def workspace(tmp_path_factory) -> Path:
     for task, levels in TASKS.items():
         for level in levels:
             for method in METHODS:
-                path = cell_path(root / "evaluate", task, level, method, ".parquet")
+                path = cell_file(root / "evaluate", task, level, method, ".parquet")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _records(task, level, method, rng).to_parquet(path)
-                save_safetensors(_images(method, generator), path.with_suffix(".safetensors"))
+                cell = {"task": task, "level": f"{level:g}", "method": method}  # as the evaluate stage writes
+                save_safetensors(_images(method, generator), path.with_suffix(".safetensors"), cell)
     _params(root / "params.yaml", METHODS)
     return root
 
@@ -103,13 +104,23 @@ def _cells(methods: tuple[str, ...] = METHODS) -> list[report.Cell]:
     return report.grid_cells(TASKS.items(), methods)
 
 
-def test_cell_path_uses_the_level_as_printed_by_g():
-    assert cell_path(Path("ev"), "inpaint", 0.05, "sgilo", ".parquet") == Path("ev/inpaint/0.05/sgilo.parquet")
-    assert cell_path(Path("ev"), "sr", 4.0, "ilo", ".safetensors") == Path("ev/sr/4/ilo.safetensors")
+def _files(folder: Path, cells: list[report.Cell], suffix: str = ".parquet") -> dict[report.Cell, Path]:
+    return {cell: cell_file(folder, *cell, suffix) for cell in cells}
+
+
+def test_a_file_given_for_another_cell_is_refused(workspace):
+    """The stage pairs the files it is given with the cells in table order: a list in another order is caught."""
+    cells = _cells()[:2]
+    swapped = dict(zip(cells, reversed(list(_files(workspace / "evaluate", cells).values()))))
+    with pytest.raises(DataError, match=r"inpaint/0\.05/ilo\.parquet: records are not all for .*'csgm'"):
+        report.load_records(swapped)
+    images = {"csgm": cell_file(workspace / "evaluate", "inpaint", 0.05, "ilo", ".safetensors")}
+    with pytest.raises(DataError, match=r"images are not for task 'inpaint', level 0\.05, method 'csgm'"):
+        report.load_figure_data(images, "inpaint", 0.05)
 
 
 def test_summary_matches_a_direct_scipy_computation(workspace):
-    records = report.load_records(workspace / "evaluate", _cells())
+    records = report.load_records(_files(workspace / "evaluate", _cells()))
     table = report.summarize(records, confidence=0.9)
     assert list(table.columns) == list(report.TABLE_COLUMNS)
     assert list(zip(table["task"], table["level"], table["method"])) == _cells()
@@ -152,11 +163,16 @@ def test_failed_images_are_counted_and_left_out_of_the_means():
 
 def test_a_missing_cell_names_its_file_and_the_stage_to_run(workspace):
     with pytest.raises(DataError, match=r"inpaint/0\.5/gnc\.parquet.*evaluate stage"):
-        report.load_records(workspace / "evaluate", [("inpaint", 0.05, "ilo"), ("inpaint", 0.5, "gnc")])
+        report.load_records(_files(workspace / "evaluate", [("inpaint", 0.05, "ilo"), ("inpaint", 0.5, "gnc")]))
 
 
 def test_figure_images_are_aligned_on_image_ids(workspace):
-    data = report.load_figure_data(workspace / "evaluate", "inpaint", 0.05, METHODS)
+    images = {
+        cell[2]: path
+        for cell, path in _files(workspace / "evaluate", _cells(), ".safetensors").items()
+        if cell[:2] == ("inpaint", 0.05)
+    }
+    data = report.load_figure_data(images, "inpaint", 0.05)
     assert data.ids == list(range(IMAGES))
     for method in METHODS:  # every row of every method is near its own truth image
         assert (data.methods[method]["reconstruction"] - data.truth).abs().max() < 0.1
@@ -165,9 +181,7 @@ def test_figure_images_are_aligned_on_image_ids(workspace):
 
 def test_the_stage_writes_the_table_figures_and_report(workspace):
     out = workspace / "results"
-    report_stage.main(
-        ["--params", str(workspace / "params.yaml"), "--evaluate", str(workspace / "evaluate"), "--out", str(out)]
-    )
+    report_stage.main(report_argv(workspace / "params.yaml", workspace / "evaluate", out))
     table = pd.read_csv(out / "table1.csv")
     assert list(table.columns) == list(report.TABLE_COLUMNS)
     assert list(zip(table["task"], table["level"], table["method"])) == _cells()
@@ -195,9 +209,7 @@ def test_the_figures_data_and_metrics_json_are_table1s_numbers(workspace, monkey
     monkeypatch.setattr(report, "plot_curves", lambda curves, path: drawn.setdefault(path.stem, curves))
     monkeypatch.setattr(report, "plot_speed", lambda speed, path: drawn.setdefault(path.stem, speed))
     out = workspace / "dvc"
-    report_stage.main(
-        ["--params", str(workspace / "params.yaml"), "--evaluate", str(workspace / "evaluate"), "--out", str(out)]
-    )
+    report_stage.main(report_argv(workspace / "params.yaml", workspace / "evaluate", out))
     table = pd.read_csv(out / "table1.csv").set_index(["task", "level", "method"])
     for name, frame in drawn.items():  # the files hold what the figures were drawn from, not a second computation
         pd.testing.assert_frame_equal(pd.read_csv(out / "plots" / f"{name}.csv"), frame.reset_index(drop=True))
@@ -228,9 +240,11 @@ def test_without_sgilo_the_posterior_figure_is_skipped(workspace, caplog):
     params = _params(workspace / "no_sgilo.yaml", ("csgm", "ilo"))
     out = workspace / "no_sgilo"
     with caplog.at_level("INFO", logger="sgilo"):
-        report_stage.main(["--params", str(params), "--evaluate", str(workspace / "evaluate"), "--out", str(out)])
+        report_stage.main(report_argv(params, workspace / "evaluate", out))
     assert not (out / "figures" / "posterior.png").exists() and (out / "figures" / "speed.png").exists()
-    assert "posterior.png skipped" in caplog.text
+    assert "posterior figure skipped" in caplog.text
+    with pytest.raises(SystemExit):  # a posterior figure asked for without sgilo, or left out with it
+        report_stage.main([*report_argv(params, workspace / "evaluate", out), "--posterior", str(out / "p.png")])
     assert len(pd.read_csv(out / "table1.csv")) == len(_cells(("csgm", "ilo")))
 
 
@@ -239,15 +253,7 @@ def test_a_missing_input_ends_the_stage_with_its_message(workspace, tmp_path):
     shutil.copytree(workspace / "evaluate", evaluate)
     (evaluate / "cs" / "0.1" / "ilo.parquet").unlink()
     result = run_stage(
-        "report",
-        "--params",
-        str(workspace / "params.yaml"),
-        "--evaluate",
-        str(evaluate),
-        "--out",
-        str(tmp_path / "out"),
-        cwd=tmp_path,
-        check=False,
+        "report", *report_argv(workspace / "params.yaml", evaluate, tmp_path / "out"), cwd=tmp_path, check=False
     )
     assert result.returncode == 2
     assert "cs/0.1/ilo.parquet" in result.stderr and "Traceback" not in result.stderr
@@ -257,8 +263,10 @@ def test_a_missing_input_ends_the_stage_with_its_message(workspace, tmp_path):
 def test_figures_with_no_kept_images_still_render(tmp_path):
     empty = {key: value[:0] for key, value in _images("sgilo", torch.Generator().manual_seed(1)).items()}
     for method in ("ilo", "sgilo"):
-        save_safetensors(empty, cell_path(tmp_path, "cs", 0.1, method, ".safetensors"))
-    data = report.load_figure_data(tmp_path, "cs", 0.1, ("ilo", "sgilo"))
+        save_safetensors(empty, cell_file(tmp_path, "cs", 0.1, method, ".safetensors"))
+    data = report.load_figure_data(
+        {m: cell_file(tmp_path, "cs", 0.1, m, ".safetensors") for m in ("ilo", "sgilo")}, "cs", 0.1
+    )
     assert data.ids == [] and report.describe_posterior(data) == "No images were kept for figures."
     report.plot_reconstructions(data, tmp_path / "reconstructions.png")
     report.plot_posterior(data, tmp_path / "posterior.png")
@@ -268,7 +276,7 @@ def test_figures_with_no_kept_images_still_render(tmp_path):
 
 
 def test_paired_differences_match_a_paired_t_interval(workspace):
-    records = report.load_records(workspace / "evaluate", _cells())
+    records = report.load_records(_files(workspace / "evaluate", _cells()))
     paired = report.paired_differences(records, "sgilo", "mse", confidence=0.9)
     assert list(paired.columns) == list(report.PAIRED_COLUMNS)
     assert len(paired) == 4 * 2 and set(paired["other"]) == {"csgm", "ilo"}

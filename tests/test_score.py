@@ -15,7 +15,7 @@ from sgilo.loader import ConfigError
 from sgilo.score_model import ScoreViT
 from sgilo.stages import score as score_stage
 
-from conftest import TINY, kill_stage_when, run_stage, tiny_workspace, write_params
+from conftest import TINY, kill_stage_when, run_stage, score_argv, tiny_workspace, write_params
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +25,8 @@ def cached(tmp_path_factory) -> Path:
 
 
 def _argv(root: Path, params: Path, out: Path) -> list[str]:
-    return [
-        "--params",
-        str(params),
-        "--trajectories",
-        str(root / "trajectories"),
-        "--invert",
-        str(root / "invert"),
-        "--generator",
-        str(root / "generator.pt"),
-        "--out",
-        str(out),
-    ]
+    """The score stage on the module's trajectories, writing model.pt and the rest into `out`."""
+    return score_argv(params, root / "trajectories", root / "invert", root / "generator.pt", out)
 
 
 def _params(root: Path, name: str, score: dict) -> Path:

@@ -95,7 +95,7 @@ rule invert:
     priority: 40
     threads: 8
     resources: tmpdir=/tmp, mem_mb=7168, mem=7.17 GB, mem_mib=6836, disk_mb=<TBD>, slurm_account=, slurm_partition=gpu, runtime=720, gpu=1
-Shell command: python -m sgilo.stages.invert --shard 27 --threads 8
+Shell command: python -m sgilo.stages.invert --shard-index 27 --out results/invert/shards/shard-00027.safetensors --threads 8
 
 [Fri Dec  4 09:31:10 2026]
 rule invert:

@@ -71,7 +71,16 @@ def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     params = write_params(
         tmp_path / "params.yaml", {"theory_gnc": {"starts": 41, "initial_sigmas": 8, "steps": [1, 4, 16, 64]}}
     )
-    run_stage("theory_gnc", "--params", str(params), "--out", str(tmp_path / "theory"), cwd=tmp_path)
+    run_stage(
+        "theory_gnc",
+        "--params",
+        str(params),
+        "--json",
+        str(tmp_path / "theory" / "gnc.json"),
+        "--figure",
+        str(tmp_path / "theory" / "gnc.png"),
+        cwd=tmp_path,
+    )
     result = json.loads((tmp_path / "theory" / "gnc.json").read_text())
     assert (tmp_path / "theory" / "gnc.png").stat().st_size > 10_000
     config = load_params(params).theory_gnc

@@ -50,8 +50,10 @@ def test_stage_writes_the_figure_and_every_alpha(tmp_path):
         str(tmp_path / "shard.safetensors"),
         "--stats",
         str(tmp_path / "stats.safetensors"),
-        "--out",
-        str(tmp_path / "theory"),
+        "--json",
+        str(tmp_path / "theory" / "igo.json"),
+        "--figure",
+        str(tmp_path / "theory" / "igo.png"),
         cwd=tmp_path,
     )
     result = json.loads((tmp_path / "theory" / "igo.json").read_text())

@@ -95,7 +95,16 @@ def test_sgld_spread_at_stationarity_follows_beta():
 
 def test_stage_writes_the_figure_and_checks_the_claim(tmp_path):
     params = write_params(tmp_path / "params.yaml")
-    run_stage("theory_langevin", "--params", str(params), "--out", str(tmp_path / "theory"), cwd=tmp_path)
+    run_stage(
+        "theory_langevin",
+        "--params",
+        str(params),
+        "--json",
+        str(tmp_path / "theory" / "langevin.json"),
+        "--figure",
+        str(tmp_path / "theory" / "langevin.png"),
+        cwd=tmp_path,
+    )
     result = json.loads((tmp_path / "theory" / "langevin.json").read_text())
     assert (tmp_path / "theory" / "langevin.png").stat().st_size > 10_000
     assert [(m["depth"], m["latent"]) for m in result["mixing"]] == [(2, 2), (2, 3)]

@@ -17,7 +17,7 @@ from sgilo.io import load_safetensors
 from sgilo.latents import LatentScaler, pooled_std, split_held_out
 from sgilo.sde import VPSDE
 
-from conftest import TINY, run_stage, tiny_workspace, write_params
+from conftest import TINY, latents_argv, run_stage, shard_path, tiny_workspace, trajectories_all, write_params
 
 
 @pytest.fixture(scope="module")
@@ -26,23 +26,20 @@ def inverted(tmp_path_factory) -> Path:
     return tiny_workspace(tmp_path_factory.mktemp("trajectories"), upto="invert")
 
 
-def _trajectories(root: Path, params: Path, out: Path, *extra: str, check: bool = True):
+def _trajectories(root: Path, params: Path, out: Path) -> None:
+    """The scaling and every shard of the invert shards under `root`/invert, laid out under `out` as the rules do."""
+    trajectories_all(root, params, root / "invert", out)
+
+
+def _shard(root: Path, params: Path, stats: Path, out: Path, *which: str, check: bool = True):
+    """One trajectories shard job: `which` names its latents file and index, e.g. --latents FILE --shard-index 1."""
     return run_stage(
-        "trajectories",
-        "--params",
-        str(params),
-        "--invert",
-        str(root / "invert"),
-        "--out",
-        str(out),
-        *extra,
-        cwd=root,
-        check=check,
+        "trajectories", "--params", str(params), *which, "--stats", str(stats), "--out", str(out), cwd=root, check=check
     )
 
 
 def _invert_latents(root: Path) -> dict[str, torch.Tensor]:
-    shards = [load_safetensors(root / "invert" / "shards" / f"shard-{i:05d}.safetensors")[0] for i in range(2)]
+    shards = [load_safetensors(shard_path(root / "invert", i))[0] for i in range(2)]
     return {key: torch.cat([s[key] for s in shards]) for key in ("ids", "latents")}
 
 
@@ -55,7 +52,7 @@ def test_vp_draws_carry_exact_denoising_targets(inverted):
     train = scaler.normalize(source["latents"][~held])
     assert train.min() >= -1 - 1e-5 and train.max() <= 1 + 1e-5  # fitted on the training latents only
     draws = TINY["trajectories"]["draws"]
-    shard, meta = load_safetensors(out / "shards" / "shard-00000.safetensors")
+    shard, meta = load_safetensors(shard_path(out, 0))
     assert json.loads(meta["trajectories"])["sde"] == "vp"
     assert shard["ids"].tolist() == [i for i in range(8) for _ in range(draws)]
     assert ((shard["t"] >= 1e-3) & (shard["t"] <= 1)).all()
@@ -75,13 +72,33 @@ def test_vp_draws_carry_exact_denoising_targets(inverted):
 
 def test_rerun_gives_identical_shards_and_one_shard_alone(inverted):
     first, second = inverted / "first", inverted / "second"
-    _trajectories(inverted, inverted / "params.yaml", first)
-    _trajectories(inverted, inverted / "params.yaml", second, "--stats")
-    _trajectories(inverted, inverted / "params.yaml", second, "--shard", "1")
-    a, _ = load_safetensors(first / "shards" / "shard-00001.safetensors")
-    b, _ = load_safetensors(second / "shards" / "shard-00001.safetensors")
+    params = inverted / "params.yaml"
+    _trajectories(inverted, params, first)
+    stats = second / "scaling.safetensors"
+    run_stage(
+        "trajectories",
+        "--params",
+        str(params),
+        *latents_argv(params, inverted / "invert"),
+        "--out",
+        str(stats),
+        cwd=inverted,
+    )
+    _shard(
+        inverted,
+        params,
+        stats,
+        second / "one.safetensors",
+        "--latents",
+        str(shard_path(inverted / "invert", 1)),
+        "--shard-index",
+        "1",
+    )
+    assert (first / "stats.safetensors").read_bytes() == stats.read_bytes()
+    a, _ = load_safetensors(shard_path(first, 1))
+    b, _ = load_safetensors(second / "one.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not (second / "shards" / "shard-00000.safetensors").exists()
+    assert sorted(p.name for p in second.iterdir()) == ["one.safetensors", "scaling.safetensors"]
 
 
 @pytest.mark.parametrize("sde", ["catmap", "lotka_volterra"])
@@ -92,7 +109,7 @@ def test_simulated_sdes_keep_the_intermediate_iterate(inverted, sde):
     )
     out = inverted / sde
     _trajectories(inverted, params, out)
-    shard, _ = load_safetensors(out / "shards" / "shard-00001.safetensors")
+    shard, _ = load_safetensors(shard_path(out, 1))
     torch.testing.assert_close(shard["tau"], shard["t"] / 2)
     for key in ("x_t", "eps", "x_tau", "eps_tau"):
         assert torch.isfinite(shard[key]).all(), key
@@ -105,8 +122,8 @@ def test_missing_invert_shard_is_a_clear_error(inverted, tmp_path):
         "trajectories",
         "--params",
         str(inverted / "params.yaml"),
-        "--invert",
-        str(tmp_path / "nothing"),
+        "--latents",
+        str(tmp_path / "nothing" / "shard-00000.safetensors"),
         "--out",
         str(tmp_path / "out"),
         cwd=inverted,
@@ -119,14 +136,13 @@ def test_missing_invert_shard_is_a_clear_error(inverted, tmp_path):
 def test_a_truncated_invert_shard_is_named_and_nothing_is_written(inverted, tmp_path):
     invert = tmp_path / "invert"
     shutil.copytree(inverted / "invert", invert)
-    shard = invert / "shards" / "shard-00001.safetensors"
+    shard = shard_path(invert, 1)
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy cut short
     result = run_stage(
         "trajectories",
         "--params",
         str(inverted / "params.yaml"),
-        "--invert",
-        str(invert),
+        *latents_argv(inverted / "params.yaml", invert),
         "--out",
         str(tmp_path / "out"),
         cwd=inverted,
@@ -144,7 +160,7 @@ def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard_and_says_so(i
     out = inverted / "full"
     params = inverted / "params.yaml"
     _trajectories(inverted, params, out)
-    shard = out / "shards" / "shard-00000.safetensors"
+    shard = shard_path(out, 0)
     before = shard.read_bytes()
 
     def little_space() -> None:  # files may not grow past 4 kB: the write fails (EFBIG) as on a full disk (ENOSPC)
@@ -157,12 +173,14 @@ def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard_and_says_so(i
         "sgilo.stages.trajectories",
         "--params",
         str(params),
-        "--invert",
-        str(inverted / "invert"),
-        "--out",
-        str(out),
-        "--shard",
+        "--latents",
+        str(shard_path(inverted / "invert", 0)),
+        "--stats",
+        str(out / "stats.safetensors"),
+        "--shard-index",
         "0",
+        "--out",
+        str(shard),
     ]
     failed = subprocess.run(
         command, cwd=inverted, capture_output=True, text=True, preexec_fn=little_space, timeout=300, check=False
@@ -179,8 +197,8 @@ def test_a_full_disk_during_a_shard_write_keeps_the_previous_shard_and_says_so(i
 def test_generated_latents_are_training_data_never_held_out(inverted):
     out = inverted / "with-generated"
     _trajectories(inverted, inverted / "params.yaml", out)
-    generated, _ = load_safetensors(inverted / "invert" / "generated" / "shard-00000.safetensors")
-    shard, _ = load_safetensors(out / "generated" / "shard-00000.safetensors")
+    generated, _ = load_safetensors(shard_path(inverted / "invert", 0, "generated"))
+    shard, _ = load_safetensors(shard_path(out, 0, "generated"))
     draws, count = TINY["trajectories"]["draws"], TINY["invert"]["generated"]
     assert shard["ids"].tolist() == [i for i in range(count) for _ in range(draws)]
     assert not shard["held_out"].any()
@@ -197,9 +215,10 @@ def test_generated_latents_are_training_data_never_held_out(inverted):
     mean, std = VPSDE().marginal(scaler.normalize(generated["latents"]).repeat_interleave(draws, 0), shard["t"])
     torch.testing.assert_close(shard["x_t"], mean + std.reshape(-1, 1, 1, 1) * shard["eps"], atol=1e-5, rtol=1e-5)
     # Generated draw j is seeded apart from inverted image j: the same id gets other times.
-    inverted_shard, _ = load_safetensors(out / "shards" / "shard-00000.safetensors")
+    inverted_shard, _ = load_safetensors(shard_path(out, 0))
     assert not torch.equal(shard["t"][:draws], inverted_shard["t"][:draws])
-    alone = _trajectories(inverted, inverted / "params.yaml", out, "--generated", "1", check=False)
+    latents = ("--generated-latents", str(shard_path(inverted / "invert", 0, "generated")), "--shard-index", "1")
+    alone = _shard(inverted, inverted / "params.yaml", out / "stats.safetensors", out / "x", *latents, check=False)
     assert alone.returncode == 2 and "shards 0…0" in alone.stderr
 
 

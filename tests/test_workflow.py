@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -203,18 +204,22 @@ def test_slurm_profile_plans_the_ffhq_profile_with_gpus(tmp_path):
     assert "slurm_partition=gpu" in invert and "gpu=1" in invert
 
 
+# The rules whose stage has another name: the rest run sgilo.stages.<rule>.
+STAGE_OF = {
+    "invert_summary": "invert",
+    "invert_generated": "invert",
+    "trajectories_stats": "trajectories",
+    "tune": "evaluate",
+}
+
+
 def test_every_rule_depends_on_exactly_the_code_its_stage_runs(tmp_path):
     """Editing any module a stage imports reruns that stage, and editing one it does not import reruns nothing: a
     rule's code inputs are its stage's import graph (sgilo.code_graph), and the theory and score stages, which draw
     figures, do not depend on Table 1's code."""
     run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "all")
     assert run.returncode == 0, run.stderr[-3000:]
-    stage_of = {
-        "invert_summary": "invert",
-        "invert_generated": "invert",
-        "trajectories_stats": "trajectories",
-        "tune": "evaluate",
-    }
+    stage_of = STAGE_OF
     checked = set()
     for rule, inputs in re.findall(r"^rule (\w+):\n    input: ([^\n]*)", run.stdout + run.stderr, flags=re.MULTILINE):
         if rule == "all":
@@ -273,3 +278,83 @@ def test_a_second_snakemake_on_the_same_directory_is_refused_while_the_first_run
     assert load_generator(root / target).size == 32
     third = subprocess.run([*command, "--dry-run"], cwd=root, capture_output=True, text=True, timeout=300, check=False)
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
+
+
+# The generator's download cache of official weights (generator.source: pretrained): read and kept between runs, so
+# neither an input nor an output of the rule; named in generator.smk's params.
+CACHES = {"data/weights"}
+
+
+def planned_commands(result: subprocess.CompletedProcess) -> list[dict]:
+    """Each job of a `snakemake -n -p` run: its rule, inputs, outputs, log and benchmark, and its shell command."""
+    jobs = []
+    for block in re.split(r"^rule ", result.stdout + result.stderr, flags=re.MULTILINE)[1:]:
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, flags=re.MULTILINE))
+        command = re.search(r"^Shell command: (.*)$", block, flags=re.MULTILINE)
+        jobs.append(
+            {
+                "rule": block.split(":", 1)[0],
+                **{key: [item for item in fields.get(key, "").split(", ") if item] for key in ("input", "output")},
+                "files": {item for key in ("log", "benchmark") for item in fields.get(key, "").split(", ") if item},
+                "command": command.group(1) if command else None,
+            }
+        )
+    return jobs
+
+
+def test_every_stage_is_given_exactly_its_declared_files(tmp_path):
+    """A stage writes exactly its rule's {output} and reads exactly its {input}: every file or folder its shell
+    command names is one of them (or its log, the params file, the dataset folder the download rule writes or a
+    download cache), and every output and every input but the code is named in it, so no stage derives a file name
+    from another path. Its resume checkpoints beside its output are its own business."""
+    run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "-p", "all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = [job for job in planned_commands(run) if job["rule"] != "all"]
+    data = str(Path(next(job for job in jobs if job["rule"] == "download")["output"][0]).parent)
+    for job in jobs:
+        inputs = [item for item in job["input"] if not item.endswith(".py")]
+        tokens = shlex.split(job["command"])
+        assert tokens[1:3] == ["-m", f"sgilo.stages.{STAGE_OF.get(job['rule'], job['rule'])}"], job["command"]
+        named = {token for token in tokens[3:] if "/" in token and token != tokens[tokens.index("--params") + 1]}
+        # The dataset folder: what DVC tracks for the download rule (DVC_OUTS); others declare its index.csv.
+        folders = {data} if f"{data}/index.csv" in inputs + job["output"] else set()
+        undeclared = named - set(inputs) - set(job["output"]) - job["files"] - folders - CACHES
+        assert not undeclared, f"rule {job['rule']} names files it does not declare: {sorted(undeclared)}"
+        unnamed = [
+            item for item in inputs + job["output"] if item not in named and Path(item).parent.as_posix() not in named
+        ]
+        assert not unnamed, f"rule {job['rule']} does not pass {unnamed} to its stage"
+    assert {job["rule"] for job in jobs} == {
+        "download",
+        "generator",
+        "invert",
+        "invert_generated",
+        "invert_summary",
+        "trajectories_stats",
+        "trajectories",
+        "score",
+        "tune",
+        "evaluate",
+        "theory_gnc",
+        "theory_langevin",
+        "theory_igo",
+        "report",
+    }
+
+
+def test_a_finished_run_leaves_only_declared_files(tiny_project):
+    """Every file a whole run wrote (outside Snakemake's .snakemake/) is a declared output, log or benchmark of one of
+    its jobs, or inside the dataset folder: no stage writes beside its outputs what it was not told to, and no resume
+    checkpoint is left once its job finished."""
+    run = snakemake_in(tiny_project, "-n", "--forceall", target="all")
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = planned_commands(run)
+    declared = {item for job in jobs for item in job["output"]} | {item for job in jobs for item in job["files"]}
+    data = Path(next(job for job in jobs if job["rule"] == "download")["output"][0]).parent
+    written = {
+        path.relative_to(tiny_project).as_posix()
+        for folder in ("results", "logs", "data")
+        for path in (tiny_project / folder).rglob("*")
+        if path.is_file() and not path.is_relative_to(tiny_project / data)
+    }
+    assert not written - declared, f"files no job declares: {sorted(written - declared)}"

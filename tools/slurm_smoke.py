@@ -75,10 +75,11 @@ DESCRIBED = {
     + [Node(f"cpu{i:02d}", 64, 256_000, cloud=True) for i in range(1, 5)],
     "partitions": {"cpu": [f"cpu{i:02d}" for i in range(1, 5)], "gpu": [f"gpu{i:02d}" for i in range(1, 9)]},
 }
-# The jobs cancelled mid-run: the plugin's --comment of the job, and the checkpoint its stage writes after a batch.
+# The jobs cancelled mid-run: the plugin's --comment of the job, and the checkpoint its stage writes after a batch
+# (partial/<output's stem>.pt beside the job's output).
 FAULTS = {
-    "invert shard": ("rule_invert_wildcards_00000", "results/invert/partial/shard-00000.pt"),
-    "evaluate cell": ("rule_evaluate_wildcards_inpaint_0.25_sgilo", "results/evaluate/partial/inpaint-0.25-sgilo.pt"),
+    "invert shard": ("rule_invert_wildcards_00000", "results/invert/shards/partial/shard-00000.pt"),
+    "evaluate cell": ("rule_evaluate_wildcards_inpaint_0.25_sgilo", "results/evaluate/inpaint/0.25/partial/sgilo.pt"),
 }
 MEMORY_RULE, MEMORY_MB = "invert_summary", 64
 

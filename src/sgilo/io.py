@@ -116,12 +116,6 @@ def load_torch(path: str | Path, safe_globals: list[Any] | None = None) -> Any:
         ) from exc
 
 
-def shard_file(folder: str | Path, shard: int, kind: str = "shards") -> Path:
-    """Where a sharded stage (invert, trajectories) keeps shard `shard`: <folder>/<kind>/shard-NNNNN.safetensors;
-    kind "shards" holds the inverted latents and their trajectories, "generated" those drawn from the generator."""
-    return Path(folder) / kind / f"shard-{shard:05d}.safetensors"
-
-
 def fingerprint(settings: dict[str, Any], *files: str | Path) -> str:
     """What a resume checkpoint must match: the settings (as sorted JSON) and the bytes of the input files."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
@@ -154,11 +148,6 @@ def discard_checkpoint(path: str | Path) -> None:
         path.parent.rmdir()
     except OSError:  # not empty (another shard's or cell's checkpoint) or already gone
         pass
-
-
-def cell_path(folder: str | Path, task: str, level: float, method: str, suffix: str) -> Path:
-    """Where the evaluate stage keeps a cell's file: <folder>/<task>/<level:g>/<method><suffix>."""
-    return Path(folder) / task / f"{level:g}" / f"{method}{suffix}"
 
 
 def save_safetensors(

@@ -1,8 +1,7 @@
 """Aggregating the evaluate stage's records into Table 1, its figures and a markdown report.
 
-The evaluate stage writes, per cell (task, level, method), `<task>/<level>/<method>.parquet` (one row per test
-image: metrics, seconds, steps, tuned hyper-parameters) and `<method>.safetensors` beside it (a few images kept for
-figures). Here those become a table of means with Student-t intervals over test images, metric-against-level
+The evaluate stage writes, per cell (task, level, method), a parquet file (one row per test image: metrics, seconds,
+steps, tuned hyper-parameters) and a safetensors file (a few images kept for figures); the caller names both. Here those become a table of means with Student-t intervals over test images, metric-against-level
 curves, image grids, an accuracy-against-time plot and `report.md`, whose sentences are computed from the numbers.
 The curves and the accuracy-against-time plot are drawn from tidy frames (`curve_data`, `speed_data`) that the report
 stage also writes as CSV, and Table 1's means are also given as nested JSON (`metrics_summary`), for DVC's
@@ -13,7 +12,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from sgilo.figures import new_figure, save_figure
 from sgilo.io import (
     CheckpointError,
     atomic_open,
-    cell_path,
     load_safetensors,
 )
 from sgilo.method_table import METHODS
@@ -75,11 +73,12 @@ def grid_cells(tasks: Iterable[tuple[str, Sequence[float]]], methods: Sequence[s
     return [(task, float(level), method) for task, levels in tasks for level in levels for method in methods]
 
 
-def load_records(folder: Path, cells: Sequence[Cell]) -> pd.DataFrame:
-    """The per-image records of `cells`, concatenated in cell order; each file is checked against its cell."""
-    frames = [_read_cell(cell_path(folder, *cell, ".parquet"), cell) for cell in cells]
+def load_records(files: Mapping[Cell, Path]) -> pd.DataFrame:
+    """The per-image records of each cell's parquet file, concatenated in the mapping's order; each file is checked
+    against its cell."""
+    frames = [_read_cell(path, cell) for cell, path in files.items()]
     if not frames:
-        raise DataError(f"{folder}: no evaluation cells to report on; give evaluate.tasks and evaluate.methods")
+        raise DataError("no evaluation cells to report on; give evaluate.tasks and evaluate.methods")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -98,7 +97,7 @@ def _read_cell(path: Path, cell: Cell) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path}: holds no records; check evaluate.images and {_RERUN}")
     task, level, method = cell
-    # A file copied or renamed into the wrong folder would silently land in another row of the table.
+    # A file copied or renamed into the wrong folder, or given for another cell, would silently land in another row.
     if not ((frame["task"] == task) & np.isclose(frame["level"], level) & (frame["method"] == method)).all():
         raise DataError(f"{path}: records are not all for task {task!r}, level {level:g}, method {method!r}; {_RERUN}")
     return frame
@@ -236,11 +235,11 @@ class FigureData:
     methods: dict[str, dict[str, torch.Tensor]]  # method -> reconstruction (+ samples, std for samplers)
 
 
-def load_figure_data(folder: Path, task: str, level: float, methods: Sequence[str]) -> FigureData:
-    """The kept images of every method at (task, level), on the image ids all of them kept, in the first's order."""
-    loaded = {
-        method: _read_images(cell_path(folder, task, level, method, ".safetensors"), method) for method in methods
-    }
+def load_figure_data(files: Mapping[str, Path], task: str, level: float) -> FigureData:
+    """The kept images of every method at (task, level), from `files` (method -> its cell's safetensors file, in the
+    figure's order), on the image ids all of them kept, in the first's order."""
+    methods = list(files)
+    loaded = {method: _read_images(path, (task, float(level), method)) for method, path in files.items()}
     first = loaded[methods[0]]
     # Methods may keep different images (a cell rerun with another figure_images); a row must show one image throughout.
     shared = set.intersection(*(set(t["ids"].tolist()) for t in loaded.values()))
@@ -259,13 +258,21 @@ def _pick(tensors: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.T
     return {key: value[rows] for key, value in tensors.items()}
 
 
-def _read_images(path: Path, method: str) -> dict[str, torch.Tensor]:
+def _read_images(path: Path, cell: Cell) -> dict[str, torch.Tensor]:
+    task, level, method = cell
     if not path.is_file():
         raise DataError(f"{path}: evaluation images not found; {_RERUN}")
     try:
-        tensors, _ = load_safetensors(path)
+        tensors, metadata = load_safetensors(path)
     except CheckpointError as exc:
         raise DataError(str(exc)) from exc
+    # As for the records: a file given for another cell would show another cell's images.
+    expected = {"task": task, "level": f"{level:g}", "method": method}
+    if any(metadata.get(key, value) != value for key, value in expected.items()):
+        raise DataError(
+            f"{path}: images are not for task {task!r}, level {level:g}, method {method!r} "
+            f"(its metadata: {metadata}); {_RERUN}"
+        )
     needed = (
         "ids",
         "truth",

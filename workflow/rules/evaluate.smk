@@ -93,4 +93,4 @@ rule evaluate:
     shell:
         "{PY} -m sgilo.stages.evaluate --params {PARAMS_FILE} --data {DATA} --generator {input.generator} {params.score}"
         " --task {wildcards.task} --level {wildcards.level} --method {wildcards.method} --threads {threads}"
-        " {params.tuned} --out results/evaluate 2> {log}"
+        " {params.tuned} --records {output.records} --figures {output.figures} 2> {log}"

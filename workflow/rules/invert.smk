@@ -27,7 +27,7 @@ rule invert:
         gpu=1 if PARAMS.invert.device != "cpu" else 0,
     shell:
         "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {input.generator}"
-        " --out results/invert --shard {params.shard} --threads {threads} 2> {log}"
+        " --shard-index {params.shard} --out {output} --threads {threads} 2> {log}"
 
 
 # Latents drawn from the generator depend on it and on these keys only (fp32 whatever invert.precision): a new ILO
@@ -49,8 +49,8 @@ rule invert_generated:
     resources:
         gpu=1 if PARAMS.invert.device != "cpu" else 0,
     shell:
-        "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {input.generator}"
-        " --out results/invert --generated {params.shard} --threads {threads} 2> {log}"
+        "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --generator {input.generator}"
+        " --generated-index {params.shard} --out {output} --threads {threads} 2> {log}"
 
 
 rule invert_summary:
@@ -68,5 +68,4 @@ rule invert_summary:
         "logs/benchmarks/invert/summary.tsv",
     threads: 1  # reads the shards' records
     shell:
-        "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --data {DATA} --generator {rules.generator.output.generator}"
-        " --out results/invert --summary --threads {threads} 2> {log}"
+        "{PY} -m sgilo.stages.invert --params {PARAMS_FILE} --shards {input.shards} --out {output} --threads {threads} 2> {log}"

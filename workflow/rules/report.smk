@@ -15,6 +15,7 @@ rule report:
         index=rules.download.output.index,
         invert_summary=rules.invert_summary.output,
         theory=[rules.theory_gnc.output.json, rules.theory_langevin.output.json, rules.theory_igo.output.json],
+        theory_figures=[rules.theory_gnc.output.figure, rules.theory_langevin.output.figure, rules.theory_igo.output.figure],
         code=code("report"),
     output:
         table=report("results/table1.csv", caption="../report/table1.rst", category="3. Results", labels={"figure": "Table 1 (CSV)"}),
@@ -35,12 +36,17 @@ rule report:
         **REPORT_POSTERIOR,
     params:
         tracked=tracked("seed", "report", "score.sample_steps"),
+        posterior=lambda wildcards, output: f"--posterior {output.posterior}" if "posterior" in output.keys() else "",
     log:
         "logs/report.log",
     benchmark:
         "logs/benchmarks/report.tsv",
     threads: rule_threads(PARAMS.report.threads)
     shell:
-        "{PY} -m sgilo.stages.report --params {PARAMS_FILE} --evaluate results/evaluate --score {input.score}"
-        " --generator {input.generator} --data {DATA} --invert-summary {input.invert_summary}"
-        " --theory {input.theory} --out results --threads {threads} 2> {log}"
+        "{PY} -m sgilo.stages.report --params {PARAMS_FILE} --records {input.records} --images {input.images}"
+        " --score {input.score} --generator {input.generator} --data {DATA} --invert-summary {input.invert_summary}"
+        " --theory {input.theory} --theory-figures {input.theory_figures}"
+        " --table {output.table} --table-html {output.table_html} --metrics {output.metrics} --paired {output.paired}"
+        " --curves {output.curves} --curve-data {output.curve_data} --reconstructions {output.reconstructions}"
+        " {params.posterior} --speed {output.speed} --speed-data {output.speed_data} --markdown {output.markdown}"
+        " --prior-samples {output.prior_samples} --prior {output.prior} --threads {threads} 2> {log}"

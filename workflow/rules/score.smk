@@ -23,5 +23,6 @@ rule score:
     resources:
         gpu=1 if PARAMS.score.device != "cpu" else 0,
     shell:
-        "{PY} -m sgilo.stages.score --params {PARAMS_FILE} --trajectories results/trajectories --invert results/invert"
-        " --generator {input.generator} --out results/score --threads {threads} 2> {log}"
+        "{PY} -m sgilo.stages.score --params {PARAMS_FILE} --trajectories {input.shards} --stats {input.stats}"
+        " --invert {input.invert} --generator {input.generator} --model {output.model} --samples {output.samples}"
+        " --loss {output.loss} --history {output.history} --metrics {output.metrics} --threads {threads} 2> {log}"

@@ -15,4 +15,4 @@ rule theory_gnc:
         "logs/benchmarks/theory_gnc.tsv",
     threads: 1  # small tensors: a second thread costs more than it gives
     shell:
-        "{PY} -m sgilo.stages.theory_gnc --params {PARAMS_FILE} --out results/theory --threads {threads} 2> {log}"
+        "{PY} -m sgilo.stages.theory_gnc --params {PARAMS_FILE} --json {output.json} --figure {output.figure} --threads {threads} 2> {log}"

@@ -2,7 +2,7 @@
 # stage sees them), and the α of IGO's loss on the toy set.
 rule theory_igo:
     input:
-        latents="results/invert/shards/shard-00000.safetensors",
+        latents=rules.invert_summary.input.shards[0],
         stats=rules.trajectories_stats.output,
         code=code("theory_igo"),
     output:
@@ -18,4 +18,4 @@ rule theory_igo:
     threads: 1  # small tensors: a second thread costs more than it gives
     shell:
         "{PY} -m sgilo.stages.theory_igo --params {PARAMS_FILE} --latents {input.latents} --stats {input.stats}"
-        " --out results/theory --threads {threads} 2> {log}"
+        " --json {output.json} --figure {output.figure} --threads {threads} 2> {log}"

@@ -4,7 +4,8 @@ LATENT_SHARDS = [f"shards/shard-{i}" for i in INVERT_SHARDS] + [f"generated/shar
 
 rule trajectories_stats:
     input:
-        shards=expand("results/invert/{shard}.safetensors", shard=LATENT_SHARDS),
+        shards=rules.invert_summary.input.shards,
+        generated=expand(rules.invert_generated.output[0], shard=GENERATED_SHARDS),
         code=code("trajectories"),
     output:
         "results/trajectories/stats.safetensors",
@@ -17,7 +18,8 @@ rule trajectories_stats:
         "logs/benchmarks/trajectories/stats.tsv",
     threads: rule_threads(PARAMS.trajectories.threads)
     shell:
-        "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories --stats --threads {threads} 2> {log}"
+        "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --latents {input.shards}"
+        " --generated-latents {input.generated} --out {output} --threads {threads} 2> {log}"
 
 
 # One job per latent shard: a cluster simulates shards in parallel.
@@ -32,7 +34,9 @@ rule trajectories:
         kind="shards|generated",
     params:
         tracked=tracked("seed", "trajectories"),
-        which=lambda wildcards: f"--{'shard' if wildcards.kind == 'shards' else 'generated'} {int(wildcards.shard)}",
+        # an invert shard's latents are inverted images (some held out), a generated shard's are drawn (none held out)
+        latents=lambda wildcards: "--latents" if wildcards.kind == "shards" else "--generated-latents",
+        shard=lambda wildcards: int(wildcards.shard),
     priority: 40  # the prior's path first, as invert
     log:
         "logs/trajectories/{kind}-{shard}.log",
@@ -40,5 +44,5 @@ rule trajectories:
         "logs/benchmarks/trajectories/{kind}-{shard}.tsv",
     threads: rule_threads(PARAMS.trajectories.threads)
     shell:
-        "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} --invert results/invert --out results/trajectories"
-        " {params.which} --threads {threads} 2> {log}"
+        "{PY} -m sgilo.stages.trajectories --params {PARAMS_FILE} {params.latents} {input.shard} --stats {input.stats}"
+        " --shard-index {params.shard} --out {output} --threads {threads} 2> {log}"

@@ -12,7 +12,12 @@ from sgilo.synthfaces import write_synthfaces
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--out", required=True, type=Path, help="dataset folder, e.g. data/synthfaces")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="the dataset folder to write (index.csv, written last, marks it complete)",
+    )
     args, params = start(parser, argv)
     set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     config = params.download

@@ -8,9 +8,9 @@ the same measurement of an image (operator and noise seeded by seed, task, level
 the prior weight λ) on the validation images and write the one with the lowest mean MSE, with every
 candidate's score, to a JSON file (CSGM and unconstrained ILO have none: they run as configured, without
 --tuned). Otherwise: run the tuned method
-on the test images and write one record per image (`<cell>.parquet`) and the first `figure_images`
-reconstructions, with their measurements and SGILO's samples and spread (`<cell>.safetensors`).
-Records of finished batches are checkpointed, so a killed job resumes at its next batch.
+on the test images and write one record per image (`--records`, parquet) and the first `figure_images`
+reconstructions, with their measurements and SGILO's samples and spread (`--figures`, safetensors).
+Finished batches are checkpointed to `partial/<stem>.pt` beside the output, so a killed job resumes at its next batch.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from sgilo.data import DataError, load_images, read_index
 from sgilo.inversion import LayerPhase, Options
 from sgilo.io import (
     atomic_path,
-    cell_path,
     discard_checkpoint,
     fingerprint,
     resume_batches,
@@ -70,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--method", required=True)
     parser.add_argument("--tune", action="store_true", help="choose the hyper-parameter on the validation images")
     parser.add_argument("--tuned", type=Path, help="the tuning JSON to use (evaluation)")
-    parser.add_argument("--out", required=True, type=Path, help="--tune: the JSON to write; else the evaluate folder")
+    parser.add_argument("--out", type=Path, help="--tune: the JSON to write")
+    parser.add_argument("--records", type=Path, help="evaluation: the parquet of per-image records to write")
+    parser.add_argument("--figures", type=Path, help="evaluation: the safetensors of kept images to write")
     args, params = start(parser, argv)
     config = params.evaluate
     grid = [
@@ -84,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(
             f"method {args.method} tunes {spec(args.method).tuned}: give --tuned (the tune step's JSON) or --tune"
         )
+    if args.tune and args.out is None:
+        parser.error("--tune writes the JSON --out: give it")
+    if not args.tune and (args.records is None or args.figures is None):
+        parser.error("evaluation writes --records and --figures: give both (or --tune with --out)")
     if spec(args.method).uses_prior and args.score is None:
         parser.error(f"--score: methods {', '.join(prior_methods())} need the score stage's model.pt")
     set_threads(args.threads or config.threads)
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.tune:
         tune(runner, args.out)
     else:
-        evaluate(runner, json.loads(args.tuned.read_text())["chosen"] if args.tuned else {}, args.out)
+        evaluate(runner, json.loads(args.tuned.read_text())["chosen"] if args.tuned else {}, args.records, args.figures)
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -292,10 +297,11 @@ def tune(runner: Runner, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
+def evaluate(runner: Runner, hyper: dict[str, float], parquet: Path, figures: Path) -> None:
+    """The cell on the test images: records to `parquet`, kept images to `figures`. Every finished batch is
+    checkpointed to `<parquet's folder>/partial/<parquet's stem>.pt`, so a killed job resumes where it stopped."""
     params, method = runner.params, runner.method
-    parquet = cell_path(out, runner.task, runner.level, method, ".parquet")
-    partial = out / "partial" / f"{runner.task}-{runner.level:g}-{method}.pt"
+    partial = parquet.parent / "partial" / f"{parquet.stem}.pt"
     key = _resume_key(runner, runner.test_ids, hyper=hyper)
     done = resume_batches(partial, key, "the cell")
     lpips, lpips_note = _lpips(runner.device)
@@ -310,7 +316,7 @@ def evaluate(runner: Runner, hyper: dict[str, float], out: Path) -> None:
             )
             save_torch({"fingerprint": key, "batches": done}, partial)
     records = pd.DataFrame([r for b in done for r in b["records"]])
-    _write_figure_data(runner, done, cell_path(out, runner.task, runner.level, method, ".safetensors"))
+    _write_figure_data(runner, done, figures)
     with atomic_path(parquet) as tmp:
         records.to_parquet(tmp, index=False)
     discard_checkpoint(partial)

@@ -1,9 +1,9 @@
 """generator stage: train the demo StyleGAN2 on the downloaded faces, or fetch and convert official weights.
 
-Writes `<out>/generator.pt` (rosinality keys + config + latent_avg, loadable by `load_generator`),
-`<out>/samples.png`, `<out>/metrics.json` and, when training, `<out>/history.csv`. Training checkpoints go to
-`<out>/resume/state.pt` every `checkpoint_every` steps; a rerun after a kill continues from there and ends with
-the same weights as an uninterrupted run.
+Writes `--generator` (rosinality keys + config + latent_avg, loadable by `load_generator`), `--samples` (PNG),
+`--metrics` (JSON) and, when training, `--history` (CSV). Training checkpoints go to `resume/state.pt` beside
+`--generator` every `checkpoint_every` steps; a rerun after a kill continues from there and ends with the same
+weights as an uninterrupted run. Official weights are downloaded into `--cache` (generator.source: pretrained).
 """
 
 from __future__ import annotations
@@ -43,33 +43,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--data", type=Path, help="dataset folder from the download stage (source: train)")
     parser.add_argument(
-        "--cache", type=Path, default=Path("data/weights"), help="where official weights are downloaded"
+        "--cache", type=Path, help="folder the official weights are downloaded into (source: pretrained)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/generator")
+    parser.add_argument("--generator", required=True, type=Path, help="the generator checkpoint to write")
+    parser.add_argument("--samples", required=True, type=Path, help="the PNG grid of samples to write")
+    parser.add_argument("--metrics", required=True, type=Path, help="the JSON of metrics to write")
+    parser.add_argument("--history", type=Path, help="the CSV of training losses to write (source: train)")
     args, params = start(parser, argv)
     set_threads(args.threads or params.generator.train.threads)
     started = time.perf_counter()
     if params.generator.source == "train":
-        if args.data is None:
-            parser.error("--data is required when generator.source is 'train'")
+        if args.data is None or args.history is None:
+            parser.error("--data and --history are required when generator.source is 'train'")
         real = load_images(args.data, "train", params.generator.architecture.size)
         generator, metrics = train(
             params,
             real,
             fingerprint({"seed": params.seed, "generator": to_dict(params.generator)}, args.data / "index.csv"),
-            args.out,
+            resume_path(args.generator),
+            args.history,
         )
     else:
+        if args.cache is None:
+            parser.error(f"--cache is required when generator.source is {params.generator.source!r}")
         real = None  # the sliced Wasserstein check is for the demo's small images
         generator, metrics = fetch_pretrained(params, args.cache)
-    finish(params, generator, metrics, real, args.out, time.perf_counter() - started)
+    finish(params, generator, metrics, real, args, time.perf_counter() - started)
+
+
+def resume_path(generator: Path) -> Path:
+    """The job's own resume checkpoint, beside the generator it will write."""
+    return generator.parent / "resume" / "state.pt"
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train(params: Params, images: torch.Tensor, fingerprint: str, out: Path) -> tuple[Generator, dict[str, Any]]:
+def train(
+    params: Params, images: torch.Tensor, fingerprint: str, state_path: Path, history_path: Path
+) -> tuple[Generator, dict[str, Any]]:
     config = params.generator
     trainer = GANTrainer(config.architecture, config.train, params.seed)
-    state_path = out / "resume" / "state.pt"
     first_step, history = _resume(trainer, state_path, fingerprint)
     steps, every = config.train.steps, config.train.checkpoint_every
     run_started, ran = time.perf_counter(), 0
@@ -85,7 +97,7 @@ def train(params: Params, images: torch.Tensor, fingerprint: str, out: Path) -> 
                 state_path,
             )
     seconds = time.perf_counter() - run_started
-    _write_history(history, out / "history.csv")
+    _write_history(history, history_path)
     tail = history[-50:]
     metrics = {
         "steps": steps,
@@ -144,8 +156,9 @@ def fetch_pretrained(params: Params, cache: Path) -> tuple[Generator, dict[str, 
 # -------------------------------------------------------------------------------------------------- outputs
 @torch.no_grad()
 def finish(
-    params: Params, generator: Generator, metrics: dict[str, Any], real: torch.Tensor | None, out: Path, seconds: float
+    params: Params, generator: Generator, metrics: dict[str, Any], real: torch.Tensor | None, args, seconds: float
 ) -> None:
+    """Write the generator, its samples and metrics where `args` says."""
     config = params.generator
     generator = generator.eval().requires_grad_(False)
     if not generator.w_avg.abs().sum():
@@ -156,19 +169,19 @@ def finish(
         generator.fit_gaussian(config.latent_avg_samples, torch_generator(params.seed, "generator", "gaussian_fit"))
     count = config.grid_rows**2
     z = torch.randn(count, generator.style_dim, generator=torch_generator(params.seed, "generator", "grid"))
-    save_image_grid(generator(z).clamp(-1, 1), out / "samples.png", nrow=config.grid_rows)
-    caption_png(out / "samples.png", generator.standin)
+    save_image_grid(generator(z).clamp(-1, 1), args.samples, nrow=config.grid_rows)
+    caption_png(args.samples, generator.standin)
     if generator.standin:
         metrics["standin"] = generator.standin
     if real is not None:
         metrics.update(_sample_quality(params, generator, real))
     metrics["seconds"] = seconds
     save_generator(
-        generator, out / "generator.pt", extra={"sgilo_params": {"seed": params.seed, "generator": to_dict(config)}}
+        generator, args.generator, extra={"sgilo_params": {"seed": params.seed, "generator": to_dict(config)}}
     )
-    save_json(metrics, out / "metrics.json")
-    discard_checkpoint(out / "resume" / "state.pt")
-    log.info("generator written to %s: %s", out, json.dumps(metrics, sort_keys=True))
+    save_json(metrics, args.metrics)
+    discard_checkpoint(resume_path(args.generator))
+    log.info("generator written to %s: %s", args.generator, json.dumps(metrics, sort_keys=True))
 
 
 def _sample_quality(params: Params, generator: Generator, real: torch.Tensor) -> dict[str, float]:

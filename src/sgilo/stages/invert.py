@@ -1,15 +1,14 @@
 """invert stage: ILO-invert the training images into the layer-k representation the score model learns.
 
-The first `invert.images` training images (index order) are cut into shards of `invert.shard_size`; each shard is
-one job (`--shard i`, one Snakemake job per shard) and one atomic safetensors file holding the latents
-(N, C + 3, H, W), w+ (N, num_ws, style_dim), the image ids and per-image final measurement loss and PSNR. An image
-whose optimisation went NaN or Inf is left out and named with the reason in the file's metadata ("failures").
-Within a shard, finished batches are checkpointed to `<out>/partial/`; a killed job resumes at the next batch
-and ends with the same file as an uninterrupted run (each image's result depends only on its own seed).
-`--generated i` writes shard i of the `invert.generated` latents drawn from the generator itself
-(`<out>/generated/`, same layout, no loss or PSNR): extra training data for the prior from the distribution of the
-generator's own layer k. `--summary` gathers the shards' PSNR into `<out>/summary.json`, a DVC metric. With no
-flag, every shard, every generated shard and the summary run in turn, for running the stage by hand.
+The first `invert.images` training images (index order) are cut into shards of `invert.shard_size`;
+`--shard-index i --out FILE` inverts shard i (one Snakemake job per shard) into one atomic safetensors file holding
+the latents (N, C + 3, H, W), w+ (N, num_ws, style_dim), the image ids and per-image final measurement loss and PSNR.
+An image whose optimisation went NaN or Inf is left out and named with the reason in the file's metadata
+("failures"). Within a shard, finished batches are checkpointed to `partial/<FILE's stem>.pt` beside FILE; a killed
+job resumes at the next batch and ends with the same file as an uninterrupted run (each image's result depends only
+on its own seed). `--generated-index i --out FILE` writes shard i of the `invert.generated` latents drawn from the
+generator itself (same layout, no loss or PSNR): extra training data for the prior from the distribution of the
+generator's own layer k. `--shards FILE… --out FILE` gathers the given shards' PSNR into one JSON, a DVC metric.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from sgilo.io import (
     save_json,
     save_safetensors,
     save_torch,
-    shard_file,
 )
 from sgilo.loader import to_dict
 from sgilo.metrics import MissingWeightsError, image_metrics, lpips_distance
@@ -54,47 +52,48 @@ FORMAT = "sgilo.invert/1"
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--data", required=True, type=Path, help="dataset folder from the download stage")
-    parser.add_argument(
-        "--generator", required=True, type=Path, help="generator checkpoint (results/generator/generator.pt)"
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/invert")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--shard", type=int, help="invert this shard only")
-    which.add_argument("--generated", type=int, metavar="SHARD", help="only draw this shard of generator latents")
-    which.add_argument("--summary", action="store_true", help="only gather the finished shards into summary.json")
+    parser.add_argument("--data", type=Path, help="dataset folder from the download stage (with --shard-index)")
+    parser.add_argument("--generator", type=Path, help="generator checkpoint (with --shard-index or --generated-index)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--shard-index", type=int, metavar="I", help="invert shard I of the training images")
+    which.add_argument("--generated-index", type=int, metavar="I", help="draw shard I of the generator's latents")
+    which.add_argument("--shards", type=Path, nargs="+", metavar="FILE", help="gather these invert shards' quality")
+    parser.add_argument("--out", required=True, type=Path, help="the file to write (a shard, or the summary JSON)")
     args, params = start(parser, argv)
     config = params.invert
-    if args.shard is not None and not 0 <= args.shard < config.shards:
+    if args.shard_index is not None and not 0 <= args.shard_index < config.shards:
         parser.error(
-            f"--shard {args.shard}: invert.images={config.images} in shards of {config.shard_size} gives shards 0…{config.shards - 1}"
+            f"--shard-index {args.shard_index}: invert.images={config.images} in shards of {config.shard_size} "
+            f"gives shards 0…{config.shards - 1}"
         )
-    if args.generated is not None and not 0 <= args.generated < config.generated_shards:
+    if args.generated_index is not None and not 0 <= args.generated_index < config.generated_shards:
         parser.error(
-            f"--generated {args.generated}: invert.generated={config.generated} in shards of {config.generated_shard_size} gives "
+            f"--generated-index {args.generated_index}: invert.generated={config.generated} in shards of "
+            f"{config.generated_shard_size} gives "
             + (
                 f"shards 0…{config.generated_shards - 1}"
                 if config.generated_shards
                 else "none (set invert.generated > 0)"
             )
         )
+    if args.shards is None and args.generator is None:
+        parser.error("--generator is required with --shard-index or --generated-index")
+    if args.shard_index is not None and args.data is None:
+        parser.error("--data is required with --shard-index")
     set_threads(args.threads or config.threads)
-    everything = args.shard is None and args.generated is None and not args.summary
-    if not args.summary:
-        device = pick_device(config.device, "invert.device")
-        generator = load_generator(args.generator).to(device)
-    if args.shard is not None or everything:
-        try:
-            perceptual = lpips_distance("vgg", device) if config.perceptual > 0 else None
-        except MissingWeightsError as exc:
-            parser.exit(2, f"error: invert.perceptual is {config.perceptual}: {exc}\n")
-        for shard in [args.shard] if args.shard is not None else range(config.shards):
-            invert_shard(params, generator, perceptual, args.data, args.generator, shard, args.out)
-    if args.generated is not None or everything:
-        for shard in [args.generated] if args.generated is not None else range(config.generated_shards):
-            generate_shard(params, generator, shard, args.out)
-    if args.summary or everything:
-        summarize(config, args.out)
+    if args.shards is not None:
+        summarize(args.shards, args.out)
+        return
+    device = pick_device(config.device, "invert.device")
+    generator = load_generator(args.generator).to(device)
+    if args.generated_index is not None:
+        generate_shard(params, generator, args.generated_index, args.out)
+        return
+    try:
+        perceptual = lpips_distance("vgg", device) if config.perceptual > 0 else None
+    except MissingWeightsError as exc:
+        parser.exit(2, f"error: invert.perceptual is {config.perceptual}: {exc}\n")
+    invert_shard(params, generator, perceptual, args.data, args.generator, args.shard_index, args.out)
 
 
 def shard_ids(config: InvertConfig, train_ids: Sequence[int], shard: int) -> list[int]:
@@ -115,9 +114,10 @@ def invert_shard(
     shard: int,
     out: Path,
 ) -> None:
+    """Shard `shard` of the training images, inverted, to the file `out`."""
     config = params.invert
     ids = shard_ids(config, read_index(data).query("split == 'train'")["id"].tolist(), shard)
-    partial_path = out / "partial" / f"shard-{shard:05d}.pt"
+    partial_path = out.parent / "partial" / f"{out.stem}.pt"  # this job's own resume checkpoint
     device = next(generator.parameters()).device
     precision = resolve(config.precision, device, "invert.precision")
     # What a partial shard must match to be resumed: params, the precision they resolved to, generator weights and
@@ -172,7 +172,7 @@ def invert_shard(
         )
         save_torch({"fingerprint": key, "batches": done}, partial_path)
     progress.close()
-    kept = _write_shard(done, params, shard, shard_file(out, shard), generator, precision)
+    kept = _write_shard(done, params, shard, out, generator, precision)
     discard_checkpoint(partial_path)
     log.info(
         "shard %d: %d images, %d failed, mean PSNR %.2f dB",
@@ -220,7 +220,7 @@ def _write_shard(
 
 # ------------------------------------------------------------------------------------------ generated shard
 def generate_shard(params: Params, generator: Generator, shard: int, out: Path) -> None:
-    """Layer-k latents of the generator's own samples (`generator_latents`), ids shard·generated_shard_size…, z_j from
+    """Shard `shard` of the layer-k latents of the generator's own samples (`generator_latents`), ids shard·generated_shard_size…, z_j from
     a seed of its own, so a latent does not depend on the shard size. Cheap (one forward pass to layer k), so a
     killed job simply reruns."""
     config = params.invert
@@ -244,19 +244,19 @@ def generate_shard(params: Params, generator: Generator, shard: int, out: Path) 
             "latents": latents.float().cpu().contiguous(),
             "w_plus": w_plus.float().cpu().contiguous(),
         },
-        shard_file(out, shard, "generated"),
+        out,
         metadata,
     )
     log.info("generated shard %d: %d latents of layer %d", shard, len(ids), config.layer)
 
 
 # -------------------------------------------------------------------------------------------------- summary
-def summarize(config: InvertConfig, out: Path) -> None:
+def summarize(shards: Sequence[Path], out: Path) -> None:
+    """The invert shards' quality, in the order given, as one JSON file `out`."""
     psnr, loss, failures, precisions = [], [], {}, set()
-    for shard in range(config.shards):
-        path = shard_file(out, shard)
+    for path in shards:
         if not path.exists():
-            raise SystemExit(f"error: {path} is missing; run the invert stage for shard {shard} first")
+            raise SystemExit(f"error: {path} is missing; run the invert stage for that shard first")
         tensors, metadata = load_safetensors(path)
         psnr.append(tensors["psnr"])
         loss.append(tensors["loss"])
@@ -274,7 +274,7 @@ def summarize(config: InvertConfig, out: Path) -> None:
             "loss_mean": float(loss_all.mean()),
             "precision": ", ".join(sorted(precisions)),  # as each shard resolved invert.precision
         },
-        out / "summary.json",
+        out,
     )
 
 

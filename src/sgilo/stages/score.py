@@ -2,10 +2,11 @@
 
 AdamW with linear warm-up and gradient clipping, an EMA of the weights (its decay warmed up as
 min(decay, (1 + step)/(10 + step))), bf16 autocast on the GPU as an option. Each epoch ends with the held-out DSM
-loss of the EMA model (latents never seen in training) and an atomic checkpoint in `<out>/resume/state.pt`; a
-killed job resumes from the last finished epoch and reaches the same weights (per-epoch seeded shuffles).
-Writes `model.pt` (EMA weights, model config, latent scaling, SDE), `history.csv` (DVC plots), `metrics.json`,
-`loss.png` and `samples.png` (reverse-SDE samples in latent space decoded by the generator from layer k on).
+loss of the EMA model (latents never seen in training) and an atomic checkpoint in `resume/state.pt` beside
+`--model`; a killed job resumes from the last finished epoch and reaches the same weights (per-epoch seeded
+shuffles). Writes `--model` (EMA weights, model config, latent scaling, SDE), `--history` (CSV, DVC plots),
+`--metrics` (JSON), `--loss` (PNG) and `--samples` (PNG: reverse-SDE samples in latent space decoded by the
+generator from layer k on).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from sgilo.io import (
     load_torch,
     save_json,
     save_torch,
-    shard_file,
 )
 from sgilo.latents import LatentScaler
 from sgilo.loader import to_dict
@@ -52,25 +52,42 @@ from sgilo.stages._common import (
 from sgilo.stylegan2 import load_generator
 
 HISTORY_FIELDS = ("epoch", "step", "train_loss", "held_out_loss")
+# The files the stage writes: one flag each.
+OUTPUTS = {
+    "model": "the prior to write (model.pt: EMA weights, config, scaling, SDE)",
+    "samples": "PNG of decoded prior samples to write",
+    "loss": "PNG of the loss curves to write",
+    "history": "CSV of the losses per epoch to write",
+    "metrics": "JSON of the training's numbers to write",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--trajectories", required=True, type=Path, help="the trajectories stage's folder")
     parser.add_argument(
-        "--invert", required=True, type=Path, help="the invert stage's folder (for the w+ of later layers)"
+        "--trajectories", required=True, type=Path, nargs="+", metavar="FILE", help="the trajectories shards"
+    )
+    parser.add_argument("--stats", required=True, type=Path, help="the latent scaling (trajectories stage)")
+    parser.add_argument(
+        "--invert",
+        required=True,
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="the invert shards (for the w+ of later layers)",
     )
     parser.add_argument("--generator", required=True, type=Path, help="generator checkpoint, to decode samples")
-    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/score")
+    for output, what in OUTPUTS.items():
+        parser.add_argument(f"--{output}", required=True, type=Path, help=what)
     args, params = start(parser, argv)
     set_threads(args.threads or params.score.threads)
     device = pick_device(params.score.device, "score.device")
     precision = resolve(params.score.precision, device, "score.precision")
-    data = load_trajectories(params, args.trajectories)
+    data = load_trajectories(args.trajectories, args.stats)
     _, ema, history, seconds = train(
         params,
         data,
-        args.out / "resume" / "state.pt",
+        resume_path(args.model),
         device,
         precision,
         fingerprint(
@@ -80,27 +97,30 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "precision": precision,
                 "trajectories": to_dict(params.trajectories),
             },
-            args.trajectories / "stats.safetensors",
+            args.stats,
         ),
     )
     finish(params, args, ema, history, seconds, data, device, precision)
+
+
+def resume_path(model: Path) -> Path:
+    """The job's own resume checkpoint, beside the model it will write."""
+    return model.parent / "resume" / "state.pt"
 
 
 # ---------------------------------------------------------------------------------------------------- data
 LATENT_KEYS = ("x_t", "eps", "x_tau", "eps_tau")  # stored in trajectories.dtype, trained on in float32
 
 
-def load_trajectories(params: Params, folder: Path) -> dict[str, Any]:
-    """The trajectory shards as one table read a batch at a time (`ShardRows`): memory stays that of a batch
-    whatever the number of shards. "train" and "held_out" are its row numbers in each split."""
-    paths = [shard_file(folder, i) for i in range(params.invert.shards)]
-    paths += [shard_file(folder, i, "generated") for i in range(params.invert.generated_shards)]
+def load_trajectories(paths: Sequence[Path], stats_path: Path) -> dict[str, Any]:
+    """The trajectory shards (in the order given) as one table read a batch at a time (`ShardRows`): memory stays
+    that of a batch whatever the number of shards. "train" and "held_out" are its row numbers in each split."""
     store = ShardRows(paths)
     held = store.column("held_out").bool()
     train, held_out = torch.nonzero(~held).squeeze(1), torch.nonzero(held).squeeze(1)
     if len(train) == 0:
         raise SystemExit("error: no training samples: lower trajectories.held_out or raise invert.images")
-    stats = load_safetensors(folder / "stats.safetensors")[0]
+    stats = load_safetensors(stats_path)[0]
     return {
         "store": store,
         "train": train,
@@ -260,23 +280,22 @@ def finish(
     device: torch.device,
     precision: str,
 ) -> None:
-    out: Path = args.out
     config = params.score
     generator = load_generator(args.generator).to(device)
     # The later layers' w+ for decoding: the mean over the inversions of real images (generated latents left out),
     # summed a shard at a time.
-    inverted = ShardRows([shard_file(args.invert, i) for i in range(params.invert.shards)])
-    w_sum = sum(inverted.column_part("w_plus", i).double().sum(0, keepdim=True) for i in range(params.invert.shards))
+    inverted = ShardRows(args.invert)
+    w_sum = sum(inverted.column_part("w_plus", i).double().sum(0, keepdim=True) for i in range(len(args.invert)))
     prior = LatentPrior(
         ema.eval(), data["scaler"], sde_config(params), params.invert.layer, (w_sum / len(inverted)).float().to(device)
     )
     latents = sample_latents(prior, config.samples, params.seed, config.sample_steps, device)
     images = decode_latents(generator, prior, latents)
-    save_image_grid(images.clamp(-1, 1), out / "samples.png", nrow=max(1, int(math.sqrt(config.samples))))
-    _write_history(history, out / "history.csv")
-    _plot(history, out / "loss.png")
-    for figure in ("samples.png", "loss.png"):
-        caption_png(out / figure, generator.standin)
+    save_image_grid(images.clamp(-1, 1), args.samples, nrow=max(1, int(math.sqrt(config.samples))))
+    _write_history(history, args.history)
+    _plot(history, args.loss)
+    for figure in (args.samples, args.loss):
+        caption_png(figure, generator.standin)
     metrics = {
         "held_out_loss_initial": history[0]["held_out_loss"],
         "held_out_loss_final": history[-1]["held_out_loss"],
@@ -287,9 +306,9 @@ def finish(
         "precision": precision,
         "device": str(device),
     }
-    prior.save(out / "model.pt")
-    save_json(metrics, out / "metrics.json")
-    discard_checkpoint(out / "resume" / "state.pt")
+    prior.save(args.model)
+    save_json(metrics, args.metrics)
+    discard_checkpoint(resume_path(args.model))
 
 
 def _write_history(history: list[dict], path: Path) -> None:

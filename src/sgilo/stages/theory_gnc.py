@@ -2,8 +2,8 @@
 
 For every initial smoothing σ_0 and flow length, the fraction of equally spaced starts whose GNC flow (a logarithmic
 σ schedule from σ_0 to theory_gnc.sigma_min) ends in the global minimum's basin, next to gradient descent on the
-unsmoothed energy for as many steps. Writes `<out>/gnc.json` (the grid, the convexity threshold and whether the
-paper's claim holds: the larger σ_0, the fewer steps every start needs) and `<out>/gnc.png` (energies, attainment,
+unsmoothed energy for as many steps. Writes `--json` (the grid, the convexity threshold and whether the
+paper's claim holds: the larger σ_0, the fewer steps every start needs) and `--figure` (energies, attainment,
 smallest curvature against σ).
 """
 
@@ -32,13 +32,13 @@ from sgilo.theory import (
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--out", required=True, type=Path, help="folder for gnc.json and gnc.png")
+    parser.add_argument("--json", required=True, type=Path, help="the JSON of results to write")
+    parser.add_argument("--figure", required=True, type=Path, help="the PNG figure to write")
     args, params = start(parser, argv)
     set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     result = run(params.theory_gnc)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(params.theory_gnc, result, args.out / "gnc.png")
-    save_json(result, args.out / "gnc.json")
+    plot(params.theory_gnc, result, args.figure)
+    save_json(result, args.json)
     log.info("GNC 1-D: convex from sigma %.3g; claim holds: %s", result["convex_from_sigma"], result["claim_holds"])
 
 

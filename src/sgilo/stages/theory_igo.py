@@ -8,7 +8,7 @@
    α·L(x_t) + (1 − α)·R(x_τ) (`sgilo.score_model.dsm_loss`): its held-out L and R, and the energy distance of its
    reverse-SDE samples to held-out toy points.
 
-Writes `<out>/igo.json` (every number, the claim checks and a one-line verdict) and `<out>/igo.png`.
+Writes `--json` (every number, the claim checks and a one-line verdict) and `--figure`.
 """
 
 from __future__ import annotations
@@ -33,24 +33,19 @@ from sgilo.theory import energy_distance, ring_of_gaussians
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
+    parser.add_argument("--latents", required=True, type=Path, help="an invert shard (the demo latents)")
     parser.add_argument(
-        "--latents",
-        required=True,
-        type=Path,
-        help="an invert shard, e.g. results/invert/shards/shard-00000.safetensors",
+        "--stats", required=True, type=Path, help="the latent scaling the trajectories stage fitted (safetensors)"
     )
-    parser.add_argument(
-        "--stats", required=True, type=Path, help="the trajectories stage's stats.safetensors (the latent scaling)"
-    )
-    parser.add_argument("--out", required=True, type=Path, help="folder for igo.json and igo.png")
+    parser.add_argument("--json", required=True, type=Path, help="the JSON of results to write")
+    parser.add_argument("--figure", required=True, type=Path, help="the PNG figure to write")
     args, params = start(parser, argv)
     set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     scaler = LatentScaler.from_state_dict(load_safetensors(args.stats)[0])
     latents = scaler.normalize(load_safetensors(args.latents)[0]["latents"][: params.theory_igo.latents].float())
     result, scatter = run(params, latents)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(params, result, scatter, args.out / "igo.png")
-    save_json(result, args.out / "igo.json")
+    plot(params, result, scatter, args.figure)
+    save_json(result, args.json)
     log.info("IGO: %s", result["note"])
 
 

@@ -4,8 +4,8 @@ For each (depth, k) of theory_langevin.architectures: a random generator with Ga
 y = A G(z*) with Gaussian A, and from the same random starts gradient descent, gradient descent with Huang et al.'s
 sign flips, and SGLD at β = beta_per_latent · k; gradient descent and SGLD also from just beside the spurious point
 −ρ_d z*. Then, for one (depth, k), the stationary spread of SGLD started at z* against β, next to the Laplace
-prediction sqrt(tr(H⁻¹)/β). Writes `<out>/langevin.json` (every curve and number, the claim checks and a one-line
-verdict) and `<out>/langevin.png`.
+prediction sqrt(tr(H⁻¹)/β). Writes `--json` (every curve and number, the claim checks and a one-line
+verdict) and `--figure`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ GROUPS = (("gd", "random"), ("gd_flip", "random"), ("sgld", "random"), ("gd", "s
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--out", required=True, type=Path, help="folder for langevin.json and langevin.png")
+    parser.add_argument("--json", required=True, type=Path, help="the JSON of results to write")
+    parser.add_argument("--figure", required=True, type=Path, help="the PNG figure to write")
     args, params = start(parser, argv)
     set_threads(args.threads or 1)  # small tensors: a second thread costs more than it gives
     result = run(params)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(result, args.out / "langevin.png")
-    save_json(result, args.out / "langevin.json")
+    plot(result, args.figure)
+    save_json(result, args.json)
     log.info("Langevin on random generators: %s", result["note"])
 
 

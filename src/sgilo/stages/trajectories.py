@@ -1,13 +1,13 @@
 """trajectories stage: cache forward-SDE samples of the invert latents for score training.
 
-`--stats` fits the per-channel min–max scaling on all training latents (`<out>/stats.safetensors`); `--shard i`
-turns invert shard i into trajectories shard i: for each latent, `trajectories.draws` times t ~ U(eps, T) with
-x_t, its denoising target (eps, std), the intermediate iterate x_τ (τ = tau_fraction·t, on the same path) with
+With no --shard-index, it fits the per-channel min–max scaling on all training latents (`--latents`, the invert
+shards, and `--generated-latents`, those drawn from the generator) into the file `--out`. With `--shard-index i`, it
+turns one latents file (invert shard i with `--latents`, generated shard i with `--generated-latents`) and the
+scaling (`--stats`) into trajectories shard i at `--out`: for each latent, `trajectories.draws` times t ~ U(eps, T)
+with x_t, its denoising target (eps, std), the intermediate iterate x_τ (τ = tau_fraction·t, on the same path) with
 its own target, all from per-(seed, latent id) generators. VP uses its closed-form transitions; the other SDEs
 are simulated with Euler–Maruyama. One atomic safetensors file per shard; a killed job just reruns its shard.
-`--generated i` does the same for shard i of the latents drawn from the generator (`invert.generated`), which
-are all training latents: the held-out loss measures the inverted latents of real images only. With no flag,
-stats and every shard run in turn, for running the stage by hand.
+The generator's latents are all training latents: the held-out loss measures the inverted latents of real images only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from sgilo.config import Params, TrajectoriesConfig
-from sgilo.io import ShardRows, load_safetensors, save_safetensors, shard_file
+from sgilo.io import ShardRows, load_safetensors, save_safetensors
 from sgilo.latents import LatentScaler, pooled_std, split_held_out
 from sgilo.loader import to_dict
 from sgilo.sde import SDE, build_sde, training_pairs
@@ -32,44 +32,48 @@ FORMAT = "sgilo.trajectories/1"
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--invert", required=True, type=Path, help="the invert stage's folder (results/invert)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/trajectories")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--stats", action="store_true", help="only fit the latent scaling")
-    which.add_argument("--shard", type=int, help="only write this shard")
-    which.add_argument(
-        "--generated", type=int, metavar="SHARD", help="only write this shard of the generator's latents"
+    parser.add_argument(
+        "--latents", type=Path, nargs="*", default=[], metavar="FILE", help="invert shards (inverted training images)"
     )
+    parser.add_argument(
+        "--generated-latents", type=Path, nargs="*", default=[], metavar="FILE", help="shards drawn from the generator"
+    )
+    parser.add_argument("--stats", type=Path, help="the fitted scaling (with --shard-index)")
+    parser.add_argument("--shard-index", type=int, metavar="I", help="simulate shard I (one latents file)")
+    parser.add_argument("--out", required=True, type=Path, help="the file to write: the scaling or a shard")
     args, params = start(parser, argv)
     set_threads(args.threads or params.trajectories.threads)
-    shards, generated = params.invert.shards, params.invert.generated_shards
-    if args.shard is not None and not 0 <= args.shard < shards:
-        parser.error(f"--shard {args.shard}: the invert stage wrote shards 0…{shards - 1}")
-    if args.generated is not None and not 0 <= args.generated < generated:
+    if args.shard_index is None:
+        if args.stats is not None:
+            parser.error("--stats is read with --shard-index only; without it the stage fits the scaling to --out")
+        if not args.latents:
+            parser.error("--latents: give the invert shards to fit the scaling on")
+        fit_stats(params, args.latents, args.generated_latents, args.out)
+        return
+    if len(args.latents) + len(args.generated_latents) != 1 or args.stats is None:
+        parser.error("--shard-index needs --stats and one file, in --latents or --generated-latents")
+    generated = bool(args.generated_latents)
+    count = params.invert.generated_shards if generated else params.invert.shards
+    if not 0 <= args.shard_index < count:
         parser.error(
-            f"--generated {args.generated}: the invert stage drew "
-            + (f"shards 0…{generated - 1}" if generated else "none (invert.generated is 0)")
+            f"--shard-index {args.shard_index}: the invert stage "
+            + (
+                f"{'drew' if generated else 'wrote'} shards 0…{count - 1}"
+                if count
+                else "drew none (invert.generated is 0)"
+            )
         )
-    everything = args.shard is None and args.generated is None and not args.stats
-    if args.stats or everything:
-        fit_stats(params, args.invert, args.out)
-    if not args.stats:
-        scaler = LatentScaler.from_state_dict(load_safetensors(args.out / "stats.safetensors")[0])
-        if everything:
-            jobs = [("shards", s) for s in range(shards)] + [("generated", s) for s in range(generated)]
-        else:
-            jobs = [("shards", args.shard)] if args.shard is not None else [("generated", args.generated)]
-        for kind, shard in jobs:
-            write_shard(params, scaler, args.invert, shard, args.out, kind)
+    scaler = LatentScaler.from_state_dict(load_safetensors(args.stats)[0])
+    latents = (args.generated_latents or args.latents)[0]
+    write_shard(params, scaler, latents, args.shard_index, args.out, "generated" if generated else "shards")
 
 
-def fit_stats(params: Params, invert: Path, out: Path) -> None:
-    """Scaling from the training latents only: held-out latents must not leak into it. Two passes over the shards,
-    one shard in memory at a time (range, then the scaled data's spread), so memory does not grow with the data."""
-    inverted = [(ShardRows([shard_file(invert, shard)]), True) for shard in range(params.invert.shards)]
-    inverted += [
-        (ShardRows([shard_file(invert, shard, "generated")]), False) for shard in range(params.invert.generated_shards)
-    ]
+def fit_stats(params: Params, shards: Sequence[Path], generated: Sequence[Path], out: Path) -> None:
+    """Scaling from the training latents only (invert `shards`, then `generated` ones, in the order given): held-out
+    latents must not leak into it. Two passes over the shards, one shard in memory at a time (range, then the scaled
+    data's spread), so memory does not grow with the data. Written to the file `out`."""
+    inverted = [(ShardRows([path]), True) for path in shards]
+    inverted += [(ShardRows([path]), False) for path in generated]
 
     counts: list[int] = []
 
@@ -85,16 +89,17 @@ def fit_stats(params: Params, invert: Path, out: Path) -> None:
     scaler = LatentScaler.fit(training())
     # The score model's skip connection needs the scale of the data it models (after scaling).
     data_std = torch.tensor([pooled_std(scaler.normalize(latents) for latents in training())], dtype=torch.float32)
-    save_safetensors({**scaler.state_dict(), "data_std": data_std}, out / "stats.safetensors", {"format": FORMAT})
+    save_safetensors({**scaler.state_dict(), "data_std": data_std}, out, {"format": FORMAT})
     log.info("latent scaling fitted on %d training latents", sum(counts))
 
 
 def write_shard(
-    params: Params, scaler: LatentScaler, invert: Path, shard: int, out: Path, kind: str = "shards"
+    params: Params, scaler: LatentScaler, latents: Path, shard: int, out: Path, kind: str = "shards"
 ) -> None:
-    """kind "shards": an invert shard (image ids); "generated": a shard of generator latents (draw ids, own seeds)."""
+    """The trajectories of the latents file `latents` (shard `shard`) to the file `out`. kind "shards": an invert
+    shard (image ids); "generated": a shard of generator latents (draw ids, own seeds)."""
     config = params.trajectories
-    tensors, _ = load_safetensors(shard_file(invert, shard, kind))
+    tensors, _ = load_safetensors(latents)
     x0 = scaler.normalize(tensors["latents"])
     sde = build_sde(config.sde, config.beta_min, config.beta_max, config.dt)
     if kind == "shards":
@@ -118,7 +123,7 @@ def write_shard(
     for key in ("x_t", "eps", "x_tau", "eps_tau"):
         out_tensors[key] = out_tensors[key].to(dtype)
     metadata = {"format": FORMAT, "shard": str(shard), "trajectories": json.dumps(to_dict(config))}
-    save_safetensors(out_tensors, shard_file(out, shard, kind), metadata)
+    save_safetensors(out_tensors, out, metadata)
 
 
 def forward_draws(
