@@ -220,9 +220,9 @@ def _write_shard(
 
 # ------------------------------------------------------------------------------------------ generated shard
 def generate_shard(params: Params, generator: Generator, shard: int, out: Path) -> None:
-    """Shard `shard` of the layer-k latents of the generator's own samples (`generator_latents`), ids shard·generated_shard_size…, z_j from
-    a seed of its own, so a latent does not depend on the shard size. Cheap (one forward pass to layer k), so a
-    killed job simply reruns."""
+    """Shard `shard` of the layer-k latents of the generator's own samples (`generator_latents`) to the file `out`:
+    ids shard·generated_shard_size…, z_j from a seed of its own, so a latent does not depend on the shard size.
+    Cheap (one forward pass to layer k), so a killed job simply reruns."""
     config = params.invert
     size = config.generated_shard_size
     ids = list(range(shard * size, min((shard + 1) * size, config.generated)))
