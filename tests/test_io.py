@@ -184,3 +184,21 @@ def test_shard_rows_reads_any_rows_of_several_files_as_one_table(tmp_path):
     paths[2].write_bytes(paths[2].read_bytes()[:-20])
     with pytest.raises(CheckpointError, match="shard-2"):
         ShardRows(paths).rows("x", torch.tensor([7]))
+
+
+def test_the_same_tensors_and_metadata_give_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders the metadata keys differently in each process; DVC hashes bytes, so identical results must
+    be identical files."""
+    metadata = {f"key{i}": f"value {i}" for i in (3, 7, 1, 5, 0, 6, 2, 4)} | {"note": "ünïcode ✓"}
+    script = (
+        "import sys, torch\nfrom sgilo.io import save_safetensors\n"
+        "save_safetensors({'b': torch.arange(5.0), 'a': torch.ones(5, 3, dtype=torch.bfloat16)}, sys.argv[1], "
+        f"{metadata!r})\n"
+    )
+    files = [tmp_path / f"run{i}.safetensors" for i in range(3)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
+    tensors, read = load_safetensors(files[0])
+    assert read == metadata and torch.equal(tensors["b"], torch.arange(5.0)) and tensors["a"].dtype == torch.bfloat16
+    assert ShardRows([files[0]]).rows("b", torch.tensor([4, 0])).tolist() == [4.0, 0.0]  # its own header reader too

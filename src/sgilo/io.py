@@ -153,11 +153,29 @@ def discard_checkpoint(path: str | Path) -> None:
 def save_safetensors(
     tensors: dict[str, torch.Tensor], dest: str | Path, metadata: dict[str, str] | None = None
 ) -> None:
-    """Tensors as safetensors (no code can hide in the file), atomically."""
+    """Tensors as safetensors (no code can hide in the file), atomically; the same tensors and metadata give the
+    same bytes in any process."""
     # Serialised in memory first, as in save_torch: the Rust writer's error would hide the errno of a full disk.
     data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     with atomic_open(dest, "wb") as handle:
-        handle.write(data)
+        handle.write(_sorted_metadata(data))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """`data` with its header's __metadata__ keys in sorted order.
+
+    safetensors writes them from a Rust HashMap, in an order that changes from process to process, so identical
+    results would get a new hash (and DVC would rerun what depends on them). The header is JSON after an 8-byte
+    little-endian length, padded with spaces to a multiple of 8 (the format's specification); the data offsets in
+    it are relative to the data section, so rewriting the header moves nothing."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    if not header.get("__metadata__"):
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
