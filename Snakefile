@@ -14,11 +14,11 @@ from sgilo.config import layered_params, write_layered
 from sgilo.loader import ConfigError, to_dict
 
 # Snakemake's configuration, validated by sgilo.config: params.yaml is the default config file; `--configfile FILE`
-# selects a profile instead of it (a profile is complete on its own: keys it leaves out take the code's defaults, not
-# the demo's), further --configfile files and then `--config` lay keys over it. A wrong key or value stops here,
-# naming the file or --config, before any job starts. When layers or overrides were given, the stages read the merged
-# params from one file named by its content. (No `configfile:` directive: Snakemake would merge params.yaml under
-# every profile.)
+# selects a profile instead of it (a profile is complete on its own: sgilo.config requires every key but a few optional
+# ones, and never takes the demo's), further --configfile files and then `--config` lay keys over it. A wrong key or
+# value stops here, naming the file or --config, before any job starts. When layers or overrides were given, the
+# stages read the merged params from one file named by its content. (No `configfile:` directive: Snakemake would
+# merge params.yaml under every profile.)
 CONFIG = workflow.config_settings
 if "params" in CONFIG.config:
     sys.exit("error: --config params=FILE is gone: select a profile with Snakemake's own --configfile FILE "

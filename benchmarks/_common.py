@@ -6,12 +6,14 @@ import argparse
 import os
 import platform
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from sgilo.allocator import retain_freed_memory
 from sgilo.precision import cpu_has_native_bf16
 
+REPO = Path(__file__).resolve().parents[1]
 MALLOC = retain_freed_memory()  # as the stages run: freed memory is reused (sgilo.allocator)
 
 

@@ -43,7 +43,7 @@ from _common import add_smoke, smoke_run
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import copy_project  # the tiny profile the suite uses
 
-THREADED = ("generator.train", "invert", "trajectories", "score", "evaluate", "report")
+THREADED = ("generator", "invert", "trajectories", "score", "evaluate", "report")
 
 
 def set_threads(params: Path, threads: int) -> None:

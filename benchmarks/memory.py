@@ -23,9 +23,10 @@ import torch
 import yaml
 
 from sgilo.io import save_safetensors
+from sgilo.loader import merge, read_yaml
 from sgilo.stylegan2 import Generator, save_generator
 
-from _common import add_smoke, machine, smoke_run
+from _common import REPO, add_smoke, machine, smoke_run
 
 ARCHITECTURE = {
     "size": 32,
@@ -38,31 +39,36 @@ LAYER = 3
 
 
 def params(shards: int, per_shard: int) -> dict:
-    return {
-        "seed": 0,
-        "generator": {"architecture": ARCHITECTURE},
-        "invert": {
-            "layer": LAYER,
-            "phases": [{"layer": k, "steps": 1} for k in range(LAYER + 1)],
-            "images": shards * per_shard,
-            "shard_size": per_shard,
-            "device": "cpu",
-            "precision": "fp32",
-            "threads": 1,
+    """The demo profile with this benchmark's shapes and counts laid over it."""
+    return merge(
+        read_yaml(REPO / "params.yaml"),
+        {
+            "seed": 0,
+            "generator": {"architecture": ARCHITECTURE},
+            "invert": {
+                "layer": LAYER,
+                "phases": [{"layer": k, "steps": 1, "lr": 0.1} for k in range(LAYER + 1)],
+                "images": shards * per_shard,
+                "generated": 0,
+                "shard_size": per_shard,
+                "device": "cpu",
+                "precision": "fp32",
+                "threads": 1,
+            },
+            "trajectories": {"draws": 1, "held_out": 0.1, "dtype": "bfloat16", "threads": 1},
+            "score": {
+                "model": {"width": 32, "depth": 1, "heads": 1, "mlp": 64},
+                "epochs": 1,
+                "batch_size": 16,
+                "warmup_steps": 1,
+                "samples": 2,
+                "sample_steps": 2,
+                "precision": "fp32",
+                "device": "cpu",
+                "threads": 1,
+            },
         },
-        "trajectories": {"draws": 1, "held_out": 0.1, "dtype": "bfloat16", "threads": 1},
-        "score": {
-            "model": {"width": 32, "depth": 1, "heads": 1, "mlp": 64},
-            "epochs": 1,
-            "batch_size": 16,
-            "warmup_steps": 1,
-            "samples": 2,
-            "sample_steps": 2,
-            "precision": "fp32",
-            "device": "cpu",
-            "threads": 1,
-        },
-    }
+    )
 
 
 def write_inputs(root: Path, shards: int, per_shard: int, generator: Generator) -> tuple[Path, list[Path]]:

@@ -21,53 +21,43 @@ import argparse
 import gc
 import resource
 import time
+from dataclasses import replace
 
 import torch
 
-from sgilo.config import SGILOConfig
+from sgilo.config import SGILOConfig, load_params
 from sgilo.inversion import LayerPhase, Options
 from sgilo.latents import LatentScaler
+from sgilo.loader import to_dict
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.posterior import LatentPrior, score_guided_ilo
-from sgilo.score_model import Preconditioned, ScoreViT, count_parameters
+from sgilo.score_model import count_parameters, preconditioned_score_vit
 from sgilo.sde import build_sde
 from sgilo.stylegan2 import Generator
 
-from _common import add_smoke, ints, machine, names_from, smoke_run
+from _common import REPO, add_smoke, ints, machine, names_from, smoke_run
 
-CONFIGS = {
-    "demo": {
-        "generator": {"size": 32, "style_dim": 128, "n_mlp": 4, "channel_multiplier": 2, "channel_max": 64},
-        "score": {"width": 128, "depth": 4, "heads": 4, "mlp": 256},
-        "layer": 2,
-    },
-    "paper": {
-        "generator": {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512},
-        "score": {"width": 1024, "depth": 8, "heads": 1, "mlp": 4096},
-        "layer": 3,
-    },
-}
+# Each --config is a profile's generator, score model, layer and SDE: the shapes the pipeline runs.
+PROFILES = {"demo": REPO / "params.yaml", "paper": REPO / "profiles/ffhq/params.yaml"}
 
 
-def build(config: str, device: torch.device) -> tuple[Generator, LatentPrior]:
-    c = CONFIGS[config]
+def build(config: str, device: torch.device) -> tuple[Generator, LatentPrior, SGILOConfig]:
+    params = load_params(PROFILES[config])
     torch.manual_seed(0)
-    generator = Generator(**c["generator"])
+    generator = Generator(**to_dict(params.generator.architecture))
     generator.fit_gaussian(10_000, torch.Generator().manual_seed(0))
     generator = generator.to(device).eval().requires_grad_(False)
-    channels, height, width = generator.layer_shape(c["layer"])
+    layer, traj = params.invert.layer, params.trajectories
+    channels, height, width = generator.layer_shape(layer)
     shape = (channels + 3, height, width)
-    model = Preconditioned(ScoreViT(shape, **c["score"]), build_sde("vp"), data_std=0.2)
+    sde_config = traj.sde_arguments()
+    model = preconditioned_score_vit(shape, to_dict(params.score.model), 0, build_sde(**sde_config), data_std=0.2)
     model = model.to(device).eval().requires_grad_(False)
     scaler = LatentScaler(-torch.ones(shape[0]), torch.ones(shape[0]))
     prior = LatentPrior(
-        model,
-        scaler,
-        {"name": "vp", "beta_min": 0.1, "beta_max": 20.0, "dt": 0.01},
-        c["layer"],
-        torch.zeros(1, generator.num_ws, generator.style_dim, device=device),
+        model, scaler, sde_config, layer, torch.zeros(1, generator.num_ws, generator.style_dim, device=device)
     )
-    return generator, prior
+    return generator, prior, params.evaluate.sgilo
 
 
 @torch.no_grad()
@@ -81,6 +71,7 @@ def targets(generator: Generator, count: int, device: torch.device) -> torch.Ten
 def measure(
     generator: Generator,
     prior: LatentPrior,
+    profile_config: SGILOConfig,
     images: int,
     chains: int,
     precision: str,
@@ -95,12 +86,10 @@ def measure(
     y = build_operator(spec, tuple(truth.shape[1:]), seeds, device).measure(truth)
     operator = build_operator(spec, tuple(truth.shape[1:]), seeds, device)
     phases = [LayerPhase(layer, n, None) for layer, n in enumerate(steps)]
-    config = SGILOConfig(steps=prior_steps, chains=chains, warm_start=warm_start)
+    config = replace(profile_config, steps=prior_steps, chains=chains, warm_start=warm_start)
     options = Options(precision=precision)
     warm = [LayerPhase(layer, 1, None) for layer in range(len(steps))]
-    score_guided_ilo(
-        generator, operator.physics.A, y, seeds, prior, SGILOConfig(steps=1, chains=chains), warm, options
-    )  # warm-up
+    score_guided_ilo(generator, operator.physics.A, y, seeds, prior, replace(config, steps=1), warm, options)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -124,7 +113,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(CONFIGS), help="default: paper on CUDA, demo on CPU")
+    parser.add_argument("--config", choices=sorted(PROFILES), help="default: paper on CUDA, demo on CPU")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--images", type=int, default=1, help="measurements per batch (each with all its chains)")
     parser.add_argument("--chains", type=ints, default=[1, 4], help="comma-separated chain counts (default 1,4)")
@@ -145,9 +134,9 @@ def main() -> None:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     config = args.config or ("paper" if device.type == "cuda" else "demo")
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
-    if len(args.steps) != CONFIGS[config]["layer"]:
-        parser.error(f"--steps: give one count per warm-start layer 0 … {CONFIGS[config]['layer'] - 1}")
-    generator, prior = build(config, device)
+    generator, prior, profile_config = build(config, device)
+    if len(args.steps) != prior.layer:
+        parser.error(f"--steps: give one count per warm-start layer 0 … {prior.layer - 1}")
     print(
         f"SGILO on {machine(device)}: {config} (generator {generator.size}², score model {count_parameters(prior.model) / 1e6:.1f}M "
         f"parameters on layer {prior.layer} {'×'.join(map(str, prior.shape))}); steps {args.steps} + {args.prior_steps} SGLD; "
@@ -163,6 +152,7 @@ def main() -> None:
                     r = measure(
                         generator,
                         prior,
+                        profile_config,
                         args.images,
                         chains,
                         precision,

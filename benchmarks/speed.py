@@ -317,7 +317,7 @@ def score_rows(args, precision: str, device: torch.device, add: Callable[[Row], 
     model.zero_grad(set_to_none=True)
 
     # One SGILO Langevin step at the layer the model was built for: 4 chains of one image, the profile's hot start.
-    generator, prior = posterior_bench.build("paper" if args.score == "paper" else "demo", device)
+    generator, prior, _ = posterior_bench.build("paper" if args.score == "paper" else "demo", device)
     layer = prior.layer
     chains = 1  # the profile runs 4 per image, in one batch: the batching rows above say what that costs
     sgilo = replace(load_params(FFHQ).evaluate.sgilo, steps=args.steps, chains=chains)

@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny profile that runs every stage in seconds on the CPU.
 
-It pins fp32, as the demo profile does, so that every machine computes the same numbers (sgilo.precision)."""
+It is the demo profile (params.yaml) with counts and sizes shrunk (TINY), so it gives every key the demo gives; it
+pins fp32, as the demo does, so that every machine computes the same numbers (sgilo.precision)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -15,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from sgilo.config import load_params
-from sgilo.loader import merge
+from sgilo.config import Params, load_params
+from sgilo.loader import merge, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,17 +37,17 @@ TINY = {
             "ema_half_life_images": 50,
             "disc_channel_max": 16,
             "precision": "fp32",
-            "threads": 1,
         },
         "latent_avg_samples": 256,
         "grid_rows": 2,
+        "threads": 1,
     },
     "invert": {
         "layer": 2,
         "phases": [
-            {"layer": 0, "steps": 3},
-            {"layer": 1, "steps": 2, "radius": 50.0},
-            {"layer": 2, "steps": 2, "radius": 100.0},
+            {"layer": 0, "steps": 3, "lr": 0.1},
+            {"layer": 1, "steps": 2, "lr": 0.1, "radius": 50.0},
+            {"layer": 2, "steps": 2, "lr": 0.1, "radius": 100.0},
         ],
         "images": 12,
         "generated": 4,
@@ -115,8 +117,15 @@ def kill_stage_when(stage: str, args: list[str], cwd: Path, checkpoint: Path, ti
     process.wait()
 
 
+@functools.cache
+def demo_params() -> Params:
+    """The demo profile: where a test builds one section in code, it starts from the demo's (`dataclasses.replace`)."""
+    return load_params(REPO / "params.yaml")
+
+
 def write_params(path: Path, overrides: dict | None = None) -> Path:
-    params = merge(TINY, overrides or {})
+    """The tiny profile (the demo's params.yaml, then TINY, then `overrides` laid over it) written to `path`."""
+    params = merge(merge(read_yaml(REPO / "params.yaml"), TINY), overrides or {})
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 

@@ -594,6 +594,10 @@ def test_reconstruct_gnc_and_prior_errors(tiny: Path, tmp_path: Path, capsys: py
     assert "not an sgilo score model" in _error(
         capsys, _argv(tiny, tmp_path / "z", "--task", "inpaint", "--method", "gnc", "--score", str(tiny / "g.pt"))
     )
+    gnc_argv = ["--task", "inpaint", "--method", "gnc", *ILO_FAST, "--score", str(_score_model(tiny))]
+    assert "t_min: (0.5) must be <= t_max (0.1)" in _error(
+        capsys, _argv(tiny, tmp_path / "w", *gnc_argv, "--t-min", "0.5", "--t-max", "0.1")
+    )
 
 
 def test_a_reconstruction_gone_non_finite_is_a_clean_error_and_writes_nothing(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 
 import pytest
 import yaml
@@ -10,11 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgilo.config import (
-    GNCConfig,
     Params,
-    TheoryGNCConfig,
-    TheoryIGOConfig,
-    TrajectoriesConfig,
     layered_params,
     load_params,
     write_layered,
@@ -37,11 +35,63 @@ def test_every_shipped_profile_loads(profile):
     load_params(profile)
 
 
-def test_missing_keys_take_defaults(tmp_path):
+def _fields_with_defaults(cls=Params, prefix=""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            yield prefix + f.name
+        for inner in [a for a in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(a)]:
+            yield from _fields_with_defaults(inner, f"{prefix}{f.name}.")
+
+
+def test_params_yaml_is_the_one_source_of_defaults():
+    # Only these keys may be left out of a profile; every other value a run uses is written in its params file.
+    assert sorted(set(_fields_with_defaults())) == [
+        "download.ffhq",  # the section of the dataset not chosen
+        "download.ffhq.mirror_url",
+        "download.synthfaces",
+        "generator.pretrained",  # the section of the generator source not chosen
+        "generator.pretrained.md5",
+        "generator.pretrained.sha256",
+        "generator.train",
+        "invert.phases.radius",
+    ]
+
+
+def test_a_missing_key_is_named(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("seed: 5\n")
-    params = load_params(path)
-    assert params.seed == 5 and params.generator == Params().generator
+
+    def without(change) -> None:
+        demo = yaml.safe_load((REPO / "params.yaml").read_text())
+        change(demo)
+        path.write_text(yaml.safe_dump(demo))
+
+    without(lambda demo: demo.pop("report"))
+    with pytest.raises(ConfigError, match=r"p.yaml: missing key report: every key is required"):
+        load_params(path)
+    without(lambda demo: demo["report"].clear())
+    with pytest.raises(ConfigError, match="missing keys report.confidence, report.fid_samples, report.device"):
+        load_params(path)
+    without(lambda demo: demo["evaluate"]["sgilo"].pop("temperature"))
+    with pytest.raises(ConfigError, match="missing key evaluate.sgilo.temperature"):
+        load_params(path)
+
+
+def test_the_chosen_dataset_and_generator_source_need_their_sections(tmp_path):
+    profile = yaml.safe_load((REPO / "profiles/ffhq/params.yaml").read_text())
+    assert "synthfaces" not in profile["download"] and "train" not in profile["generator"]
+    del profile["download"]["ffhq"]["mirror_url"], profile["invert"]["phases"][1]["radius"]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    params = load_params(path)  # the optional keys, left out
+    assert params.download.ffhq.mirror_url == "" and params.invert.phases[1].radius is None
+    assert params.download.synthfaces is None and params.generator.train is None
+    for section, key in [("download", "ffhq"), ("generator", "pretrained")]:
+        broken = yaml.safe_load(yaml.safe_dump(profile))
+        del broken[section][key]
+        path.write_text(yaml.safe_dump(broken))
+        with pytest.raises(ConfigError, match=rf"{section}.{key}: missing: {section}.\w+ is '{key}'"):
+            load_params(path)
 
 
 def test_round_trip_through_plain_data(tmp_path):
@@ -113,17 +163,18 @@ def test_bad_values_name_file_and_key(tmp_path, overrides, key, expected):
 @pytest.mark.parametrize(
     ("section", "values", "keys"),
     [
-        (TrajectoriesConfig, {"beta_min": 5.0, "beta_max": 1.0}, "beta_max"),
-        (GNCConfig, {"t_min": 0.5, "t_max": 0.1}, "t_min"),
-        (TheoryIGOConfig, {"times": ()}, "times and .alphas"),
-        (TheoryGNCConfig, {"means": (0.0,)}, "weights, .means and .stds"),
+        ("trajectories", {"beta_min": 5.0, "beta_max": 1.0}, "beta_max"),
+        ("evaluate.gnc", {"t_min": 0.5, "t_max": 0.1}, "t_min"),
+        ("theory_igo", {"times": ()}, "times and .alphas"),
+        ("theory_gnc", {"means": (0.0,)}, "weights, .means and .stds"),
     ],
 )
 def test_a_sections_own_rules_hold_wherever_it_is_built(section, values, keys):
     """The rules between a section's own keys live beside its dataclass: code that builds one directly (the CLI, a
     benchmark) meets them too, not only a params file."""
+    demo = load_params(REPO / "params.yaml")
     with pytest.raises(SectionError) as error:
-        section(**values)
+        dataclasses.replace(functools.reduce(getattr, section.split("."), demo), **values)
     assert error.value.keys == keys
 
 
@@ -137,6 +188,15 @@ def test_an_old_profile_with_invert_stages_is_told_the_new_key(tmp_path):
         load_params(path)
     message = str(error.value)
     assert str(path) in message and "invert.stages is no longer a key" in message and "invert.phases" in message
+
+
+def test_an_old_profile_with_generator_train_threads_is_told_where_it_went(tmp_path):
+    demo = yaml.safe_load((REPO / "params.yaml").read_text())
+    demo["generator"]["train"]["threads"] = demo["generator"].pop("threads")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(demo))
+    with pytest.raises(ConfigError, match="generator.train.threads is no longer a key: moved to generator.threads"):
+        load_params(path)
 
 
 def test_valid_task_levels_and_a_drift_without_prior_methods_load(tmp_path):
@@ -228,6 +288,7 @@ SMOKE_SOURCES = {
 SMOKE_MACHINE = {
     "download.ffhq.workers",
     "download.ffhq.retries",
+    "generator.pretrained.retries",
     "download.ffhq.timeout_s",
     *(f"{section}.{key}" for section in ("invert", "score", "evaluate") for key in ("precision", "device")),
     "report.device",

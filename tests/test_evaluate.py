@@ -25,6 +25,7 @@ from sgilo.stylegan2 import load_generator
 from conftest import (
     cell_argv,
     cell_file,
+    demo_params,
     kill_stage_when,
     prior_argv,
     report_argv,
@@ -140,9 +141,9 @@ def test_ilo_recovers_test_images_the_generator_made(workspace, tmp_path):
     optimising against another seed's mask 6 dB."""
     data = _generated_test_images(workspace / "generator.pt", tmp_path / "generated", count=4)  # 1 validation + 3 test
     long_schedule = [
-        {"layer": 0, "steps": 100},
-        {"layer": 1, "steps": 50, "radius": 50.0},
-        {"layer": 2, "steps": 50, "radius": 100.0},
+        {"layer": 0, "steps": 100, "lr": 0.1},
+        {"layer": 1, "steps": 50, "lr": 0.1, "radius": 50.0},
+        {"layer": 2, "steps": 50, "lr": 0.1, "radius": 100.0},
     ]
     params = write_params(tmp_path / "params.yaml", {"invert": {"phases": long_schedule}})
     (tmp_path / "tuned.json").write_text(json.dumps({"chosen": {"radius_scale": 1.0}}))
@@ -370,3 +371,17 @@ def test_a_new_method_is_a_table_row_and_one_class(workspace, tmp_path, monkeypa
     with pytest.raises(SystemExit):
         evaluate_stage.main([*argv, "--tune", "--out", str(tuned)])
     assert "evaluate.methods: unknown method 'toy'" in capsys.readouterr().err
+
+
+def test_a_prior_method_without_its_settings_names_them():
+    """SGILO's and GNC's settings come from the caller (a profile's evaluate section, the CLI's flags); there are no
+    defaults in the code to fall back on."""
+    from sgilo import methods
+    from sgilo.inversion import LayerPhase
+
+    phases = [LayerPhase(0, 4, None, 0.1), LayerPhase(1, 2, 10.0, 0.1)]
+    for name, key in [("sgilo", "sgilo_config"), ("gnc", "gnc_config")]:
+        with pytest.raises(ValueError, match=f"this method needs its {key}"):
+            methods.run_phases(name, phases, 1)
+    demo = demo_params().evaluate
+    assert methods.run_phases("gnc", phases, 1, gnc_config=demo.gnc)[-1] == LayerPhase(1, demo.gnc.steps, None, 0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from sgilo.smoke import (
 )
 from sgilo.stylegan2 import Generator, load_generator
 
-from conftest import kill_stage_when, run_stage, write_params
+from conftest import demo_params, kill_stage_when, run_stage, write_params
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_pretrained_weights_are_downloaded_verified_and_converted(tmp_path, weig
         "generator": {
             "source": "pretrained",
             "architecture": architecture,
-            "pretrained": {"url": f"{url}/network.pkl", "sha256": digest},
+            "pretrained": {"url": f"{url}/network.pkl", "retries": 2, "sha256": digest},
         }
     }
     params = write_params(tmp_path / "params.yaml", overrides)
@@ -161,7 +162,7 @@ def test_training_on_a_trivial_set_brings_the_samples_near_it(tmp_path):
                 "ema_half_life_images": 100,
             },
         },
-        "invert": {"layer": 1, "phases": [{"layer": 0, "steps": 1}, {"layer": 1, "steps": 1}]},
+        "invert": {"layer": 1, "phases": [{"layer": 0, "steps": 1, "lr": 0.1}, {"layer": 1, "steps": 1, "lr": 0.1}]},
     }
     params = load_params(write_params(tmp_path / "params.yaml", overrides))
     levels = torch.rand(64, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -182,11 +183,15 @@ def test_training_on_a_trivial_set_brings_the_samples_near_it(tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_training_step_is_finite_and_bf16_really_autocasts(precision, monkeypatch):
-    from sgilo.config import ArchitectureConfig, TrainConfig
+    from sgilo.config import ArchitectureConfig
     from sgilo.gan import GANTrainer
 
     architecture = ArchitectureConfig(size=8, style_dim=16, n_mlp=1, channel_multiplier=1, channel_max=8)
-    trainer = GANTrainer(architecture, TrainConfig(batch_size=2, disc_channel_max=8, precision=precision), seed=0)
+    trainer = GANTrainer(
+        architecture,
+        replace(demo_params().generator.train, batch_size=2, disc_channel_max=8, precision=precision),
+        seed=0,
+    )
     dtypes = []
     monkeypatch.setattr(trainer.discriminator, "forward", _recording(trainer.discriminator.forward, dtypes))
     losses = trainer.train_step(16, torch.rand(2, 3, 8, 8) * 2 - 1)  # step 16: R1 is due

@@ -104,7 +104,7 @@ def test_killed_shard_resumes_to_identical_output(workspace):
                 "images": 12,
                 "shard_size": 12,
                 "batch_size": 2,
-                "phases": [{"layer": 0, "steps": 30}, {"layer": 2, "steps": 30, "radius": 100.0}],
+                "phases": [{"layer": 0, "steps": 30, "lr": 0.1}, {"layer": 2, "steps": 30, "lr": 0.1, "radius": 100.0}],
             }
         },
     )

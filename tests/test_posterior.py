@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from sgilo import posterior as posterior_module
-from sgilo.config import GNCConfig, SGILOConfig
 from sgilo.inversion import LayerPhase, Options, invert
 from sgilo.io import CheckpointError, save_torch
 from sgilo.latents import LatentScaler
@@ -30,6 +30,17 @@ from sgilo.posterior import (
 from sgilo.score_model import Preconditioned, ScoreViT
 from sgilo.sde import build_sde
 from sgilo.stylegan2 import Generator
+
+from conftest import demo_params
+
+
+def sgilo_config(**changes):
+    return replace(demo_params().evaluate.sgilo, **changes)
+
+
+def gnc_config(**changes):
+    return replace(demo_params().evaluate.gnc, **changes)
+
 
 SHAPE = (2, 2, 2)  # C, H, W of the toy latent
 
@@ -65,7 +76,7 @@ def _gaussian_prior(mean: float, std: float) -> LatentPrior:
 
 def test_gnc_step_with_full_weight_is_tweedies_posterior_mean():
     prior = _gaussian_prior(mean=0.3, std=0.2)
-    step = GNCStep(prior, GNCConfig(weight=1.0, t_max=0.2, t_min=0.2))
+    step = GNCStep(prior, gnc_config(weight=1.0, t_max=0.2, t_min=0.2))
     u = torch.linspace(-1, 1, 8).reshape(1, *SHAPE)
     a, sigma = prior.sde.marginal(torch.ones(1), torch.tensor([0.2]))
     smoothing2 = float(sigma**2 / a**2)  # u = x0 + (σ/a)·ε
@@ -74,7 +85,7 @@ def test_gnc_step_with_full_weight_is_tweedies_posterior_mean():
 
 
 def test_gnc_schedule_anneals_geometrically_from_t_max_to_t_min():
-    step = GNCStep(_gaussian_prior(0.0, 0.5), GNCConfig(t_max=0.4, t_min=0.004))
+    step = GNCStep(_gaussian_prior(0.0, 0.5), gnc_config(t_max=0.4, t_min=0.004))
     times = [step.time(k, 5) for k in range(5)]
     assert times[0] == pytest.approx(0.4) and times[-1] == pytest.approx(0.004)
     assert all(b / a == pytest.approx(0.1**0.5) for a, b in itertools.pairwise(times))
@@ -83,7 +94,7 @@ def test_gnc_schedule_anneals_geometrically_from_t_max_to_t_min():
 def test_hot_start_moves_sample_the_prior_from_a_far_start():
     """Perturb-then-denoise with the exact score is a Gibbs step on (x0, x_t0): the prior is its fixed point."""
     prior = _gaussian_prior(mean=0.3, std=0.2)
-    config = SGILOConfig(weight=1.0, temperature=0.0, t0=0.5, hot_steps=60)
+    config = sgilo_config(weight=1.0, temperature=0.0, t0=0.5, hot_steps=60)
     step = SGLDStep(prior, config, seeds=list(range(200)))
     u = torch.full((200, *SHAPE), -0.9)
     for k in range(15):
@@ -94,7 +105,7 @@ def test_hot_start_moves_sample_the_prior_from_a_far_start():
 
 def test_chains_do_not_depend_on_the_batch_they_run_in():
     prior = _gaussian_prior(mean=0.0, std=0.5)
-    config = SGILOConfig(weight=0.5, temperature=1.0, t0=0.05, hot_steps=3)
+    config = sgilo_config(weight=0.5, temperature=1.0, t0=0.05, hot_steps=3)
     u = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0))
     together = SGLDStep(prior, config, [11, 12, 13])(u, 0, 1)
     alone = torch.cat([SGLDStep(prior, config, [seed])(u[i : i + 1], 0, 1) for i, seed in enumerate([11, 12, 13])])
@@ -104,7 +115,7 @@ def test_chains_do_not_depend_on_the_batch_they_run_in():
 
 def test_tweedie_mode_without_noise_is_deterministic_and_contracts_to_the_mean():
     prior = _gaussian_prior(mean=0.0, std=0.1)
-    step = SGLDStep(prior, SGILOConfig(weight=1.0, temperature=0.0, t0=0.3, hot_steps=0), [1])
+    step = SGLDStep(prior, sgilo_config(weight=1.0, temperature=0.0, t0=0.3, hot_steps=0), [1])
     u = torch.full((1, *SHAPE), 0.8)
     out = step(u, 0, 1)
     torch.testing.assert_close(out, step(u, 0, 1))
@@ -198,7 +209,7 @@ PHASES = [LayerPhase(0, 3), LayerPhase(1, 3, radius=10.0)]
 
 def test_sgilo_returns_chains_their_mean_and_spread(tiny):
     generator, prior, spec, seeds, y = tiny
-    config = SGILOConfig(steps=4, chains=3, temperature=1.0)
+    config = sgilo_config(steps=4, chains=3, temperature=1.0)
     operator = build_operator(spec, (3, 16, 16), seeds)
     post = score_guided_ilo(generator, operator.physics.A, y, seeds, prior, config, PHASES)
     assert isinstance(post, Posterior)
@@ -217,11 +228,11 @@ def test_shared_warm_start_branches_chains_from_one_inversion(tiny):
     forward = build_operator(spec, (3, 16, 16), seeds).physics.A
     deterministic = {"steps": 2, "chains": 2, "temperature": 0.0, "hot_steps": 0}
     shared = score_guided_ilo(
-        generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="shared"), PHASES
+        generator, forward, y, seeds, prior, sgilo_config(**deterministic, warm_start="shared"), PHASES
     )
     torch.testing.assert_close(shared.samples[:, 0], shared.samples[:, 1])
     dispersed = score_guided_ilo(
-        generator, forward, y, seeds, prior, SGILOConfig(**deterministic, warm_start="per_chain"), PHASES
+        generator, forward, y, seeds, prior, sgilo_config(**deterministic, warm_start="per_chain"), PHASES
     )
     assert not torch.allclose(dispersed.samples[:, 0], dispersed.samples[:, 1])
 
@@ -229,11 +240,11 @@ def test_shared_warm_start_branches_chains_from_one_inversion(tiny):
 def test_gnc_is_one_deterministic_chain(tiny):
     generator, prior, spec, seeds, y = tiny
     operator = build_operator(spec, (3, 16, 16), seeds)
-    post = gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), PHASES)
+    post = gnc(generator, operator.physics.A, y, seeds, prior, gnc_config(steps=4), PHASES)
     assert post.samples.shape == (2, 1, 3, 16, 16)
     assert float(post.std.abs().max()) == 0.0
     torch.testing.assert_close(
-        gnc(generator, operator.physics.A, y, seeds, prior, GNCConfig(steps=4), PHASES).mean, post.mean
+        gnc(generator, operator.physics.A, y, seeds, prior, gnc_config(steps=4), PHASES).mean, post.mean
     )
 
 
@@ -249,11 +260,11 @@ def test_a_latent_step_changes_the_result_and_must_match_a_phase(tiny):
         seeds,
         phases,
         Options(keep="last"),
-        latent_step=GNCStep(prior, GNCConfig(weight=1.0)),
+        latent_step=GNCStep(prior, gnc_config(weight=1.0)),
     )
     assert not torch.allclose(plain.latent, stepped.latent)
     with pytest.raises(ValueError, match="no phase runs there"):
-        invert(generator, operator.physics.A, y, seeds, [LayerPhase(0, 2)], latent_step=GNCStep(prior, GNCConfig()))
+        invert(generator, operator.physics.A, y, seeds, [LayerPhase(0, 2)], latent_step=GNCStep(prior, gnc_config()))
     with pytest.raises(ValueError, match="keep"):
         invert(generator, operator.physics.A, y, seeds, phases, Options(keep="mean"))
 
@@ -295,7 +306,7 @@ def test_warm_start_and_chain_layout():
 def test_a_chain_going_non_finite_fails_its_measurement_only(tiny, monkeypatch):
     generator, prior, spec, seeds, y = tiny
     forward = build_operator(spec, (3, 16, 16), seeds).physics.A
-    config = SGILOConfig(steps=3, chains=2, temperature=1.0)
+    config = sgilo_config(steps=3, chains=2, temperature=1.0)
     clean = score_guided_ilo(generator, forward, y, seeds, prior, config, PHASES)
 
     class Exploding(posterior_module.SGLDStep):
@@ -402,7 +413,7 @@ def _sgilo_against_exact(
     """Run SGILO's sampler (the pipeline's `sgilo` → `invert` → `SGLDStep` path) on the linear model with the exact prior
     score; return the chains' latents in u, the exact posterior, the pixel std maps and the exact pixel std."""
     generator, prior, A, y, sigma_y, B, c_y, mean, cov = _linear_gaussian_problem(score_scale)
-    config = SGILOConfig(
+    config = sgilo_config(
         steps=600,
         weight=0.1,
         temperature=temperature,
@@ -478,15 +489,15 @@ def test_sgld_noise_follows_step_size_and_temperature():
     """noise = sqrt(2ηT), η = weight·(σ/a)²(t0); the old default noise 0.01 is T = 0.25 at weight 0.1, t0 0.01."""
     prior = _gaussian_prior(0.0, 0.5)
     a, sigma = prior.sde.marginal(torch.ones(1), torch.tensor([0.01]))
-    step = SGLDStep(prior, SGILOConfig(weight=0.1, temperature=0.25, t0=0.01), [0])
+    step = SGLDStep(prior, sgilo_config(weight=0.1, temperature=0.25, t0=0.01), [0])
     assert step.step_size == pytest.approx(0.1 * float(sigma / a) ** 2, rel=1e-6)
     assert step.noise_std == pytest.approx(math.sqrt(2 * step.step_size * 0.25), rel=1e-9)
     assert step.noise_std == pytest.approx(0.01, rel=0.002)
-    assert SGLDStep(prior, SGILOConfig(weight=0.3, temperature=0.25, t0=0.01), [0]).noise_std == pytest.approx(
+    assert SGLDStep(prior, sgilo_config(weight=0.3, temperature=0.25, t0=0.01), [0]).noise_std == pytest.approx(
         step.noise_std * math.sqrt(3)
     )
 
 
 def test_langevin_data_step_needs_a_measurement_std():
     with pytest.raises(ValueError, match="measurement_std > 0"):
-        SGILOConfig(data_step="langevin")
+        sgilo_config(data_step="langevin")

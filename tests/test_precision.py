@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from sgilo import precision
-from sgilo.config import ArchitectureConfig, TrainConfig
+from sgilo.config import ArchitectureConfig
 from sgilo.gan import GANTrainer
 from sgilo.inversion import LayerPhase, Options, invert
 from sgilo.precision import autocast, resolve
 from sgilo.stylegan2 import Generator
+
+from conftest import demo_params
 
 CPU = torch.device("cpu")
 
@@ -98,7 +101,11 @@ def test_the_trainer_autocasts_as_auto_resolves(monkeypatch):
     architecture = ArchitectureConfig(size=8, style_dim=16, n_mlp=1, channel_multiplier=1, channel_max=8)
     for native, expected in [(False, "fp32"), (True, "bf16")]:
         _cpu(monkeypatch, avx512_bf16=native)
-        trainer = GANTrainer(architecture, TrainConfig(batch_size=2, disc_channel_max=8, precision="auto"), seed=0)
+        trainer = GANTrainer(
+            architecture,
+            replace(demo_params().generator.train, batch_size=2, disc_channel_max=8, precision="auto"),
+            seed=0,
+        )
         assert trainer.precision == expected
         with autocast(trainer.precision, CPU):
             assert torch.get_autocast_dtype("cpu") == torch.bfloat16 or expected == "fp32"

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from sgilo.config import load_params
+from sgilo.loader import merge
 from sgilo.smoke import (
     STANDIN_NOTE,
     check_table,
@@ -42,25 +43,28 @@ def toy(profile: dict, url: str) -> dict:
 
     download = section("download")
     download["resolution"] = 32
-    download.setdefault("synthfaces", {}).update(n_train=24, n_test=4)
-    download.setdefault("ffhq", {}).update(
-        metadata_url=f"{url}/ffhq-dataset-v1.json",
-        mirror_url=url,
-        metadata_size=0,
-        metadata_md5="",
-        index_start=0,
-        index_stop=8,
-        workers=2,
-        retries=2,
-        timeout_s=30.0,
-    )
+    # Only the sections a profile has: the one its dataset and its generator source choose (sgilo.config).
+    if "synthfaces" in download:
+        download["synthfaces"].update(n_train=24, n_test=4)
+    if "ffhq" in download:
+        download["ffhq"].update(
+            metadata_url=f"{url}/ffhq-dataset-v1.json",
+            mirror_url=url,
+            metadata_size=0,
+            metadata_md5="",
+            index_start=0,
+            index_stop=8,
+            workers=2,
+            retries=2,
+            timeout_s=30.0,
+        )
     generator = section("generator")
     generator["architecture"] = dict(TINY["generator"]["architecture"])
-    generator.setdefault("train", {}).update(
-        steps=4, batch_size=4, checkpoint_every=2, r1_every=2, disc_channel_max=16, threads=1
-    )
-    generator.setdefault("pretrained", {}).update(url=f"{url}/ffhq.pkl", sha256="", md5="")
-    generator.update(latent_avg_samples=256, grid_rows=2)
+    if "train" in generator:
+        generator["train"].update(steps=4, batch_size=4, checkpoint_every=2, r1_every=2, disc_channel_max=16)
+    if "pretrained" in generator:
+        generator["pretrained"].update(url=f"{url}/ffhq.pkl", retries=2, sha256="", md5="")
+    generator.update(latent_avg_samples=256, grid_rows=2, threads=1)
     invert = section("invert")
     invert["phases"] = [{**phase, "steps": 1} for phase in invert.get("phases", [])] or TINY["invert"]["phases"]
     invert.update(images=4, shard_size=2, batch_size=2, device="cpu", threads=1)
@@ -86,7 +90,7 @@ def toy(profile: dict, url: str) -> dict:
             tune[grid] = tune[grid][:2]
     section("report").update(fid_samples=2, device="cpu", threads=1)
     for theory in ("theory_gnc", "theory_langevin", "theory_igo"):
-        section(theory).update(TINY[theory])
+        out[theory] = merge(section(theory), TINY[theory])
     return out
 
 
@@ -151,6 +155,7 @@ def test_toy_keeps_every_switch_of_the_ffhq_profile() -> None:
         "download.resolution",
         "generator.latent_avg_samples",
         "generator.grid_rows",
+        "generator.threads",
         "invert.phases",
         "invert.images",
         "invert.shard_size",

@@ -24,9 +24,9 @@ from sgilo.theory import (
     sigma_schedule,
 )
 
-from conftest import run_stage, write_params
+from conftest import demo_params, run_stage, write_params
 
-DEFAULT = TheoryGNCConfig()
+DEFAULT = demo_params().theory_gnc
 MIXTURE = Mixture1D(np.array(DEFAULT.weights), np.array(DEFAULT.means), np.array(DEFAULT.stds))
 STARTS = np.linspace(-1, 1, 101)
 

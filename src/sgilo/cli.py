@@ -154,7 +154,9 @@ def _reconstruct(args: argparse.Namespace) -> None:
         chains=args.samples,
         warm_start=args.warm_start,
     )
-    gnc_config = GNCConfig(steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "gnc"))
+    gnc_config = GNCConfig(
+        steps=args.prior_steps, lr=args.prior_lr, weight=_weight(args, "gnc"), t_max=args.t_max, t_min=args.t_min
+    )
     prior_layer = prior.layer if prior is not None else None
     print(
         _describe(args.method, run_phases(args.method, phases, prior_layer, sgilo_config, gnc_config), prior_layer),
@@ -364,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("per_chain", "shared"),
         help="sgilo: an ILO warm start per chain (dispersed starts) or one shared by the chains",
     )
+    rec.add_argument(
+        "--t-max", type=float, default=0.3, help="gnc: the smoothing's first time (large: a convex energy)"
+    )
+    rec.add_argument("--t-min", type=float, default=0.005, help="gnc: the smoothing's last time")
     rec.add_argument("--geocross", type=float, default=0.01)
     rec.add_argument("--perceptual", type=float, default=0.0, help="LPIPS-VGG weight (needs its weights on disk)")
     rec.add_argument("--optimize-noise", action="store_true")

@@ -4,6 +4,10 @@ Each top-level section of the params file loads into a frozen dataclass. Loading
 value of the wrong type or one out of range raises `ConfigError` naming the file, the dotted key and what is
 expected, so a typo in a profile fails before any stage starts work.
 
+Every key is required: `params.yaml` (the demo) and each profile give them all, so the values a run uses are the
+ones its file shows. The few optional keys say so beside their field (a mirror, checksum pins, a phase's radius, the
+section of the dataset or generator source not chosen).
+
 One place per rule: a range lives next to its field as metadata (`bounds`); a rule between one section's own keys is
 that dataclass's `__post_init__` (raising `SectionError`, so building a section in code meets it too); only rules
 that tie sections together are `_check_across_sections`. The generic loading (`from_dict`, YAML, merging) is
@@ -24,127 +28,137 @@ from typing import Any, Literal
 import yaml
 
 from sgilo.loader import ConfigError, SectionError, bounds, from_dict, merge, read_yaml, typed
-from sgilo.method_table import METHODS, method_names, prior_methods
+from sgilo.method_table import METHODS, prior_methods
+
+
+def _require_chosen(section: Any, name: str, switch: str) -> None:
+    """A switch key names the subsection that is used (download.dataset, generator.source): that one must be given."""
+    chosen = getattr(section, switch)
+    if getattr(section, chosen) is None:
+        raise SectionError(chosen, f"missing: {name}.{switch} is {chosen!r}, which reads this section")
 
 
 # ----------------------------------------------------------------------------------------------- download
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthfacesConfig:
-    n_train: int = field(default=2048, metadata=bounds(1))
-    n_test: int = field(default=64, metadata=bounds(1))
+    n_train: int = field(metadata=bounds(1))
+    n_test: int = field(metadata=bounds(1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FFHQConfig:
-    # Empty: fetch each file from its `file_url` in the metadata; else `<mirror_url>/<file_path>`.
+    metadata_url: str
+    metadata_size: int = field(metadata=bounds(0))
+    metadata_md5: str
+    kind: Literal["thumbnails", "images"]
+    index_start: int = field(metadata=bounds(0, 70000))
+    index_stop: int = field(metadata=bounds(1, 70000))
+    workers: int = field(metadata=bounds(1, 128))
+    retries: int = field(metadata=bounds(0, 100))
+    timeout_s: float = field(metadata=bounds(0.1))
+    # Optional. Empty: fetch each file from its `file_url` in the metadata; else `<mirror_url>/<file_path>`.
     mirror_url: str = ""
-    metadata_url: str = "https://drive.google.com/uc?id=16N0RV4fHI6joBuKbQAoG34V_cQk7vxSA"
-    metadata_size: int = field(default=267793842, metadata=bounds(0))
-    metadata_md5: str = "425ae20f06a4da1d4dc0f46d40ba5fd6"
-    kind: Literal["thumbnails", "images"] = "thumbnails"
-    index_start: int = field(default=0, metadata=bounds(0, 70000))
-    index_stop: int = field(default=70000, metadata=bounds(1, 70000))
-    workers: int = field(default=8, metadata=bounds(1, 128))
-    retries: int = field(default=5, metadata=bounds(0, 100))
-    timeout_s: float = field(default=60.0, metadata=bounds(0.1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DownloadConfig:
-    dataset: Literal["synthfaces", "ffhq"] = "synthfaces"
-    resolution: int = field(default=32, metadata=bounds(32, 1024, power_of_two=True))
-    synthfaces: SynthfacesConfig = SynthfacesConfig()
-    ffhq: FFHQConfig = FFHQConfig()
+    """The dataset, and the section of the one `dataset` names (the other may be left out)."""
+
+    dataset: Literal["synthfaces", "ffhq"]
+    resolution: int = field(metadata=bounds(32, 1024, power_of_two=True))
+    synthfaces: SynthfacesConfig | None = None
+    ffhq: FFHQConfig | None = None
+
+    def __post_init__(self) -> None:
+        _require_chosen(self, "download", "dataset")
 
 
 # ---------------------------------------------------------------------------------------------- generator
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArchitectureConfig:
     """StyleGAN2 hyper-parameters; rosinality's config-f is size 1024, 512, 8, 2, 512."""
 
-    size: int = field(default=32, metadata=bounds(4, 1024, power_of_two=True))
-    style_dim: int = field(default=512, metadata=bounds(1))
-    n_mlp: int = field(default=8, metadata=bounds(1))
-    channel_multiplier: int = field(default=2, metadata=bounds(1))
-    channel_max: int = field(default=512, metadata=bounds(1))
+    size: int = field(metadata=bounds(4, 1024, power_of_two=True))
+    style_dim: int = field(metadata=bounds(1))
+    n_mlp: int = field(metadata=bounds(1))
+    channel_multiplier: int = field(metadata=bounds(1))
+    channel_max: int = field(metadata=bounds(1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """GAN training as in StyleGAN2: non-saturating logistic loss, lazy R1, EMA generator."""
 
-    steps: int = field(default=2000, metadata=bounds(1))
-    batch_size: int = field(default=32, metadata=bounds(1))
-    lr: float = field(default=0.002, metadata=bounds(0.0))
-    r1_gamma: float = field(default=0.1, metadata=bounds(0.0))
-    r1_every: int = field(default=16, metadata=bounds(1))
-    ema_half_life_images: float = field(default=10000.0, metadata=bounds(0.0))
-    mixing_prob: float = field(default=0.9, metadata=bounds(0.0, 1.0))
-    checkpoint_every: int = field(default=200, metadata=bounds(1))
-    disc_channel_max: int = field(default=128, metadata=bounds(1))
-    precision: Literal["auto", "fp32", "bf16"] = (
-        "auto"  # sgilo.precision: auto is bf16 only where the CPU has it natively
-    )
-    threads: int = field(default=0, metadata=bounds(0))
+    steps: int = field(metadata=bounds(1))
+    batch_size: int = field(metadata=bounds(1))
+    lr: float = field(metadata=bounds(0.0))
+    r1_gamma: float = field(metadata=bounds(0.0))
+    r1_every: int = field(metadata=bounds(1))
+    ema_half_life_images: float = field(metadata=bounds(0.0))
+    mixing_prob: float = field(metadata=bounds(0.0, 1.0))
+    checkpoint_every: int = field(metadata=bounds(1))
+    disc_channel_max: int = field(metadata=bounds(1))
+    precision: Literal["auto", "fp32", "bf16"]  # sgilo.precision: auto is bf16 only where the CPU has it natively
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PretrainedConfig:
     """Where official weights come from when `generator.source` is `pretrained`."""
 
-    url: str = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/ffhq.pkl"
+    url: str
+    retries: int = field(metadata=bounds(0, 100))
+    # Optional pins: the file is checked against each one given.
     sha256: str = ""
     md5: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GeneratorConfig:
-    source: Literal["train", "pretrained"] = "train"
-    architecture: ArchitectureConfig = ArchitectureConfig()
-    train: TrainConfig = TrainConfig()
-    pretrained: PretrainedConfig = PretrainedConfig()
-    latent_avg_samples: int = field(default=10000, metadata=bounds(1))
-    grid_rows: int = field(default=8, metadata=bounds(1, 64))
+    """The StyleGAN2, and the section of its `source` (the other may be left out)."""
+
+    source: Literal["train", "pretrained"]
+    architecture: ArchitectureConfig
+    latent_avg_samples: int = field(metadata=bounds(1))
+    grid_rows: int = field(metadata=bounds(1, 64))
+    threads: int = field(metadata=bounds(0))
+    train: TrainConfig | None = None
+    pretrained: PretrainedConfig | None = None
+
+    def __post_init__(self) -> None:
+        _require_chosen(self, "generator", "source")
 
 
 # ------------------------------------------------------------------------------------------------- invert
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PhaseConfig:
     """One ILO phase: optimise the input of generator block `layer` (0 = the w+ latent, i.e. CSGM)."""
 
-    layer: int = field(default=0, metadata=bounds(0))
-    steps: int = field(default=100, metadata=bounds(0))
-    lr: float = field(default=0.1, metadata=bounds(0.0))
-    radius: float | None = field(
-        default=None, metadata=bounds(0.0)
-    )  # l1 radius around the previous layer's range; null = unconstrained
+    layer: int = field(metadata=bounds(0))
+    steps: int = field(metadata=bounds(0))
+    lr: float = field(metadata=bounds(0.0))
+    # Optional: the l1 radius around the previous layer's range; null or left out: unconstrained.
+    radius: float | None = field(default=None, metadata=bounds(0.0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InvertConfig:
     """ILO inversion of the training images into the layer-`layer` representation the score model learns."""
 
-    layer: int = field(default=2, metadata=bounds(1))
-    phases: tuple[PhaseConfig, ...] = (
-        PhaseConfig(0, 40),
-        PhaseConfig(1, 30, radius=150.0),
-        PhaseConfig(2, 30, radius=300.0),
-    )
-    geocross: float = field(default=0.01, metadata=bounds(0.0))
-    perceptual: float = field(default=0.0, metadata=bounds(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
-    optimize_noise: bool = False
-    images: int = field(default=512, metadata=bounds(1))  # the first `images` training images, in index order
+    layer: int = field(metadata=bounds(1))
+    phases: tuple[PhaseConfig, ...]
+    geocross: float = field(metadata=bounds(0.0))
+    perceptual: float = field(metadata=bounds(0.0))  # LPIPS-VGG weight; > 0 needs its weights on disk
+    optimize_noise: bool
+    images: int = field(metadata=bounds(1))  # the first `images` training images, in index order
     # Layer-k latents drawn from the generator itself (z ~ N(0, I), its stored noise): extra training data for the
     # prior, from the distribution of the generator's own intermediate layer (the paper's second kind of prior).
-    generated: int = field(default=0, metadata=bounds(0))
-    generated_shard_size: int = field(
-        default=1024, metadata=bounds(1)
-    )  # one cheap forward pass each: larger than shard_size
-    shard_size: int = field(default=128, metadata=bounds(1))
-    batch_size: int = field(default=32, metadata=bounds(1))
-    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=bounds(0))
+    generated: int = field(metadata=bounds(0))
+    generated_shard_size: int = field(metadata=bounds(1))  # one cheap forward pass each: larger than shard_size
+    shard_size: int = field(metadata=bounds(1))
+    batch_size: int = field(metadata=bounds(1))
+    precision: Literal["auto", "fp32", "tf32", "bf16"]
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int = field(metadata=bounds(0))
 
     @property
     def shards(self) -> int:
@@ -161,19 +175,24 @@ class InvertConfig:
 
 
 # ------------------------------------------------------------------------------------------- trajectories
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrajectoriesConfig:
     """Forward-SDE samples of the (normalised) invert latents, cached for score training."""
 
-    sde: Literal["vp", "linear", "catmap", "lotka_volterra"] = "vp"  # vp: closed form; others: Euler–Maruyama
-    beta_min: float = field(default=0.1, metadata=bounds(0.0))
-    beta_max: float = field(default=20.0, metadata=bounds(0.0))
-    draws: int = field(default=8, metadata=bounds(1))  # samples of t per latent
-    dt: float = field(default=0.01, metadata=bounds(1e-5, 1.0))  # Euler–Maruyama step of the simulated SDEs
-    tau_fraction: float = field(default=0.5, metadata=bounds(0.01, 1.0))  # keep x_τ at τ = tau_fraction·t
-    held_out: float = field(default=0.1, metadata=bounds(0.0, 0.9))  # fraction of latents kept for the held-out loss
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    threads: int = field(default=0, metadata=bounds(0))
+    sde: Literal["vp", "linear", "catmap", "lotka_volterra"]  # vp: closed form; others: Euler–Maruyama
+    beta_min: float = field(metadata=bounds(0.0))
+    beta_max: float = field(metadata=bounds(0.0))
+    draws: int = field(metadata=bounds(1))  # samples of t per latent
+    dt: float = field(metadata=bounds(1e-5, 1.0))  # Euler–Maruyama step of the simulated SDEs
+    tau_fraction: float = field(metadata=bounds(0.01, 1.0))  # keep x_τ at τ = tau_fraction·t
+    held_out: float = field(metadata=bounds(0.0, 0.9))  # fraction of latents kept for the held-out loss
+    dtype: Literal["float32", "float16", "bfloat16"]
+    threads: int = field(metadata=bounds(0))
+
+    def sde_arguments(self, name: str | None = None) -> dict[str, Any]:
+        """`sgilo.sde.build_sde`'s arguments for this section's SDE, or for the SDE `name` on the same schedule and step
+        (theory_igo's other forward processes); also what a prior checkpoint stores as its SDE."""
+        return {"name": name or self.sde, "beta_min": self.beta_min, "beta_max": self.beta_max, "dt": self.dt}
 
     def __post_init__(self) -> None:
         if self.beta_max < self.beta_min:
@@ -181,36 +200,36 @@ class TrajectoriesConfig:
 
 
 # -------------------------------------------------------------------------------------------------- score
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoreModelConfig:
     """ScoreViT: the latent as tokens (patch size 1), Gaussian Fourier time features; paper: 8, 1024, 1, 4096."""
 
-    width: int = field(default=128, metadata=bounds(1))
-    depth: int = field(default=4, metadata=bounds(1))
-    heads: int = field(default=4, metadata=bounds(1))
-    mlp: int = field(default=256, metadata=bounds(1))
-    fourier_scale: float = field(default=16.0, metadata=bounds(0.0))
-    dropout: float = field(default=0.0, metadata=bounds(0.0, 1.0))
-    skip: bool = True  # ε̂ = c(t)·x + network: a linear restoring force off the data (see docs/score.md)
+    width: int = field(metadata=bounds(1))
+    depth: int = field(metadata=bounds(1))
+    heads: int = field(metadata=bounds(1))
+    mlp: int = field(metadata=bounds(1))
+    fourier_scale: float = field(metadata=bounds(0.0))
+    dropout: float = field(metadata=bounds(0.0, 1.0))
+    skip: bool  # ε̂ = c(t)·x + network: a linear restoring force off the data (see docs/score.md)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoreConfig:
     """Denoising score matching on the cached trajectories (AdamW, warm-up, clipping, EMA)."""
 
-    model: ScoreModelConfig = ScoreModelConfig()
-    epochs: int = field(default=20, metadata=bounds(1))
-    batch_size: int = field(default=128, metadata=bounds(1))
-    lr: float = field(default=3e-4, metadata=bounds(0.0))
-    weight_decay: float = field(default=0.0, metadata=bounds(0.0))
-    warmup_steps: int = field(default=100, metadata=bounds(0))
-    grad_clip: float = field(default=1.0, metadata=bounds(0.0))
-    ema_decay: float = field(default=0.999, metadata=bounds(0.0, 1.0))
-    samples: int = field(default=16, metadata=bounds(1))  # unconditional samples decoded into the grid
-    sample_steps: int = field(default=200, metadata=bounds(1))
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=bounds(0))
+    model: ScoreModelConfig
+    epochs: int = field(metadata=bounds(1))
+    batch_size: int = field(metadata=bounds(1))
+    lr: float = field(metadata=bounds(0.0))
+    weight_decay: float = field(metadata=bounds(0.0))
+    warmup_steps: int = field(metadata=bounds(0))
+    grad_clip: float = field(metadata=bounds(0.0))
+    ema_decay: float = field(metadata=bounds(0.0, 1.0))
+    samples: int = field(metadata=bounds(1))  # unconditional samples decoded into the grid
+    sample_steps: int = field(metadata=bounds(1))
+    precision: Literal["auto", "fp32", "bf16"]
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int = field(metadata=bounds(0))
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -242,15 +261,15 @@ def hardest_level(task: str, levels) -> float:
 CLOSED_FORM_SDES = ("vp",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskLevelsConfig:
     """One task and its measurement levels (inpaint: fraction kept; cs: m/n; denoise: σ; sr: factor)."""
 
-    task: Literal["inpaint", "cs", "denoise", "sr", "colorize"] = "inpaint"
-    levels: tuple[float, ...] = (0.1,)
+    task: Literal["inpaint", "cs", "denoise", "sr", "colorize"]
+    levels: tuple[float, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SGILOConfig:
     """Langevin dynamics at the prior's layer, in the score model's scaled coordinates u (`sgilo.posterior`).
 
@@ -261,79 +280,68 @@ class SGILOConfig:
     with hot_steps 0, the chains sample the tempered posterior [p(y | u)·p_t0(u)]^(1/T).
     """
 
-    steps: int = field(
-        default=60, metadata=bounds(1)
-    )  # replaces ILO's last phase (the earlier phases are the warm start)
-    lr: float = field(default=0.05, metadata=bounds(0.0))  # adam: its lr on the measurement loss (constant: a sampler)
-    weight: float = field(
-        default=0.1, metadata=bounds(0.0)
-    )  # λ: the step η = λ·s² (the SGILO code's "temperature" 0.1)
-    temperature: float = field(default=1.0, metadata=bounds(0.0))  # T of the Langevin noise sqrt(2ηT); 0: no noise
-    t0: float = field(default=0.01, metadata=bounds(1e-3, 1.0))  # hot start: perturb to t0 along the forward SDE …
-    hot_steps: int = field(
-        default=5, metadata=bounds(0)
-    )  # … and run this many reverse-SDE steps back (0: one Tweedie step)
-    data_step: Literal["adam", "langevin"] = "adam"
-    measurement_std: float = field(default=0.0, metadata=bounds(0.0))  # langevin: σ_y of the likelihood (> 0 needed)
-    chains: int = field(default=4, metadata=bounds(1))  # posterior samples per measurement, in one batch
+    steps: int = field(metadata=bounds(1))  # replaces ILO's last phase (the earlier phases are the warm start)
+    lr: float = field(metadata=bounds(0.0))  # adam: its lr on the measurement loss (constant: a sampler)
+    weight: float = field(metadata=bounds(0.0))  # λ: the step η = λ·s² (the SGILO code's "temperature" 0.1)
+    temperature: float = field(metadata=bounds(0.0))  # T of the Langevin noise sqrt(2ηT); 0: no noise
+    t0: float = field(metadata=bounds(1e-3, 1.0))  # hot start: perturb to t0 along the forward SDE …
+    hot_steps: int = field(metadata=bounds(0))  # … and run this many reverse-SDE steps back (0: one Tweedie step)
+    data_step: Literal["adam", "langevin"]
+    measurement_std: float = field(metadata=bounds(0.0))  # langevin: σ_y of the likelihood (> 0 needed)
+    chains: int = field(metadata=bounds(1))  # posterior samples per measurement, in one batch
     # per_chain: every chain runs its own ILO warm start from its own seed (dispersed starts, as multi-chain MCMC
     # wants: chains can land in different modes); shared: one warm start per measurement, chains branch at layer k.
-    warm_start: Literal["per_chain", "shared"] = "per_chain"
+    warm_start: Literal["per_chain", "shared"]
 
     def __post_init__(self) -> None:
         if self.data_step == "langevin" and self.measurement_std <= 0:
             raise ValueError("sgilo data_step langevin needs measurement_std > 0: the σ_y of the likelihood it samples")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GNCConfig:
     """The GNC flow: the prior's smoothing annealed from t_max to t_min, z ← z + λ·(D(z, σ_i) − z) after each data step."""
 
-    steps: int = field(default=60, metadata=bounds(1))
-    lr: float = field(default=0.05, metadata=bounds(0.0))
-    weight: float = field(
-        default=0.5, metadata=bounds(0.0, 1.0)
-    )  # λ = 1 is Kobler & Pock's full σ²-preconditioned step
-    t_max: float = field(default=0.3, metadata=bounds(1e-3, 1.0))  # large smoothing: a convex energy
-    t_min: float = field(default=0.005, metadata=bounds(1e-3, 1.0))
+    steps: int = field(metadata=bounds(1))
+    lr: float = field(metadata=bounds(0.0))
+    weight: float = field(metadata=bounds(0.0, 1.0))  # λ = 1 is Kobler & Pock's full σ²-preconditioned step
+    t_max: float = field(metadata=bounds(1e-3, 1.0))  # large smoothing: a convex energy
+    t_min: float = field(metadata=bounds(1e-3, 1.0))
 
     def __post_init__(self) -> None:
         if self.t_min > self.t_max:
             raise SectionError("t_min", f"({self.t_min}) must be <= t_max ({self.t_max})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TuneConfig:
     """Per task, level and method, the key hyper-parameter is chosen on separate validation images (lowest MSE)."""
 
-    validation: int = field(default=4, metadata=bounds(1))  # images before the test images in the test split (paper: 8)
-    ilo_radius_scale: tuple[float, ...] = (0.25, 1.0, 4.0)  # × every invert.phases radius
-    sgilo_weight: tuple[float, ...] = (0.03, 0.1, 0.3)
-    gnc_weight: tuple[float, ...] = (0.25, 0.5, 1.0)
+    validation: int = field(metadata=bounds(1))  # images before the test images in the test split (paper: 8)
+    ilo_radius_scale: tuple[float, ...]  # × every invert.phases radius
+    sgilo_weight: tuple[float, ...]
+    gnc_weight: tuple[float, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
     """Tasks × levels × methods on held-out test images. ILO's schedule (and SGILO/GNC's warm start) is invert.phases."""
 
-    tasks: tuple[TaskLevelsConfig, ...] = (
-        TaskLevelsConfig("inpaint", (0.05, 0.1, 0.25)),
-        TaskLevelsConfig("cs", (0.01, 0.03, 0.1)),
-    )
-    methods: tuple[str, ...] = field(default_factory=method_names)  # rows of sgilo.method_table
-    images: int = field(default=8, metadata=bounds(1))  # test images, after the validation ones
-    noise_std: float = field(default=0.0, metadata=bounds(0.0))  # extra Gaussian measurement noise, every task
-    mask: Literal["random", "center", "box"] = "random"
-    cs_kind: Literal["auto", "gaussian", "structured"] = "auto"
-    sr_filter: Literal["area", "bicubic"] = "area"
-    batch_size: int = field(default=8, metadata=bounds(1))  # images per batch (SGILO: × chains)
-    sgilo: SGILOConfig = SGILOConfig()
-    gnc: GNCConfig = GNCConfig()
-    tune: TuneConfig = TuneConfig()
-    figure_images: int = field(default=4, metadata=bounds(0))  # reconstructions kept per shard for the report's figures
-    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=bounds(0))
+    tasks: tuple[TaskLevelsConfig, ...]
+    methods: tuple[str, ...]  # rows of sgilo.method_table
+    images: int = field(metadata=bounds(1))  # test images, after the validation ones
+    noise_std: float = field(metadata=bounds(0.0))  # extra Gaussian measurement noise, every task
+    mask: Literal["random", "center", "box"]
+    cs_kind: Literal["auto", "gaussian", "structured"]
+    sr_filter: Literal["area", "bicubic"]
+    batch_size: int = field(metadata=bounds(1))  # images per batch (SGILO: × chains)
+    sgilo: SGILOConfig
+    gnc: GNCConfig
+    tune: TuneConfig
+    figure_images: int = field(metadata=bounds(0))  # reconstructions kept per shard for the report's figures
+    precision: Literal["auto", "fp32", "tf32", "bf16"]
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int = field(metadata=bounds(0))
 
     def __post_init__(self) -> None:
         for i, entry in enumerate(self.tasks):
@@ -358,32 +366,30 @@ class EvaluateConfig:
                 raise SectionError("methods", f"{method} tunes from evaluate.tune.{candidates}, which the params lack")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReportConfig:
     """Aggregation into results/table1.csv and the figures."""
 
-    confidence: float = field(default=0.95, metadata=bounds(0.5, 0.999))  # Student-t intervals over test images
-    fid_samples: int = field(
-        default=256, metadata=bounds(0)
-    )  # unconditional prior samples for FID (needs Inception weights)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = field(default=0, metadata=bounds(0))
+    confidence: float = field(metadata=bounds(0.5, 0.999))  # Student-t intervals over test images
+    fid_samples: int = field(metadata=bounds(0))  # unconditional prior samples for FID (needs Inception weights)
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int = field(metadata=bounds(0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TheoryGNCConfig:
     """Kobler & Pock's Fig. 1: the GNC flow on a smoothed 1-D Gaussian mixture, against gradient descent."""
 
-    weights: tuple[float, ...] = (0.15, 0.25, 0.2, 0.25, 0.15)  # five components, as in the paper
-    means: tuple[float, ...] = (-0.8, -0.35, 0.05, 0.45, 0.85)
-    stds: tuple[float, ...] = (0.08, 0.1, 0.06, 0.12, 0.07)
-    domain: tuple[float, float] = (-1.0, 1.0)
-    starts: int = field(default=201, metadata=bounds(2))  # equally spaced initial positions on the domain
-    sigma_min: float = field(default=0.01, metadata=bounds(1e-4))  # the schedules' last σ
-    sigma_max: float = field(default=3.0, metadata=bounds(1e-4))  # the largest initial σ_0 tried
-    initial_sigmas: int = field(default=25, metadata=bounds(2))  # σ_0 values, log-spaced from sigma_min to sigma_max
-    steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # flow lengths tried (gradient descent: the same)
-    gd_lr: float = field(default=0.0036, metadata=bounds(0.0))  # about the narrowest component's variance: stable
+    weights: tuple[float, ...]  # five components, as in the paper
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+    domain: tuple[float, float]
+    starts: int = field(metadata=bounds(2))  # equally spaced initial positions on the domain
+    sigma_min: float = field(metadata=bounds(1e-4))  # the schedules' last σ
+    sigma_max: float = field(metadata=bounds(1e-4))  # the largest initial σ_0 tried
+    initial_sigmas: int = field(metadata=bounds(2))  # σ_0 values, log-spaced from sigma_min to sigma_max
+    steps: tuple[int, ...]  # flow lengths tried (gradient descent: the same)
+    gd_lr: float = field(metadata=bounds(0.0))  # about the narrowest component's variance: stable
 
     def __post_init__(self) -> None:
         if not len(self.weights) == len(self.means) == len(self.stds) >= 1:
@@ -405,33 +411,28 @@ class TheoryGNCConfig:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LangevinArchitectureConfig:
-    depth: int = field(default=2, metadata=bounds(1))
-    latents: tuple[int, ...] = (2, 4, 8, 16)  # latent sizes k run at this depth
+    depth: int = field(metadata=bounds(1))
+    latents: tuple[int, ...]  # latent sizes k run at this depth
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TheoryLangevinConfig:
     """The SGILO paper's Theorem 3.1: SGLD inverting random expansive ReLU generators, against GD with/without flips."""
 
-    architectures: tuple[LangevinArchitectureConfig, ...] = (
-        LangevinArchitectureConfig(2, (2, 4, 8, 16)),
-        LangevinArchitectureConfig(3, (2,)),
-    )
-    expansion: float = field(default=10.0, metadata=bounds(1.0))  # n_i = ⌈expansion · n_(i−1)⌉
-    measurements_per_latent: float = field(default=8.0, metadata=bounds(0.0))  # m = ⌈· k⌉ rows of A
-    noise: float = field(default=0.0, metadata=bounds(0.0))  # std of ‖e‖ in y = A G(z*) + e
-    chains: int = field(default=12, metadata=bounds(1))  # per method and start
-    steps: int = field(default=800, metadata=bounds(1))
-    step_size: float = field(default=0.05, metadata=bounds(1e-6))  # η, in units where the Hessian at z* is about I
-    beta_per_latent: float = field(
-        default=50.0, metadata=bounds(1e-6)
-    )  # β = this · k: a stationary spread near 1/√this
-    spread_betas_per_latent: tuple[float, ...] = (25.0, 100.0, 400.0, 1600.0, 6400.0)  # the β sweep
-    spread_architecture: LangevinArchitectureConfig = LangevinArchitectureConfig(2, (8,))  # its (depth, k)
-    success_radius: float = field(default=0.35, metadata=bounds(0.0))  # ‖z − z*‖ ≤ this: reached z* (‖z*‖ = 1)
-    spurious_start: float = field(default=0.01, metadata=bounds(0.0))  # norm of the perturbation of −ρ_d z* starts
+    architectures: tuple[LangevinArchitectureConfig, ...]
+    expansion: float = field(metadata=bounds(1.0))  # n_i = ⌈expansion · n_(i−1)⌉
+    measurements_per_latent: float = field(metadata=bounds(0.0))  # m = ⌈· k⌉ rows of A
+    noise: float = field(metadata=bounds(0.0))  # std of ‖e‖ in y = A G(z*) + e
+    chains: int = field(metadata=bounds(1))  # per method and start
+    steps: int = field(metadata=bounds(1))
+    step_size: float = field(metadata=bounds(1e-6))  # η, in units where the Hessian at z* is about I
+    beta_per_latent: float = field(metadata=bounds(1e-6))  # β = this · k: a stationary spread near 1/√this
+    spread_betas_per_latent: tuple[float, ...]  # the β sweep
+    spread_architecture: LangevinArchitectureConfig  # its (depth, k)
+    success_radius: float = field(metadata=bounds(0.0))  # ‖z − z*‖ ≤ this: reached z* (‖z*‖ = 1)
+    spurious_start: float = field(metadata=bounds(0.0))  # norm of the perturbation of −ρ_d z* starts
 
     def __post_init__(self) -> None:
         for i, arch in enumerate((*self.architectures, self.spread_architecture)):
@@ -446,28 +447,28 @@ class TheoryLangevinConfig:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TheoryIGOConfig:
     """IGO's non-affine forward iterates on demo latents and a 2-D toy set, and the α of its loss on the toy set.
 
     The SDEs take trajectories.beta_min, .beta_max, .dt and .tau_fraction, as the score stage's trajectories do."""
 
-    sdes: tuple[str, ...] = ("catmap", "lotka_volterra")  # the forward processes shown
-    times: tuple[float, ...] = (0.2, 1.0)  # t; each with its x_τ, τ = tau_fraction · t
-    latents: int = field(default=128, metadata=bounds(1))  # demo latents shown (from invert shard 0)
-    modes: int = field(default=8, metadata=bounds(1))  # toy set: Gaussians on a ring
-    radius: float = field(default=0.6, metadata=bounds(0.0))
-    std: float = field(default=0.05, metadata=bounds(0.0))
-    points: int = field(default=2048, metadata=bounds(2))  # toy training points (as many again held out)
-    sde: str = "catmap"  # the forward process the α sweep trains on
-    alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # α·L(x_t) + (1 − α)·R(x_τ)
-    draws: int = field(default=4, metadata=bounds(1))  # forward draws of t per training point
-    model: ScoreModelConfig = ScoreModelConfig(width=32, depth=2, heads=1, mlp=64)
-    steps: int = field(default=300, metadata=bounds(1))
-    batch_size: int = field(default=512, metadata=bounds(1))
-    lr: float = field(default=0.005, metadata=bounds(0.0))
-    samples: int = field(default=512, metadata=bounds(2))  # reverse-SDE samples per α for the energy distance
-    sample_steps: int = field(default=100, metadata=bounds(1))
+    sdes: tuple[str, ...]  # the forward processes shown
+    times: tuple[float, ...]  # t; each with its x_τ, τ = tau_fraction · t
+    latents: int = field(metadata=bounds(1))  # demo latents shown (from invert shard 0)
+    modes: int = field(metadata=bounds(1))  # toy set: Gaussians on a ring
+    radius: float = field(metadata=bounds(0.0))
+    std: float = field(metadata=bounds(0.0))
+    points: int = field(metadata=bounds(2))  # toy training points (as many again held out)
+    sde: str  # the forward process the α sweep trains on
+    alphas: tuple[float, ...]  # α·L(x_t) + (1 − α)·R(x_τ)
+    draws: int = field(metadata=bounds(1))  # forward draws of t per training point
+    model: ScoreModelConfig
+    steps: int = field(metadata=bounds(1))
+    batch_size: int = field(metadata=bounds(1))
+    lr: float = field(metadata=bounds(0.0))
+    samples: int = field(metadata=bounds(2))  # reverse-SDE samples per α for the energy distance
+    sample_steps: int = field(metadata=bounds(1))
 
     def __post_init__(self) -> None:
         for name in self.sdes:
@@ -483,19 +484,19 @@ class TheoryIGOConfig:
 
 
 # -------------------------------------------------------------------------------------------------- params
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Params:
-    seed: int = field(default=0, metadata=bounds(0))
-    download: DownloadConfig = DownloadConfig()
-    generator: GeneratorConfig = GeneratorConfig()
-    invert: InvertConfig = InvertConfig()
-    trajectories: TrajectoriesConfig = TrajectoriesConfig()
-    score: ScoreConfig = ScoreConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    report: ReportConfig = ReportConfig()
-    theory_gnc: TheoryGNCConfig = TheoryGNCConfig()
-    theory_langevin: TheoryLangevinConfig = TheoryLangevinConfig()
-    theory_igo: TheoryIGOConfig = TheoryIGOConfig()
+    seed: int = field(metadata=bounds(0))
+    download: DownloadConfig
+    generator: GeneratorConfig
+    invert: InvertConfig
+    trajectories: TrajectoriesConfig
+    score: ScoreConfig
+    evaluate: EvaluateConfig
+    report: ReportConfig
+    theory_gnc: TheoryGNCConfig
+    theory_langevin: TheoryLangevinConfig
+    theory_igo: TheoryIGOConfig
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params) if f.name != "seed")
@@ -589,5 +590,7 @@ RETIRED = {
     "score.igo": "the score stage no longer trains IGO's intermediate generator (sampling and reconstruction never used it); "
     "IGO's α is measured by the theory_igo stage (docs/theory.md)",
     "score.igo_alpha": "see score.igo: IGO's α is measured by the theory_igo stage (theory_igo.alphas)",
+    "generator.train.threads": "moved to generator.threads (the generator stage's CPU threads, for either source): "
+    "move the key up one level",
     "invert.stages": "renamed invert.phases (ILO's layer phases; 'stage' now means only a pipeline stage): rename the key, its entries stay the same",
 }

@@ -79,15 +79,22 @@ def from_dict(
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {_describe(raw)}")
+    if not prefix:  # a retired key first: its message says where the value went, which a missing key's cannot
+        for key, fix in retired.items():
+            if has_key(raw, key):
+                raise ConfigError(f"{source}: {key} is no longer a key: {fix}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, raw)) - set(known))
-    for key in unknown:
-        if prefix + key in retired:
-            raise ConfigError(f"{source}: {prefix}{key} is no longer a key: {retired[prefix + key]}")
     if unknown:
         raise ConfigError(
             f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys under {where}: {', '.join(sorted(known))}"
+        )
+    missing = [name for name, f in known.items() if name not in raw and _required(f)]
+    if missing:
+        raise ConfigError(
+            f"{source}: missing key{'s' if len(missing) > 1 else ''} {', '.join(prefix + name for name in missing)}: "
+            "every key is required (params.yaml, the demo profile, gives each one with its meaning)"
         )
     values = {
         name: _convert(hints[name], raw[name], f, source, prefix + name, retired)
@@ -100,6 +107,19 @@ def from_dict(
         raise ConfigError(f"{source}: {prefix}{exc.keys}: {exc.rule}") from exc
     except ValueError as exc:
         raise ConfigError(f"{source}: {where}: {exc}") from exc
+
+
+def has_key(raw: Any, dotted: str) -> bool:
+    """Whether plain data `raw` (a params file as read) has the dotted key, e.g. "evaluate.sgilo.temperature"."""
+    for part in dotted.split("."):
+        if not isinstance(raw, Mapping) or part not in raw:
+            return False
+        raw = raw[part]
+    return True
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str, retired: Mapping[str, str]) -> Any:

@@ -39,8 +39,8 @@ class Setting:
     """What a method may read besides ILO's schedule: its tuned value and the prior methods' configs."""
 
     radius_scale: float = 1.0
-    sgilo: SGILOConfig = field(default_factory=SGILOConfig)
-    gnc: GNCConfig = field(default_factory=GNCConfig)
+    sgilo: SGILOConfig | None = None  # needed by SGILO (a profile's evaluate.sgilo)
+    gnc: GNCConfig | None = None  # needed by GNC (evaluate.gnc)
 
 
 class Method:
@@ -161,14 +161,14 @@ class SGILO(PriorMethod):
     name = "sgilo"
 
     def config(self) -> SGILOConfig:
-        return self.setting.sgilo
+        return _given(self.setting.sgilo, "sgilo_config")
 
     def chains(self) -> int:
-        return self.setting.sgilo.chains
+        return self.config().chains
 
     def sample(self, generator, forward, y, seeds, prior, phases, options, perceptual, progress) -> Posterior:
         return score_guided_ilo(
-            generator, forward, y, seeds, prior, self.setting.sgilo, phases, options, perceptual, progress
+            generator, forward, y, seeds, prior, self.config(), phases, options, perceptual, progress
         )
 
 
@@ -176,10 +176,17 @@ class GNC(PriorMethod):
     name = "gnc"
 
     def config(self) -> GNCConfig:
-        return self.setting.gnc
+        return _given(self.setting.gnc, "gnc_config")
 
     def sample(self, generator, forward, y, seeds, prior, phases, options, perceptual, progress) -> Posterior:
-        return gnc(generator, forward, y, seeds, prior, self.setting.gnc, phases, options, perceptual, progress)
+        return gnc(generator, forward, y, seeds, prior, self.config(), phases, options, perceptual, progress)
+
+
+def _given(config, name: str):
+    # A prior method's settings come from the caller (a profile's evaluate section, the CLI's flags): no default here.
+    if config is None:
+        raise ValueError(f"this method needs its {name} (e.g. a profile's evaluate.sgilo or evaluate.gnc)")
+    return config
 
 
 METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (CSGM, ILO, ILOUnconstrained, SGILO, GNC)}
@@ -217,7 +224,7 @@ def run_phases(
 ) -> list[LayerPhase]:
     """The phases a method runs, as its Reconstruction records them: `method_phases`; SGILO and GNC: the warm start,
     then the prior's phase at `prior_layer` (its steps and lr from the method's config)."""
-    setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
+    setting = Setting(radius_scale, sgilo_config, gnc_config)
     return method(name, setting).run_phases(phases, prior_layer)
 
 
@@ -246,7 +253,7 @@ def reconstruct(
         # alone, so one perceptual weight serves a profile's every task.
         options = replace(options, perceptual=0.0)
     term = f"mse + {options.perceptual:g}·LPIPS" if options.perceptual > 0 else "mse"
-    setting = Setting(radius_scale, sgilo_config or SGILOConfig(), gnc_config or GNCConfig())
+    setting = Setting(radius_scale, sgilo_config, gnc_config)
     return method(name, setting).reconstruct(
         generator, forward, y, seeds, phases, options, prior, perceptual, progress, term
     )

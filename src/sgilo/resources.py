@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import torch
@@ -293,7 +293,9 @@ def estimate(params: Params, device: Device) -> list[RuleEstimate]:
         config = evaluate.sgilo if method == "sgilo" else evaluate.gnc
         warm_flop, warm_act = ilo(warm_phases(schedule, invert.layer), uses_lpips, evaluate.batch_size * chains)
         last_flop, last_act = ilo(
-            [type(schedule[0])(invert.layer, config.steps, None, config.lr)], uses_lpips, evaluate.batch_size * chains
+            [replace(schedule[0], layer=invert.layer, steps=config.steps, radius=None, lr=config.lr)],
+            uses_lpips,
+            evaluate.batch_size * chains,
         )
         prior_calls = config.steps * (max(1, evaluate.sgilo.hot_steps) if method == "sgilo" else 1)
         return chains * (warm_flop + last_flop + prior_calls * vit_fwd), max(warm_act, last_act)

@@ -255,7 +255,7 @@ def preconditioned_score_vit(
     `options` is a params `*.model` mapping (width, depth, …; its `skip` turns on the skip for data of std
     `data_std`); `settings` (igo, head_dim, …) go to ScoreViT as they are."""
     options = dict(options)
-    skip = options.pop("skip", True)
+    skip = options.pop("skip")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = ScoreViT(shape, **options, **settings)

@@ -31,6 +31,7 @@ import yaml
 
 from sgilo.config import TASK_LEVELS
 from sgilo.io import atomic_open
+from sgilo.loader import has_key
 
 DVC_YAML = "dvc.yaml"
 HEADER = (
@@ -140,14 +141,6 @@ def _relative(path: str, root: Path) -> str:
         raise SharingError(f"{path} lies outside {root}: run the workflow from the repository root for DVC") from None
 
 
-def _has_key(tree: Any, key: str) -> bool:
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return False
-        tree = tree[part]
-    return True
-
-
 @contextmanager
 def _snakemake_dag(root: Path, params_file: str, targets: Sequence[str]) -> Iterator[Any]:
     """Snakemake's workflow with the DAG of every job that builds `targets` from scratch under `params_file`; inside
@@ -188,7 +181,7 @@ def _snakemake_dag(root: Path, params_file: str, targets: Sequence[str]) -> Iter
 def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Sequence[str] = ("all",)) -> list[DvcStage]:
     """Every job Snakemake would run to build `targets` from scratch under `params_file`, as DVC stages.
 
-    Params keys missing from the params file (their defaults come from code, which is a dependency) are left out,
+    Optional params keys the file leaves out (sgilo.config: e.g. the section of a dataset not chosen) are left out,
     since DVC can only track keys the file has."""
     root = root.resolve()
     params_path = root / params_file
@@ -220,7 +213,7 @@ def workflow_stages(root: Path, params_file: str = "params.yaml", targets: Seque
                 name=_stage_name(job.rule.name, dict(job.wildcards)),
                 cmd=" ".join(cmd.split()),
                 deps=tuple(dict.fromkeys(_relative(path, root) for path in job.input)),
-                params=tuple(key for key in tracked if _has_key(raw, key)),
+                params=tuple(key for key in tracked if has_key(raw, key)),
                 outs=tuple(outs),
             )
         )

@@ -18,7 +18,7 @@ rule generator:
         "logs/generator.log",
     benchmark:
         "logs/benchmarks/generator.tsv",
-    threads: rule_threads(PARAMS.generator.train.threads)
+    threads: rule_threads(PARAMS.generator.threads)
     shell:
         "{PY} -m sgilo.stages.generator --params {PARAMS_FILE} --data {DATA} --cache {params.weights_cache}"
         " --generator {output.generator} --samples {output.samples} --metrics {output.metrics} {params.history}"

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="the JSON of metrics to write")
     parser.add_argument("--history", type=Path, help="the CSV of training losses to write (source: train)")
     args, params = start(parser, argv)
-    set_threads(args.threads or params.generator.train.threads)
+    set_threads(args.threads or params.generator.threads)
     started = time.perf_counter()
     if params.generator.source == "train":
         if args.data is None or args.history is None:
@@ -139,7 +139,7 @@ def _mean(values: Any) -> float:
 def fetch_pretrained(params: Params, cache: Path) -> tuple[Generator, dict[str, Any]]:
     source = params.generator.pretrained
     dest = cache / Path(source.url.split("?")[0]).name
-    session = make_session(retries=params.download.ffhq.retries)
+    session = make_session(retries=source.retries)
     download_file(
         source.url, dest, md5=source.md5 or None, sha256=source.sha256 or None, session=session, progress=True
     )

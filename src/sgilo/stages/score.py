@@ -141,18 +141,13 @@ def build_model(params: Params, shape: tuple[int, ...], data_std: float) -> Prec
     trajectories were drawn with."""
     traj = params.trajectories
     return preconditioned_score_vit(
-        shape, to_dict(params.score.model), params.seed, sde_of(params), data_std, keep=(traj.tau_fraction,)
+        shape,
+        to_dict(params.score.model),
+        params.seed,
+        build_sde(**traj.sde_arguments()),
+        data_std,
+        keep=(traj.tau_fraction,),
     )
-
-
-def sde_config(params: Params) -> dict:
-    """The SDE the trajectories were drawn with, as the checkpoint stores it (`build_sde`'s arguments)."""
-    traj = params.trajectories
-    return {"name": traj.sde, "beta_min": traj.beta_min, "beta_max": traj.beta_max, "dt": traj.dt}
-
-
-def sde_of(params: Params):
-    return build_sde(**sde_config(params))
 
 
 def train(params: Params, data: dict[str, Any], state_path: Path, device: torch.device, precision: str, key: str):
@@ -287,7 +282,11 @@ def finish(
     inverted = ShardRows(args.invert)
     w_sum = sum(inverted.column_part("w_plus", i).double().sum(0, keepdim=True) for i in range(len(args.invert)))
     prior = LatentPrior(
-        ema.eval(), data["scaler"], sde_config(params), params.invert.layer, (w_sum / len(inverted)).float().to(device)
+        ema.eval(),
+        data["scaler"],
+        params.trajectories.sde_arguments(),
+        params.invert.layer,
+        (w_sum / len(inverted)).float().to(device),
     )
     latents = sample_latents(prior, config.samples, params.seed, config.sample_steps, device)
     images = decode_latents(generator, prior, latents)

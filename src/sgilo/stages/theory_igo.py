@@ -50,8 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def sde_for(params: Params, name: str) -> SDE:
-    traj = params.trajectories
-    return build_sde(name, traj.beta_min, traj.beta_max, traj.dt)
+    return build_sde(**params.trajectories.sde_arguments(name))
 
 
 def toy_set(params: Params, purpose: str) -> torch.Tensor:

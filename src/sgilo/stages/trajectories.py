@@ -101,7 +101,7 @@ def write_shard(
     config = params.trajectories
     tensors, _ = load_safetensors(latents)
     x0 = scaler.normalize(tensors["latents"])
-    sde = build_sde(config.sde, config.beta_min, config.beta_max, config.dt)
+    sde = build_sde(**config.sde_arguments())
     if kind == "shards":
         held_out = split_held_out(tensors["ids"], config.held_out, params.seed)
         seed_keys: tuple[str, ...] = ("trajectories",)
