@@ -36,6 +36,10 @@ def verdicts(targeted: list[bool]) -> Callable[[list[str]], bool]:
 # on a GPU).
 SMOKE_RUNS = {
     ("generator.py", "--smoke"): [{"size": ["16"], "batch": ["1"], "dtype": ["fp32"], "images/s": positive}],
+    ("gan_step.py", "--smoke"): [
+        {"part": None, "calls per step": ["1", "0.5", "1", "1"], "ms per step": None, "share of the step": None},
+        {"op": None, "self ms per step": None},
+    ],
     ("inversion.py", "--smoke"): [
         {"config": ["demo", "demo"], "batch": ["1", "2"], "image·steps/s": positive, "PSNR": None, "speed-up": None}
     ],
