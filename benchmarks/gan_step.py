@@ -29,13 +29,14 @@ from sgilo.gan import GANTrainer
 
 from _common import REPO, add_smoke, machine, smoke_run
 
-PARTS = ("_discriminator_step", "_r1_step", "_generator_step", "_update_ema")
+# GANTrainer's parts of a step (its methods, wrapped to time them), in the order a step runs them.
 LABELS = {
     "_discriminator_step": "discriminator step (G forward without grad, D on real and fake, Adam)",
     "_r1_step": "R1 penalty (D double backward, float32)",
     "_generator_step": "generator step (mapping, synthesis, D, backward through both, Adam)",
     "_update_ema": "EMA of the generator's weights",
 }
+PARTS = tuple(LABELS)
 
 
 def timed_trainer(trainer: GANTrainer, seconds: dict[str, list[float]]) -> None:
