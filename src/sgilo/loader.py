@@ -79,10 +79,11 @@ def from_dict(
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {where}: expected a mapping of keys, got {_describe(raw)}")
-    if not prefix:  # a retired key first: its message says where the value went, which a missing key's cannot
-        for key, fix in retired.items():
-            if has_key(raw, key):
-                raise ConfigError(f"{source}: {key} is no longer a key: {fix}")
+    # A retired key first (dotted from the top, so the top-level call checks them all): its message says where the
+    # value went, which a missing key's cannot.
+    for key, fix in retired.items():
+        if has_key(raw, key):
+            raise ConfigError(f"{source}: {key} is no longer a key: {fix}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, raw)) - set(known))
@@ -97,9 +98,7 @@ def from_dict(
             "every key is required (params.yaml, the demo profile, gives each one with its meaning)"
         )
     values = {
-        name: _convert(hints[name], raw[name], f, source, prefix + name, retired)
-        for name, f in known.items()
-        if name in raw
+        name: _convert(hints[name], raw[name], f, source, prefix + name) for name, f in known.items() if name in raw
     }
     try:
         return cls(**values)
@@ -122,9 +121,9 @@ def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str, retired: Mapping[str, str]) -> Any:
+def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, source, key + ".", retired)
+        return from_dict(hint, value, source, key + ".")
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
@@ -135,12 +134,12 @@ def _convert(hint: Any, value: Any, f: dataclasses.Field, source: str, key: str,
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _convert(args[0], value, f, source, key, retired)
+        return None if value is None else _convert(args[0], value, f, source, key)
     if origin is tuple:
         (item,) = typing.get_args(hint)[:1]
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key}: expected a list, got {_describe(value)}")
-        return tuple(_convert(item, v, f, source, f"{key}[{i}]", retired) for i, v in enumerate(value))
+        return tuple(_convert(item, v, f, source, f"{key}[{i}]") for i, v in enumerate(value))
     return _check_scalar(hint, value, f, source, key)
 
 
