@@ -36,6 +36,7 @@ TINY = {
             "checkpoint_every": 3,
             "ema_half_life_images": 50,
             "disc_channel_max": 16,
+            "swd_every": 5,
             "precision": "fp32",
         },
         "latent_avg_samples": 256,

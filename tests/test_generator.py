@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import subprocess
@@ -52,8 +53,15 @@ def test_training_writes_a_loadable_generator_grid_and_metrics(tmp_path, dataset
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 12 and metrics["resumed_from_step"] == 0
     assert metrics["swd_fake_vs_real"] > 0 and metrics["swd_real_vs_real"] > 0
+    # the curve: every swd_every (5) steps and the last; its last point is the final generator's figure
+    curve = metrics["swd_curve"]
+    assert [point["step"] for point in curve] == [5, 10, 12]
+    assert curve[-1]["swd"] == metrics["swd_fake_vs_real"]
+    assert 0 < curve[0]["train_seconds"] < curve[1]["train_seconds"] < curve[2]["train_seconds"]
+    assert curve[-1]["train_seconds"] == metrics["train_seconds"] <= metrics["seconds"]
     assert (out / "samples.png").stat().st_size > 0
-    assert len((out / "history.csv").read_text().splitlines()) == 13
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == 12 and [float(r["swd"]) for r in rows[4::5]] == [p["swd"] for p in curve[:2]]
     assert sorted(p.name for p in out.iterdir()) == ["generator.pt", "history.csv", "metrics.json", "samples.png"]
     assert "generator" in result.stderr  # tqdm progress goes to the rule's log
 

@@ -98,6 +98,7 @@ class TrainConfig:
     mixing_prob: float = field(metadata=bounds(0.0, 1.0))
     checkpoint_every: int = field(metadata=bounds(1))
     disc_channel_max: int = field(metadata=bounds(1))
+    swd_every: int = field(metadata=bounds(0))  # steps between the EMA generator's sliced Wasserstein checks; 0: none
     precision: Literal["auto", "fp32", "bf16"]  # sgilo.precision: auto is bf16 only where the CPU has it natively
 
 

@@ -36,7 +36,7 @@ from sgilo.seeding import torch_generator
 from sgilo.stages._common import log, set_threads, stage_parser, start
 from sgilo.stylegan2 import Generator, load_generator, same_architecture, save_generator
 
-HISTORY_FIELDS = ("step", "d_loss", "g_loss", "r1")
+HISTORY_FIELDS = ("step", "d_loss", "g_loss", "r1", "swd")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -82,27 +82,39 @@ def train(
 ) -> tuple[Generator, dict[str, Any]]:
     config = params.generator
     trainer = GANTrainer(config.architecture, config.train, params.seed)
-    first_step, history = _resume(trainer, state_path, fingerprint)
-    steps, every = config.train.steps, config.train.checkpoint_every
-    run_started, ran = time.perf_counter(), 0
+    first_step, history, resumed_seconds = _resume(trainer, state_path, fingerprint)
+    steps, every, swd_every = config.train.steps, config.train.checkpoint_every, config.train.swd_every
+    swd_real, _, swd_z = _quality_sets(params, images, trainer.g_ema.style_dim)
+    ran, trained_seconds = 0, resumed_seconds
     progress = tqdm(range(first_step, steps), initial=first_step, total=steps, desc="generator", mininterval=5.0)
     for step in progress:
+        step_started = time.perf_counter()
         losses = trainer.train_step(step, images[trainer.batch_indices(step, len(images))])
-        history.append({"step": step, **losses})
+        trained_seconds += time.perf_counter() - step_started
         ran += 1
+        # the curve's checks are not training time: a user compares seconds of training across settings
+        due = swd_every and ((step + 1) % swd_every == 0 or step + 1 == steps)
+        swd = _swd(trainer.g_ema, swd_real, swd_z) if due else math.nan
+        history.append({"step": step, **losses, "swd": swd, "seconds": trained_seconds})
         progress.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}", refresh=False)
         if (step + 1) % every == 0 and step + 1 < steps:
             save_torch(
                 {"fingerprint": fingerprint, "step": step + 1, "trainer": trainer.state_dict(), "history": history},
                 state_path,
             )
-    seconds = time.perf_counter() - run_started
     _write_history(history, history_path)
     tail = history[-50:]
     metrics = {
         "steps": steps,
         "resumed_from_step": first_step,
-        "train_images_per_s": ran * config.train.batch_size / max(seconds, 1e-9),
+        "train_images_per_s": ran * config.train.batch_size / max(trained_seconds - resumed_seconds, 1e-9),
+        "train_seconds": trained_seconds,
+        # sliced Wasserstein of the EMA generator against training seconds (issue 19's curve; docs/generator.md)
+        "swd_curve": [
+            {"step": h["step"] + 1, "train_seconds": h["seconds"], "swd": h["swd"]}
+            for h in history
+            if not math.isnan(h["swd"])
+        ],
         "precision": trainer.precision,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "d_loss_last50": _mean(h["d_loss"] for h in tail),
@@ -111,21 +123,24 @@ def train(
     return trainer.g_ema, metrics
 
 
-def _resume(trainer: GANTrainer, state_path: Path, fingerprint: str) -> tuple[int, list[dict[str, float]]]:
+def _resume(trainer: GANTrainer, state_path: Path, fingerprint: str) -> tuple[int, list[dict[str, float]], float]:
+    """The step to start from, the history so far and its training seconds (0, [], 0.0 without a usable state)."""
     if not state_path.is_file():
-        return 0, []
+        return 0, [], 0.0
     state = load_torch(state_path)
     if state.get("fingerprint") != fingerprint:
         log.info("ignoring %s: it was written for other params or data; training from step 0", state_path)
-        return 0, []
+        return 0, [], 0.0
     trainer.load_state_dict(state["trainer"])
     log.info("resuming from %s at step %d", state_path, state["step"])
-    return int(state["step"]), list(state["history"])
+    history = list(state["history"])
+    return int(state["step"]), history, history[-1]["seconds"]
 
 
 def _write_history(history: list[dict[str, float]], path: Path) -> None:
     with atomic_open(path) as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+        # seconds differ between runs: they go to metrics.json, keeping the history a deterministic output
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
 
@@ -186,17 +201,29 @@ def finish(
 
 def _sample_quality(params: Params, generator: Generator, real: torch.Tensor) -> dict[str, float]:
     """Sliced Wasserstein distance of samples to real images, next to the real-vs-real floor."""
-    half = min(len(real) // 2, 1024)
-    order = torch.randperm(len(real), generator=torch_generator(params.seed, "generator", "swd"))
-    first, second = real[order[:half]], real[order[half : 2 * half]]
-    z = torch.randn(half, generator.style_dim, generator=torch_generator(params.seed, "generator", "swd_z"))
-    fake = torch.cat([generator(chunk).clamp(-1, 1) for chunk in z.split(256)])
+    first, second, z = _quality_sets(params, real, generator.style_dim)
     return {
-        "swd_fake_vs_real": sliced_wasserstein(fake, first),
+        "swd_fake_vs_real": _swd(generator, first, z),
         "swd_real_vs_real": sliced_wasserstein(second, first),
-        "n_swd": half,
+        "n_swd": len(first),
         "n_train_images": len(real),
     }
+
+
+def _quality_sets(
+    params: Params, real: torch.Tensor, style_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two disjoint seeded halves of the training images (at most 1,024 each) and as many seeded z."""
+    half = min(len(real) // 2, 1024)
+    order = torch.randperm(len(real), generator=torch_generator(params.seed, "generator", "swd"))
+    z = torch.randn(half, style_dim, generator=torch_generator(params.seed, "generator", "swd_z"))
+    return real[order[:half]], real[order[half : 2 * half]], z
+
+
+@torch.no_grad()
+def _swd(generator: Generator, real: torch.Tensor, z: torch.Tensor) -> float:
+    fake = torch.cat([generator(chunk).clamp(-1, 1) for chunk in z.split(256)])
+    return sliced_wasserstein(fake, real)
 
 
 if __name__ == "__main__":
