@@ -176,6 +176,23 @@ def test_every_rule_declares_threads_and_passes_them_to_its_stage(tiny_project):
         assert "CPU threads: 1" in (tiny_project / "logs" / log).read_text(), log
 
 
+def test_the_score_models_path_goes_before_the_cells_that_do_not_need_it(tmp_path):
+    """On few cores the jobs the score model needs (inversions of real and generated latents, trajectories, score)
+    run before the CSGM and ILO cells, which are ready as soon as the generator is: every SGILO and GNC cell waits
+    for the score model, so it is the critical path. Snakemake orders ready jobs by `priority:`."""
+    run = snakemake(tmp_path, write_params(tmp_path / "params.yaml"), "-n", "results/score/model.pt")
+    assert run.returncode == 0, run.stderr[-3000:]
+    path = planned_jobs(run) - {"download", "generator"}  # every job needs these two: their priority decides nothing
+    assert {"invert", "invert_generated", "trajectories", "score"} <= path
+    priority = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:(?:    .*)?\n)+)", smk.read_text(), flags=re.MULTILINE):
+            found = re.search(r"^    priority: (\d+)", body, flags=re.MULTILINE)
+            priority[name] = int(found.group(1)) if found else 0
+    cells = max(priority["tune"], priority["evaluate"])
+    assert {rule: priority[rule] for rule in path if priority[rule] <= cells} == {}
+
+
 def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
     params = write_params(tmp_path / "params.yaml", {"generator": {"train": {"lr": -1}}})
     run = snakemake(tmp_path, params, "-n")

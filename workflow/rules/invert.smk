@@ -41,6 +41,7 @@ rule invert_generated:
     params:
         tracked=tracked("seed", "invert.layer", "invert.generated", "invert.generated_shard_size", "invert.batch_size", "invert.device"),
         shard=lambda wildcards: int(wildcards.shard),
+    priority: 40  # as invert: the prior's path
     log:
         "logs/invert/generated-{shard}.log",
     benchmark:
