@@ -92,6 +92,9 @@ SMOKE_RUNS = {
             "median s": positive,
         }
     ],
+    ("stage_threads.py", "--smoke"): [
+        {"rule": ["download", "download"], "threads": ["1", "2"], "jobs": ["1", "1"], "wall s": positive}
+    ],
     ("speed.py", "--smoke"): [
         {
             "measure": [
