@@ -11,9 +11,13 @@ from pathlib import Path
 import torch
 
 from sgilo.allocator import retain_freed_memory
+from sgilo.config import load_params
 from sgilo.precision import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
+# the demo profile as params.yaml gives it today: the scripts' "demo" shapes follow the profile
+DEMO = load_params(REPO / "params.yaml")
+DEMO_ARCHITECTURE = vars(DEMO.generator.architecture)
 MALLOC = retain_freed_memory()  # as the stages run: freed memory is reused (sgilo.allocator)
 
 

@@ -29,10 +29,10 @@ from sgilo.inversion import LayerPhase, Options, invert
 from sgilo.operators import OperatorSpec, build_operator
 from sgilo.stylegan2 import Generator
 
-from _common import add_smoke, ints, machine, names_from, smoke_run
+from _common import DEMO_ARCHITECTURE, add_smoke, ints, machine, names_from, smoke_run
 
 CONFIGS = {
-    "demo": {"size": 32, "style_dim": 128, "n_mlp": 4, "channel_multiplier": 2, "channel_max": 64},  # params.yaml's
+    "demo": DEMO_ARCHITECTURE,
     "config-f": {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512},
 }
 DEFAULT_LAYERS = {"demo": [0, 1, 2], "config-f": [0, 1, 2, 3]}

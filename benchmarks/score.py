@@ -14,7 +14,7 @@ bf16 is `torch.autocast` around the model only: the sampler's arithmetic stays i
     python benchmarks/score.py --config paper --batches 2 --steps 1 --sample-batch 2 --sample-steps 2
     python benchmarks/score.py --smoke                                # toy model, batch 2, 1 step, 2 SDE steps, the ODE
 
-Configs: `demo` is params.yaml's model on its layer-2 latent (67, 8, 8); `paper` is the SGILO paper's size on
+Configs: `demo` is params.yaml's model on its layer-2 latent (35, 8, 8: 32 channels and RGB); `paper` is the SGILO paper's size on
 the FFHQ profile's layer-3 latent of config-f (512 features + 3 skip channels at 16², ≈72M parameters); `toy` is the
 smoke run's. The probability-flow ODE runs for `demo` only unless `--ode` is given (its CPU round trips dominate on a
 GPU; the smoke run gives it).
@@ -35,12 +35,21 @@ from torch import Tensor
 from sgilo.precision import autocast
 from sgilo.score_model import Preconditioned, ScoreViT, count_parameters, dsm_loss
 from sgilo.sde import VPSDE, probability_flow_sample, reverse_sde_sample
+from sgilo.stylegan2 import channel_count
 
-from _common import add_smoke, ints, machine, names_from, smoke_run
+from _common import DEMO, DEMO_ARCHITECTURE, add_smoke, ints, machine, names_from, smoke_run
 
 SKIP_DATA_STD = 0.2
 CONFIGS = {
-    "demo": {"shape": (67, 8, 8), "width": 128, "depth": 4, "heads": 4, "mlp": 256},  # params.yaml's, layer 2 of 32²
+    # params.yaml's model on its layer-2 latent: (channels + 3 RGB, 8, 8)
+    "demo": {
+        "shape": (
+            channel_count(8, DEMO_ARCHITECTURE["channel_multiplier"], DEMO_ARCHITECTURE["channel_max"]) + 3,
+            8,
+            8,
+        ),
+        **{key: getattr(DEMO.score.model, key) for key in ("width", "depth", "heads", "mlp")},
+    },
     "paper": {"shape": (515, 16, 16), "width": 1024, "depth": 8, "heads": 1, "mlp": 4096},  # FFHQ profile, layer 3
     "toy": {"shape": (7, 4, 4), "width": 16, "depth": 1, "heads": 1, "mlp": 32},  # --smoke's: the code path, in seconds
 }

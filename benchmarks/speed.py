@@ -46,12 +46,12 @@ from sgilo.stylegan2 import Generator
 
 import posterior as posterior_bench
 import score as score_bench
-from _common import add_smoke, machine, names_from, smoke_run
+from _common import DEMO_ARCHITECTURE, add_smoke, machine, names_from, smoke_run
 from generator import measure as measure_generator
 
 CONFIG_F = {"style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "channel_max": 512}
 FFHQ = Path(__file__).resolve().parents[1] / "profiles" / "ffhq" / "params.yaml"  # its SGILO settings
-DEMO = {"size": 32, "style_dim": 128, "n_mlp": 4, "channel_multiplier": 2, "channel_max": 64}  # params.yaml's
+DEMO = DEMO_ARCHITECTURE
 
 
 @dataclass

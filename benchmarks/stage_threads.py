@@ -1,18 +1,21 @@
 """How many threads a workflow job should get on a small machine: each job of the given rules rerun at each thread
-count, as Snakemake runs it, in a copy of a finished workspace. Wall and CPU seconds come from the rule's own
-`benchmark:` file. On 2 cores a job's two threads do not halve its wall time; two one-thread jobs side by side do
-more per second whenever other jobs are ready to run beside it (docs/benchmarks.md).
+count, as Snakemake runs it, in a copy of a finished workspace. Wall seconds come from the rule's own `benchmark:`
+file (its cpu_time is sampled and misses a short job's last interval, so it is not shown). On 2 cores, a job's second
+thread does not halve its wall time; two one-thread jobs side by side do more per second whenever other jobs are
+ready to run beside it (docs/benchmarks.md).
 
     python benchmarks/stage_threads.py --workspace .            # after `make table` in this clone
     python benchmarks/stage_threads.py --smoke                  # the tiny profile's download job: checks that it runs
 
-The copy leaves the workspace untouched: rerunning a job there would make every job after it out of date.
+Each run is in a fresh copy, and the workspace is left untouched: rerunning a job there would make every job after
+it out of date.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -32,29 +35,40 @@ LEFT_OUT = (".git", ".venv", "locks", "smoke-ffhq", "__pycache__")  # not needed
 
 
 def rerun(workspace: Path, rule: str, threads: int) -> list[dict[str, float]]:
-    """Rerun every job of `rule` at `threads` threads; the rows of the benchmark files those jobs wrote."""
-    started = time.time()
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        str(threads),
-        "--forcerun",
-        rule,
-        "--until",
-        rule,
-        "--set-threads",
-        f"{rule}={threads}",
-    ]
-    run = subprocess.run(command, cwd=workspace, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        sys.exit(f"{' '.join(command)} in {workspace} failed:\n{run.stderr[-3000:]}")
-    written = [p for p in (workspace / "logs" / "benchmarks").rglob("*.tsv") if p.stat().st_mtime >= started]
-    rows = [row for path in written for row in csv.DictReader(path.open(), delimiter="\t")]
+    """Rerun every job of `rule` at `threads` threads in a fresh copy of `workspace`; the rows of the benchmark files
+    those jobs wrote. A fresh copy each time, so that no earlier rerun has made other jobs out of date, and mtimes
+    alone decide what is current: the copy's code inputs have other absolute paths than those Snakemake recorded."""
+    with tempfile.TemporaryDirectory(prefix="sgilo-threads-") as tmp:
+        copy = Path(tmp) / "workspace"
+        shutil.copytree(workspace, copy, symlinks=True, ignore=shutil.ignore_patterns(*LEFT_OUT))
+        command = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            str(threads),
+            "--forcerun",
+            rule,
+            "--until",
+            rule,
+            "--set-threads",
+            f"{rule}={threads}",
+            "--rerun-triggers",
+            "mtime",
+        ]
+        started = time.time()
+        run = subprocess.run(command, cwd=copy, capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            sys.exit(f"{' '.join(command)} in a copy of {workspace} failed:\n{run.stderr[-3000:]}")
+        stats = run.stdout + run.stderr
+        ran = set(re.findall(r"^(\w+)\s+\d+$", stats[stats.index("Job stats:") :], flags=re.MULTILINE)) - {"total"}
+        if ran != {rule}:
+            sys.exit(f"rerunning rule {rule} in a copy of {workspace} also ran {sorted(ran - {rule})}: is it finished?")
+        written = [p for p in (copy / "logs" / "benchmarks").rglob("*.tsv") if p.stat().st_mtime >= started]
+        rows = [row for path in written for row in csv.DictReader(path.open(), delimiter="\t")]
     if not rows:
-        sys.exit(f"rule {rule} wrote no benchmark file under {workspace}/logs/benchmarks: does it declare one?")
-    return [{"s": float(row["s"]), "cpu": float(row["cpu_time"])} for row in rows]
+        sys.exit(f"rule {rule} wrote no benchmark file under logs/benchmarks: does it declare one?")
+    return [{"s": float(row["s"])} for row in rows]
 
 
 def main() -> None:
@@ -67,33 +81,29 @@ def main() -> None:
     args = parser.parse_args()
     smoke_run(args, rules="download", threads=[1, 2], repeats=1)
     print(f"machine: {machine(torch.device('cpu'))}")
-    with tempfile.TemporaryDirectory(prefix="sgilo-threads-") as tmp:
-        copy = Path(tmp) / "workspace"
+    with tempfile.TemporaryDirectory(prefix="sgilo-threads-tiny-") as tmp:
         if args.smoke:
-            copy_project(copy)
+            args.workspace = Path(tmp) / "workspace"
+            copy_project(args.workspace)
             subprocess.run(
                 [sys.executable, "-m", "snakemake", "--cores", "1", "download"],
-                cwd=copy,
+                cwd=args.workspace,
                 check=True,
                 capture_output=True,
             )
-        else:
-            if not (args.workspace / "results" / "table1.csv").is_file():
-                sys.exit(f"{args.workspace} has no results/table1.csv: run `make table` there first")
-            shutil.copytree(args.workspace, copy, symlinks=True, ignore=shutil.ignore_patterns(*LEFT_OUT))
+        elif not (args.workspace / "results" / "table1.csv").is_file():
+            sys.exit(f"{args.workspace} has no results/table1.csv: run `make table` there first")
         # cores held: what the job keeps from the jobs that could run beside it (Snakemake reserves its threads)
-        print("| rule | threads | jobs | wall s | CPU s | cores held × wall s | wall speed-up |")
-        print("|---|---|---|---|---|---|---|")
+        print("| rule | threads | jobs | wall s | cores held × wall s | wall speed-up |")
+        print("|---|---|---|---|---|---|")
         for rule in args.rules.split(","):
             first = None
             for threads in args.threads:
-                jobs = [rerun(copy, rule, threads) for _ in range(args.repeats)]
+                jobs = [rerun(args.workspace, rule, threads) for _ in range(args.repeats)]
                 wall = min(sum(job["s"] for job in run) for run in jobs)
-                cpu = min(sum(job["cpu"] for job in run) for run in jobs)
                 first = first or wall
                 print(
-                    f"| {rule} | {threads} | {len(jobs[0])} | {wall:.1f} | {cpu:.1f} | {threads * wall:.1f} "
-                    f"| {first / wall:.2f} |"
+                    f"| {rule} | {threads} | {len(jobs[0])} | {wall:.1f} | {threads * wall:.1f} | {first / wall:.2f} |"
                 )
 
 

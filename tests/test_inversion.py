@@ -117,7 +117,7 @@ def _shapes_only(**architecture) -> Generator:
     ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_ilo_radii_are_every_profiles_radii(profile: Path) -> None:
-    """`sgilo reconstruct`'s default radii and each profile's invert.phases name the same numbers: the demo's 150, 300
+    """`sgilo reconstruct`'s default radii and each profile's invert.phases name the same numbers: the demo's 80, 160
     at layers 1, 2 of its 32² generator, ILO's 1000, 1000, 6000 at layers 1-3 of config-f."""
     params = load_params(profile)
     generator = _shapes_only(**dataclasses.asdict(params.generator.architecture))

@@ -115,9 +115,10 @@ def csgm_phases(steps: int, lr: float = 0.1) -> tuple[LayerPhase, ...]:
 # l1 radii by the shape (C + 3, H, W) of the representation they bound. ILO's published ones (Daras et al. 2021, their
 # code's max_radius_gen_out) at config-f's layers 1, 2, 3 (profiles/ffhq): what any other generator's are scaled from.
 ILO_RADII = {(515, 4, 4): 1000.0, (515, 8, 8): 1000.0, (515, 16, 16): 6000.0}
-# A profile's own radii where they are not ILO's scaled: the demo generator's (64 channels; params.yaml), for which
-# ILO's per entry would give 130 and 130. tests/test_inversion.py holds every profile's invert.phases to ilo_radii.
-PROFILE_RADII = {(67, 4, 4): 150.0, (67, 8, 8): 300.0}
+# A profile's own radii where they are not ILO's scaled: the demo generator's (32 channels; params.yaml), for which
+# ILO's per entry would give 68 and 68. They keep, per entry, the 150 and 300 tuned for the earlier 64-channel demo
+# generator (docs/inversion.md), rounded. tests/test_inversion.py holds every profile's invert.phases to ilo_radii.
+PROFILE_RADII = {(35, 4, 4): 80.0, (35, 8, 8): 160.0}
 
 
 def ilo_radii(generator: Generator, layers: Sequence[int]) -> list[float | None]:
