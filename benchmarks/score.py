@@ -14,8 +14,8 @@ bf16 is `torch.autocast` around the model only: the sampler's arithmetic stays i
     python benchmarks/score.py --config paper --batches 2 --steps 1 --sample-batch 2 --sample-steps 2
     python benchmarks/score.py --smoke                                # toy model, batch 2, 1 step, 2 SDE steps, the ODE
 
-Configs: `demo` is params.yaml's model on its layer-2 latent (35, 8, 8: 32 channels and RGB); `paper` is the SGILO paper's size on
-the FFHQ profile's layer-3 latent of config-f (512 features + 3 skip channels at 16², ≈72M parameters); `toy` is the
+Configs: `demo` is params.yaml's model on its generator's layer-2 latent (its channels + 3 RGB, 8, 8); `paper` is the
+SGILO paper's size on the FFHQ profile's layer-3 latent of config-f (512 features + 3 skip channels at 16², ≈72M parameters); `toy` is the
 smoke run's. The probability-flow ODE runs for `demo` only unless `--ode` is given (its CPU round trips dominate on a
 GPU; the smoke run gives it).
 Prints two Markdown tables: copy them into docs/benchmarks.md with the machine and the command.

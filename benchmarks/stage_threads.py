@@ -25,18 +25,17 @@ from pathlib import Path
 
 import torch
 
-from _common import add_smoke, ints, machine, smoke_run
+from _common import REPO, add_smoke, ints, machine, smoke_run
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import copy_project  # the tiny profile the suite uses
 
 LEFT_OUT = (".git", ".venv", "locks", "smoke-ffhq", "__pycache__")  # not needed to rerun a job
 
 
-def rerun(workspace: Path, rule: str, threads: int) -> list[dict[str, float]]:
-    """Rerun every job of `rule` at `threads` threads in a fresh copy of `workspace`; the rows of the benchmark files
-    those jobs wrote. A fresh copy each time, so that no earlier rerun has made other jobs out of date, and mtimes
+def rerun(workspace: Path, rule: str, threads: int) -> list[float]:
+    """Rerun every job of `rule` at `threads` threads in a fresh copy of `workspace`; the wall seconds of each job, from
+    the benchmark files those jobs wrote. A fresh copy each time, so that no earlier rerun has made other jobs out of date, and mtimes
     alone decide what is current: the copy's code inputs have other absolute paths than those Snakemake recorded."""
     with tempfile.TemporaryDirectory(prefix="sgilo-threads-") as tmp:
         copy = Path(tmp) / "workspace"
@@ -68,7 +67,7 @@ def rerun(workspace: Path, rule: str, threads: int) -> list[dict[str, float]]:
         rows = [row for path in written for row in csv.DictReader(path.open(), delimiter="\t")]
     if not rows:
         sys.exit(f"rule {rule} wrote no benchmark file under logs/benchmarks: does it declare one?")
-    return [{"s": float(row["s"])} for row in rows]
+    return [float(row["s"]) for row in rows]
 
 
 def main() -> None:
@@ -100,7 +99,7 @@ def main() -> None:
             first = None
             for threads in args.threads:
                 jobs = [rerun(args.workspace, rule, threads) for _ in range(args.repeats)]
-                wall = min(sum(job["s"] for job in run) for run in jobs)
+                wall = min(sum(run) for run in jobs)
                 first = first or wall
                 print(
                     f"| {rule} | {threads} | {len(jobs[0])} | {wall:.1f} | {threads * wall:.1f} | {first / wall:.2f} |"

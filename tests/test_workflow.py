@@ -161,16 +161,22 @@ def test_a_wrong_config_key_or_value_stops_the_run_naming_it(tmp_path, extra, me
     assert "Traceback" not in run.stdout + run.stderr and not planned_jobs(run)
 
 
+def rule_bodies() -> list[tuple[Path, str, str]]:
+    """(rule file, rule name, the rule's indented body) for every rule of workflow/rules."""
+    return [
+        (smk, name, body)
+        for smk in sorted((REPO / "workflow" / "rules").glob("*.smk"))
+        for name, body in re.findall(r"^rule (\w+):\n((?:(?:    .*)?\n)+)", smk.read_text(), flags=re.MULTILINE)
+    ]
+
+
 def test_every_rule_declares_threads_and_passes_them_to_its_stage(tiny_project):
     """So that `--cores N` and a cluster's cpus_per_task are what the jobs use, never more."""
     rules = []
-    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        for name, body in re.findall(r"^rule (\w+):\n((?:(?:    .*)?\n)+)", smk.read_text(), flags=re.MULTILINE):
-            rules.append(name)
-            assert re.search(r"^    threads:", body, flags=re.MULTILINE), (
-                f"rule {name} ({smk.name}) declares no threads"
-            )
-            assert "--threads {threads}" in body, f"rule {name} ({smk.name}) does not pass its threads to its stage"
+    for smk, name, body in rule_bodies():
+        rules.append(name)
+        assert re.search(r"^    threads:", body, flags=re.MULTILINE), f"rule {name} ({smk.name}) declares no threads"
+        assert "--threads {threads}" in body, f"rule {name} ({smk.name}) does not pass its threads to its stage"
     assert len(rules) == 14  # every rule but `all`
     for log in ("generator.log", "invert/shard-00000.log", "score.log", "theory_igo.log"):
         assert "CPU threads: 1" in (tiny_project / "logs" / log).read_text(), log
@@ -185,10 +191,9 @@ def test_the_score_models_path_goes_before_the_cells_that_do_not_need_it(tmp_pat
     path = planned_jobs(run) - {"download", "generator"}  # every job needs these two: their priority decides nothing
     assert {"invert", "invert_generated", "trajectories", "score"} <= path
     priority = {}
-    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        for name, body in re.findall(r"^rule (\w+):\n((?:(?:    .*)?\n)+)", smk.read_text(), flags=re.MULTILINE):
-            found = re.search(r"^    priority: (\d+)", body, flags=re.MULTILINE)
-            priority[name] = int(found.group(1)) if found else 0
+    for _, name, body in rule_bodies():
+        found = re.search(r"^    priority: (\d+)", body, flags=re.MULTILINE)
+        priority[name] = int(found.group(1)) if found else 0
     cells = max(priority["tune"], priority["evaluate"])
     assert {rule: priority[rule] for rule in path if priority[rule] <= cells} == {}
 
