@@ -112,3 +112,13 @@ def test_lpips_compares_large_images_at_256_as_ilo_does(tmp_path, monkeypatch):
     full = lpips_distance("alex", size=None)
     assert torch.allclose(lpips_distance("alex")(x, y), full(shrink(x), shrink(y)), atol=1e-6)
     assert not torch.allclose(lpips_distance("alex")(x, y), full(x, y), atol=1e-3)
+
+
+def test_a_subset_of_metrics_is_the_same_values_and_an_unknown_name_is_named():
+    reference = _images()
+    x = reference.flip(0)
+    every = image_metrics(x, reference)
+    only_mse = image_metrics(x, reference, ["mse"])
+    assert set(only_mse) == {"mse"} and torch.equal(only_mse["mse"], every["mse"])
+    with pytest.raises(ValueError, match="'lpips'.*mse, psnr, ssim"):
+        image_metrics(x, reference, ["mse", "lpips"])

@@ -6,16 +6,25 @@ by whoever reads them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import deepinv as dinv
 import torch
 from torch import Tensor
 
+# Each metric's DeepInverse class, built on demand: SSIM's first use imports torchmetrics (and SciPy), which a job that
+# reads only the MSE, such as tuning, need not load (docs/benchmarks.md, "Job start-up").
+IMAGE_METRICS: dict[str, Callable[[], Callable[[Tensor, Tensor], Tensor]]] = {
+    "mse": lambda: dinv.metric.MSE(),
+    "psnr": lambda: dinv.metric.PSNR(max_pixel=1.0, min_pixel=0.0),
+    "ssim": lambda: dinv.metric.SSIM(max_pixel=1.0, min_pixel=0.0),
+}
 
-def image_metrics(x: Tensor, reference: Tensor) -> dict[str, Tensor]:
-    """MSE, PSNR (dB, data range 1) and SSIM of each image of x against its reference, as (B,) tensors.
+
+def image_metrics(x: Tensor, reference: Tensor, names: Sequence[str] = tuple(IMAGE_METRICS)) -> dict[str, Tensor]:
+    """MSE, PSNR (dB, data range 1) and SSIM of each image of x against its reference, as (B,) tensors; `names`: only
+    these of them.
 
     Both are clamped to [0, 1] first, the range the metrics assume. deepinv's PSNR adds 1e-8 to the MSE,
     so identical images score 80 dB rather than infinity.
@@ -24,13 +33,14 @@ def image_metrics(x: Tensor, reference: Tensor) -> dict[str, Tensor]:
         raise ValueError(
             f"x and reference must be (B, C, H, W) of one shape; got {tuple(x.shape)} and {tuple(reference.shape)}"
         )
+    unknown = [name for name in names if name not in IMAGE_METRICS]
+    if unknown:
+        raise ValueError(
+            f"unknown image metric(s) {', '.join(map(repr, unknown))}; choose from {', '.join(IMAGE_METRICS)}"
+        )
     with torch.no_grad():
         x, reference = x.detach().float().clamp(0, 1), reference.detach().float().clamp(0, 1)
-        return {
-            "mse": dinv.metric.MSE()(x, reference),
-            "psnr": dinv.metric.PSNR(max_pixel=1.0, min_pixel=0.0)(x, reference),
-            "ssim": dinv.metric.SSIM(max_pixel=1.0, min_pixel=0.0)(x, reference),
-        }
+        return {name: IMAGE_METRICS[name]()(x, reference) for name in names}
 
 
 class MissingWeightsError(FileNotFoundError):

@@ -254,7 +254,7 @@ def tune(runner: Runner, out: Path) -> None:
                 {
                     "value": value,
                     "failed": int((~ok).sum()),
-                    "mse": image_metrics(result.image[ok], truth[ok])["mse"].cpu()
+                    "mse": image_metrics(result.image[ok], truth[ok], ["mse"])["mse"].cpu()
                     if bool(ok.any())
                     else torch.zeros(0),
                 }
