@@ -92,6 +92,14 @@ SMOKE_RUNS = {
             "median s": positive,
         }
     ],
+    ("job_startup.py", "--smoke"): [
+        {
+            "imports": ["sgilo.stages.download"],
+            "process wall s": positive,
+            "stage module s": positive,
+            "torch s": positive,
+        }
+    ],
     ("stage_threads.py", "--smoke"): [
         {"rule": ["download", "download"], "threads": ["1", "2"], "jobs": ["1", "1"], "wall s": positive}
     ],
