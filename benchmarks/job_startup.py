@@ -36,7 +36,7 @@ EXTRA_ROWS = {
     "evaluate + the three image metrics": "import sgilo.stages.evaluate; " + METRICS.format(names=""),
     "evaluate + the MSE alone (tuning)": "import sgilo.stages.evaluate; " + METRICS.format(names=", ['mse']"),
 }
-LINE = re.compile(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)")
+LINE = re.compile(r"import time:\s+\d+ \|\s+(\d+) \| *(\S+)")
 
 
 def one_run(code: str) -> tuple[float, dict[str, float]]:
@@ -50,7 +50,7 @@ def one_run(code: str) -> tuple[float, dict[str, float]]:
         sys.exit(f"python -c {code!r} failed:\n{run.stderr[-3000:]}")
     seconds: dict[str, float] = {}
     for match in LINE.finditer(run.stderr):
-        microseconds, _, name = match.groups()
+        microseconds, name = match.groups()
         seconds[name] = int(microseconds) / 1e6  # a module's one line: -X importtime reports only its first import
     return wall, seconds
 
