@@ -156,7 +156,7 @@ def invert_shard(
             perceptual,
             progress=functools.partial(_advance, progress, len(batch)),
         )
-        quality = image_metrics((torch.nan_to_num(result.image).clamp(-1, 1) + 1) / 2, target01)
+        psnr = image_metrics((torch.nan_to_num(result.image).clamp(-1, 1) + 1) / 2, target01, ["psnr"])["psnr"]
         for image_id, reason in zip(batch, result.failures):
             if reason is not None:
                 log.warning("shard %d: image %d failed (%s); it is left out of the shard", shard, image_id, reason)
@@ -166,7 +166,7 @@ def invert_shard(
                 "latents": result.latent.cpu(),
                 "w_plus": result.w_plus.cpu(),
                 "loss": result.loss.cpu(),
-                "psnr": quality["psnr"].cpu(),
+                "psnr": psnr.cpu(),
                 "failures": list(result.failures),
             }
         )
