@@ -3,9 +3,9 @@
 Each Snakemake job is one `python -m sgilo.stages.<stage>` process, and the demo runs about fifty of them, most a few
 seconds of work. This starts `python -X importtime -c "import sgilo.stages.<stage>"` for each stage `--repeats` times
 and prints the median wall time of the whole process, of the stage module's import, and of the heavy packages beneath
-it (cumulative: a package imported by another is counted in both; "-": not imported). Two more rows import the evaluate stage and then
-compute the image metrics of one pair of images: all three (SSIM imports torchmetrics on first use) or the MSE alone,
-as a tune job does.
+it (cumulative: a package imported by another is counted in both; "-": not imported). Two more rows import the
+evaluate stage and then compute the image metrics of one pair of images: all three (SSIM imports torchmetrics on
+first use) or the MSE alone, as a tune job does.
 
     python benchmarks/job_startup.py                       # every stage, 5 repeats each
     python benchmarks/job_startup.py --stages evaluate,score --repeats 9
@@ -32,9 +32,12 @@ STAGES = sorted(p.stem for p in (REPO / "src" / "sgilo" / "stages").glob("*.py")
 PACKAGES = ("torch", "torchvision", "torch._dynamo", "deepinv", "torchmetrics", "pandas")
 METRICS = "import torch; from sgilo.metrics import image_metrics; image_metrics(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32){names})"
 # tuning's image_metrics(..., ["mse"]) leaves SSIM, and so torchmetrics, unimported
-EXTRA_ROWS = {
-    "evaluate + the three image metrics": "import sgilo.stages.evaluate; " + METRICS.format(names=""),
-    "evaluate + the MSE alone (tuning)": "import sgilo.stages.evaluate; " + METRICS.format(names=", ['mse']"),
+EXTRA_ROWS = {  # label: (the stage module, the code run)
+    "evaluate + the three image metrics": ("evaluate", "import sgilo.stages.evaluate; " + METRICS.format(names="")),
+    "evaluate + the MSE alone (tuning)": (
+        "evaluate",
+        "import sgilo.stages.evaluate; " + METRICS.format(names=", ['mse']"),
+    ),
 }
 LINE = re.compile(r"import time:\s+\d+ \|\s+(\d+) \| *(\S+)")
 
@@ -62,18 +65,17 @@ def main() -> None:
     add_smoke(parser)
     args = parser.parse_args()
     smoke_run(args, stages=["download"], repeats=1)
-    rows = {f"sgilo.stages.{stage}": f"import sgilo.stages.{stage}" for stage in args.stages}
+    rows = {f"sgilo.stages.{stage}": (stage, f"import sgilo.stages.{stage}") for stage in args.stages}
     if not args.smoke and "evaluate" in args.stages:
         rows |= EXTRA_ROWS
     print(f"Job start-up on {machine(torch.device('cpu'))}: {args.repeats} fresh process(es) per row, median\n")
     print("| imports | process wall s | stage module s | " + " | ".join(f"{name} s" for name in PACKAGES) + " |")
     print("|---|---|---|" + "---|" * len(PACKAGES))
-    for label, code in rows.items():
+    for label, (stage, code) in rows.items():
         runs = [one_run(code) for _ in range(args.repeats)]
         wall = statistics.median(w for w, _ in runs)
-        module = re.search(r"import (sgilo\.stages\.\w+)", code)[1]
         cells = []
-        for name in (module, *PACKAGES):
+        for name in (f"sgilo.stages.{stage}", *PACKAGES):
             values = [s[name] for _, s in runs if name in s]
             cells.append(f"{statistics.median(values):.2f}" if len(values) == len(runs) else "-")
         print(f"| {label} | {wall:.2f} | " + " | ".join(cells) + " |", flush=True)
